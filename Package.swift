@@ -1,0 +1,116 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+/// One set of settings for every target: Swift 6 language mode plus the upcoming
+/// features that keep C modules out of public API.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "ParallelPython",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "ParallelPython", targets: ["ParallelPython"]),
+        .executable(name: "pprun", targets: ["pprun"]),
+        .executable(name: "ppbench", targets: ["ppbench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+    ],
+    targets: [
+        // MARK: C libraries
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+
+        // MARK: I/O-free core: bundles, hashing, JSON, worker frames, errors
+        .target(
+            name: "PPCore",
+            dependencies: [
+                "COpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Python worker processes and the pool that runs them
+        .target(
+            name: "PPWorkers",
+            dependencies: [
+                "PPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["Python"],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Client library
+        .target(
+            name: "ParallelPython",
+            dependencies: [
+                "PPCore",
+                "PPWorkers",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Commands
+        .executableTarget(
+            name: "pprun",
+            dependencies: [
+                "ParallelPython",
+                "PPCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "PPExample",
+            dependencies: ["ParallelPython"],
+            path: "examples/PPExample",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "ppbench",
+            dependencies: [
+                "ParallelPython",
+                "PPCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Benchmarks/ppbench",
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Tests
+        .testTarget(name: "PPCoreTests", dependencies: ["PPCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "PPWorkersTests",
+            dependencies: ["PPWorkers", "PPCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ParallelPythonTests",
+            dependencies: ["ParallelPython", "PPCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PPRunTests",
+            dependencies: ["PPCore"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

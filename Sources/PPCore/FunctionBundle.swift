@@ -1,0 +1,67 @@
+/// A Python function and everything it needs to run: its source, helper sources and
+/// modules to import. Named by the SHA-256 of its canonical encoding, so the same
+/// function is loaded once per worker (and, across the network, sent once per node).
+public struct FunctionBundle: Sendable, Hashable {
+    /// The name of the function to call.
+    public let name: String
+    /// The Python source that defines the function (a whole `.py` file is fine).
+    public let source: String
+    /// The file name shown in tracebacks.
+    public let filename: String
+    /// Helper sources executed before `source`, in the same namespace.
+    public let dependencies: [String]
+    /// Modules imported into the namespace before the sources run (`"os.path"` binds `os`).
+    public let imports: [String]
+    /// A directory added to the worker's `sys.path`, so a file's sibling modules import.
+    public let searchPath: String?
+    /// The spec as the worker reads it: canonical JSON.
+    public let spec: [UInt8]
+    /// SHA-256 of `spec`: the bundle's name on the wire.
+    public let digest: SHA256Digest
+
+    /// Creates a bundle.
+    ///
+    /// - Parameters:
+    ///   - name: the function to call.
+    ///   - source: Python source defining `name`.
+    ///   - filename: the file name tracebacks show.
+    ///   - dependencies: helper sources run before `source`.
+    ///   - imports: modules to import first.
+    ///   - searchPath: a directory to add to `sys.path`.
+    public init(
+        name: String,
+        source: String,
+        filename: String = "<string>",
+        dependencies: [String] = [],
+        imports: [String] = [],
+        searchPath: String? = nil
+    ) {
+        self.name = name
+        self.source = source
+        self.filename = filename
+        self.dependencies = dependencies
+        self.imports = imports
+        self.searchPath = searchPath
+        var w = JSONWriter()
+        w.raw("{\"name\":")
+        w.string(name)
+        w.raw(",\"filename\":")
+        w.string(filename)
+        w.raw(",\"imports\":")
+        w.array(imports) { $0.string($1) }
+        w.raw(",\"deps\":")
+        w.array(dependencies) { $0.string($1) }
+        if let searchPath {
+            w.raw(",\"path\":")
+            w.string(searchPath)
+        }
+        w.raw(",\"source\":")
+        w.string(source)
+        w.raw("}")
+        self.spec = w.bytes
+        self.digest = SHA256Digest(hashing: w.bytes)
+    }
+
+    public static func == (a: Self, b: Self) -> Bool { a.digest == b.digest }
+    public func hash(into h: inout Hasher) { h.combine(self.digest) }
+}

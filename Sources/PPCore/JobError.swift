@@ -1,0 +1,82 @@
+/// Why a job ended without a value. Every job ends exactly once, with a value or with
+/// one of these.
+public struct JobError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The kind of failure.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Base: String, Hashable, Sendable {
+            case pythonException = "python exception"
+            case resultNotJSON = "result not JSON"
+            case badArguments = "bad arguments"
+            case functionUnavailable = "function unavailable"
+            case timeout = "timeout"
+            case workerDied = "worker died"
+            case cancelled = "cancelled"
+            case shutdown = "shut down"
+            case protocolError = "protocol error"
+        }
+
+        private let base: Base
+
+        /// The function raised an exception; `pythonType`, `message` and `traceback` say which.
+        public static let pythonException = Code(base: .pythonException)
+        /// The function returned a value JSON cannot encode (a set, an object, NaN).
+        public static let resultNotJSON = Code(base: .resultNotJSON)
+        /// The arguments were not a JSON array the worker could decode.
+        public static let badArguments = Code(base: .badArguments)
+        /// The function's bundle did not load: a syntax error, a failing import, a missing name.
+        public static let functionUnavailable = Code(base: .functionUnavailable)
+        /// The job ran past its timeout; its worker was killed and replaced.
+        public static let timeout = Code(base: .timeout)
+        /// The worker process died while running the job (exit, signal, crash).
+        public static let workerDied = Code(base: .workerDied)
+        /// The caller cancelled the job before it ran.
+        public static let cancelled = Code(base: .cancelled)
+        /// The job server shut down before the job ran.
+        public static let shutdown = Code(base: .shutdown)
+        /// A worker broke the worker protocol.
+        public static let protocolError = Code(base: .protocolError)
+
+        public var description: String { self.base.rawValue }
+    }
+
+    /// The kind of failure.
+    public var code: Code
+    /// The Python exception type (`"ZeroDivisionError"`, `"mymodule.MyError"`), if any.
+    public var pythonType: String?
+    /// A one-line human description.
+    public var message: String
+    /// The formatted Python traceback, empty when there is none.
+    public var traceback: String
+    /// What the job printed to stdout before it failed.
+    public var stdout: String
+    /// What the job printed to stderr before it failed.
+    public var stderr: String
+    /// Where the job ran (`"local"`, a node address), when known.
+    public var executor: String?
+
+    /// Creates an error.
+    public init(
+        code: Code,
+        message: String,
+        pythonType: String? = nil,
+        traceback: String = "",
+        stdout: String = "",
+        stderr: String = "",
+        executor: String? = nil
+    ) {
+        self.code = code
+        self.message = message
+        self.pythonType = pythonType
+        self.traceback = traceback
+        self.stdout = stdout
+        self.stderr = stderr
+        self.executor = executor
+    }
+
+    public var description: String {
+        if let pythonType, !pythonType.isEmpty, !self.message.hasPrefix(pythonType) {
+            return "\(self.code): \(pythonType): \(self.message)"
+        }
+        return "\(self.code): \(self.message)"
+    }
+}

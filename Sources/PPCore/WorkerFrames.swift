@@ -1,0 +1,153 @@
+public import NIOCore
+
+/// The frames between the Swift pool and a Python worker process (stdin/stdout).
+///
+/// Every frame is a 4-byte big-endian length `N`, then `N` bytes: a type byte and the
+/// body. docs/WORKER-PROTOCOL.md gives the layout of every body.
+public enum WorkerFrame {
+    /// The largest frame either side accepts: 1 GiB, the same as the worker's limit.
+    public static let maxFrameLength = 1 << 30
+
+    /// Appends a "load bundle" frame (`B`).
+    public static func writeBundle(_ bundle: FunctionBundle, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(1 + 32 + bundle.spec.count))
+        buffer.writeInteger(UInt8(ascii: "B"))
+        buffer.writeBytes(bundle.digest.bytes)
+        buffer.writeBytes(bundle.spec)
+    }
+
+    /// Appends a "drop bundle" frame (`D`).
+    public static func writeDrop(_ digest: SHA256Digest, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(1 + 32))
+        buffer.writeInteger(UInt8(ascii: "D"))
+        buffer.writeBytes(digest.bytes)
+    }
+
+    /// Appends a "run job" frame (`J`).
+    public static func writeJob(id: UInt64, bundle: SHA256Digest, arguments: JobArguments, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(1 + 8 + 32 + arguments.json.count))
+        buffer.writeInteger(UInt8(ascii: "J"))
+        buffer.writeInteger(id)
+        buffer.writeBytes(bundle.bytes)
+        buffer.writeBytes(arguments.json)
+    }
+
+    /// Appends a "check bundle" frame (`C`): the worker answers whether the bundle loaded.
+    public static func writeCheck(id: UInt64, bundle: SHA256Digest, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(1 + 8 + 32))
+        buffer.writeInteger(UInt8(ascii: "C"))
+        buffer.writeInteger(id)
+        buffer.writeBytes(bundle.bytes)
+    }
+}
+
+/// A job result as the worker reports it.
+public struct WorkerResult: Sendable {
+    /// Result status bytes, as the worker writes them.
+    public enum Status: UInt8, Sendable {
+        case ok = 0
+        case raised = 1
+        case notJSON = 2
+        case bundleError = 3
+        case badArguments = 4
+    }
+
+    /// The job id the pool gave.
+    public var jobID: UInt64
+    /// How the call ended.
+    public var status: Status
+    /// Nanoseconds the function ran.
+    public var nanoseconds: UInt64
+    /// Captured stdout.
+    public var stdout: ByteBuffer
+    /// Captured stderr.
+    public var stderr: ByteBuffer
+    /// The value's JSON (status ok) or the error JSON `{"type","message","traceback"}`.
+    public var payload: ByteBuffer
+}
+
+/// A message from a worker process.
+public enum WorkerMessage: Sendable {
+    /// Sent once at start: JSON with `pid`, `python`, `implementation`, `executable`.
+    case hello(ByteBuffer)
+    /// One job's result.
+    case result(WorkerResult)
+    /// The answer to a check: `nil` when the bundle loaded, else its error JSON.
+    case checkReply(id: UInt64, error: ByteBuffer?)
+    /// The worker runs no more jobs and exits (after a MemoryError, for example).
+    case retiring(reason: UInt8)
+}
+
+/// A frame from a worker that breaks the worker protocol.
+public struct WorkerProtocolError: Error, Sendable, CustomStringConvertible {
+    /// What was wrong.
+    public var message: String
+
+    public var description: String { "worker protocol error: \(self.message)" }
+}
+
+/// Decodes worker frames; checks the length before reading the body.
+public struct WorkerMessageDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = WorkerMessage
+
+    /// Creates a decoder.
+    public init() {}
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> WorkerMessage? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        guard length >= 1, Int(length) <= WorkerFrame.maxFrameLength else {
+            throw WorkerProtocolError(message: "frame length \(length) outside 1...\(WorkerFrame.maxFrameLength)")
+        }
+        guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 4)
+        var body = buffer.readSlice(length: Int(length))!
+        let kind = body.readInteger(as: UInt8.self)!
+        switch kind {
+        case UInt8(ascii: "R"):
+            guard let id = body.readInteger(as: UInt64.self),
+                let rawStatus = body.readInteger(as: UInt8.self),
+                let ns = body.readInteger(as: UInt64.self),
+                let outLen = body.readInteger(as: UInt32.self),
+                let out = body.readSlice(length: Int(outLen)),
+                let errLen = body.readInteger(as: UInt32.self),
+                let err = body.readSlice(length: Int(errLen))
+            else { throw WorkerProtocolError(message: "truncated result frame") }
+            guard let status = WorkerResult.Status(rawValue: rawStatus) else {
+                throw WorkerProtocolError(message: "unknown result status \(rawStatus)")
+            }
+            return .result(WorkerResult(jobID: id, status: status, nanoseconds: ns, stdout: out, stderr: err, payload: body))
+        case UInt8(ascii: "H"):
+            return .hello(body)
+        case UInt8(ascii: "C"):
+            guard let id = body.readInteger(as: UInt64.self), let status = body.readInteger(as: UInt8.self) else {
+                throw WorkerProtocolError(message: "truncated check reply")
+            }
+            return .checkReply(id: id, error: status == 0 ? nil : body)
+        case UInt8(ascii: "X"):
+            return .retiring(reason: body.readInteger(as: UInt8.self) ?? 0)
+        default:
+            throw WorkerProtocolError(message: "unknown frame type \(kind)")
+        }
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> WorkerMessage? {
+        try self.decode(buffer: &buffer)
+    }
+}
+
+extension JobError {
+    /// Builds an error from a worker's error JSON `{"type","message","traceback"}`.
+    ///
+    /// - Parameters:
+    ///   - code: the error kind.
+    ///   - json: the worker's error JSON.
+    public init(code: Code, workerJSON json: ByteBuffer) {
+        let fields = ErrorJSON.parse(Array(json.readableBytesView))
+        self.init(
+            code: code,
+            message: fields.message,
+            pythonType: fields.type,
+            traceback: fields.traceback
+        )
+    }
+}

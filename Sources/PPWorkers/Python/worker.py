@@ -1,0 +1,333 @@
+# ParallelPython worker runtime.
+#
+# A long-lived process that runs Python functions for the Swift WorkerPool. It is
+# embedded in the Swift binaries (WorkerScript.swift is generated from this file by
+# scripts/embed-worker; a test checks that the two match) and started as
+# `python3 -B -c <this script>`. Standard library only.
+#
+# Frames on stdin and stdout: a 4-byte big-endian length N, then N bytes: one type
+# byte and the body. docs/WORKER-PROTOCOL.md describes every frame byte by byte.
+#
+#   pool -> worker                         worker -> pool
+#   'B' hash(32) spec-JSON  load bundle    'H' hello-JSON               once, at start
+#   'D' hash(32)            drop bundle    'R' id(8) status(1) ns(8)    job result
+#   'J' id(8) hash(32) args run a job          outlen(4) out errlen(4) err payload
+#   'C' id(8) hash(32)      check bundle   'C' id(8) status(1) error-JSON  check reply
+#                                          'X' reason(1)                retiring, exits
+#
+# Closing stdin asks the worker to exit.
+
+import io
+import json
+import linecache
+import os
+import struct
+import sys
+import time
+import traceback
+import types
+import importlib
+
+MAX_FRAME = 1 << 30
+OUTPUT_LIMIT = 1 << 20  # bytes of captured stdout/stderr kept per job, each
+
+OK = 0
+RAISED = 1
+NOT_JSON = 2
+BUNDLE_ERROR = 3
+BAD_ARGUMENTS = 4
+
+_header = struct.Struct(">IB")
+_job_header = struct.Struct(">Q32s")
+_result_fields = struct.Struct(">BQBQI")
+_len = struct.Struct(">I")
+_perf_ns = time.perf_counter_ns
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+_loads = json.loads
+
+
+class BundleError(object):
+    """A bundle that failed to load: every job naming it fails with this error."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload):
+        self.payload = payload
+
+
+class Capture(io.TextIOBase):
+    """A cheap, bounded text sink standing in for sys.stdout/sys.stderr during a job."""
+
+    __slots__ = ("parts", "size", "truncated")
+
+    def __init__(self):
+        self.parts = []
+        self.size = 0
+        self.truncated = False
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not " + type(s).__name__)
+        n = len(s)
+        if self.size < OUTPUT_LIMIT:
+            self.parts.append(s)
+            self.size += n
+        else:
+            self.truncated = True
+        return n
+
+    def flush(self):
+        pass
+
+    def getbytes(self):
+        if not self.parts:
+            return b""
+        data = "".join(self.parts).encode("utf-8", "replace")
+        if len(data) > OUTPUT_LIMIT or self.truncated:
+            data = data[:OUTPUT_LIMIT] + b"\n[output truncated at 1 MiB]\n"
+        return data
+
+
+def error_payload(exc, tb_skip=0):
+    """The JSON error body for an exception: type, message, formatted traceback."""
+    tb = exc.__traceback__
+    for _ in range(tb_skip):
+        if tb is not None:
+            tb = tb.tb_next
+    try:
+        lines = traceback.format_exception(type(exc), exc, tb)
+        text = "".join(lines)
+    except BaseException:  # a broken __str__ must not kill the worker
+        text = "Traceback unavailable\n"
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<exception message unavailable>"
+    if isinstance(exc, SyntaxError):
+        try:
+            message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        except BaseException:
+            pass
+    name = type(exc).__module__ + "." + type(exc).__qualname__
+    if type(exc).__module__ == "builtins":
+        name = type(exc).__qualname__
+    return _dumps({"type": name, "message": message, "traceback": text}).encode()
+
+
+def simple_error(kind, message):
+    return _dumps({"type": kind, "message": message, "traceback": ""}).encode()
+
+
+class Worker(object):
+    def __init__(self, rfd, wfd):
+        self.rfd = rfd
+        self.wfd = wfd
+        self.bundles = {}
+        self.out = []
+        self.retire = False
+
+    # -- output -------------------------------------------------------------
+
+    def send(self, kind, body):
+        self.out.append(_header.pack(len(body) + 1, kind) + body)
+
+    def flush(self):
+        if not self.out:
+            return
+        data = b"".join(self.out)
+        self.out = []
+        view = memoryview(data)
+        while view:
+            n = os.write(self.wfd, view)
+            view = view[n:]
+
+    # -- bundles ------------------------------------------------------------
+
+    def load_bundle(self, h, spec_bytes):
+        try:
+            spec = _loads(spec_bytes)
+            name = spec["name"]
+            filename = spec.get("filename") or "<bundle %s>" % h.hex()[:12]
+            path = spec.get("path")
+            if path and path not in sys.path:
+                sys.path.insert(1, path)
+            module = types.ModuleType("__ppbundle__")
+            module.__file__ = filename
+            namespace = module.__dict__
+            for name_to_import in spec.get("imports", ()):
+                imported = importlib.import_module(name_to_import)
+                top = name_to_import.split(".")[0]
+                namespace[top] = sys.modules[top] if top != name_to_import else imported
+            for index, dep in enumerate(spec.get("deps", ())):
+                dep_name = "<%s helper %d>" % (filename, index + 1)
+                linecache.cache[dep_name] = (len(dep), None, dep.splitlines(True), dep_name)
+                exec(compile(dep, dep_name, "exec"), namespace)
+            source = spec["source"]
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            exec(compile(source, filename, "exec"), namespace)
+            fn = namespace.get(name)
+            if fn is None or not callable(fn):
+                defined = sorted(
+                    k for k, v in namespace.items()
+                    if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == "__ppbundle__"
+                )
+                if fn is None:
+                    message = "%s defines no function named %r" % (filename, name)
+                else:
+                    message = "%r in %s is a %s, not a function" % (name, filename, type(fn).__name__)
+                message += "; functions defined there: %s" % (", ".join(defined) if defined else "none")
+                self.bundles[h] = BundleError(simple_error("FunctionNotFound", message))
+            else:
+                self.bundles[h] = fn
+        except BaseException as exc:  # SyntaxError, ImportError, errors at import time
+            self.bundles[h] = BundleError(error_payload(exc, tb_skip=1))
+
+    # -- jobs ---------------------------------------------------------------
+
+    def run_job(self, body):
+        job_id, h = _job_header.unpack_from(body, 0)
+        fn = self.bundles.get(h)
+        out_bytes = err_bytes = b""
+        elapsed = 0
+        if fn is None:
+            status = BUNDLE_ERROR
+            payload = simple_error("ProtocolError", "bundle %s was never loaded on this worker" % h.hex())
+        elif fn.__class__ is BundleError:
+            status = BUNDLE_ERROR
+            payload = fn.payload
+        else:
+            try:
+                args = _loads(body[40:])
+                if args.__class__ is not list:
+                    raise TypeError("arguments must be a JSON array, got %s" % type(args).__name__)
+            except Exception as exc:
+                args = None
+                status = BAD_ARGUMENTS
+                payload = simple_error(type(exc).__name__, "bad job arguments: %s" % exc)
+            if args is not None:
+                out = Capture()
+                err = Capture()
+                saved_out, saved_err = sys.stdout, sys.stderr
+                sys.stdout, sys.stderr = out, err
+                start = _perf_ns()
+                try:
+                    value = fn(*args)
+                    status = OK
+                except BaseException as exc:
+                    status = RAISED
+                    value = exc
+                elapsed = _perf_ns() - start
+                sys.stdout, sys.stderr = saved_out, saved_err
+                if status == OK:
+                    try:
+                        payload = _dumps(value).encode()
+                    except (TypeError, ValueError, RecursionError) as exc:
+                        status = NOT_JSON
+                        payload = simple_error(
+                            type(exc).__name__,
+                            "the function returned a %s, which JSON cannot encode (%s); "
+                            "return None, bool, int, float, str, or lists and dicts of them"
+                            % (type(value).__name__, exc),
+                        )
+                else:
+                    payload = error_payload(value, tb_skip=1)
+                    if isinstance(value, MemoryError):
+                        self.retire = True
+                out_bytes = out.getbytes()
+                err_bytes = err.getbytes()
+        fields = _result_fields.pack(82, job_id, status, elapsed, len(out_bytes))  # 82 = 'R'
+        body_len = len(fields) + len(out_bytes) + 4 + len(err_bytes) + len(payload)
+        self.out.append(
+            _len.pack(body_len) + fields + out_bytes + _len.pack(len(err_bytes)) + err_bytes + payload
+        )
+
+    def check(self, body):
+        request_id, h = _job_header.unpack_from(body, 0)
+        fn = self.bundles.get(h)
+        if fn is None:
+            reply = struct.pack(">QB", request_id, 1) + simple_error("ProtocolError", "bundle never loaded")
+        elif fn.__class__ is BundleError:
+            reply = struct.pack(">QB", request_id, 1) + fn.payload
+        else:
+            reply = struct.pack(">QB", request_id, 0)
+        self.send(ord("C"), reply)
+
+    # -- main loop ----------------------------------------------------------
+
+    def serve(self):
+        hello = {
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "implementation": sys.implementation.name,
+            "executable": sys.executable,
+        }
+        self.send(ord("H"), _dumps(hello).encode())
+        self.flush()
+        buf = b""
+        read = os.read
+        rfd = self.rfd
+        unpack = _header.unpack_from
+        while True:
+            chunk = read(rfd, 1 << 20)
+            if not chunk:
+                break
+            buf = buf + chunk if buf else chunk
+            pos = 0
+            end = len(buf)
+            while end - pos >= 5:
+                length, kind = unpack(buf, pos)
+                if length < 1 or length > MAX_FRAME:
+                    sys.__stderr__.write("ppworker: bad frame length %d, exiting\n" % length)
+                    self.flush()
+                    os._exit(70)
+                if end - pos - 4 < length:
+                    break
+                body = buf[pos + 5 : pos + 4 + length]
+                pos += 4 + length
+                if kind == 74:  # 'J'
+                    self.run_job(body)
+                    self.flush()
+                    if self.retire:
+                        self.send(ord("X"), b"\x01")
+                        self.flush()
+                        os._exit(0)
+                elif kind == 66:  # 'B'
+                    self.load_bundle(body[:32], body[32:])
+                elif kind == 68:  # 'D'
+                    self.bundles.pop(body[:32], None)
+                elif kind == 67:  # 'C'
+                    self.check(body)
+                    self.flush()
+                else:
+                    sys.__stderr__.write("ppworker: unknown frame type %r, exiting\n" % chr(kind))
+                    self.flush()
+                    os._exit(70)
+            buf = buf[pos:]
+        self.flush()
+
+
+def main():
+    # Frames use private copies of fds 0 and 1. User code that reads stdin reads
+    # /dev/null, and C code that writes to fd 1 writes to stderr: neither can corrupt
+    # the frame stream.
+    rfd = os.dup(0)
+    wfd = os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    sys.stdin = open(os.devnull, "r")
+    sys.stdout = sys.stderr
+    try:
+        Worker(rfd, wfd).serve()
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+public import Logging
+public import NIOCore
+public import PPCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A pool of long-lived `python3` worker processes that run Python function calls.
+///
+/// The pool starts `workers` processes, feeds them jobs from one queue, resizes at run
+/// time, kills and replaces a worker whose job passes its timeout, replaces a worker
+/// that dies (its running job ends with a `workerDied` error that says how, the jobs
+/// queued behind it run elsewhere) and keeps statistics. Short jobs are pipelined: the
+/// pool keeps several jobs in each worker's pipe when the measured job time is small,
+/// so tiny jobs cost few system calls each.
+///
+/// All state lives on one event loop; every public method may be called from any thread.
+/// Completion handlers run on that event loop and must return quickly.
+public final class WorkerPool: Sendable {
+    /// How a pool is set up.
+    public struct Configuration: Sendable {
+        /// The number of worker processes; `nil` means the cores this process may use.
+        public var workers: Int?
+        /// The Python interpreter to start (looked up in `PATH`).
+        public var python: String
+        /// A label for this pool in statistics and errors (`"local"`, a node name).
+        public var name: String
+        /// The most jobs kept in one worker's pipe when jobs are short.
+        public var maxPipelineDepth: Int
+        /// Bytes of function bundles each worker keeps loaded before it drops the least
+        /// recently used one.
+        public var bundleCacheBytes: Int
+        /// How long `shutdown` lets running jobs finish before it kills their workers.
+        public var shutdownGrace: Duration
+        /// Where the pool logs worker starts, deaths and restarts.
+        public var logger: Logger
+
+        /// Creates a configuration.
+        ///
+        /// - Parameters:
+        ///   - workers: worker processes, `nil` for the usable core count.
+        ///   - python: the interpreter; defaults to `$PP_PYTHON` or `python3`.
+        ///   - name: the pool's label.
+        ///   - logger: where the pool logs.
+        public init(
+            workers: Int? = nil,
+            python: String? = nil,
+            name: String = "local",
+            logger: Logger = Logger(label: "pp.workers", factory: { _ in SwiftLogNoOpLogHandler() })
+        ) {
+            self.workers = workers
+            self.python = python ?? Self.defaultPython
+            self.name = name
+            self.maxPipelineDepth = 32
+            self.bundleCacheBytes = 64 << 20
+            self.shutdownGrace = .seconds(5)
+            self.logger = logger
+        }
+
+        /// `$PP_PYTHON` when set, else `python3`.
+        public static var defaultPython: String {
+            if let p = getenv("PP_PYTHON"), let s = String(validatingCString: p), !s.isEmpty { return s }
+            return "python3"
+        }
+    }
+
+    /// The event loop that owns the pool's state and its workers' pipes.
+    public let eventLoop: any EventLoop
+    let core: PoolCore  // touched only inside eventLoop closures
+    let ownedGroup: MultiThreadedEventLoopGroup?
+
+    /// The configuration the pool was created with.
+    public let configuration: Configuration
+
+    /// Starts a pool.
+    ///
+    /// - Parameters:
+    ///   - configuration: size, interpreter, label.
+    ///   - eventLoop: the loop to run on; `nil` creates a private one-thread loop.
+    public init(configuration: Configuration = .init(), eventLoop: (any EventLoop)? = nil) {
+        ignoreSIGPIPE()
+        var configuration = configuration
+        let size = max(0, configuration.workers ?? System.coreCount)
+        configuration.workers = size
+        self.configuration = configuration
+        if let eventLoop {
+            self.eventLoop = eventLoop
+            self.ownedGroup = nil
+        } else {
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            self.eventLoop = group.next()
+            self.ownedGroup = group
+        }
+        let core = PoolCore(configuration: configuration, eventLoop: self.eventLoop)
+        self.core = core
+        self.eventLoop.execute { core.start(target: size) }
+    }
+
+    // MARK: Jobs
+
+    /// Queues one job.
+    public func submit(_ job: PoolJob) {
+        self.eventLoop.execute { self.core.enqueue(CollectionOfOne(job)) }
+    }
+
+    /// Queues many jobs with one hop to the pool's loop.
+    public func submit(contentsOf jobs: [PoolJob]) {
+        guard !jobs.isEmpty else { return }
+        self.eventLoop.execute { self.core.enqueue(jobs) }
+    }
+
+    /// Cancels a job that has not started yet.
+    ///
+    /// - Returns: `true` when the job was still queued; it then ends with `cancelled`.
+    public func cancel(jobID: UInt64) async -> Bool {
+        (try? await self.eventLoop.submit { self.core.cancel(jobID: jobID) }.get()) ?? false
+    }
+
+    /// Loads `bundle` on a worker and reports whether it loaded.
+    ///
+    /// - Returns: `nil` when the function is ready to run, else the error (a
+    ///   `functionUnavailable` with the Python traceback: syntax error, failing import,
+    ///   missing function name).
+    public func check(_ bundle: FunctionBundle) async -> JobError? {
+        await withCheckedContinuation { (continuation: CheckedContinuation<JobError?, Never>) in
+            let job = PoolJob(id: PoolJob.nextCheckID(), bundle: bundle, kind: .check) { outcome in
+                switch outcome.result {
+                case .success: continuation.resume(returning: nil)
+                case .failure(let error): continuation.resume(returning: error)
+                }
+            }
+            self.submit(job)
+        }
+    }
+
+    // MARK: Size
+
+    /// The number of workers the pool keeps running.
+    public func size() async -> Int {
+        (try? await self.eventLoop.submit { self.core.target }.get()) ?? 0
+    }
+
+    /// Changes the number of workers while jobs run. New workers start at once; extra
+    /// workers finish the jobs already in their pipes and exit.
+    ///
+    /// - Parameter workers: the new size (0 or more).
+    public func resize(to workers: Int) {
+        let n = max(0, workers)
+        self.eventLoop.execute { self.core.resize(to: n) }
+    }
+
+    // MARK: Statistics
+
+    /// A snapshot of the pool's counters.
+    public func statistics() async -> PoolStatistics {
+        (try? await self.eventLoop.submit { self.core.statistics() }.get())
+            ?? PoolStatistics(name: self.configuration.name, targetWorkers: 0, queued: 0, running: 0, workers: [], pythonVersion: nil)
+    }
+
+    // MARK: Shutdown
+
+    /// Stops the pool: queued jobs end with `shutdown`, running jobs finish within the
+    /// configured grace period (then their workers are killed), and workers exit.
+    public func shutdown() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            self.eventLoop.execute { self.core.shutdown { continuation.resume() } }
+        }
+        if let group = self.ownedGroup {
+            try? await group.shutdownGracefully()
+        }
+    }
+}
+
+/// One call for the pool to run.
+public struct PoolJob: Sendable {
+    /// What the job asks of the worker.
+    public enum Kind: Sendable {
+        /// Call the function with the arguments.
+        case call
+        /// Only load the bundle and report whether it loaded.
+        case check
+    }
+
+    /// A caller-chosen id, unique among the jobs the pool holds at once.
+    public var id: UInt64
+    /// The function to call.
+    public var bundle: FunctionBundle
+    /// Its positional arguments.
+    public var arguments: JobArguments
+    /// The longest the call may run before its worker is killed, or `nil`.
+    public var timeout: Duration?
+    /// Call or check.
+    public var kind: Kind
+    /// Called once, on the pool's event loop, when the job ends.
+    public var completion: @Sendable (JobOutcome) -> Void
+
+    /// Creates a job.
+    public init(
+        id: UInt64,
+        bundle: FunctionBundle,
+        arguments: JobArguments = .none,
+        timeout: Duration? = nil,
+        kind: Kind = .call,
+        completion: @escaping @Sendable (JobOutcome) -> Void
+    ) {
+        self.id = id
+        self.bundle = bundle
+        self.arguments = arguments
+        self.timeout = timeout
+        self.kind = kind
+        self.completion = completion
+    }
+
+    private static let checkIDs = ManagedAtomicCounter(start: 1 << 62)
+
+    static func nextCheckID() -> UInt64 { Self.checkIDs.next() }
+}
+
+/// Counters of one pool.
+public struct PoolStatistics: Sendable {
+    /// The pool's label.
+    public var name: String
+    /// The number of workers the pool keeps.
+    public var targetWorkers: Int
+    /// Jobs waiting for a worker.
+    public var queued: Int
+    /// Jobs in workers' pipes or running.
+    public var running: Int
+    /// Every worker the pool has run, live or gone.
+    public var workers: [WorkerStatistics]
+    /// The workers' Python version, once one has started.
+    public var pythonVersion: String?
+
+    /// Jobs finished by all workers.
+    public var jobsDone: Int { self.workers.reduce(0) { $0 + $1.jobsDone } }
+    /// Time all workers spent running functions.
+    public var busyTime: Duration { self.workers.reduce(.zero) { $0 + $1.busyTime } }
+    /// Workers running now.
+    public var liveWorkers: Int { self.workers.filter(\.alive).count }
+}
+
+/// Counters of one worker process.
+public struct WorkerStatistics: Sendable {
+    /// The worker's number in its pool, from 1.
+    public var index: Int
+    /// Its process id.
+    public var pid: Int32
+    /// Jobs it finished (with a value or a Python error).
+    public var jobsDone: Int
+    /// Time it spent running functions.
+    public var busyTime: Duration
+    /// Whether it is running.
+    public var alive: Bool
+    /// How it ended, when it has.
+    public var exit: ExitStatus?
+}
+
+private func ignoreSIGPIPE() {
+    // A write to the pipe of a worker that just died must fail with EPIPE, not kill us.
+    _ = signal(SIGPIPE, SIG_IGN)
+}

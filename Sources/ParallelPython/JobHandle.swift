@@ -1,0 +1,103 @@
+public import PPCore
+import Foundation
+import Synchronization
+
+/// One submitted job. Await its `value` (or `result`), or give `submit` a callback.
+///
+/// A job ends exactly once: with the function's return value decoded as `T`, or with a
+/// `JobError` that says what happened.
+public final class JobHandle<T: Decodable & Sendable>: Sendable {
+    /// The job's id, unique within its `JobServer`.
+    public let id: UInt64
+    private let server: JobServer
+    private let state = Mutex<State>(.pending([]))
+
+    private enum State {
+        case pending([CheckedContinuation<JobOutcome, Never>])
+        case done(JobOutcome)
+    }
+
+    init(id: UInt64, server: JobServer) {
+        self.id = id
+        self.server = server
+    }
+
+    /// The function's return value.
+    ///
+    /// - Throws: `JobError` when the job failed, timed out, lost its worker or was cancelled.
+    public var value: T {
+        get async throws(JobError) {
+            try await self.result.get()
+        }
+    }
+
+    /// The return value or the error, once the job has ended.
+    public var result: Result<T, JobError> {
+        get async { decodeResult(T.self, await self.outcome) }
+    }
+
+    /// Everything about how the job ended: raw result, captured output, run time, executor.
+    public var outcome: JobOutcome {
+        get async {
+            await withCheckedContinuation { (c: CheckedContinuation<JobOutcome, Never>) in
+                let done: JobOutcome? = self.state.withLock { state in
+                    switch state {
+                    case .done(let outcome): return outcome
+                    case .pending(var waiters):
+                        waiters.append(c)
+                        state = .pending(waiters)
+                        return nil
+                    }
+                }
+                if let done { c.resume(returning: done) }
+            }
+        }
+    }
+
+    /// Whether the job has ended.
+    public var isFinished: Bool {
+        self.state.withLock { if case .done = $0 { true } else { false } }
+    }
+
+    /// Cancels the job if it has not started.
+    ///
+    /// - Returns: `true` when it was still queued; it then ends with `JobError.Code.cancelled`.
+    @discardableResult
+    public func cancel() async -> Bool {
+        await self.server.cancel(jobID: self.id)
+    }
+
+    /// Records the outcome and wakes every waiter. Called once.
+    func complete(_ outcome: JobOutcome) {
+        let waiters: [CheckedContinuation<JobOutcome, Never>] = self.state.withLock { state in
+            guard case .pending(let waiters) = state else { return [] }
+            state = .done(outcome)
+            return waiters
+        }
+        for w in waiters { w.resume(returning: outcome) }
+    }
+}
+
+/// Decodes a job's JSON result as `T`: `RawJSON` keeps the bytes as they are.
+func decodeResult<T: Decodable>(_ type: T.Type, _ outcome: JobOutcome) -> Result<T, JobError> {
+    switch outcome.result {
+    case .failure(let error):
+        return .failure(error)
+    case .success(let bytes):
+        if T.self == RawJSON.self { return .success(RawJSON(bytes: bytes) as! T) }
+        do {
+            return .success(try JSONDecoder().decode(T.self, from: Data(bytes)))
+        } catch {
+            let text = String(decoding: bytes.prefix(200), as: UTF8.self)
+            return .failure(
+                JobError(
+                    code: .resultNotJSON,
+                    message: "the result \(text) does not decode as \(T.self): \(error); ask for JSONValue to accept any shape",
+                    stdout: outcome.stdout,
+                    stderr: outcome.stderr,
+                    executor: outcome.executor
+                )
+            )
+        }
+    }
+}

@@ -1,0 +1,389 @@
+public import Logging
+public import PPCore
+import PPWorkers
+import NIOCore
+import Synchronization
+
+/// Runs Python functions in parallel on local worker processes.
+///
+/// ```swift
+/// let server = JobServer()                       // one worker per usable core
+/// let f = try PythonFunction(file: "examples/sum_primes.py", name: "sum_primes")
+/// let sums = try await server.map(f, Array(stride(from: 100_000, to: 100_800, by: 100)), as: Int.self)
+/// print(await server.statisticsTable())
+/// await server.shutdown()
+/// ```
+///
+/// Every job ends exactly once, with a value or a `JobError`. Call `shutdown()` when
+/// done: it ends the worker processes.
+public final class JobServer: Sendable {
+    /// How a job server is set up.
+    public struct Configuration: Sendable {
+        /// Local worker processes; `nil` means the cores this process may use, 0 none.
+        public var workers: Int?
+        /// The Python interpreter for local workers; `nil` means `$PP_PYTHON` or `python3`.
+        public var python: String?
+        /// The default per-job timeout, `nil` for none.
+        public var timeout: Duration?
+        /// Where the server logs.
+        public var logger: Logger
+
+        /// Creates a configuration.
+        public init(
+            workers: Int? = nil,
+            python: String? = nil,
+            timeout: Duration? = nil,
+            logger: Logger = Logger(label: "pp.jobserver", factory: { _ in SwiftLogNoOpLogHandler() })
+        ) {
+            self.workers = workers
+            self.python = python
+            self.timeout = timeout
+            self.logger = logger
+        }
+    }
+
+    /// The configuration the server was created with.
+    public let configuration: Configuration
+    let pool: WorkerPool
+    private let ids = ManagedAtomicCounter(start: 1)
+    private let book = Mutex(Book())
+    private let started = ContinuousClock.now
+
+    /// Starts a job server and its local workers.
+    ///
+    /// - Parameter configuration: worker count, interpreter, default timeout.
+    public init(configuration: Configuration = .init()) {
+        self.configuration = configuration
+        var poolConfiguration = WorkerPool.Configuration(
+            workers: configuration.workers,
+            python: configuration.python,
+            name: "local",
+            logger: configuration.logger
+        )
+        poolConfiguration.name = "local"
+        self.pool = WorkerPool(configuration: poolConfiguration)
+    }
+
+    /// Starts a job server with `workers` local workers (`nil`: one per usable core).
+    public convenience init(workers: Int?) {
+        self.init(configuration: .init(workers: workers))
+    }
+
+    // MARK: Submitting
+
+    /// Submits one call of `function`.
+    ///
+    /// - Parameters:
+    ///   - function: the Python function.
+    ///   - arguments: its positional arguments, each any `Encodable` value.
+    ///   - type: the type to decode the return value as (`JSONValue` accepts any).
+    ///   - group: a group name for `wait(group:)`.
+    ///   - timeout: the longest the call may run; `nil` uses the configured default.
+    ///   - callback: called once when the job ends, on an internal thread; keep it short.
+    /// - Returns: the job's handle.
+    /// - Throws: `EncodingError` when an argument cannot be encoded as JSON.
+    @discardableResult
+    public func submit<T: Decodable & Sendable>(
+        _ function: PythonFunction,
+        _ arguments: any Encodable & Sendable...,
+        as type: T.Type,
+        group: String = "default",
+        timeout: Duration? = nil,
+        callback: (@Sendable (Result<T, JobError>) -> Void)? = nil
+    ) throws -> JobHandle<T> {
+        self.submit(function, arguments: try JobArguments(arguments), as: type, group: group, timeout: timeout, callback: callback)
+    }
+
+    /// Submits one call of `function` with arguments already encoded as a JSON array.
+    ///
+    /// - Parameters:
+    ///   - function: the Python function.
+    ///   - arguments: the positional arguments as one JSON array.
+    ///   - type: the type to decode the return value as.
+    ///   - group: a group name for `wait(group:)`.
+    ///   - timeout: the longest the call may run; `nil` uses the configured default.
+    ///   - callback: called once when the job ends, on an internal thread; keep it short.
+    /// - Returns: the job's handle.
+    @discardableResult
+    public func submit<T: Decodable & Sendable>(
+        _ function: PythonFunction,
+        arguments: JobArguments,
+        as type: T.Type,
+        group: String = "default",
+        timeout: Duration? = nil,
+        callback: (@Sendable (Result<T, JobError>) -> Void)? = nil
+    ) -> JobHandle<T> {
+        let id = self.ids.next()
+        let handle = JobHandle<T>(id: id, server: self)
+        self.book.withLock { $0.begin(group: group) }
+        let job = PoolJob(
+            id: id,
+            bundle: function.bundle,
+            arguments: arguments,
+            timeout: timeout ?? self.configuration.timeout
+        ) { [self] outcome in
+            self.record(outcome)
+            handle.complete(outcome)
+            callback?(decodeResult(T.self, outcome))
+            self.finish(group: group)
+        }
+        self.pool.submit(job)
+        return handle
+    }
+
+    /// Runs `function` once per input and returns every result in input order.
+    ///
+    /// Each input is the single argument of its call; use `JobArguments` inputs (or
+    /// `mapResults(_:arguments:as:timeout:)`) for several arguments.
+    ///
+    /// - Throws: the first failed job's `JobError` (all jobs still run to the end), or
+    ///   `EncodingError` for an input JSON cannot encode.
+    public func map<T: Decodable & Sendable>(
+        _ function: PythonFunction,
+        _ inputs: [some Encodable & Sendable],
+        as type: T.Type = JSONValue.self,
+        timeout: Duration? = nil
+    ) async throws -> [T] {
+        let results = await self.mapResults(function, arguments: try inputs.map { try JobArguments(single: $0) }, as: type, timeout: timeout)
+        return try results.map { try $0.get() }
+    }
+
+    /// Runs `function` once per argument list and returns every result, value or
+    /// error, in input order.
+    public func mapResults<T: Decodable & Sendable>(
+        _ function: PythonFunction,
+        arguments: [JobArguments],
+        as type: T.Type = JSONValue.self,
+        timeout: Duration? = nil
+    ) async -> [Result<T, JobError>] {
+        let outcomes = await self.runAll(function, arguments: arguments, timeout: timeout)
+        return outcomes.map { decodeResult(T.self, $0) }
+    }
+
+    /// Runs `function` once per argument list; yields `(index, result)` as each job ends,
+    /// in completion order.
+    public func resultsAsCompleted<T: Decodable & Sendable>(
+        _ function: PythonFunction,
+        arguments: [JobArguments],
+        as type: T.Type = JSONValue.self,
+        timeout: Duration? = nil
+    ) -> AsyncStream<(index: Int, result: Result<T, JobError>)> {
+        let (stream, continuation) = AsyncStream.makeStream(of: (index: Int, result: Result<T, JobError>).self)
+        let remaining = Mutex(arguments.count)
+        if arguments.isEmpty { continuation.finish() }
+        self.submitBatch(function, arguments: arguments, timeout: timeout) { index, outcome in
+            continuation.yield((index, decodeResult(T.self, outcome)))
+            if remaining.withLock({ $0 -= 1; return $0 == 0 }) { continuation.finish() }
+        }
+        return stream
+    }
+
+    /// Runs every call and returns the raw outcomes in input order.
+    func runAll(_ function: PythonFunction, arguments: [JobArguments], timeout: Duration?) async -> [JobOutcome] {
+        guard !arguments.isEmpty else { return [] }
+        let collector = Collector(count: arguments.count)
+        return await withCheckedContinuation { continuation in
+            collector.setContinuation(continuation)
+            self.submitBatch(function, arguments: arguments, timeout: timeout) { index, outcome in
+                collector.store(outcome, at: index)
+            }
+        }
+    }
+
+    /// Submits one job per argument list with one hop to the pool; `completion` gets
+    /// the input index.
+    ///
+    /// - Returns: the job ids, in input order.
+    @discardableResult
+    public func submitBatch(
+        _ function: PythonFunction,
+        arguments: [JobArguments],
+        timeout: Duration? = nil,
+        completion: @escaping @Sendable (Int, JobOutcome) -> Void
+    ) -> [UInt64] {
+        let timeout = timeout ?? self.configuration.timeout
+        self.book.withLock { $0.begin(group: "default", count: arguments.count) }
+        var jobs = [PoolJob]()
+        jobs.reserveCapacity(arguments.count)
+        for (index, args) in arguments.enumerated() {
+            jobs.append(
+                PoolJob(id: self.ids.next(), bundle: function.bundle, arguments: args, timeout: timeout) { [self] outcome in
+                    self.record(outcome)
+                    completion(index, outcome)
+                    self.finish(group: "default")
+                }
+            )
+        }
+        self.pool.submit(contentsOf: jobs)
+        return jobs.map(\.id)
+    }
+
+    /// Loads `function` on a worker without running it.
+    ///
+    /// - Throws: `JobError` with code `functionUnavailable` and the Python traceback when
+    ///   the source has a syntax error, an import fails, or the name is not defined.
+    public func load(_ function: PythonFunction) async throws(JobError) {
+        if let error = await self.pool.check(function.bundle) { throw error }
+    }
+
+    /// Cancels a queued job by id.
+    ///
+    /// - Returns: `true` when the job had not started; it then ends with `cancelled`.
+    public func cancel(jobID: UInt64) async -> Bool {
+        await self.pool.cancel(jobID: jobID)
+    }
+
+    // MARK: Waiting
+
+    /// Waits until every job submitted to `group` so far has ended.
+    public func wait(group: String) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let ready = self.book.withLock { $0.addWaiter(c, group: group) }
+            if ready { c.resume() }
+        }
+    }
+
+    /// Waits until every job submitted so far has ended.
+    public func waitAll() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let ready = self.book.withLock { $0.addWaiter(c, group: nil) }
+            if ready { c.resume() }
+        }
+    }
+
+    // MARK: Workers
+
+    /// The number of local worker processes the server keeps.
+    public func workers() async -> Int {
+        await self.pool.size()
+    }
+
+    /// Changes the number of local worker processes while jobs run.
+    ///
+    /// - Parameter count: the new number, 0 or more.
+    public func setWorkers(_ count: Int) {
+        self.pool.resize(to: count)
+    }
+
+    // MARK: Statistics
+
+    /// Counters per executor and per worker.
+    public func statistics() async -> JobServerStatistics {
+        let executors = self.book.withLock { $0.executors }
+        return JobServerStatistics(
+            executors: executors.keys.sorted().map { ExecutorStatistics(name: $0, jobs: executors[$0]!.jobs, totalTime: executors[$0]!.time) },
+            elapsed: ContinuousClock.now - self.started,
+            localPool: await self.pool.statistics()
+        )
+    }
+
+    /// The statistics as a table like Parallel Python's `print_stats`.
+    public func statisticsTable() async -> String {
+        await self.statistics().table
+    }
+
+    // MARK: Shutdown
+
+    /// Ends the server: queued jobs end with `shutdown`, running jobs finish (within the
+    /// pool's grace period), worker processes exit.
+    public func shutdown() async {
+        await self.pool.shutdown()
+    }
+
+    // MARK: Bookkeeping
+
+    private func record(_ outcome: JobOutcome) {
+        self.book.withLock { $0.record(outcome) }
+    }
+
+    private func finish(group: String) {
+        let waiters = self.book.withLock { $0.end(group: group) }
+        for w in waiters { w.resume() }
+    }
+}
+
+/// Counters, groups and waiters of a job server; lives under its mutex.
+struct Book {
+    struct Counters {
+        var jobs = 0
+        var time: Duration = .zero
+    }
+
+    var executors: [String: Counters] = [:]
+    var pending: [String: Int] = [:]
+    var totalPending = 0
+    var groupWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+    var allWaiters: [CheckedContinuation<Void, Never>] = []
+
+    mutating func begin(group: String, count: Int = 1) {
+        self.pending[group, default: 0] += count
+        self.totalPending += count
+    }
+
+    mutating func record(_ outcome: JobOutcome) {
+        self.executors[outcome.executor, default: Counters()].jobs += 1
+        self.executors[outcome.executor, default: Counters()].time += outcome.duration
+    }
+
+    mutating func end(group: String) -> [CheckedContinuation<Void, Never>] {
+        self.totalPending -= 1
+        self.pending[group, default: 1] -= 1
+        var woken: [CheckedContinuation<Void, Never>] = []
+        if self.pending[group] == 0 {
+            self.pending[group] = nil
+            woken += self.groupWaiters.removeValue(forKey: group) ?? []
+        }
+        if self.totalPending == 0 {
+            woken += self.allWaiters
+            self.allWaiters = []
+        }
+        return woken
+    }
+
+    /// Adds a waiter unless its jobs are done; returns `true` when they are.
+    mutating func addWaiter(_ c: CheckedContinuation<Void, Never>, group: String?) -> Bool {
+        if let group {
+            guard self.pending[group, default: 0] > 0 else { return true }
+            self.groupWaiters[group, default: []].append(c)
+        } else {
+            guard self.totalPending > 0 else { return true }
+            self.allWaiters.append(c)
+        }
+        return false
+    }
+}
+
+/// Collects the outcomes of a batch in input order, then resumes its waiter once.
+final class Collector: Sendable {
+    private struct State {
+        var outcomes: [JobOutcome?]
+        var remaining: Int
+        var continuation: CheckedContinuation<[JobOutcome], Never>?
+    }
+
+    private let state: Mutex<State>
+
+    init(count: Int) {
+        self.state = Mutex(State(outcomes: Array(repeating: nil, count: count), remaining: count))
+    }
+
+    func setContinuation(_ c: CheckedContinuation<[JobOutcome], Never>) {
+        let done: [JobOutcome]? = self.state.withLock { s in
+            if s.remaining == 0 { return s.outcomes.map { $0! } }
+            s.continuation = c
+            return nil
+        }
+        if let done { c.resume(returning: done) }
+    }
+
+    func store(_ outcome: JobOutcome, at index: Int) {
+        let resume: (CheckedContinuation<[JobOutcome], Never>, [JobOutcome])? = self.state.withLock { s in
+            s.outcomes[index] = outcome
+            s.remaining -= 1
+            guard s.remaining == 0, let c = s.continuation else { return nil }
+            s.continuation = nil
+            return (c, s.outcomes.map { $0! })
+        }
+        if let (c, all) = resume { c.resume(returning: all) }
+    }
+}
