@@ -97,20 +97,18 @@ def error_payload(exc, tb_skip=0):
     for _ in range(tb_skip):
         if tb is not None:
             tb = tb.tb_next
-    try:
-        lines = traceback.format_exception(type(exc), exc, tb)
-        text = "".join(lines)
-    except BaseException:  # a broken __str__ must not kill the worker
-        text = "Traceback unavailable\n"
+    text = ""
+    if tb is not None or isinstance(exc, SyntaxError):
+        # With no frame of user code left (a call with wrong arguments), the
+        # exception line alone says everything: no traceback.
+        try:
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+        except BaseException:  # a broken __str__ must not kill the worker
+            text = "Traceback unavailable\n"
     try:
         message = str(exc)
     except BaseException:
         message = "<exception message unavailable>"
-    if isinstance(exc, SyntaxError):
-        try:
-            message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        except BaseException:
-            pass
     name = type(exc).__module__ + "." + type(exc).__qualname__
     if type(exc).__module__ == "builtins":
         name = type(exc).__qualname__

@@ -1,0 +1,78 @@
+import Foundation
+
+/// Writes to stdout and stderr without Foundation's buffering surprises.
+enum Console {
+    static let stderrIsTerminal = isatty(2) == 1
+
+    /// Writes a line (or text) to stderr.
+    static func error(_ text: String, newline: Bool = true) {
+        var bytes = Array(text.utf8)
+        if newline { bytes.append(10) }
+        self.writeAll(fd: 2, bytes)
+    }
+
+    /// Writes every byte, retrying short writes.
+    static func writeAll(fd: Int32, _ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return
+                }
+                offset += n
+            }
+        }
+    }
+}
+
+/// A one-line progress bar on stderr, redrawn at most ten times a second.
+final class Progress: @unchecked Sendable {
+    // Used from the consumer loop of MapRunner only.
+    private let total: Int?
+    private let started = ContinuousClock.now
+    private var lastDraw = ContinuousClock.now - .seconds(1)
+    private var shown = false
+
+    init(total: Int?) {
+        self.total = total
+    }
+
+    func update(done: Int, failed: Int) {
+        let now = ContinuousClock.now
+        guard now - self.lastDraw >= .milliseconds(100) || done == self.total else { return }
+        self.lastDraw = now
+        let elapsed = max((now - self.started).secondsValue, 0.001)
+        let rate = Double(done) / elapsed
+        var line = ""
+        if let total, total > 0 {
+            let width = 30
+            let filled = min(width, done * width / total)
+            line = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] \(done)/\(total)"
+            if rate > 0, done < total { line += String(format: " ETA %.0fs", Double(total - done) / rate) }
+        } else {
+            line = "\(done) done"
+        }
+        line += String(format: " %.1f jobs/s", rate)
+        if failed > 0 { line += " \(failed) failed" }
+        Console.error("\r\u{1B}[2K" + line, newline: false)
+        self.shown = true
+    }
+
+    func clear() {
+        if self.shown { Console.error("\r\u{1B}[2K", newline: false) }
+        self.lastDraw = ContinuousClock.now - .seconds(1)
+    }
+
+    func finish() {
+        if self.shown { Console.error("") }
+    }
+}
+
+extension Duration {
+    var secondsValue: Double {
+        let (s, a) = self.components
+        return Double(s) + Double(a) / 1e18
+    }
+}

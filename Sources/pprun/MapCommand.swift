@@ -1,0 +1,139 @@
+import ArgumentParser
+import Foundation
+import ParallelPython
+
+/// `pprun map FILE.py:FUNC ...`: one job per input.
+struct MapCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "map",
+        abstract: "Call FILE.py:FUNC once per input; print each result as a JSON line.",
+        discussion: """
+            Inputs come from exactly one of: the ARG list (an ARG that parses as JSON is \
+            that value, otherwise it is a string), --range (integers, like Python's \
+            range), or --input (JSON lines: an array is the job's positional arguments, \
+            any other value its single argument).
+
+            What a job prints goes to stderr; stdout holds only results, one per \
+            successful job, in input order.
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The function: a Python file, a colon, a function name.", valueName: "FILE.py:FUNC"))
+    var function: String
+
+    @Argument(help: ArgumentHelp("One job per ARG: JSON values, or strings.", valueName: "ARG"))
+    var args: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Integers START, START+STEP, ... below STOP.", valueName: "START:STOP[:STEP]"))
+    var range: String?
+
+    @Option(name: .long, help: ArgumentHelp("Read JSON lines from PATH, or stdin for '-'.", valueName: "PATH"))
+    var input: String?
+
+    @Option(name: .long, help: ArgumentHelp("Local worker processes (default: the usable cores).", valueName: "N"))
+    var workers: Int?
+
+    @Option(name: .long, help: ArgumentHelp("Kill a job (and replace its worker) after this long.", valueName: "SECONDS"))
+    var timeout: Double?
+
+    @Flag(name: .long, help: "Print the job statistics table on stderr at the end.")
+    var stats = false
+
+    @Option(name: .long, help: ArgumentHelp("The Python interpreter for workers (default: $PP_PYTHON or python3).", valueName: "PATH"))
+    var python: String?
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "Show a progress bar on stderr (default: only when stderr is a terminal).")
+    var progress: Bool?
+
+    func validate() throws {
+        let sources = [!self.args.isEmpty, self.range != nil, self.input != nil].filter { $0 }.count
+        if sources == 0 {
+            throw ValidationError("no inputs: give ARGs, --range START:STOP[:STEP] or --input PATH (or - for stdin)")
+        }
+        if sources > 1 {
+            throw ValidationError("give inputs one way only: ARGs, --range or --input")
+        }
+        if let range { _ = try RangeSpec(range) }
+        if let workers, workers < 1 {
+            throw ValidationError("--workers must be at least 1 (got \(workers)); local workers are the only executors for now")
+        }
+        if let timeout, !(timeout > 0) || !timeout.isFinite {
+            throw ValidationError("--timeout must be a positive number of seconds (got \(timeout))")
+        }
+    }
+
+    func run() async throws {
+        let function: PythonFunction
+        do {
+            function = try PythonFunction(spec: self.function)
+        } catch {
+            Console.error("pprun: \(error)")
+            throw ExitCode(ExitCodes.cannotStart)
+        }
+        let inputs: InputSource
+        do {
+            inputs = try self.makeInputs()
+        } catch {
+            Console.error("pprun: \(error)")
+            throw ExitCode(ExitCodes.cannotStart)
+        }
+
+        let server = JobServer(configuration: .init(workers: self.workers, python: self.python, timeout: self.timeout.map { .milliseconds(Int64($0 * 1000)) }))
+        do {
+            try await server.load(function)
+        } catch {
+            Console.error("pprun: cannot load \(self.function): \(error.pythonType.map { "\($0): " } ?? "")\(error.message)")
+            if !error.traceback.isEmpty { Console.error(error.traceback, newline: false) }
+            await server.shutdown()
+            throw ExitCode(ExitCodes.cannotStart)
+        }
+
+        let showProgress = self.progress ?? Console.stderrIsTerminal
+        let runner = MapRunner(server: server, function: function, progress: showProgress ? Progress(total: inputs.count) : nil)
+        let summary = await runner.run(inputs)
+        if self.stats { Console.error(await server.statisticsTable()) }
+        await server.shutdown()
+        if summary.failed > 0 {
+            Console.error("pprun: \(summary.failed) of \(summary.total) jobs failed")
+            throw ExitCode(ExitCodes.jobFailed)
+        }
+    }
+
+    private func makeInputs() throws -> InputSource {
+        if let range { return .range(try RangeSpec(range)) }
+        if let input {
+            if input == "-" { return .lines(LineReader(fd: 0), name: "stdin") }
+            let fd = open(input, O_RDONLY)
+            guard fd >= 0 else {
+                throw ValidationError("cannot open --input \(input): \(String(cString: strerror(errno)))")
+            }
+            return .lines(LineReader(fd: fd), name: input)
+        }
+        return .arguments(self.args)
+    }
+}
+
+/// `START:STOP[:STEP]`, integers as Python's `range`.
+struct RangeSpec {
+    var start: Int
+    var stop: Int
+    var step: Int
+
+    init(_ text: String) throws {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard (2...3).contains(parts.count), parts.allSatisfy({ $0 != nil }) else {
+            throw ValidationError("--range '\(text)' is not START:STOP[:STEP] with integers, e.g. 0:100 or 100000:100800:100")
+        }
+        self.start = parts[0]!
+        self.stop = parts[1]!
+        self.step = parts.count == 3 ? parts[2]! : 1
+        guard self.step != 0 else { throw ValidationError("--range step must not be 0") }
+    }
+
+    var values: StrideTo<Int> { stride(from: self.start, to: self.stop, by: self.step) }
+    var count: Int {
+        self.step > 0
+            ? max(0, (self.stop - self.start + self.step - 1) / self.step)
+            : max(0, (self.start - self.stop - self.step - 1) / -self.step)
+    }
+}

@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import ParallelPython
+
+/// `pprun`: run a Python function over many inputs on every core, from a shell.
+@main
+struct PPRun: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pprun",
+        abstract: "Run a Python function in parallel over many inputs.",
+        discussion: """
+            Jobs run on local python3 worker processes (one per core by default). Results \
+            go to stdout as JSON lines, in input order, as soon as order allows. A failing \
+            job prints its input, the Python exception and the traceback on stderr; the \
+            other jobs still run, and the exit status is 1.
+
+            Exit status: 0 all jobs succeeded; 1 some job failed; 2 the function could not \
+            be loaded or no worker could start; 64 bad command line.
+
+            Examples:
+              pprun map examples/sum_primes.py:sum_primes 100000 100100 100200
+              pprun map examples/sum_primes.py:sum_primes --range 100000:100800:100 --stats
+              seq 1 1000 | pprun map work.py:process --input - --workers 8 --timeout 30
+              pprun map work.py:pair --input pairs.jsonl   # a line [1, 2] calls pair(1, 2)
+            """,
+        subcommands: [MapCommand.self]
+    )
+}
+
+/// Exit codes of `pprun`, documented in man/pprun.1.
+enum ExitCodes {
+    static let jobFailed: Int32 = 1
+    static let cannotStart: Int32 = 2
+}
