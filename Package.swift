@@ -96,20 +96,21 @@ let package = Package(
         ),
 
         // MARK: Tests
-        .testTarget(name: "PPCoreTests", dependencies: ["PPCore"], swiftSettings: swiftSettings),
+        .target(name: "PPTesting", swiftSettings: swiftSettings),
+        .testTarget(name: "PPCoreTests", dependencies: ["PPCore", .product(name: "NIOCore", package: "swift-nio")], swiftSettings: swiftSettings),
         .testTarget(
             name: "PPWorkersTests",
-            dependencies: ["PPWorkers", "PPCore"],
+            dependencies: ["PPWorkers", "PPCore", "PPTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ParallelPythonTests",
-            dependencies: ["ParallelPython", "PPCore"],
+            dependencies: ["ParallelPython", "PPTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "PPRunTests",
-            dependencies: ["PPCore"],
+            dependencies: ["PPTesting"],
             swiftSettings: swiftSettings
         ),
     ]

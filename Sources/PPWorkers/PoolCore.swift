@@ -28,6 +28,7 @@ final class PoolCore: @unchecked Sendable {
     private var meanJobNanos: Double = 2_000_000
     private var startFailures = 0
     private var lastStartError = ""
+    private var retryScheduled = false
     private var pythonVersion: String?
     private var sweeper: RepeatedTask?
     private var shuttingDown = false
@@ -120,6 +121,7 @@ final class PoolCore: @unchecked Sendable {
             self.startFailures += 1
             self.lastStartError = "\(error)"
             self.logger.error("cannot start worker", metadata: ["pool": "\(self.configuration.name)", "error": "\(error)"])
+            self.retryStart()
             return
         }
         let slot = WorkerSlot(index: index, process: process, startedAt: .now())
@@ -145,6 +147,18 @@ final class PoolCore: @unchecked Sendable {
                     self.channelClosed(index: index)
                 }
             }
+    }
+
+    /// Tries again to reach `target` workers a little later, or, after too many
+    /// failures, ends the queued jobs with the reason (done by `maintain`).
+    private func retryStart() {
+        guard !self.retryScheduled else { return }
+        self.retryScheduled = true
+        self.eventLoop.scheduleTask(in: .milliseconds(100)) { [self] in
+            self.retryScheduled = false
+            self.maintain()
+            self.dispatch()
+        }
     }
 
     private func retire(_ slot: WorkerSlot) {
@@ -175,6 +189,7 @@ final class PoolCore: @unchecked Sendable {
         if slot.state == .starting, slot.killReason == nil, !self.shuttingDown {
             self.startFailures += 1
             self.lastStartError = "'\(self.configuration.python)' (pid \(slot.process.pid)) \(status) before it was ready"
+            self.retryStart()
         }
         var inflight = slot.inflight
         if let head = inflight.popFirst() {

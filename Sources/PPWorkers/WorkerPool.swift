@@ -2,6 +2,7 @@ public import Logging
 public import NIOCore
 public import PPCore
 import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -70,6 +71,7 @@ public final class WorkerPool: Sendable {
     public let eventLoop: any EventLoop
     let core: PoolCore  // touched only inside eventLoop closures
     let ownedGroup: MultiThreadedEventLoopGroup?
+    let stopState = Mutex(StopState.running)
 
     /// The configuration the pool was created with.
     public let configuration: Configuration
@@ -164,13 +166,44 @@ public final class WorkerPool: Sendable {
     /// Stops the pool: queued jobs end with `shutdown`, running jobs finish within the
     /// configured grace period (then their workers are killed), and workers exit.
     public func shutdown() async {
+        // Only the first call stops the pool; later calls wait for it to finish.
+        let first: Bool = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let action: Bool? = self.stopState.withLock { state in
+                switch state {
+                case .running:
+                    state = .stopping([])
+                    return true
+                case .stopping(var waiters):
+                    waiters.append(continuation)
+                    state = .stopping(waiters)
+                    return nil
+                case .stopped:
+                    return false
+                }
+            }
+            if let action { continuation.resume(returning: action) }
+        }
+        guard first else { return }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             self.eventLoop.execute { self.core.shutdown { continuation.resume() } }
         }
         if let group = self.ownedGroup {
             try? await group.shutdownGracefully()
         }
+        let waiters: [CheckedContinuation<Bool, Never>] = self.stopState.withLock { state in
+            defer { state = .stopped }
+            if case .stopping(let waiters) = state { return waiters }
+            return []
+        }
+        for w in waiters { w.resume(returning: false) }
     }
+}
+
+/// Where a pool is in its shutdown.
+enum StopState {
+    case running
+    case stopping([CheckedContinuation<Bool, Never>])
+    case stopped
 }
 
 /// One call for the pool to run.

@@ -1,0 +1,324 @@
+import Foundation
+import PPCore
+import PPTesting
+import PPWorkers
+import Testing
+
+private let ids = ManagedAtomicCounter()
+
+/// Runs one call on `pool` and returns how it ended.
+func run(_ pool: WorkerPool, _ bundle: FunctionBundle, _ args: String, timeout: Duration? = nil) async -> JobOutcome {
+    await withCheckedContinuation { c in
+        pool.submit(PoolJob(id: ids.next(), bundle: bundle, arguments: JobArguments(jsonArray: Array(args.utf8)), timeout: timeout) {
+            c.resume(returning: $0)
+        })
+    }
+}
+
+/// Runs many calls and returns their outcomes in order.
+func runAll(_ pool: WorkerPool, _ bundle: FunctionBundle, _ args: [String], timeout: Duration? = nil) async -> [JobOutcome] {
+    await withTaskGroup(of: (Int, JobOutcome).self) { group in
+        for (i, a) in args.enumerated() {
+            group.addTask { (i, await run(pool, bundle, a, timeout: timeout)) }
+        }
+        var out = [JobOutcome?](repeating: nil, count: args.count)
+        for await (i, o) in group { out[i] = o }
+        return out.map { $0! }
+    }
+}
+
+func text(_ o: JobOutcome) -> String? {
+    if case .success(let bytes) = o.result { return String(decoding: bytes, as: UTF8.self) }
+    return nil
+}
+
+func failure(_ o: JobOutcome) -> JobError? {
+    if case .failure(let e) = o.result { return e }
+    return nil
+}
+
+let functions = """
+    import os, sys, time, math, signal
+
+    def square(x):
+        return x * x
+
+    def fib(n):
+        a, b = 0, 1
+        for _ in range(n):
+            a, b = b, a + b
+        return a
+
+    def describe(d):
+        return {"keys": sorted(d), "total": sum(d.values()), "pi": round(math.pi, 5)}
+
+    def words(s):
+        return [w.upper() for w in s.split()]
+
+    def fail(x):
+        return helper(x)
+
+    def helper(x):
+        raise ValueError("x was %r" % (x,))
+
+    def chatty(x):
+        print("out", x)
+        print("err", x, file=sys.stderr)
+        os.write(1, b"raw bytes on fd 1\\n")
+        return sys.stdin.read()
+
+    def killself(sig):
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+
+    def exit_now(code):
+        os._exit(code)
+
+    def segfault():
+        import ctypes
+        ctypes.string_at(0)
+
+    def hog():
+        return bytearray(1 << 60)
+
+    def sleep(s):
+        time.sleep(s)
+        return s
+
+    def not_json(kind):
+        return {"set": {1}, "nan": float("nan"), "obj": object()}[kind]
+
+    def pid():
+        return os.getpid()
+    """
+
+func bundle(_ name: String) -> FunctionBundle {
+    FunctionBundle(name: name, source: functions, filename: "functions.py")
+}
+
+@Suite("WorkerPool with real python3 workers")
+struct WorkerPoolTests {
+    @Test func embeddedScriptMatchesWorkerPy() throws {
+        let file = try String(contentsOfFile: repositoryRoot + "/Sources/PPWorkers/Python/worker.py", encoding: .utf8)
+        #expect(WorkerScript.source + "\n" == file, "run scripts/embed-worker after editing worker.py")
+    }
+
+    @Test func resultsEqualSerialPython() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 2))
+        let squares = await runAll(pool, bundle("square"), (0..<50).map { "[\($0)]" })
+        let fibs = await runAll(pool, bundle("fib"), (0..<30).map { "[\($0 * 7)]" })
+        let described = await run(pool, bundle("describe"), #"[{"b": 2, "a": 1.5}]"#)
+        let upper = await run(pool, bundle("words"), #"["héllo wörld \"q\""]"#)
+        let serial = try runPython(
+            functions + """
+
+                import json
+                print(json.dumps([square(i) for i in range(50)], separators=(",", ":")))
+                print(json.dumps([fib(i * 7) for i in range(30)], separators=(",", ":")))
+                print(json.dumps(describe({"b": 2, "a": 1.5}), separators=(",", ":"), ensure_ascii=False))
+                print(json.dumps(words("héllo wörld \\"q\\""), separators=(",", ":"), ensure_ascii=False))
+                """
+        )
+        #expect("[" + squares.compactMap(text).joined(separator: ",") + "]" == serial[0])
+        #expect("[" + fibs.compactMap(text).joined(separator: ",") + "]" == serial[1])
+        #expect(text(described) == serial[2])
+        #expect(text(upper) == serial[3])
+        await pool.shutdown()
+    }
+
+    @Test func exceptionCarriesTypeMessageAndTraceback() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        let o = await run(pool, bundle("fail"), "[3]")
+        let e = try #require(failure(o))
+        #expect(e.code == .pythonException)
+        #expect(e.pythonType == "ValueError")
+        #expect(e.message == "x was 3")
+        #expect(e.traceback.contains("File \"functions.py\", line 19, in fail"))
+        #expect(e.traceback.contains("in helper"))
+        #expect(e.traceback.contains("raise ValueError"))
+        // The worker survives its user's exception.
+        #expect(text(await run(pool, bundle("square"), "[4]")) == "16")
+        await pool.shutdown()
+    }
+
+    @Test func outputIsCapturedAndStdinIsEmpty() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        let o = await run(pool, bundle("chatty"), "[5]")
+        #expect(text(o) == "\"\"")
+        #expect(o.stdout == "out 5\n")
+        #expect(o.stderr == "err 5\n")
+        await pool.shutdown()
+    }
+
+    @Test func workerKilledMidJobIsReplaced() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        let before = try #require(text(await run(pool, bundle("pid"), "[]")))
+        // Killed from outside, mid-job.
+        async let slow = run(pool, bundle("sleep"), "[30]")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(kill(Int32(before)!, SIGKILL) == 0)
+        let e = try #require(failure(await slow))
+        #expect(e.code == .workerDied)
+        #expect(e.message.contains("killed by signal 9 (SIGKILL)"))
+        // Killed by its own job, and ending by os._exit.
+        let e2 = try #require(failure(await run(pool, bundle("killself"), "[9]")))
+        #expect(e2.code == .workerDied && e2.message.contains("signal 9"))
+        let e3 = try #require(failure(await run(pool, bundle("exit_now"), "[3]")))
+        #expect(e3.code == .workerDied && e3.message.contains("exited with status 3"))
+        let e4 = try #require(failure(await run(pool, bundle("segfault"), "[]")))
+        #expect(e4.code == .workerDied && e4.message.contains("SIGSEGV"))
+        // A replacement runs the next job.
+        let after = try #require(text(await run(pool, bundle("pid"), "[]")))
+        #expect(after != before)
+        let stats = await pool.statistics()
+        #expect(stats.workers.count == 5)
+        #expect(stats.liveWorkers == 1)
+        await pool.shutdown()
+    }
+
+    @Test func memoryErrorRetiresTheWorker() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        let before = await run(pool, bundle("pid"), "[]")
+        let e = try #require(failure(await run(pool, bundle("hog"), "[]")))
+        #expect(e.code == .pythonException)
+        #expect(e.pythonType == "MemoryError")
+        let after = await run(pool, bundle("pid"), "[]")
+        #expect(text(after) != nil && text(after) != text(before))
+        await pool.shutdown()
+    }
+
+    @Test func queuedJobsBehindADyingWorkerStillRun() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        // Tiny jobs get pipelined; one of them kills the worker.
+        var args = (0..<200).map { "[\($0)]" }
+        args[100] = "[9]"
+        let outcomes = await withTaskGroup(of: (Int, JobOutcome).self) { group in
+            for (i, a) in args.enumerated() {
+                let b = i == 100 ? bundle("killself") : bundle("square")
+                group.addTask { (i, await run(pool, b, a)) }
+            }
+            var out = [Int: JobOutcome]()
+            for await (i, o) in group { out[i] = o }
+            return out
+        }
+        #expect(outcomes.count == 200)
+        for i in 0..<200 where i != 100 {
+            #expect(text(outcomes[i]!) == String(i * i))
+        }
+        #expect(failure(outcomes[100]!)?.code == .workerDied)
+        await pool.shutdown()
+    }
+
+    @Test func timeoutKillsAndReplacesTheWorker() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        let o = await run(pool, bundle("sleep"), "[30]", timeout: .milliseconds(300))
+        let e = try #require(failure(o))
+        #expect(e.code == .timeout)
+        #expect(e.message.contains("timeout of 0.3 s"))
+        #expect(text(await run(pool, bundle("sleep"), "[0.01]", timeout: .seconds(20))) == "0.01")
+        await pool.shutdown()
+    }
+
+    @Test func resultsJSONCannotEncode() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        for kind in ["set", "nan", "obj"] {
+            let e = try #require(failure(await run(pool, bundle("not_json"), "[\"\(kind)\"]")))
+            #expect(e.code == .resultNotJSON)
+            #expect(e.message.contains("JSON cannot encode"))
+        }
+        await pool.shutdown()
+    }
+
+    @Test func badBundlesAndArguments() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        let syntax = FunctionBundle(name: "f", source: "def f(x:\n    return 1\n", filename: "broken.py")
+        let e = try #require(await pool.check(syntax))
+        #expect(e.code == .functionUnavailable)
+        #expect(e.pythonType == "SyntaxError")
+        #expect(e.traceback.contains("broken.py\", line 1"))
+        let missing = try #require(await pool.check(bundle("nope")))
+        #expect(missing.pythonType == "FunctionNotFound")
+        #expect(missing.message.contains("defines no function named 'nope'"))
+        #expect(missing.message.contains("square"))
+        let importFails = try #require(await pool.check(FunctionBundle(name: "f", source: "def f(): pass\n", imports: ["no_such_module_xyz"])))
+        #expect(importFails.pythonType == "ModuleNotFoundError")
+        #expect(await pool.check(bundle("square")) == nil)
+        // A job of a broken bundle ends with the load error; bad arguments are reported.
+        #expect(failure(await run(pool, syntax, "[1]"))?.code == .functionUnavailable)
+        #expect(failure(await run(pool, bundle("square"), "{\"not\": \"a list\"}"))?.code == .badArguments)
+        #expect(failure(await run(pool, bundle("square"), "[1, 2]"))?.pythonType == "TypeError")
+        await pool.shutdown()
+    }
+
+    @Test func resizeWhileJobsRun() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        async let outcomes = runAll(pool, bundle("sleep"), Array(repeating: "[0.03]", count: 100))
+        try await Task.sleep(for: .milliseconds(100))
+        pool.resize(to: 3)
+        #expect(await pool.size() == 3)
+        // Wait (bounded) until the new workers have taken jobs, then shrink while jobs run.
+        var stats = await pool.statistics()
+        for _ in 0..<200 where stats.workers.filter({ $0.jobsDone > 0 }).count < 3 {
+            try await Task.sleep(for: .milliseconds(20))
+            stats = await pool.statistics()
+        }
+        #expect(stats.workers.filter { $0.jobsDone > 0 }.count == 3, "\(stats.workers)")
+        pool.resize(to: 1)
+        #expect(await pool.size() == 1)
+        let results = await outcomes
+        #expect(results.allSatisfy { text($0) == "0.03" })
+        stats = await pool.statistics()
+        for _ in 0..<100 where stats.liveWorkers != 1 {
+            try await Task.sleep(for: .milliseconds(50))
+            stats = await pool.statistics()
+        }
+        #expect(stats.liveWorkers == 1)
+        #expect(stats.workers.count == 3)
+        #expect(stats.jobsDone == 100)
+        await pool.shutdown()
+    }
+
+    @Test func manyBundlesPastTheCacheLimit() async throws {
+        var configuration = WorkerPool.Configuration(workers: 1)
+        configuration.bundleCacheBytes = 4_000
+        let pool = WorkerPool(configuration: configuration)
+        let bundles = (0..<6).map { i in
+            FunctionBundle(name: "f", source: "# \(String(repeating: "x", count: 1_500))\ndef f(x):\n    return x + \(i)\n")
+        }
+        for round in 0..<3 {
+            for (i, b) in bundles.enumerated() {
+                #expect(text(await run(pool, b, "[\(round)]")) == String(round + i))
+            }
+        }
+        await pool.shutdown()
+    }
+
+    @Test func missingInterpreterFailsJobsClearly() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1, python: "/nonexistent/python3"))
+        let e = try #require(failure(await run(pool, bundle("square"), "[1]")))
+        #expect(e.code == .workerDied)
+        #expect(e.message.contains("cannot start '/nonexistent/python3'"))
+        await pool.shutdown()
+    }
+
+    @Test func shutdownEndsQueuedJobs() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        _ = await run(pool, bundle("pid"), "[]")  // the worker is up
+        async let running = run(pool, bundle("sleep"), "[0.5]")
+        var stats = await pool.statistics()
+        for _ in 0..<200 where stats.running == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+            stats = await pool.statistics()
+        }
+        async let queued = run(pool, bundle("sleep"), "[0.5]")
+        for _ in 0..<200 where stats.queued == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+            stats = await pool.statistics()
+        }
+        await pool.shutdown()
+        await pool.shutdown()  // a second call is harmless
+        let r = await running, q = await queued
+        #expect(text(r) == "0.5", "\(r.result)")
+        #expect(failure(q)?.code == .shutdown)
+    }
+}
