@@ -304,13 +304,13 @@ struct WorkerPoolTests {
     @Test func shutdownEndsQueuedJobs() async throws {
         let pool = WorkerPool(configuration: .init(workers: 1))
         _ = await run(pool, bundle("pid"), "[]")  // the worker is up
-        async let running = run(pool, bundle("sleep"), "[0.5]")
+        async let running = run(pool, bundle("sleep"), "[1.5]")
         var stats = await pool.statistics()
         for _ in 0..<200 where stats.running == 0 {
             try await Task.sleep(for: .milliseconds(10))
             stats = await pool.statistics()
         }
-        async let queued = run(pool, bundle("sleep"), "[0.5]")
+        async let queued = run(pool, bundle("sleep"), "[1.5]")
         for _ in 0..<200 where stats.queued == 0 {
             try await Task.sleep(for: .milliseconds(10))
             stats = await pool.statistics()
@@ -318,7 +318,7 @@ struct WorkerPoolTests {
         await pool.shutdown()
         await pool.shutdown()  // a second call is harmless
         let r = await running, q = await queued
-        #expect(text(r) == "0.5", "\(r.result)")
+        #expect(text(r) == "1.5", "\(r.result)")
         #expect(failure(q)?.code == .shutdown)
     }
 }

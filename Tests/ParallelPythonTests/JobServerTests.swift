@@ -117,9 +117,14 @@ struct JobServerTests {
 
     @Test func cancelQueuedJob() async throws {
         let server = JobServer(workers: 1)
-        let running = try server.submit(self.nap, 0.3, 1, as: Int.self)
-        let queued = try server.submit(self.nap, 0.3, 2, as: Int.self)
-        try await Task.sleep(for: .milliseconds(50))
+        let running = try server.submit(self.nap, 1.5, 1, as: Int.self)
+        let queued = try server.submit(self.nap, 1.5, 2, as: Int.self)
+        // Wait (bounded) until the first runs and the second waits behind it.
+        var pool = await server.statistics().localPool
+        for _ in 0..<300 where !(pool.running == 1 && pool.queued == 1) {
+            try await Task.sleep(for: .milliseconds(10))
+            pool = await server.statistics().localPool
+        }
         #expect(await queued.cancel())
         guard case .failure(let e) = await queued.result else { Issue.record("expected cancel"); return }
         #expect(e.code == .cancelled)
