@@ -15,6 +15,7 @@ let package = Package(
     products: [
         .library(name: "ParallelPython", targets: ["ParallelPython"]),
         .executable(name: "pprun", targets: ["pprun"]),
+        .executable(name: "ppnode", targets: ["ppnode"]),
         .executable(name: "ppbench", targets: ["ppbench"]),
     ],
     dependencies: [
@@ -55,12 +56,26 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: The node daemon's library
+        .target(
+            name: "PPNode",
+            dependencies: [
+                "PPCore",
+                "PPWorkers",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Client library
         .target(
             name: "ParallelPython",
             dependencies: [
                 "PPCore",
                 "PPWorkers",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -75,6 +90,17 @@ let package = Package(
                 "ParallelPython",
                 "PPCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "ppnode",
+            dependencies: [
+                "PPNode",
+                "PPCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -62,6 +62,21 @@ public struct FunctionBundle: Sendable, Hashable {
         self.digest = SHA256Digest(hashing: w.bytes)
     }
 
+    /// A bundle received as its spec bytes (from a client, by a node). Only `spec` and
+    /// `digest` are meaningful; the worker reads the rest from the spec itself.
+    ///
+    /// - Parameter spec: the spec JSON; its SHA-256 becomes the digest.
+    public init(spec: [UInt8]) {
+        self.name = ""
+        self.source = ""
+        self.filename = ""
+        self.dependencies = []
+        self.imports = []
+        self.searchPath = nil
+        self.spec = spec
+        self.digest = SHA256Digest(hashing: spec)
+    }
+
     public static func == (a: Self, b: Self) -> Bool { a.digest == b.digest }
     public func hash(into h: inout Hasher) { h.combine(self.digest) }
 }

@@ -13,6 +13,8 @@ public struct JobError: Error, Sendable, Hashable, CustomStringConvertible {
             case cancelled = "cancelled"
             case shutdown = "shut down"
             case protocolError = "protocol error"
+            case nodeLost = "node lost"
+            case noExecutor = "no executor"
         }
 
         private let base: Base
@@ -33,8 +35,12 @@ public struct JobError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let cancelled = Code(base: .cancelled)
         /// The job server shut down before the job ran.
         public static let shutdown = Code(base: .shutdown)
-        /// A worker broke the worker protocol.
+        /// A worker or a node broke its protocol.
         public static let protocolError = Code(base: .protocolError)
+        /// The nodes that ran the job were lost, and its retries are used up.
+        public static let nodeLost = Code(base: .nodeLost)
+        /// No local worker and no node could take the job for too long.
+        public static let noExecutor = Code(base: .noExecutor)
 
         public var description: String { self.base.rawValue }
     }

@@ -136,6 +136,25 @@ public struct WorkerMessageDecoder: NIOSingleStepByteToMessageDecoder {
 }
 
 extension JobError {
+    /// The error as the JSON object workers and RESULTS frames carry.
+    public var wireJSON: [UInt8] {
+        var w = JSONWriter()
+        w.raw("{\"type\":")
+        w.string(self.pythonType ?? "")
+        w.raw(",\"message\":")
+        w.string(self.message)
+        w.raw(",\"traceback\":")
+        w.string(self.traceback)
+        w.raw("}")
+        return w.bytes
+    }
+
+    /// Builds an error from the error JSON of a RESULTS frame.
+    public init(code: Code, wireJSON json: [UInt8]) {
+        let fields = ErrorJSON.parse(json)
+        self.init(code: code, message: fields.message, pythonType: (fields.type?.isEmpty ?? true) ? nil : fields.type, traceback: fields.traceback)
+    }
+
     /// Builds an error from a worker's error JSON `{"type","message","traceback"}`.
     ///
     /// - Parameters:

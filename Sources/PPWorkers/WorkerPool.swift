@@ -110,7 +110,11 @@ public final class WorkerPool: Sendable {
     /// Queues many jobs with one hop to the pool's loop.
     public func submit(contentsOf jobs: [PoolJob]) {
         guard !jobs.isEmpty else { return }
-        self.eventLoop.execute { self.core.enqueue(jobs) }
+        if self.eventLoop.inEventLoop {
+            self.core.enqueue(jobs)
+        } else {
+            self.eventLoop.execute { self.core.enqueue(jobs) }
+        }
     }
 
     /// Cancels a job that has not started yet.
@@ -118,6 +122,14 @@ public final class WorkerPool: Sendable {
     /// - Returns: `true` when the job was still queued; it then ends with `cancelled`.
     public func cancel(jobID: UInt64) async -> Bool {
         (try? await self.eventLoop.submit { self.core.cancel(jobID: jobID) }.get()) ?? false
+    }
+
+    /// Cancels queued jobs without waiting; each one that had not started ends with
+    /// `cancelled`.
+    public func cancel(jobIDs: [UInt64]) {
+        self.eventLoop.execute {
+            for id in jobIDs { _ = self.core.cancel(jobID: id) }
+        }
     }
 
     /// Loads `bundle` on a worker and reports whether it loaded.

@@ -1,7 +1,9 @@
 public import Logging
 public import PPCore
 import PPWorkers
+import Foundation
 import NIOCore
+import NIOPosix
 import Synchronization
 
 /// Runs Python functions in parallel on local worker processes.
@@ -25,6 +27,15 @@ public final class JobServer: Sendable {
         public var python: String?
         /// The default per-job timeout, `nil` for none.
         public var timeout: Duration?
+        /// Nodes to use, by address (`ppnode` processes).
+        public var nodes: [NodeAddress]
+        /// The cluster secret for nodes; `nil` loads it (`PP_SECRET`, then the default
+        /// secret file) when there are nodes.
+        public var secret: ClusterSecret?
+        /// A node silent for this long is dropped and its jobs run elsewhere.
+        public var heartbeatTimeout: Duration
+        /// Queued jobs fail with `noExecutor` when nothing at all could run them for this long.
+        public var noExecutorTimeout: Duration
         /// Where the server logs.
         public var logger: Logger
 
@@ -33,11 +44,17 @@ public final class JobServer: Sendable {
             workers: Int? = nil,
             python: String? = nil,
             timeout: Duration? = nil,
+            nodes: [NodeAddress] = [],
+            secret: ClusterSecret? = nil,
             logger: Logger = Logger(label: "pp.jobserver", factory: { _ in SwiftLogNoOpLogHandler() })
         ) {
             self.workers = workers
             self.python = python
             self.timeout = timeout
+            self.nodes = nodes
+            self.secret = secret
+            self.heartbeatTimeout = .seconds(3)
+            self.noExecutorTimeout = .seconds(30)
             self.logger = logger
         }
     }
@@ -45,6 +62,11 @@ public final class JobServer: Sendable {
     /// The configuration the server was created with.
     public let configuration: Configuration
     let pool: WorkerPool
+    let group: MultiThreadedEventLoopGroup
+    let loop: any EventLoop
+    let scheduler: Scheduler  // touched only on `loop`
+    let local: LocalExecutor  // touched only on `loop`
+    let links: [NodeLink]  // touched only on `loop`
     private let ids = ManagedAtomicCounter(start: 1)
     private let book = Mutex(Book())
     private let started = ContinuousClock.now
@@ -54,14 +76,33 @@ public final class JobServer: Sendable {
     /// - Parameter configuration: worker count, interpreter, default timeout.
     public init(configuration: Configuration = .init()) {
         self.configuration = configuration
-        var poolConfiguration = WorkerPool.Configuration(
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.loop = self.group.next()
+        let poolConfiguration = WorkerPool.Configuration(
             workers: configuration.workers,
             python: configuration.python,
             name: "local",
             logger: configuration.logger
         )
-        poolConfiguration.name = "local"
-        self.pool = WorkerPool(configuration: poolConfiguration)
+        self.pool = WorkerPool(configuration: poolConfiguration, eventLoop: self.loop)
+        let scheduler = Scheduler(loop: self.loop, noExecutorTimeout: configuration.noExecutorTimeout, logger: configuration.logger)
+        self.scheduler = scheduler
+        self.local = LocalExecutor(pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: scheduler)
+        var secret = configuration.secret
+        if secret == nil, !configuration.nodes.isEmpty {
+            secret = try? ClusterSecret.load(file: nil, create: false).secret
+        }
+        let name = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
+        self.links = configuration.nodes.map {
+            NodeLink(address: $0, secret: secret, scheduler: scheduler, clientName: name, heartbeatTimeout: configuration.heartbeatTimeout)
+        }
+        let local = self.local
+        let links = self.links
+        self.loop.execute {
+            scheduler.start()
+            scheduler.add(local)
+            for link in links { link.start() }
+        }
     }
 
     /// Starts a job server with `workers` local workers (`nil`: one per usable core).
@@ -116,7 +157,7 @@ public final class JobServer: Sendable {
         let id = self.ids.next()
         let handle = JobHandle<T>(id: id, server: self)
         self.book.withLock { $0.begin(group: group) }
-        let job = PoolJob(
+        let job = ClientJob(
             id: id,
             bundle: function.bundle,
             arguments: arguments,
@@ -127,7 +168,7 @@ public final class JobServer: Sendable {
             callback?(decodeResult(T.self, outcome))
             self.finish(group: group)
         }
-        self.pool.submit(job)
+        self.loop.execute { self.scheduler.enqueue(CollectionOfOne(job)) }
         return handle
     }
 
@@ -203,19 +244,20 @@ public final class JobServer: Sendable {
     ) -> [UInt64] {
         let timeout = timeout ?? self.configuration.timeout
         self.book.withLock { $0.begin(group: "default", count: arguments.count) }
-        var jobs = [PoolJob]()
+        var jobs = [ClientJob]()
         jobs.reserveCapacity(arguments.count)
         for (index, args) in arguments.enumerated() {
             jobs.append(
-                PoolJob(id: self.ids.next(), bundle: function.bundle, arguments: args, timeout: timeout) { [self] outcome in
+                ClientJob(id: self.ids.next(), bundle: function.bundle, arguments: args, timeout: timeout) { [self] outcome in
                     self.record(outcome)
                     completion(index, outcome)
                     self.finish(group: "default")
                 }
             )
         }
-        self.pool.submit(contentsOf: jobs)
-        return jobs.map(\.id)
+        let ids = jobs.map(\.id)
+        self.loop.execute { self.scheduler.enqueue(jobs) }
+        return ids
     }
 
     /// Loads `function` on a worker without running it.
@@ -223,14 +265,23 @@ public final class JobServer: Sendable {
     /// - Throws: `JobError` with code `functionUnavailable` and the Python traceback when
     ///   the source has a syntax error, an import fails, or the name is not defined.
     public func load(_ function: PythonFunction) async throws(JobError) {
-        if let error = await self.pool.check(function.bundle) { throw error }
+        if self.pool.configuration.workers ?? 0 > 0 {
+            if let error = await self.pool.check(function.bundle) { throw error }
+            return
+        }
+        // No local workers: compile it with a local python3 anyway, so a broken file
+        // is reported before any job is sent to a node.
+        let checker = WorkerPool(configuration: .init(workers: 1, python: self.configuration.python, name: "check"))
+        let error = await checker.check(function.bundle)
+        await checker.shutdown()
+        if let error { throw error }
     }
 
     /// Cancels a queued job by id.
     ///
     /// - Returns: `true` when the job had not started; it then ends with `cancelled`.
     public func cancel(jobID: UInt64) async -> Bool {
-        await self.pool.cancel(jobID: jobID)
+        (try? await self.loop.submit { self.scheduler.cancel(jobID: jobID) }.get()) ?? false
     }
 
     // MARK: Waiting
@@ -262,7 +313,23 @@ public final class JobServer: Sendable {
     ///
     /// - Parameter count: the new number, 0 or more.
     public func setWorkers(_ count: Int) {
-        self.pool.resize(to: count)
+        let n = max(0, count)
+        self.pool.resize(to: n)
+        self.loop.execute {
+            self.local.size = n
+            self.scheduler.dispatch()
+        }
+    }
+
+    /// The executors that take jobs now: `"local"` (when it has workers) and the
+    /// addresses of connected nodes.
+    public func activeExecutors() async -> [String] {
+        (try? await self.loop.submit {
+            self.scheduler.executors.filter { e in
+                if let l = e as? LocalExecutor { return l.size > 0 }
+                return (e as? RemoteExecutor)?.isUsable ?? true
+            }.map(\.name)
+        }.get()) ?? []
     }
 
     // MARK: Statistics
@@ -270,7 +337,9 @@ public final class JobServer: Sendable {
     /// Counters per executor and per worker.
     public func statistics() async -> JobServerStatistics {
         let executors = self.book.withLock { $0.executors }
+        let queued = (try? await self.loop.submit { self.scheduler.queued }.get()) ?? 0
         return JobServerStatistics(
+            queued: queued,
             executors: executors.keys.sorted().map { ExecutorStatistics(name: $0, jobs: executors[$0]!.jobs, totalTime: executors[$0]!.time) },
             elapsed: ContinuousClock.now - self.started,
             localPool: await self.pool.statistics()
@@ -287,7 +356,12 @@ public final class JobServer: Sendable {
     /// Ends the server: queued jobs end with `shutdown`, running jobs finish (within the
     /// pool's grace period), worker processes exit.
     public func shutdown() async {
+        try? await self.loop.submit {
+            for link in self.links { link.stop() }
+            self.scheduler.stop()
+        }.get()
         await self.pool.shutdown()
+        try? await self.group.shutdownGracefully()
     }
 
     // MARK: Bookkeeping

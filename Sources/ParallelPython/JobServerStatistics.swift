@@ -12,6 +12,8 @@ public struct ExecutorStatistics: Sendable {
 
 /// A job server's counters: the numbers behind Parallel Python's `print_stats`.
 public struct JobServerStatistics: Sendable {
+    /// Jobs waiting in the scheduler for an executor with room.
+    public var queued: Int
     /// One row per executor that ran jobs.
     public var executors: [ExecutorStatistics]
     /// Time since the server was created.

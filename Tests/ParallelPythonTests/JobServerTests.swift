@@ -20,6 +20,14 @@ let source = """
     def fail(x):
         raise RuntimeError("no %s" % x)
 
+    def wait_for(path, value):
+        import os
+        for _ in range(1000):
+            if os.path.exists(path):
+                return value
+            time.sleep(0.01)
+        return -1
+
     def point(p):
         return {"x": p["x"] * 2, "y": p["y"] * 2}
     """
@@ -117,17 +125,17 @@ struct JobServerTests {
 
     @Test func cancelQueuedJob() async throws {
         let server = JobServer(workers: 1)
-        let running = try server.submit(self.nap, 1.5, 1, as: Int.self)
-        let queued = try server.submit(self.nap, 1.5, 2, as: Int.self)
-        // Wait (bounded) until the first runs and the second waits behind it.
-        var pool = await server.statistics().localPool
-        for _ in 0..<300 where !(pool.running == 1 && pool.queued == 1) {
-            try await Task.sleep(for: .milliseconds(10))
-            pool = await server.statistics().localPool
-        }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let gate = dir.path + "/go"
+        let waitFor = PythonFunction(name: "wait_for", source: source)
+        // The first job holds the only worker until the test creates the gate file.
+        let running = try server.submit(waitFor, gate, 1, as: Int.self)
+        let queued = try server.submit(waitFor, gate, 2, as: Int.self)
         #expect(await queued.cancel())
         guard case .failure(let e) = await queued.result else { Issue.record("expected cancel"); return }
         #expect(e.code == .cancelled)
+        try dir.write("go", "")
         #expect(try await running.value == 1)
         #expect(await running.cancel() == false)
         await server.shutdown()

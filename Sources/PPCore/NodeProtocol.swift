@@ -1,0 +1,397 @@
+public import NIOCore
+
+/// The native wire protocol between clients and `ppnode`, described byte by byte in
+/// docs/PROTOCOL.md. Every frame: u32 length N (of type + body), u8 type, body.
+public enum NodeProtocol {
+    /// The protocol version this build speaks (the only one so far).
+    public static let version: UInt16 = 1
+    /// The lowest version this build accepts.
+    public static let minimumVersion: UInt16 = 1
+    /// The four bytes that open every HELLO.
+    public static let magic: [UInt8] = Array("PPNP".utf8)
+    /// The default maximum frame size: 64 MiB.
+    public static let defaultMaxFrame = 64 << 20
+    /// The default TCP port of ppnode.
+    public static let defaultPort = 7340
+    /// Nonce length in the handshake.
+    public static let nonceLength = 32
+
+    /// Frame types.
+    public enum Kind: UInt8, Sendable {
+        case hello = 0x01, challenge = 0x02, auth = 0x03, welcome = 0x04, error = 0x05
+        case submit = 0x10, bundle = 0x11, cancel = 0x12, ping = 0x13, pong = 0x14, statsRequest = 0x15, goodbye = 0x16
+        case results = 0x20, need = 0x21, window = 0x22, stats = 0x23
+    }
+
+    /// The node's proof: HMAC(secret, "ppnode node" ‖ clientNonce ‖ nodeNonce ‖ version).
+    public static func nodeProof(_ secret: ClusterSecret, clientNonce: [UInt8], nodeNonce: [UInt8], version: UInt16) -> [UInt8] {
+        secret.hmac(Array("ppnode node".utf8) + clientNonce + nodeNonce + [UInt8(version >> 8), UInt8(version & 0xff)])
+    }
+
+    /// The client's proof: HMAC(secret, "ppnode client" ‖ nodeNonce ‖ clientNonce ‖ version).
+    public static func clientProof(_ secret: ClusterSecret, clientNonce: [UInt8], nodeNonce: [UInt8], version: UInt16) -> [UInt8] {
+        secret.hmac(Array("ppnode client".utf8) + nodeNonce + clientNonce + [UInt8(version >> 8), UInt8(version & 0xff)])
+    }
+}
+
+/// Error codes carried by ERROR frames.
+public enum NodeErrorCode: UInt16, Sendable {
+    case authenticationFailed = 1
+    case versionMismatch = 2
+    case protocolViolation = 3
+    case frameTooLarge = 4
+    case handshakeTimeout = 5
+    case overCredit = 6
+    case shuttingDown = 7
+}
+
+/// One job as SUBMIT carries it.
+public struct WireJob: Sendable {
+    /// The client's job id.
+    public var id: UInt64
+    /// The bundle's digest.
+    public var digest: SHA256Digest
+    /// Timeout in milliseconds, 0 for none.
+    public var timeoutMilliseconds: UInt32
+    /// The JSON array of arguments.
+    public var arguments: JobArguments
+
+    /// Creates a job.
+    public init(id: UInt64, digest: SHA256Digest, timeoutMilliseconds: UInt32, arguments: JobArguments) {
+        self.id = id
+        self.digest = digest
+        self.timeoutMilliseconds = timeoutMilliseconds
+        self.arguments = arguments
+    }
+}
+
+/// One result as RESULTS carries it.
+public struct WireResult: Sendable {
+    /// The client's job id.
+    public var id: UInt64
+    /// 0 ok, else a `JobError.Code` wire value.
+    public var status: UInt8
+    /// Nanoseconds the function ran.
+    public var nanoseconds: UInt64
+    /// Captured stdout.
+    public var stdout: [UInt8]
+    /// Captured stderr.
+    public var stderr: [UInt8]
+    /// Value JSON, or error JSON `{"type","message","traceback"}`.
+    public var payload: [UInt8]
+
+    /// Creates a result.
+    public init(id: UInt64, status: UInt8, nanoseconds: UInt64, stdout: [UInt8], stderr: [UInt8], payload: [UInt8]) {
+        self.id = id
+        self.status = status
+        self.nanoseconds = nanoseconds
+        self.stdout = stdout
+        self.stderr = stderr
+        self.payload = payload
+    }
+}
+
+/// A decoded frame of the native protocol.
+public enum NodeMessage: Sendable {
+    case hello(minVersion: UInt16, maxVersion: UInt16, nonce: [UInt8], keyID: String, name: String)
+    case challenge(version: UInt16, nonce: [UInt8], keyID: String, proof: [UInt8], info: [UInt8])
+    case auth(proof: [UInt8])
+    case welcome(window: UInt32, maxFrame: UInt32)
+    case error(code: UInt16, message: String)
+    case submit([WireJob])
+    case bundle(digest: SHA256Digest, spec: [UInt8])
+    case cancel(id: UInt64)
+    case ping(UInt64)
+    case pong(UInt64)
+    case statsRequest(UInt64)
+    case goodbye(reason: String)
+    case results([WireResult])
+    case need(SHA256Digest)
+    case window(UInt32)
+    case stats(token: UInt64, json: [UInt8])
+}
+
+/// A frame that breaks the native protocol.
+public struct NodeProtocolError: Error, Sendable, CustomStringConvertible {
+    /// The error code an ERROR frame would carry.
+    public var code: NodeErrorCode
+    /// What was wrong.
+    public var message: String
+
+    /// Creates an error.
+    public init(_ code: NodeErrorCode, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { self.message }
+}
+
+// MARK: - Encoding
+
+extension NodeMessage {
+    /// Appends this message as one frame.
+    public func write(to buffer: inout ByteBuffer) {
+        let start = buffer.writerIndex
+        buffer.writeInteger(UInt32(0))
+        switch self {
+        case .hello(let minV, let maxV, let nonce, let keyID, let name):
+            buffer.writeInteger(NodeProtocol.Kind.hello.rawValue)
+            buffer.writeBytes(NodeProtocol.magic)
+            buffer.writeInteger(minV)
+            buffer.writeInteger(maxV)
+            buffer.writeBytes(nonce)
+            buffer.writeShortString(keyID)
+            buffer.writeShortString(name)
+        case .challenge(let version, let nonce, let keyID, let proof, let info):
+            buffer.writeInteger(NodeProtocol.Kind.challenge.rawValue)
+            buffer.writeInteger(version)
+            buffer.writeBytes(nonce)
+            buffer.writeShortString(keyID)
+            buffer.writeBytes(proof)
+            buffer.writeBytes(info)
+        case .auth(let proof):
+            buffer.writeInteger(NodeProtocol.Kind.auth.rawValue)
+            buffer.writeBytes(proof)
+        case .welcome(let window, let maxFrame):
+            buffer.writeInteger(NodeProtocol.Kind.welcome.rawValue)
+            buffer.writeInteger(window)
+            buffer.writeInteger(maxFrame)
+        case .error(let code, let message):
+            buffer.writeInteger(NodeProtocol.Kind.error.rawValue)
+            buffer.writeInteger(code)
+            buffer.writeString(message)
+        case .submit(let jobs):
+            buffer.writeInteger(NodeProtocol.Kind.submit.rawValue)
+            buffer.writeInteger(UInt32(jobs.count))
+            for job in jobs { Self.writeJob(job, to: &buffer) }
+        case .bundle(let digest, let spec):
+            buffer.writeInteger(NodeProtocol.Kind.bundle.rawValue)
+            buffer.writeBytes(digest.bytes)
+            buffer.writeBytes(spec)
+        case .cancel(let id):
+            buffer.writeInteger(NodeProtocol.Kind.cancel.rawValue)
+            buffer.writeInteger(id)
+        case .ping(let token):
+            buffer.writeInteger(NodeProtocol.Kind.ping.rawValue)
+            buffer.writeInteger(token)
+        case .pong(let token):
+            buffer.writeInteger(NodeProtocol.Kind.pong.rawValue)
+            buffer.writeInteger(token)
+        case .statsRequest(let token):
+            buffer.writeInteger(NodeProtocol.Kind.statsRequest.rawValue)
+            buffer.writeInteger(token)
+        case .goodbye(let reason):
+            buffer.writeInteger(NodeProtocol.Kind.goodbye.rawValue)
+            buffer.writeString(reason)
+        case .results(let results):
+            buffer.writeInteger(NodeProtocol.Kind.results.rawValue)
+            buffer.writeInteger(UInt32(results.count))
+            for r in results { Self.writeResult(r, to: &buffer) }
+        case .need(let digest):
+            buffer.writeInteger(NodeProtocol.Kind.need.rawValue)
+            buffer.writeBytes(digest.bytes)
+        case .window(let window):
+            buffer.writeInteger(NodeProtocol.Kind.window.rawValue)
+            buffer.writeInteger(window)
+        case .stats(let token, let json):
+            buffer.writeInteger(NodeProtocol.Kind.stats.rawValue)
+            buffer.writeInteger(token)
+            buffer.writeBytes(json)
+        }
+        buffer.setInteger(UInt32(buffer.writerIndex - start - 4), at: start)
+    }
+
+    /// Appends one job of a SUBMIT body.
+    public static func writeJob(_ job: WireJob, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(job.id)
+        buffer.writeBytes(job.digest.bytes)
+        buffer.writeInteger(job.timeoutMilliseconds)
+        buffer.writeInteger(UInt32(job.arguments.json.count))
+        buffer.writeBytes(job.arguments.json)
+    }
+
+    /// Appends one result of a RESULTS body.
+    public static func writeResult(_ r: WireResult, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(r.id)
+        buffer.writeInteger(r.status)
+        buffer.writeInteger(r.nanoseconds)
+        buffer.writeInteger(UInt32(r.stdout.count))
+        buffer.writeBytes(r.stdout)
+        buffer.writeInteger(UInt32(r.stderr.count))
+        buffer.writeBytes(r.stderr)
+        buffer.writeInteger(UInt32(r.payload.count))
+        buffer.writeBytes(r.payload)
+    }
+}
+
+extension ByteBuffer {
+    mutating func writeShortString(_ s: String) {
+        let bytes = Array(s.utf8.prefix(255))
+        self.writeInteger(UInt8(bytes.count))
+        self.writeBytes(bytes)
+    }
+
+    mutating func readShortString() -> String? {
+        guard let n = self.readInteger(as: UInt8.self), let bytes = self.readBytes(length: Int(n)) else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+// MARK: - Decoding
+
+/// Decodes native-protocol frames. It checks the length prefix against `maxFrame`
+/// before reading (or allocating) the body, and turns malformed bodies into
+/// `NodeProtocolError`.
+public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = NodeMessage
+
+    /// The largest frame accepted.
+    public let maxFrame: Int
+
+    /// Creates a decoder.
+    public init(maxFrame: Int = NodeProtocol.defaultMaxFrame) {
+        self.maxFrame = maxFrame
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> NodeMessage? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        guard length >= 1 else { throw NodeProtocolError(.protocolViolation, "empty frame") }
+        guard Int(length) <= self.maxFrame else {
+            throw NodeProtocolError(.frameTooLarge, "frame of \(length) bytes is larger than the limit of \(self.maxFrame)")
+        }
+        guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 4)
+        var body = buffer.readSlice(length: Int(length))!
+        let rawKind = body.readInteger(as: UInt8.self)!
+        guard let kind = NodeProtocol.Kind(rawValue: rawKind) else {
+            throw NodeProtocolError(.protocolViolation, "unknown frame type 0x\(String(rawKind, radix: 16))")
+        }
+        guard let message = Self.decodeBody(kind, &body) else {
+            throw NodeProtocolError(.protocolViolation, "malformed \(kind) frame")
+        }
+        return message
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NodeMessage? {
+        try self.decode(buffer: &buffer)
+    }
+
+    static func decodeBody(_ kind: NodeProtocol.Kind, _ body: inout ByteBuffer) -> NodeMessage? {
+        switch kind {
+        case .hello:
+            guard body.readBytes(length: 4) == NodeProtocol.magic,
+                let minV = body.readInteger(as: UInt16.self), let maxV = body.readInteger(as: UInt16.self),
+                let nonce = body.readBytes(length: NodeProtocol.nonceLength),
+                let keyID = body.readShortString(), let name = body.readShortString()
+            else { return nil }
+            return .hello(minVersion: minV, maxVersion: maxV, nonce: nonce, keyID: keyID, name: name)
+        case .challenge:
+            guard let version = body.readInteger(as: UInt16.self), let nonce = body.readBytes(length: NodeProtocol.nonceLength),
+                let keyID = body.readShortString(), let proof = body.readBytes(length: 32)
+            else { return nil }
+            return .challenge(version: version, nonce: nonce, keyID: keyID, proof: proof, info: Array(body.readableBytesView))
+        case .auth:
+            guard let proof = body.readBytes(length: 32), body.readableBytes == 0 else { return nil }
+            return .auth(proof: proof)
+        case .welcome:
+            guard let w = body.readInteger(as: UInt32.self), let m = body.readInteger(as: UInt32.self) else { return nil }
+            return .welcome(window: w, maxFrame: m)
+        case .error:
+            guard let code = body.readInteger(as: UInt16.self) else { return nil }
+            return .error(code: code, message: String(buffer: body))
+        case .submit:
+            guard let count = body.readInteger(as: UInt32.self) else { return nil }
+            // Each job takes at least 48 bytes: a count that cannot fit is refused before
+            // anything is reserved for it.
+            guard Int(count) <= body.readableBytes / 48 else { return nil }
+            var jobs = [WireJob]()
+            jobs.reserveCapacity(Int(count))
+            for _ in 0..<count {
+                guard let id = body.readInteger(as: UInt64.self), let d = body.readBytes(length: 32),
+                    let t = body.readInteger(as: UInt32.self), let n = body.readInteger(as: UInt32.self),
+                    Int(n) <= body.readableBytes, let args = body.readBytes(length: Int(n))
+                else { return nil }
+                jobs.append(WireJob(id: id, digest: SHA256Digest(bytes: d)!, timeoutMilliseconds: t, arguments: JobArguments(jsonArray: args)))
+            }
+            guard body.readableBytes == 0 else { return nil }
+            return .submit(jobs)
+        case .bundle:
+            guard let d = body.readBytes(length: 32) else { return nil }
+            return .bundle(digest: SHA256Digest(bytes: d)!, spec: Array(body.readableBytesView))
+        case .cancel:
+            guard let id = body.readInteger(as: UInt64.self) else { return nil }
+            return .cancel(id: id)
+        case .ping:
+            return body.readInteger(as: UInt64.self).map { .ping($0) }
+        case .pong:
+            return body.readInteger(as: UInt64.self).map { .pong($0) }
+        case .statsRequest:
+            return body.readInteger(as: UInt64.self).map { .statsRequest($0) }
+        case .goodbye:
+            return .goodbye(reason: String(buffer: body))
+        case .results:
+            guard let count = body.readInteger(as: UInt32.self), Int(count) <= body.readableBytes / 29 else { return nil }
+            var results = [WireResult]()
+            results.reserveCapacity(Int(count))
+            for _ in 0..<count {
+                guard let id = body.readInteger(as: UInt64.self), let status = body.readInteger(as: UInt8.self),
+                    let ns = body.readInteger(as: UInt64.self),
+                    let out = body.readLengthPrefixed(), let err = body.readLengthPrefixed(), let payload = body.readLengthPrefixed()
+                else { return nil }
+                results.append(WireResult(id: id, status: status, nanoseconds: ns, stdout: out, stderr: err, payload: payload))
+            }
+            guard body.readableBytes == 0 else { return nil }
+            return .results(results)
+        case .need:
+            guard let d = body.readBytes(length: 32) else { return nil }
+            return .need(SHA256Digest(bytes: d)!)
+        case .window:
+            return body.readInteger(as: UInt32.self).map { .window($0) }
+        case .stats:
+            guard let token = body.readInteger(as: UInt64.self) else { return nil }
+            return .stats(token: token, json: Array(body.readableBytesView))
+        }
+    }
+}
+
+extension ByteBuffer {
+    mutating func readLengthPrefixed() -> [UInt8]? {
+        guard let n = self.readInteger(as: UInt32.self), Int(n) <= self.readableBytes else { return nil }
+        return self.readBytes(length: Int(n))
+    }
+}
+
+// MARK: - Result status on the wire
+
+extension JobError.Code {
+    /// The status byte RESULTS uses for this code.
+    public var wireStatus: UInt8 {
+        switch self {
+        case .pythonException: 1
+        case .resultNotJSON: 2
+        case .functionUnavailable: 3
+        case .badArguments: 4
+        case .timeout: 5
+        case .workerDied: 6
+        case .cancelled: 7
+        case .shutdown: 8
+        default: 9
+        }
+    }
+
+    /// The code for a RESULTS status byte (never called with 0, which means success).
+    public init(wireStatus: UInt8) {
+        switch wireStatus {
+        case 1: self = .pythonException
+        case 2: self = .resultNotJSON
+        case 3: self = .functionUnavailable
+        case 4: self = .badArguments
+        case 5: self = .timeout
+        case 6: self = .workerDied
+        case 7: self = .cancelled
+        case 8: self = .shutdown
+        default: self = .protocolError
+        }
+    }
+}

@@ -1,0 +1,38 @@
+public import Logging
+public import PPCore
+
+/// Everything a `ppnode` needs; `ppnode` fills it from flags, environment and its
+/// config file.
+public struct NodeConfiguration: Sendable {
+    /// The address to listen on (`0.0.0.0` for every interface).
+    public var host: String = "0.0.0.0"
+    /// The native protocol's TCP port.
+    public var port: Int = NodeProtocol.defaultPort
+    /// Worker processes; `nil` means the usable cores.
+    public var workers: Int?
+    /// The Python interpreter for workers.
+    public var python: String?
+    /// The cluster secret.
+    public var secret: ClusterSecret
+    /// A human name for the node (default: the host name).
+    public var name: String
+    /// The largest frame accepted from a client.
+    public var maxFrame: Int = NodeProtocol.defaultMaxFrame
+    /// Bytes of function bundles kept for all clients.
+    public var cacheBytes: Int = 256 << 20
+    /// A peer that has not authenticated within this time is disconnected.
+    public var handshakeTimeout: Duration = .seconds(5)
+    /// A client silent for this long is considered dead.
+    public var heartbeatTimeout: Duration = .seconds(3)
+    /// On shutdown, running jobs get this long to finish before their workers are killed.
+    public var drainTimeout: Duration = .seconds(10)
+    /// Where the node logs.
+    public var logger: Logger
+
+    /// Creates a configuration with defaults for everything but the secret.
+    public init(secret: ClusterSecret, name: String, logger: Logger) {
+        self.secret = secret
+        self.name = name
+        self.logger = logger
+    }
+}

@@ -1,0 +1,215 @@
+public import NIOCore
+public import PPCore
+import Foundation
+import Logging
+import NIOPosix
+import PPWorkers
+import Synchronization
+
+/// A `ppnode`: accepts authenticated clients over the native protocol and runs their
+/// jobs on one shared `WorkerPool`.
+///
+/// Everything (listener, sessions, bundle cache, pool) lives on one event loop, so a
+/// job's path through the node never crosses threads; the Python workers use the cores.
+public final class NodeServer: Sendable {
+    /// The configuration the node runs with.
+    public let configuration: NodeConfiguration
+    /// A random id of this node process, in its TXT record and CHALLENGE info.
+    public let nodeID: String
+    let group: MultiThreadedEventLoopGroup
+    let loop: any EventLoop
+    let pool: WorkerPool
+    let state: NodeState  // touched only on `loop`
+    private let serverChannel = Mutex<(any Channel)?>(nil)
+    private let closed = Mutex<[CheckedContinuation<Void, Never>]?>([])
+
+    /// Creates a node; `start()` opens its port.
+    public init(configuration: NodeConfiguration) {
+        self.configuration = configuration
+        self.nodeID = Hex.encode(randomBytes(8))
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.loop = self.group.next()
+        var poolConfiguration = WorkerPool.Configuration(
+            workers: configuration.workers,
+            python: configuration.python,
+            name: configuration.name,
+            logger: configuration.logger
+        )
+        poolConfiguration.shutdownGrace = configuration.drainTimeout
+        self.pool = WorkerPool(configuration: poolConfiguration, eventLoop: self.loop)
+        self.state = NodeState(cacheBytes: configuration.cacheBytes)
+    }
+
+    /// The number of workers the node runs.
+    public var workers: Int { self.pool.configuration.workers ?? 0 }
+
+    /// Binds the port and starts accepting clients.
+    ///
+    /// - Returns: the bound address (useful with port 0).
+    /// - Throws: when the address cannot be bound.
+    @discardableResult
+    public func start() async throws -> SocketAddress {
+        let bootstrap = ServerBootstrap(group: self.group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let session = NodeSession(node: self, channel: channel)
+                    try channel.pipeline.syncOperations.addHandlers(
+                        ByteToMessageHandler(NodeMessageDecoder(maxFrame: self.configuration.maxFrame)),
+                        session
+                    )
+                }
+            }
+        let channel = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+        self.serverChannel.withLock { $0 = channel }
+        return channel.localAddress!
+    }
+
+    /// The info JSON sent in CHALLENGE (and, with discovery, in TXT records).
+    func infoJSON() -> [UInt8] {
+        var w = JSONWriter()
+        w.raw("{\"id\":")
+        w.string(self.nodeID)
+        w.raw(",\"name\":")
+        w.string(self.configuration.name)
+        w.raw(",\"version\":")
+        w.string(ParallelPythonVersion.string)
+        w.raw(",\"protocol\":")
+        w.int(Int(NodeProtocol.version))
+        w.raw(",\"cores\":")
+        w.int(System.coreCount)
+        w.raw(",\"workers\":")
+        w.int(self.workers)
+        w.raw(",\"keyid\":")
+        w.string(self.configuration.secret.keyID)
+        w.raw("}")
+        return w.bytes
+    }
+
+    /// Stops gracefully: stops accepting, tells every client the node is draining,
+    /// ends queued jobs with `shutdown` (clients reschedule them), lets running jobs
+    /// finish within the drain timeout, then closes.
+    public func shutdown() async {
+        let channel = self.serverChannel.withLock { c -> (any Channel)? in
+            defer { c = nil }
+            return c
+        }
+        guard let channel else {
+            await self.waitUntilClosed()
+            return
+        }
+        try? await channel.close()
+        try? await self.loop.submit { self.state.beginDrain() }.get()
+        await self.pool.shutdown()
+        try? await self.loop.submit { self.state.closeAll() }.get().get()
+        try? await self.group.shutdownGracefully()
+        let waiters = self.closed.withLock { w -> [CheckedContinuation<Void, Never>] in
+            defer { w = nil }
+            return w ?? []
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Returns when `shutdown()` has finished.
+    public func waitUntilClosed() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = self.closed.withLock { w -> Bool in
+                guard w != nil else { return true }
+                w!.append(c)
+                return false
+            }
+            if done { c.resume() }
+        }
+    }
+
+    /// Counters of the node, as the STATS reply carries them.
+    public func statisticsJSON() async -> [UInt8] {
+        let pool = await self.pool.statistics()
+        return (try? await self.loop.submit { self.state.statisticsJSON(node: self, pool: pool) }.get()) ?? []
+    }
+}
+
+/// This build's version.
+public enum ParallelPythonVersion {
+    /// The version string.
+    public static let string = "0.1.0"
+}
+
+/// The node's shared state: cache, sessions, counters. Confined to the node's loop.
+///
+/// `@unchecked Sendable` is safe because every access happens on that loop (sessions'
+/// handlers run there; `NodeServer` hops there with `loop.submit`).
+final class NodeState: @unchecked Sendable {
+    let cache: BundleCache
+    var sessions: [ObjectIdentifier: NodeSession] = [:]
+    var draining = false
+    var nextJobID: UInt64 = 1
+    var sessionsAccepted = 0
+    var authFailures = 0
+    var protocolErrors = 0
+    var jobsReceived = 0
+
+    init(cacheBytes: Int) {
+        self.cache = BundleCache(capacityBytes: cacheBytes)
+    }
+
+    func beginDrain() {
+        self.draining = true
+        for s in self.sessions.values { s.drain() }
+    }
+
+    func closeAll() -> EventLoopFuture<Void> {
+        let futures = self.sessions.values.map { $0.closeAfterFlush() }
+        guard let loop = futures.first?.eventLoop else {
+            return MultiThreadedEventLoopGroup.singleton.next().makeSucceededVoidFuture()
+        }
+        return EventLoopFuture.andAllComplete(futures, on: loop)
+    }
+
+    func statisticsJSON(node: NodeServer, pool: PoolStatistics) -> [UInt8] {
+        var w = JSONWriter()
+        w.raw("{\"id\":")
+        w.string(node.nodeID)
+        w.raw(",\"name\":")
+        w.string(node.configuration.name)
+        w.raw(",\"workers\":")
+        w.int(pool.targetWorkers)
+        w.raw(",\"busy_workers\":")
+        w.int(min(pool.running, pool.targetWorkers))
+        w.raw(",\"queued\":")
+        w.int(pool.queued)
+        w.raw(",\"jobs_done\":")
+        w.int(pool.jobsDone)
+        w.raw(",\"jobs_received\":")
+        w.int(self.jobsReceived)
+        w.raw(",\"busy_seconds\":")
+        w.double(Double(pool.busyTime.components.seconds) + Double(pool.busyTime.components.attoseconds) / 1e18)
+        w.raw(",\"sessions\":")
+        w.int(self.sessions.count)
+        w.raw(",\"sessions_accepted\":")
+        w.int(self.sessionsAccepted)
+        w.raw(",\"auth_failures\":")
+        w.int(self.authFailures)
+        w.raw(",\"protocol_errors\":")
+        w.int(self.protocolErrors)
+        w.raw(",\"bundles_received\":")
+        w.int(self.cache.received)
+        w.raw(",\"bundle_bytes_received\":")
+        w.int(self.cache.receivedBytes)
+        w.raw(",\"cache_entries\":")
+        w.int(self.cache.count)
+        w.raw(",\"cache_bytes\":")
+        w.int(self.cache.bytes)
+        w.raw(",\"python\":")
+        w.string(pool.pythonVersion ?? "")
+        w.raw(",\"load_average\":")
+        var loads = [Double](repeating: 0, count: 3)
+        _ = getloadavg(&loads, 3)
+        w.double(loads[0])
+        w.raw("}")
+        return w.bytes
+    }
+}

@@ -1,0 +1,341 @@
+import Logging
+import NIOCore
+import PPCore
+import PPWorkers
+
+/// One client connection of a node: handshake, then jobs, bundles, results, heartbeats.
+///
+/// `@unchecked Sendable` is safe because the session lives on the node's single event
+/// loop; pool completions (which capture it) run on that same loop.
+final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = NodeMessage
+
+    private enum Phase {
+        case awaitingHello
+        case awaitingAuth(clientNonce: [UInt8], nodeNonce: [UInt8], version: UInt16, clientKeyID: String, name: String)
+        case ready
+        case closed
+    }
+
+    private let node: NodeServer
+    private var channel: (any Channel)?
+    private let peer: String
+    private var phase = Phase.awaitingHello
+    private var clientName = "?"
+    private var logger: Logger
+
+    // Jobs
+    private var window: Int
+    private var maxWindow: Int
+    private var inflight = 0
+    private var nodeJobIDs: [UInt64: UInt64] = [:]  // client job id -> pool job id
+    private var parked: [SHA256Digest: [WireJob]] = [:]
+    private var pendingResults: [WireResult] = []
+    private var flushScheduled = false
+    private var meanJobNanos: Double = 10_000_000
+    private var draining = false
+
+    // Liveness
+    private var lastHeard = NIODeadline.now()
+    private var heartbeat: RepeatedTask?
+    private var handshakeTimer: Scheduled<Void>?
+
+    init(node: NodeServer, channel: any Channel) {
+        self.node = node
+        self.channel = channel
+        self.peer = channel.remoteAddress.map { "\($0)" } ?? "?"
+        var logger = node.configuration.logger
+        logger[metadataKey: "peer"] = "\(self.peer)"
+        self.logger = logger
+        let workers = max(1, node.workers)
+        self.window = max(2, workers * 2)
+        self.maxWindow = self.window
+    }
+
+    private var state: NodeState { self.node.state }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.state.sessions[ObjectIdentifier(self)] = self
+        self.state.sessionsAccepted += 1
+        let limit = self.node.configuration.handshakeTimeout
+        self.handshakeTimer = context.eventLoop.scheduleTask(in: .nanoseconds(limit.nanosecondsInt64)) { [self] in
+            if case .ready = self.phase { return }
+            self.fail(.handshakeTimeout, "no authenticated handshake within \(limit); closing", logLevel: .notice)
+        }
+        if self.state.draining { self.fail(.shuttingDown, "node shutting down", logLevel: .info) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.phase = .closed
+        self.channel = nil
+        self.heartbeat?.cancel()
+        self.handshakeTimer?.cancel()
+        self.state.sessions.removeValue(forKey: ObjectIdentifier(self))
+        // Jobs of a client that left are not worth running.
+        let queued = Array(self.nodeJobIDs.values)
+        if !queued.isEmpty { self.node.pool.cancel(jobIDs: queued) }
+        self.parked.removeAll()
+        self.logger.debug("session closed")
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let e = error as? NodeProtocolError {
+            self.state.protocolErrors += 1
+            self.fail(e.code, e.message, logLevel: .warning)
+        } else if let e = error as? ByteToMessageDecoderError.PayloadTooLargeError {
+            self.fail(.frameTooLarge, "\(e)", logLevel: .warning)
+        } else {
+            self.logger.info("connection error", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.lastHeard = .now()
+        let message = Self.unwrapInboundIn(data)
+        switch self.phase {
+        case .awaitingHello:
+            self.hello(message, context: context)
+        case .awaitingAuth(let clientNonce, let nodeNonce, let version, let clientKeyID, let name):
+            self.auth(message, clientNonce: clientNonce, nodeNonce: nodeNonce, version: version, clientKeyID: clientKeyID, name: name, context: context)
+        case .ready:
+            self.serve(message, context: context)
+        case .closed:
+            break
+        }
+    }
+
+    // MARK: Handshake
+
+    private func hello(_ message: NodeMessage, context: ChannelHandlerContext) {
+        guard case .hello(let minV, let maxV, let clientNonce, let keyID, let name) = message else {
+            self.state.protocolErrors += 1
+            return self.fail(.protocolViolation, "expected HELLO first; is this a ppnode client?", logLevel: .warning)
+        }
+        let version = min(maxV, NodeProtocol.version)
+        guard version >= max(minV, NodeProtocol.minimumVersion), clientNonce.count == NodeProtocol.nonceLength else {
+            return self.fail(
+                .versionMismatch,
+                "protocol versions do not overlap: client speaks \(minV)-\(maxV), node speaks \(NodeProtocol.minimumVersion)-\(NodeProtocol.version); upgrade the older side",
+                logLevel: .warning
+            )
+        }
+        let secret = self.node.configuration.secret
+        let nodeNonce = randomBytes(NodeProtocol.nonceLength)
+        let proof = NodeProtocol.nodeProof(secret, clientNonce: clientNonce, nodeNonce: nodeNonce, version: version)
+        self.phase = .awaitingAuth(clientNonce: clientNonce, nodeNonce: nodeNonce, version: version, clientKeyID: keyID, name: name)
+        self.send(.challenge(version: version, nonce: nodeNonce, keyID: secret.keyID, proof: proof, info: self.node.infoJSON()), context: context)
+    }
+
+    private func auth(
+        _ message: NodeMessage,
+        clientNonce: [UInt8],
+        nodeNonce: [UInt8],
+        version: UInt16,
+        clientKeyID: String,
+        name: String,
+        context: ChannelHandlerContext
+    ) {
+        guard case .auth(let proof) = message else {
+            self.state.protocolErrors += 1
+            return self.fail(.protocolViolation, "expected AUTH after CHALLENGE", logLevel: .warning)
+        }
+        let secret = self.node.configuration.secret
+        let expected = NodeProtocol.clientProof(secret, clientNonce: clientNonce, nodeNonce: nodeNonce, version: version)
+        guard constantTimeEqual(proof, expected) else {
+            self.state.authFailures += 1
+            return self.fail(
+                .authenticationFailed,
+                "authentication failed: the client's secret (key id \(clientKeyID)) is not this node's (key id \(secret.keyID)); give the client the node's secret file",
+                logLevel: .warning
+            )
+        }
+        self.handshakeTimer?.cancel()
+        self.phase = .ready
+        self.clientName = name
+        self.logger[metadataKey: "client"] = "\(name)"
+        self.logger.info("client authenticated")
+        self.send(.welcome(window: UInt32(self.window), maxFrame: UInt32(self.node.configuration.maxFrame)), context: context)
+        let timeout = self.node.configuration.heartbeatTimeout
+        self.heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
+            guard let channel = self.channel else { return }
+            if NIODeadline.now() - self.lastHeard > .nanoseconds(timeout.nanosecondsInt64) {
+                self.logger.notice("client silent past the heartbeat timeout; closing")
+                channel.close(promise: nil)
+                return
+            }
+            var buffer = channel.allocator.buffer(capacity: 16)
+            NodeMessage.ping(0).write(to: &buffer)
+            channel.writeAndFlush(buffer, promise: nil)
+        }
+    }
+
+    // MARK: Jobs
+
+    private func serve(_ message: NodeMessage, context: ChannelHandlerContext) {
+        switch message {
+        case .submit(let jobs):
+            self.submit(jobs, context: context)
+        case .bundle(let digest, let spec):
+            let bundle = FunctionBundle(spec: spec)
+            guard bundle.digest == digest else {
+                self.state.protocolErrors += 1
+                return self.fail(.protocolViolation, "bundle bytes do not hash to the digest they were sent for", logLevel: .warning)
+            }
+            self.state.cache.insert(bundle)
+            self.logger.debug("bundle received", metadata: ["bundle": "\(digest)", "bytes": "\(spec.count)"])
+            if let jobs = self.parked.removeValue(forKey: digest) {
+                self.node.pool.submit(contentsOf: jobs.map { self.poolJob($0, bundle) })
+            }
+        case .cancel(let id):
+            if let poolID = self.nodeJobIDs[id] { self.node.pool.cancel(jobIDs: [poolID]) }
+        case .ping(let token):
+            self.send(.pong(token), context: context)
+        case .pong:
+            break
+        case .statsRequest(let token):
+            let node = self.node
+            Task {
+                let json = await node.statisticsJSON()
+                node.loop.execute { self.send(.stats(token: token, json: json), context: nil) }
+            }
+        case .goodbye:
+            self.logger.info("client said goodbye")
+            context.close(promise: nil)
+        default:
+            self.state.protocolErrors += 1
+            self.fail(.protocolViolation, "unexpected \(message) from a client", logLevel: .warning)
+        }
+    }
+
+    private func submit(_ jobs: [WireJob], context: ChannelHandlerContext) {
+        guard self.inflight + jobs.count <= self.maxWindow else {
+            self.state.protocolErrors += 1
+            return self.fail(
+                .overCredit,
+                "client sent \(jobs.count) jobs with \(self.inflight) in flight, past its window of \(self.maxWindow)",
+                logLevel: .warning
+            )
+        }
+        self.state.jobsReceived += jobs.count
+        self.inflight += jobs.count
+        if self.draining {
+            for job in jobs { self.finished(job.id, .failure(JobError(code: .shutdown, message: "node shutting down"), executor: self.node.configuration.name)) }
+            return
+        }
+        var ready: [PoolJob] = []
+        ready.reserveCapacity(jobs.count)
+        for job in jobs {
+            if let bundle = self.state.cache.get(job.digest) {
+                ready.append(self.poolJob(job, bundle))
+            } else if self.parked[job.digest] != nil {
+                self.parked[job.digest]!.append(job)
+            } else {
+                self.parked[job.digest] = [job]
+                self.send(.need(job.digest), context: context)
+            }
+        }
+        if !ready.isEmpty { self.node.pool.submit(contentsOf: ready) }
+    }
+
+    private func poolJob(_ job: WireJob, _ bundle: FunctionBundle) -> PoolJob {
+        let poolID = self.state.nextJobID
+        self.state.nextJobID += 1
+        self.nodeJobIDs[job.id] = poolID
+        let clientID = job.id
+        return PoolJob(
+            id: poolID,
+            bundle: bundle,
+            arguments: job.arguments,
+            timeout: job.timeoutMilliseconds > 0 ? .milliseconds(Int64(job.timeoutMilliseconds)) : nil
+        ) { [self] outcome in
+            self.finished(clientID, outcome)
+        }
+    }
+
+    private func finished(_ clientID: UInt64, _ outcome: JobOutcome) {
+        self.inflight -= 1
+        self.nodeJobIDs.removeValue(forKey: clientID)
+        guard self.channel != nil else { return }
+        let result: WireResult
+        switch outcome.result {
+        case .success(let bytes):
+            result = WireResult(id: clientID, status: 0, nanoseconds: UInt64(max(0, outcome.duration.nanosecondsInt64)), stdout: Array(outcome.stdout.utf8), stderr: Array(outcome.stderr.utf8), payload: bytes)
+        case .failure(let error):
+            result = WireResult(id: clientID, status: error.code.wireStatus, nanoseconds: UInt64(max(0, outcome.duration.nanosecondsInt64)), stdout: Array(error.stdout.utf8), stderr: Array(error.stderr.utf8), payload: error.wireJSON)
+        }
+        self.pendingResults.append(result)
+        self.meanJobNanos = self.meanJobNanos * 0.9 + Double(result.nanoseconds) * 0.1
+        if !self.flushScheduled {
+            self.flushScheduled = true
+            self.node.loop.execute { self.flush() }
+        }
+    }
+
+    private func flush() {
+        self.flushScheduled = false
+        guard let channel = self.channel, !self.pendingResults.isEmpty else { return }
+        var buffer = channel.allocator.buffer(capacity: 64 * self.pendingResults.count)
+        NodeMessage.results(self.pendingResults).write(to: &buffer)
+        self.pendingResults.removeAll(keepingCapacity: true)
+        // Short jobs get a deep window (pipelining); long ones a shallow one, so a
+        // client does not park work here that its other executors could run.
+        if !self.draining {
+            let workers = max(1, self.node.workers)
+            let wanted = self.meanJobNanos < 2_000_000 ? workers * 64 : max(2, workers * 2)
+            if wanted != self.window {
+                self.window = wanted
+                self.maxWindow = max(self.maxWindow, wanted)
+                NodeMessage.window(UInt32(wanted)).write(to: &buffer)
+            }
+        }
+        channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    // MARK: Drain and close
+
+    func drain() {
+        self.draining = true
+        guard case .ready = self.phase else { return }
+        self.window = 0
+        self.send(.window(0), context: nil)
+        self.send(.goodbye(reason: "node shutting down"), context: nil)
+        // Jobs still waiting for their bundle will not run here.
+        let parked = self.parked.values.flatMap { $0 }
+        self.parked.removeAll()
+        for job in parked {
+            self.finished(job.id, .failure(JobError(code: .shutdown, message: "node shutting down"), executor: self.node.configuration.name))
+        }
+    }
+
+    func closeAfterFlush() -> EventLoopFuture<Void> {
+        self.flush()
+        guard let channel = self.channel else { return self.node.loop.makeSucceededVoidFuture() }
+        return channel.close()
+    }
+
+    private func send(_ message: NodeMessage, context: ChannelHandlerContext?) {
+        guard let channel = self.channel else { return }
+        var buffer = channel.allocator.buffer(capacity: 64)
+        message.write(to: &buffer)
+        channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    private func fail(_ code: NodeErrorCode, _ message: String, logLevel: Logger.Level) {
+        guard let channel = self.channel else { return }
+        self.logger.log(level: logLevel, "closing session", metadata: ["reason": "\(message)"])
+        var buffer = channel.allocator.buffer(capacity: 64 + message.utf8.count)
+        NodeMessage.error(code: code.rawValue, message: message).write(to: &buffer)
+        self.phase = .closed
+        channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+    }
+}
+
+extension Duration {
+    var nanosecondsInt64: Int64 {
+        let (s, a) = self.components
+        return s &* 1_000_000_000 &+ a / 1_000_000_000
+    }
+}

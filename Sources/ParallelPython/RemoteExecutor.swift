@@ -1,0 +1,372 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PPCore
+
+/// A node's address: host and native-protocol port.
+public struct NodeAddress: Sendable, Hashable, CustomStringConvertible {
+    /// Host name or IP address.
+    public var host: String
+    /// TCP port.
+    public var port: Int
+
+    /// Creates an address.
+    public init(host: String, port: Int = NodeProtocol.defaultPort) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `HOST[:PORT]` (`[v6]:PORT` for IPv6).
+    ///
+    /// - Throws: `NodeAddressError` when the text is not an address.
+    public init(parsing text: String) throws {
+        var host = text
+        var port = NodeProtocol.defaultPort
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            if rest.hasPrefix(":") {
+                guard let p = Int(rest.dropFirst()), (1...65535).contains(p) else { throw NodeAddressError(text: text) }
+                port = p
+            }
+        } else if let colon = text.lastIndex(of: ":") {
+            host = String(text[..<colon])
+            guard let p = Int(text[text.index(after: colon)...]), (1...65535).contains(p) else { throw NodeAddressError(text: text) }
+            port = p
+        }
+        guard !host.isEmpty else { throw NodeAddressError(text: text) }
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
+}
+
+/// A node address that does not parse.
+public struct NodeAddressError: Error, Sendable, CustomStringConvertible {
+    /// The text given.
+    public var text: String
+
+    public var description: String { "'\(self.text)' is not a node address; write HOST:PORT, e.g. 192.168.1.20:7340" }
+}
+
+/// Keeps one node connected: connects, authenticates, turns the connection into a
+/// `RemoteExecutor` for the scheduler, and reconnects with backoff when it is lost.
+///
+/// Confined to the job server's loop (`@unchecked Sendable` for that reason).
+final class NodeLink: @unchecked Sendable {
+    let address: NodeAddress
+    let secret: ClusterSecret?
+    unowned let scheduler: Scheduler
+    let clientName: String
+    let heartbeatTimeout: Duration
+    private var executor: RemoteExecutor?
+    private var backoff: TimeAmount = .milliseconds(200)
+    private var stopped = false
+    private var lastProblem: String?
+
+    init(address: NodeAddress, secret: ClusterSecret?, scheduler: Scheduler, clientName: String, heartbeatTimeout: Duration) {
+        self.address = address
+        self.secret = secret
+        self.scheduler = scheduler
+        self.clientName = clientName
+        self.heartbeatTimeout = heartbeatTimeout
+    }
+
+    var name: String { self.address.description }
+
+    func start() {
+        self.connect()
+    }
+
+    func stop() {
+        self.stopped = true
+        self.executor?.close(goodbye: true)
+    }
+
+    private func connect() {
+        guard !self.stopped else { return }
+        guard let secret = self.secret else {
+            self.problem("no cluster secret: give --secret-file or set PP_SECRET")
+            return
+        }
+        let executor = RemoteExecutor(link: self, secret: secret)
+        self.executor = executor
+        ClientBootstrap(group: self.scheduler.loop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(3))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(NodeMessageDecoder()), executor)
+                }
+            }
+            .connect(host: self.address.host, port: self.address.port)
+            .whenFailure { [self] error in
+                self.executor = nil
+                self.problem(Self.describe(error))
+                self.retry()
+            }
+    }
+
+    /// The executor authenticated: the scheduler may use it.
+    func ready(_ executor: RemoteExecutor) {
+        self.backoff = .milliseconds(200)
+        if self.lastProblem != nil {
+            self.scheduler.logger.notice("node reachable again", metadata: ["node": "\(self.name)"])
+        }
+        self.lastProblem = nil
+        self.scheduler.add(executor)
+    }
+
+    /// The connection ended; `reason` says why, `retryAfter` overrides the backoff.
+    func lost(_ executor: RemoteExecutor, reason: String, retryAfter: TimeAmount? = nil) {
+        guard self.executor === executor else { return }
+        self.executor = nil
+        self.scheduler.remove(executor)
+        let jobs = executor.takeInflight()
+        if !jobs.isEmpty || executor.wasReady {
+            self.scheduler.logger.warning(
+                "node lost",
+                metadata: ["node": "\(self.name)", "reason": "\(reason)", "jobs.rescheduled": "\(jobs.count)"]
+            )
+        }
+        self.scheduler.requeue(jobs, lost: reason, from: self.name)
+        self.problem(reason)
+        if let retryAfter { self.backoff = retryAfter }
+        self.retry()
+    }
+
+    private func retry() {
+        guard !self.stopped else { return }
+        let delay = self.backoff
+        self.backoff = min(self.backoff * 2, .seconds(5))
+        self.scheduler.loop.scheduleTask(in: delay) { [self] in self.connect() }
+    }
+
+    private func problem(_ text: String) {
+        self.scheduler.nodeProblems[self.name] = text
+        if self.lastProblem != text {
+            self.scheduler.logger.warning("node unavailable", metadata: ["node": "\(self.name)", "reason": "\(text)"])
+        }
+        self.lastProblem = text
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let e = error as? IOError { return String(cString: strerror(e.errnoCode)) }
+        if error is ChannelError, case ChannelError.connectTimeout = error { return "connection timed out" }
+        return "\(error)"
+    }
+}
+
+/// One authenticated connection to a node, used by the scheduler as an executor.
+///
+/// Confined to the job server's loop: the channel handler methods run there, and so
+/// does everything the scheduler calls (`@unchecked Sendable` for that reason).
+final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable {
+    typealias InboundIn = NodeMessage
+
+    private enum Phase {
+        case connecting
+        case awaitingChallenge(nonce: [UInt8])
+        case awaitingWelcome
+        case ready
+        case draining
+        case closed
+    }
+
+    unowned let link: NodeLink
+    let secret: ClusterSecret
+    private var channel: (any Channel)?
+    private var phase = Phase.connecting
+    private var window = 0
+    private var inflight: [UInt64: ClientJob] = [:]
+    private var bundles: [SHA256Digest: FunctionBundle] = [:]
+    private var lastHeard = NIODeadline.now()
+    private var heartbeat: RepeatedTask?
+    private var closeReason: String?
+    private var retryAfter: TimeAmount?
+    private(set) var wasReady = false
+    /// The node's CHALLENGE info JSON.
+    private(set) var info: [UInt8] = []
+
+    init(link: NodeLink, secret: ClusterSecret) {
+        self.link = link
+        self.secret = secret
+    }
+
+    var name: String { self.link.name }
+
+    var freeSlots: Int {
+        guard case .ready = self.phase else { return 0 }
+        return max(0, self.window - self.inflight.count)
+    }
+
+    /// Whether the node can take jobs (authenticated and not draining).
+    var isUsable: Bool {
+        if case .ready = self.phase { return true }
+        return false
+    }
+
+    // MARK: Executor
+
+    func send(_ jobs: [ClientJob]) {
+        guard let channel = self.channel else {
+            self.link.scheduler.requeue(jobs, lost: nil, from: self.name)
+            return
+        }
+        var buffer = channel.allocator.buffer(capacity: 64 * jobs.count)
+        let start = buffer.writerIndex
+        buffer.writeInteger(UInt32(0))
+        buffer.writeInteger(NodeProtocol.Kind.submit.rawValue)
+        buffer.writeInteger(UInt32(jobs.count))
+        for job in jobs {
+            self.inflight[job.id] = job
+            if self.bundles[job.bundle.digest] == nil { self.bundles[job.bundle.digest] = job.bundle }
+            let timeout = job.timeout.map { UInt32(clamping: max(1, $0.nanosecondsInt64 / 1_000_000)) } ?? 0
+            NodeMessage.writeJob(WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments), to: &buffer)
+        }
+        buffer.setInteger(UInt32(buffer.writerIndex - start - 4), at: start)
+        channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    func cancel(jobID: UInt64) {
+        if self.inflight[jobID] != nil { self.write(.cancel(id: jobID)) }
+    }
+
+    /// Removes and returns the jobs the node still held.
+    func takeInflight() -> [ClientJob] {
+        let jobs = self.inflight.values.sorted { $0.id < $1.id }
+        self.inflight.removeAll()
+        return jobs
+    }
+
+    func close(goodbye: Bool) {
+        if goodbye, self.wasReady { self.write(.goodbye(reason: "client done")) }
+        self.closeReason = self.closeReason ?? "closed by the client"
+        self.channel?.close(promise: nil)
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.channel = context.channel
+        let nonce = randomBytes(NodeProtocol.nonceLength)
+        self.phase = .awaitingChallenge(nonce: nonce)
+        self.write(.hello(minVersion: NodeProtocol.minimumVersion, maxVersion: NodeProtocol.version, nonce: nonce, keyID: self.secret.keyID, name: self.link.clientName))
+        let timeout = self.link.heartbeatTimeout
+        self.heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
+            guard let channel = self.channel else { return }
+            if NIODeadline.now() - self.lastHeard > .nanoseconds(timeout.nanosecondsInt64) {
+                self.closeReason = "no heartbeat for \(timeout)"
+                channel.close(promise: nil)
+                return
+            }
+            self.write(.ping(0))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.heartbeat?.cancel()
+        self.channel = nil
+        self.phase = .closed
+        self.link.lost(self, reason: self.closeReason ?? "the node closed the connection", retryAfter: self.retryAfter)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.closeReason = self.closeReason ?? ((error as? NodeProtocolError).map { "protocol error from the node: \($0.message)" } ?? NodeLink.describe(error))
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.lastHeard = .now()
+        let message = Self.unwrapInboundIn(data)
+        switch (self.phase, message) {
+        case (_, .error(let code, let text)):
+            self.closeReason = "the node refused us: \(text)"
+            if code == NodeErrorCode.authenticationFailed.rawValue || code == NodeErrorCode.versionMismatch.rawValue {
+                self.retryAfter = .seconds(10)
+            }
+            context.close(promise: nil)
+        case (.awaitingChallenge(let nonce), .challenge(let version, let nodeNonce, let nodeKeyID, let proof, let info)):
+            guard version >= NodeProtocol.minimumVersion, version <= NodeProtocol.version else {
+                return self.abort("the node chose protocol version \(version), which this client does not speak", retryAfter: .seconds(10))
+            }
+            let expected = NodeProtocol.nodeProof(self.secret, clientNonce: nonce, nodeNonce: nodeNonce, version: version)
+            guard constantTimeEqual(proof, expected) else {
+                return self.abort(
+                    "the node does not know our secret: it has key id \(nodeKeyID), we have key id \(self.secret.keyID) (another cluster?); use that node's secret file",
+                    retryAfter: .seconds(10)
+                )
+            }
+            self.info = info
+            self.phase = .awaitingWelcome
+            self.write(.auth(proof: NodeProtocol.clientProof(self.secret, clientNonce: nonce, nodeNonce: nodeNonce, version: version)))
+        case (.awaitingWelcome, .welcome(let window, _)):
+            self.window = Int(window)
+            self.phase = .ready
+            self.wasReady = true
+            self.link.ready(self)
+        case (.ready, .results(let results)), (.draining, .results(let results)):
+            self.received(results)
+        case (_, .need(let digest)):
+            guard let bundle = self.bundles[digest] else {
+                return self.abort("the node asked for a function bundle \(digest) this client never sent", retryAfter: nil)
+            }
+            self.write(.bundle(digest: digest, spec: bundle.spec))
+        case (_, .window(let w)):
+            self.window = Int(w)
+            self.link.scheduler.dispatchSoon()
+        case (_, .ping(let token)):
+            self.write(.pong(token))
+        case (_, .pong):
+            break
+        case (_, .goodbye(let reason)):
+            self.phase = .draining
+            self.closeReason = "the node said goodbye: \(reason)"
+        case (_, .stats):
+            break
+        default:
+            self.abort("unexpected \(message) from the node", retryAfter: nil)
+        }
+    }
+
+    private func received(_ results: [WireResult]) {
+        var rescheduled: [ClientJob] = []
+        for r in results {
+            guard let job = self.inflight.removeValue(forKey: r.id) else { continue }
+            let stdout = String(decoding: r.stdout, as: UTF8.self)
+            let stderr = String(decoding: r.stderr, as: UTF8.self)
+            let duration = Duration.nanoseconds(Int64(clamping: r.nanoseconds))
+            if r.status == 0 {
+                job.completion(JobOutcome(result: .success(r.payload), stdout: stdout, stderr: stderr, duration: duration, executor: self.name))
+                continue
+            }
+            let code = JobError.Code(wireStatus: r.status)
+            if code == .shutdown {
+                rescheduled.append(job)  // the node is draining: run it elsewhere
+                continue
+            }
+            var error = JobError(code: code, wireJSON: r.payload)
+            error.stdout = stdout
+            error.stderr = stderr
+            error.executor = self.name
+            job.completion(JobOutcome(result: .failure(error), stdout: stdout, stderr: stderr, duration: duration, executor: self.name))
+        }
+        if !rescheduled.isEmpty { self.link.scheduler.requeue(rescheduled, lost: nil, from: self.name) }
+        self.link.scheduler.dispatchSoon()
+    }
+
+    private func abort(_ reason: String, retryAfter: TimeAmount?) {
+        self.closeReason = reason
+        self.retryAfter = retryAfter
+        self.channel?.close(promise: nil)
+    }
+
+    private func write(_ message: NodeMessage) {
+        guard let channel = self.channel else { return }
+        var buffer = channel.allocator.buffer(capacity: 64)
+        message.write(to: &buffer)
+        channel.writeAndFlush(buffer, promise: nil)
+    }
+}

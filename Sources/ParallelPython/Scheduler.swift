@@ -1,0 +1,235 @@
+import DequeModule
+import Logging
+import NIOCore
+import PPCore
+import PPWorkers
+
+/// A job as the client's scheduler holds it.
+struct ClientJob: Sendable {
+    var id: UInt64
+    var bundle: FunctionBundle
+    var arguments: JobArguments
+    var timeout: Duration?
+    /// Times a node running it was lost.
+    var attempts = 0
+    var completion: @Sendable (JobOutcome) -> Void
+}
+
+/// Something that runs jobs: the local worker pool or a remote node.
+protocol Executor: AnyObject {
+    /// The name in statistics: `"local"` or `"host:port"`.
+    var name: String { get }
+    /// How many more jobs it takes now.
+    var freeSlots: Int { get }
+    /// Hands it jobs (at most `freeSlots`).
+    func send(_ jobs: [ClientJob])
+    /// Asks it to cancel a job it holds, if that job has not started (best effort; the
+    /// job's completion says what happened).
+    func cancel(jobID: UInt64)
+}
+
+/// The client's scheduler: one queue, balanced over executors by free capacity.
+///
+/// Confined to the job server's event loop; `@unchecked Sendable` is safe because
+/// `JobServer` reaches it only through `loop.execute`/`loop.submit`, and executors
+/// call back on that loop.
+final class Scheduler: @unchecked Sendable {
+    let loop: any EventLoop
+    let logger: Logger
+    private var queue = Deque<ClientJob>()
+    private(set) var executors: [any Executor] = []
+    private var dispatchScheduled = false
+    private var noExecutorSince: NIODeadline?
+    private let noExecutorTimeout: Duration
+    private var sweeper: RepeatedTask?
+    /// Why nodes are unavailable, by address, for the no-executor message.
+    var nodeProblems: [String: String] = [:]
+    static let maxAttempts = 3
+    private static let maxBatch = 512
+
+    init(loop: any EventLoop, noExecutorTimeout: Duration, logger: Logger) {
+        self.loop = loop
+        self.noExecutorTimeout = noExecutorTimeout
+        self.logger = logger
+    }
+
+    func start() {
+        self.sweeper = self.loop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) { [self] _ in
+            self.sweep()
+        }
+    }
+
+    func stop() {
+        self.sweeper?.cancel()
+        let queued = self.queue
+        self.queue.removeAll()
+        for job in queued {
+            job.completion(.failure(JobError(code: .shutdown, message: "the job server shut down before the job ran"), executor: "none"))
+        }
+    }
+
+    // MARK: Jobs
+
+    func enqueue(_ jobs: some Sequence<ClientJob>) {
+        self.queue.append(contentsOf: jobs)
+        self.dispatch()
+    }
+
+    /// Puts jobs back at the front (their executor was lost or is draining).
+    func requeue(_ jobs: [ClientJob], lost reason: String?, from executor: String) {
+        for var job in jobs.reversed() {
+            if let reason {
+                job.attempts += 1
+                if job.attempts >= Self.maxAttempts {
+                    job.completion(.failure(JobError(code: .nodeLost, message: "lost \(job.attempts) executors while running the job; the last, \(executor): \(reason)"), executor: executor))
+                    continue
+                }
+            }
+            self.queue.prepend(job)
+        }
+        self.dispatchSoon()
+    }
+
+    func cancel(jobID: UInt64) -> Bool {
+        if let i = self.queue.firstIndex(where: { $0.id == jobID }) {
+            let job = self.queue.remove(at: i)
+            job.completion(.failure(JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: "none"))
+            return true
+        }
+        for e in self.executors { e.cancel(jobID: jobID) }
+        return false
+    }
+
+    var queued: Int { self.queue.count }
+
+    // MARK: Executors
+
+    func add(_ executor: any Executor) {
+        self.executors.append(executor)
+        self.nodeProblems[executor.name] = nil
+        self.logger.info("executor added", metadata: ["executor": "\(executor.name)"])
+        self.dispatch()
+    }
+
+    func remove(_ executor: any Executor) {
+        self.executors.removeAll { $0 === executor }
+    }
+
+    /// Runs a dispatch after the current batch of events (coalesces many completions).
+    func dispatchSoon() {
+        guard !self.dispatchScheduled else { return }
+        self.dispatchScheduled = true
+        self.loop.execute { [self] in
+            self.dispatchScheduled = false
+            self.dispatch()
+        }
+    }
+
+    /// Hands queued jobs to the executors with the most free slots.
+    func dispatch() {
+        while !self.queue.isEmpty {
+            var best: (any Executor)?
+            var bestFree = 0
+            for e in self.executors {
+                let free = e.freeSlots
+                if free > bestFree {
+                    best = e
+                    bestFree = free
+                }
+            }
+            guard let executor = best else { return }
+            // Share the queue among executors in proportion to their free slots.
+            let n = min(bestFree, self.queue.count, Self.maxBatch)
+            var batch: [ClientJob] = []
+            batch.reserveCapacity(n)
+            for _ in 0..<n { batch.append(self.queue.removeFirst()) }
+            executor.send(batch)
+        }
+    }
+
+    /// Fails queued jobs when nothing at all can run them for `noExecutorTimeout`.
+    private func sweep() {
+        let canRun = self.executors.contains { e in
+            if let local = e as? LocalExecutor { return local.size > 0 }
+            if let remote = e as? RemoteExecutor { return remote.isUsable }
+            return true
+        }
+        guard !self.queue.isEmpty, !canRun else {
+            self.noExecutorSince = nil
+            return
+        }
+        let now = NIODeadline.now()
+        guard let since = self.noExecutorSince else {
+            self.noExecutorSince = now
+            return
+        }
+        guard now - since >= .nanoseconds(self.noExecutorTimeout.nanosecondsInt64) else { return }
+        var why = "no local workers"
+        if !self.nodeProblems.isEmpty {
+            why += " and no node reachable (" + self.nodeProblems.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ") + ")"
+        } else {
+            why += " and no nodes"
+        }
+        let error = JobError(code: .noExecutor, message: "nothing could run the job for \(self.noExecutorTimeout): \(why)")
+        let queued = self.queue
+        self.queue.removeAll()
+        for job in queued { job.completion(.failure(error, executor: "none")) }
+        self.noExecutorSince = nil
+    }
+}
+
+// MARK: - Local executor
+
+/// The local worker pool as an executor. Its window is one job per worker for long
+/// jobs and a deep pipeline for short ones.
+///
+/// `@unchecked Sendable`: confined to the job server's loop, where the pool (sharing
+/// that loop) calls its completions.
+final class LocalExecutor: Executor, @unchecked Sendable {
+    let name = "local"
+    let pool: WorkerPool
+    private unowned let scheduler: Scheduler
+    private var inflight: Set<UInt64> = []
+    private var meanNanos: Double = 10_000_000
+    /// The pool's size as last set.
+    var size: Int
+
+    init(pool: WorkerPool, size: Int, scheduler: Scheduler) {
+        self.pool = pool
+        self.size = size
+        self.scheduler = scheduler
+    }
+
+    var freeSlots: Int {
+        let window = self.meanNanos < 1_000_000 ? self.size * 64 : self.size
+        return max(0, window - self.inflight.count)
+    }
+
+    func send(_ jobs: [ClientJob]) {
+        var poolJobs: [PoolJob] = []
+        poolJobs.reserveCapacity(jobs.count)
+        for job in jobs {
+            self.inflight.insert(job.id)
+            let completion = job.completion
+            let id = job.id
+            poolJobs.append(PoolJob(id: job.id, bundle: job.bundle, arguments: job.arguments, timeout: job.timeout) { [self] outcome in
+                self.inflight.remove(id)
+                self.meanNanos = self.meanNanos * 0.9 + Double(outcome.duration.nanosecondsInt64) * 0.1
+                completion(outcome)
+                self.scheduler.dispatchSoon()
+            })
+        }
+        self.pool.submit(contentsOf: poolJobs)
+    }
+
+    func cancel(jobID: UInt64) {
+        if self.inflight.contains(jobID) { self.pool.cancel(jobIDs: [jobID]) }
+    }
+}
+
+extension Duration {
+    var nanosecondsInt64: Int64 {
+        let (s, a) = self.components
+        return s &* 1_000_000_000 &+ a / 1_000_000_000
+    }
+}

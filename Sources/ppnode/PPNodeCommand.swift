@@ -1,0 +1,163 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import NIOCore
+import PPCore
+import PPNode
+
+/// `ppnode`: the daemon that runs jobs for clients of its cluster.
+@main
+struct PPNodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ppnode",
+        abstract: "Run Python jobs for ParallelPython clients on this machine.",
+        discussion: """
+            Start it and forget it: with no configuration it listens on port 7340, runs \
+            one worker per core, and uses the secret file ~/.config/ppnode/secret \
+            (created, random, mode 0600, when missing). Copy that file to the clients.
+
+            Each setting comes from, in order: a flag, an environment variable, the \
+            config file (--config, $PP_CONFIG, else /etc/ppnode/ppnode.conf when it \
+            exists), the default. The secret: --secret-file, then $PP_SECRET, then \
+            $PP_SECRET_FILE or the default file.
+
+            SIGTERM or SIGINT stops it gracefully: it stops accepting, tells clients, \
+            lets running jobs finish (--drain-timeout), and hands queued jobs back.
+
+            Examples:
+              ppnode
+              ppnode --port 7341 --workers 8 --secret-file /etc/ppnode/secret
+              PP_SECRET=$(cat shared-secret) ppnode --log-level debug
+            """
+    )
+
+    @Option(help: ArgumentHelp("Config file of `key = value` lines.", valueName: "PATH"))
+    var config: String?
+
+    @Option(help: ArgumentHelp("Address to listen on (env PP_HOST; default 0.0.0.0).", valueName: "ADDRESS"))
+    var host: String?
+
+    @Option(help: ArgumentHelp("TCP port of the native protocol (env PP_PORT; default 7340).", valueName: "PORT"))
+    var port: Int?
+
+    @Option(help: ArgumentHelp("Worker processes (env PP_WORKERS; default: the usable cores).", valueName: "N"))
+    var workers: Int?
+
+    @Option(help: ArgumentHelp("Python interpreter for workers (env PP_PYTHON; default python3).", valueName: "PATH"))
+    var python: String?
+
+    @Option(name: .customLong("secret-file"), help: ArgumentHelp("File holding the cluster secret.", valueName: "PATH"))
+    var secretFile: String?
+
+    @Option(help: ArgumentHelp("Name shown to clients (env PP_NODE_NAME; default: host name).", valueName: "NAME"))
+    var name: String?
+
+    @Option(name: .customLong("max-frame"), help: ArgumentHelp("Largest frame accepted, bytes (default 67108864).", valueName: "BYTES"))
+    var maxFrame: Int?
+
+    @Option(name: .customLong("cache-bytes"), help: ArgumentHelp("Function bundle cache size, bytes (default 268435456).", valueName: "BYTES"))
+    var cacheBytes: Int?
+
+    @Option(name: .customLong("handshake-timeout"), help: ArgumentHelp("Seconds a peer has to authenticate (default 5).", valueName: "SECONDS"))
+    var handshakeTimeout: Double?
+
+    @Option(name: .customLong("heartbeat-timeout"), help: ArgumentHelp("Seconds of client silence before it counts as dead (default 3).", valueName: "SECONDS"))
+    var heartbeatTimeout: Double?
+
+    @Option(name: .customLong("drain-timeout"), help: ArgumentHelp("Seconds running jobs get on shutdown (default 10).", valueName: "SECONDS"))
+    var drainTimeout: Double?
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error (env PP_LOG_LEVEL; default info).", valueName: "LEVEL"))
+    var logLevel: String?
+
+    func run() async throws {
+        let settings: Settings
+        do {
+            settings = try Settings(command: self)
+        } catch {
+            FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = settings.logLevel
+            return handler
+        }
+        let logger = Logger(label: "ppnode")
+        let loaded: (secret: ClusterSecret, created: Bool)
+        do {
+            loaded = try ClusterSecret.load(file: settings.secretFile, create: true)
+        } catch {
+            logger.critical("no usable secret", metadata: ["error": "\(error)"])
+            FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        var configuration = NodeConfiguration(secret: loaded.secret, name: settings.name, logger: logger)
+        configuration.host = settings.host
+        configuration.port = settings.port
+        configuration.workers = settings.workers
+        configuration.python = settings.python
+        configuration.maxFrame = settings.maxFrame
+        configuration.cacheBytes = settings.cacheBytes
+        configuration.handshakeTimeout = settings.handshakeTimeout
+        configuration.heartbeatTimeout = settings.heartbeatTimeout
+        configuration.drainTimeout = settings.drainTimeout
+
+        let node = NodeServer(configuration: configuration)
+        let address: SocketAddress
+        do {
+            address = try await node.start()
+        } catch {
+            logger.critical("cannot listen", metadata: ["address": "\(settings.host):\(settings.port)", "error": "\(error)"])
+            FileHandle.standardError.write(Data("ppnode: cannot listen on \(settings.host):\(settings.port): \(error); is another ppnode running? pick another --port\n".utf8))
+            await node.shutdown()
+            throw ExitCode(2)
+        }
+        logger.info(
+            "ppnode ready",
+            metadata: [
+                "address": "\(address)",
+                "node.id": "\(node.nodeID)",
+                "node.name": "\(settings.name)",
+                "workers": "\(node.workers)",
+                "secret.file": "\(loaded.secret.origin)\(loaded.created ? " (created now)" : "")",
+                "secret.keyid": "\(loaded.secret.keyID)",
+                "protocol": "\(NodeProtocol.version)",
+            ]
+        )
+
+        let signals = SignalWatcher()
+        let signal = await signals.next()
+        logger.info("shutting down", metadata: ["signal": "\(signal)", "drain.timeout": "\(settings.drainTimeout)"])
+        await node.shutdown()
+        logger.info("stopped")
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+///
+/// `@unchecked Sendable`: `sources` is written once in `init` and only kept alive after.
+final class SignalWatcher: @unchecked Sendable {
+    private let stream: AsyncStream<String>
+    private let sources: [any DispatchSourceSignal]
+
+    init() {
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self)
+        self.stream = stream
+        var sources: [any DispatchSourceSignal] = []
+        for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { continuation.yield(name) }
+            source.resume()
+            sources.append(source)
+        }
+        self.sources = sources
+    }
+
+    func next() async -> String {
+        for await name in self.stream { return name }
+        return "end"
+    }
+}

@@ -1,0 +1,97 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PPCore
+
+/// ppnode's settings after merging flag > environment > config file > default.
+struct Settings {
+    var host = "0.0.0.0"
+    var port = NodeProtocol.defaultPort
+    var workers: Int?
+    var python: String?
+    var secretFile: String?
+    var name = ProcessInfo.processInfo.hostName
+    var maxFrame = NodeProtocol.defaultMaxFrame
+    var cacheBytes = 256 << 20
+    var handshakeTimeout: Duration = .seconds(5)
+    var heartbeatTimeout: Duration = .seconds(3)
+    var drainTimeout: Duration = .seconds(10)
+    var logLevel = Logger.Level.info
+
+    /// The keys a config file may hold, each documented in config/ppnode.conf.
+    static let keys: Set<String> = [
+        "host", "port", "workers", "python", "secret-file", "name", "max-frame", "cache-bytes",
+        "handshake-timeout", "heartbeat-timeout", "drain-timeout", "log-level",
+    ]
+
+    init(command c: PPNodeCommand) throws {
+        let env = ProcessInfo.processInfo.environment
+        var file: [String: (value: String, line: Int)] = [:]
+        var configPath = c.config ?? env["PP_CONFIG"]
+        if configPath == nil, FileManager.default.fileExists(atPath: "/etc/ppnode/ppnode.conf") {
+            configPath = "/etc/ppnode/ppnode.conf"
+        }
+        if let configPath { file = try Self.parse(configPath) }
+
+        func pick(_ flag: String?, _ envName: String, _ key: String) -> (String, String)? {
+            if let flag { return (flag, "--\(key)") }
+            if let v = env[envName], !v.isEmpty { return (v, envName) }
+            if let v = file[key] { return (v.value, "\(configPath!):\(v.line) (\(key))") }
+            return nil
+        }
+        func int(_ flag: Int?, _ envName: String, _ key: String, min: Int, max: Int = Int.max) throws -> Int? {
+            guard let (text, origin) = pick(flag.map(String.init), envName, key) else { return nil }
+            guard let v = Int(text), v >= min, v <= max else {
+                throw ValidationError("\(origin): '\(text)' is not a whole number from \(min) to \(max)")
+            }
+            return v
+        }
+        func seconds(_ flag: Double?, _ envName: String, _ key: String) throws -> Duration? {
+            guard let (text, origin) = pick(flag.map { String($0) }, envName, key) else { return nil }
+            guard let v = Double(text), v > 0, v.isFinite else {
+                throw ValidationError("\(origin): '\(text)' is not a positive number of seconds")
+            }
+            return .milliseconds(Int64(v * 1000))
+        }
+
+        if let (v, _) = pick(c.host, "PP_HOST", "host") { self.host = v }
+        if let v = try int(c.port, "PP_PORT", "port", min: 0, max: 65535) { self.port = v }
+        self.workers = try int(c.workers, "PP_WORKERS", "workers", min: 1, max: 4096)
+        if let (v, _) = pick(c.python, "PP_PYTHON", "python") { self.python = v }
+        if let v = c.secretFile ?? file["secret-file"]?.value { self.secretFile = v }
+        if let (v, _) = pick(c.name, "PP_NODE_NAME", "name") { self.name = v }
+        if let v = try int(c.maxFrame, "PP_MAX_FRAME", "max-frame", min: 4096) { self.maxFrame = v }
+        if let v = try int(c.cacheBytes, "PP_CACHE_BYTES", "cache-bytes", min: 0) { self.cacheBytes = v }
+        if let v = try seconds(c.handshakeTimeout, "PP_HANDSHAKE_TIMEOUT", "handshake-timeout") { self.handshakeTimeout = v }
+        if let v = try seconds(c.heartbeatTimeout, "PP_HEARTBEAT_TIMEOUT", "heartbeat-timeout") { self.heartbeatTimeout = v }
+        if let v = try seconds(c.drainTimeout, "PP_DRAIN_TIMEOUT", "drain-timeout") { self.drainTimeout = v }
+        if let (text, origin) = pick(c.logLevel, "PP_LOG_LEVEL", "log-level") {
+            guard let level = Logger.Level(rawValue: text.lowercased()) else {
+                throw ValidationError("\(origin): '\(text)' is not a log level; use trace, debug, info, notice, warning, error or critical")
+            }
+            self.logLevel = level
+        }
+    }
+
+    /// Reads `key = value` lines; `#` starts a comment.
+    static func parse(_ path: String) throws -> [String: (value: String, line: Int)] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ValidationError("cannot read the config file \(path): \(String(cString: strerror(errno)))")
+        }
+        var out: [String: (value: String, line: Int)] = [:]
+        for (i, raw) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty { continue }
+            let parts = trimmed.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2, !parts[0].isEmpty else {
+                throw ValidationError("\(path):\(i + 1): '\(trimmed)' is not `key = value`")
+            }
+            guard Self.keys.contains(parts[0]) else {
+                throw ValidationError("\(path):\(i + 1): unknown key '\(parts[0])'; known keys: \(Self.keys.sorted().joined(separator: ", "))")
+            }
+            out[parts[0]] = (parts[1], i + 1)
+        }
+        return out
+    }
+}
