@@ -89,6 +89,7 @@ let package = Package(
             dependencies: [
                 "ParallelPython",
                 "PPCore",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -132,6 +133,11 @@ let package = Package(
         .testTarget(
             name: "ParallelPythonTests",
             dependencies: ["ParallelPython", "PPTesting"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "PPNodeTests",
+            dependencies: ["ParallelPython", "PPCore", "PPTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

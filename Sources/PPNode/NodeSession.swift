@@ -138,6 +138,10 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         name: String,
         context: ChannelHandlerContext
     ) {
+        if case .error(_, let text) = message {
+            self.state.authFailures += 1
+            return self.fail(.authenticationFailed, "the client rejected this node: \(text)", logLevel: .warning)
+        }
         guard case .auth(let proof) = message else {
             self.state.protocolErrors += 1
             return self.fail(.protocolViolation, "expected AUTH after CHALLENGE", logLevel: .warning)

@@ -1,7 +1,7 @@
 // Helpers shared by the test targets: temporary directories, running real processes,
 // and finding the built commands.
 
-import Foundation
+public import Foundation
 
 /// A directory under the system temp folder, removed by `remove()`.
 public struct TemporaryDirectory: Sendable {
@@ -118,4 +118,89 @@ public let repositoryRoot: String = URL(fileURLWithPath: #filePath)
 private final class DataBox: @unchecked Sendable {
     // Written by the reader thread before it signals; read after the wait.
     var data = Data()
+}
+
+/// A `ppnode` process started for a test, on a free port chosen by the kernel.
+public final class NodeProcess: @unchecked Sendable {
+    // `log` is written by the reader thread and read by the test under `lock`.
+    /// The process.
+    public let process: Process
+    /// The port it listens on.
+    public private(set) var port: Int = 0
+    private var log = ""
+    private let lock = NSLock()
+
+    /// Starts `ppnode --port 0 ARGS` and waits (at most 20 s) until it is ready.
+    ///
+    /// - Parameters:
+    ///   - arguments: extra flags.
+    ///   - secret: the value of `PP_SECRET` for it.
+    public init(_ arguments: [String] = [], secret: String?, environment: [String: String] = [:]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: builtCommand("ppnode"))
+        p.arguments = ["--port", "0", "--host", "127.0.0.1", "--log-level", "debug"] + arguments
+        var env = ProcessInfo.processInfo.environment
+        env["PP_BROADCAST"] = env["PP_BROADCAST"] ?? "off"
+        env["PP_SECRET"] = secret
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        self.process = p
+        try p.run()
+        let ready = DispatchSemaphore(value: 0)
+        Thread { [self] in
+            let handle = err.fileHandleForReading
+            var signalled = false
+            while true {
+                let data = handle.availableData
+                if data.isEmpty { break }
+                self.lock.lock()
+                self.log += String(decoding: data, as: UTF8.self)
+                let text = self.log
+                self.lock.unlock()
+                if !signalled, let line = text.split(separator: "\n").first(where: { $0.contains("ppnode ready") }),
+                    let address = line.split(separator: " ").first(where: { $0.hasPrefix("address=") }),
+                    let port = Int(address.split(separator: ":").last ?? "")
+                {
+                    self.port = port
+                    signalled = true
+                    ready.signal()
+                }
+            }
+            if !signalled { ready.signal() }
+        }.start()
+        guard ready.wait(timeout: .now() + 20) == .success, self.port > 0 else {
+            p.terminate()
+            throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey: "ppnode did not start: \(self.logText)"])
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    public var address: String { "127.0.0.1:\(self.port)" }
+
+    /// Everything it logged so far.
+    public var logText: String {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        return self.log
+    }
+
+    /// Sends a signal.
+    public func signal(_ number: Int32) {
+        kill(self.process.processIdentifier, number)
+    }
+
+    /// Kills it (SIGKILL) if it still runs and waits for it.
+    public func stop() {
+        if self.process.isRunning { self.signal(SIGKILL) }
+        self.process.waitUntilExit()
+    }
+
+    /// Waits for it to exit and returns its status.
+    public func wait() -> Int32 {
+        self.process.waitUntilExit()
+        return self.process.terminationStatus
+    }
 }

@@ -321,6 +321,23 @@ public final class JobServer: Sendable {
         }
     }
 
+    /// The counters of every connected node (its STATS reply: workers, jobs done,
+    /// bundles received, cache size...), by node address.
+    public func nodeStatistics() async -> [String: JSONValue] {
+        let futures: [(String, EventLoopFuture<[UInt8]>)] =
+            (try? await self.loop.submit {
+                self.scheduler.executors.compactMap { $0 as? RemoteExecutor }.map { ($0.name, $0.requestStatistics(on: self.loop)) }
+            }.get()) ?? []
+        var out: [String: JSONValue] = [:]
+        for (name, future) in futures {
+            guard let bytes = try? await future.get(), !bytes.isEmpty,
+                let value = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+            else { continue }
+            out[name] = value
+        }
+        return out
+    }
+
     /// The executors that take jobs now: `"local"` (when it has workers) and the
     /// addresses of connected nodes.
     public func activeExecutors() async -> [String] {

@@ -125,6 +125,10 @@ final class NodeLink: @unchecked Sendable {
         self.executor = nil
         self.scheduler.remove(executor)
         let jobs = executor.takeInflight()
+        if self.stopped {
+            self.scheduler.requeue(jobs, lost: nil, from: self.name)
+            return
+        }
         if !jobs.isEmpty || executor.wasReady {
             self.scheduler.logger.warning(
                 "node lost",
@@ -153,7 +157,8 @@ final class NodeLink: @unchecked Sendable {
     }
 
     static func describe(_ error: any Error) -> String {
-        if let e = error as? IOError { return String(cString: strerror(e.errnoCode)) }
+        if let e = error as? NIOConnectionError, let first = e.connectionErrors.first { return Self.describe(first.error) }
+        if let e = error as? IOError { return String(cString: strerror(e.errnoCode)).lowercased() }
         if error is ChannelError, case ChannelError.connectTimeout = error { return "connection timed out" }
         return "\(error)"
     }
@@ -187,6 +192,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     private var closeReason: String?
     private var retryAfter: TimeAmount?
     private(set) var wasReady = false
+    private var statsWaiters: [UInt64: EventLoopPromise<[UInt8]>] = [:]
+    private var nextStatsToken: UInt64 = 1
     /// The node's CHALLENGE info JSON.
     private(set) var info: [UInt8] = []
 
@@ -268,6 +275,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     func channelInactive(context: ChannelHandlerContext) {
         self.heartbeat?.cancel()
+        for (_, p) in self.statsWaiters { p.succeed([]) }
+        self.statsWaiters.removeAll()
         self.channel = nil
         self.phase = .closed
         self.link.lost(self, reason: self.closeReason ?? "the node closed the connection", retryAfter: self.retryAfter)
@@ -294,6 +303,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
             }
             let expected = NodeProtocol.nodeProof(self.secret, clientNonce: nonce, nodeNonce: nodeNonce, version: version)
             guard constantTimeEqual(proof, expected) else {
+                // Tell the node too, so both sides log both key ids.
+                self.write(.error(code: NodeErrorCode.authenticationFailed.rawValue, message: "the client's secret (key id \(self.secret.keyID)) is not this node's (key id \(nodeKeyID))"))
                 return self.abort(
                     "the node does not know our secret: it has key id \(nodeKeyID), we have key id \(self.secret.keyID) (another cluster?); use that node's secret file",
                     retryAfter: .seconds(10)
@@ -324,11 +335,28 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
         case (_, .goodbye(let reason)):
             self.phase = .draining
             self.closeReason = "the node said goodbye: \(reason)"
-        case (_, .stats):
-            break
+        case (_, .stats(let token, let json)):
+            self.statsWaiters.removeValue(forKey: token)?.succeed(json)
         default:
             self.abort("unexpected \(message) from the node", retryAfter: nil)
         }
+    }
+
+    /// Asks the node for its counters (the STATS JSON).
+    func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]> {
+        let promise = loop.makePromise(of: [UInt8].self)
+        guard self.channel != nil, self.isUsable else {
+            promise.succeed([])
+            return promise.futureResult
+        }
+        let token = self.nextStatsToken
+        self.nextStatsToken += 1
+        self.statsWaiters[token] = promise
+        self.write(.statsRequest(token))
+        loop.scheduleTask(in: .seconds(2)) { [self] in
+            self.statsWaiters.removeValue(forKey: token)?.succeed([])
+        }
+        return promise.futureResult
     }
 
     private func received(_ results: [WireResult]) {

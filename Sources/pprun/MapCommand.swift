@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import ParallelPython
 
 /// `pprun map FILE.py:FUNC ...`: one job per input.
@@ -30,8 +31,14 @@ struct MapCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Read JSON lines from PATH, or stdin for '-'.", valueName: "PATH"))
     var input: String?
 
-    @Option(name: .long, help: ArgumentHelp("Local worker processes (default: the usable cores).", valueName: "N"))
+    @Option(name: .long, help: ArgumentHelp("Local worker processes (default: the usable cores; 0: nodes only).", valueName: "N"))
     var workers: Int?
+
+    @Option(name: .customLong("node"), help: ArgumentHelp("A ppnode to use (repeatable).", valueName: "HOST:PORT"))
+    var nodes: [String] = []
+
+    @Option(name: .customLong("secret-file"), help: ArgumentHelp("The cluster secret for nodes (default: $PP_SECRET, then ~/.config/ppnode/secret).", valueName: "PATH"))
+    var secretFile: String?
 
     @Option(name: .long, help: ArgumentHelp("Kill a job (and replace its worker) after this long.", valueName: "SECONDS"))
     var timeout: Double?
@@ -54,8 +61,12 @@ struct MapCommand: AsyncParsableCommand {
             throw ValidationError("give inputs one way only: ARGs, --range or --input")
         }
         if let range { _ = try RangeSpec(range) }
-        if let workers, workers < 1 {
-            throw ValidationError("--workers must be at least 1 (got \(workers)); local workers are the only executors for now")
+        for node in self.nodes { _ = try NodeAddress(parsing: node) }
+        if let workers, workers < 0 {
+            throw ValidationError("--workers must be 0 or more (got \(workers))")
+        }
+        if self.workers == 0, self.nodes.isEmpty {
+            throw ValidationError("--workers 0 leaves nothing to run jobs; give --node HOST:PORT or more workers")
         }
         if let timeout, !(timeout > 0) || !timeout.isFinite {
             throw ValidationError("--timeout must be a positive number of seconds (got \(timeout))")
@@ -78,7 +89,27 @@ struct MapCommand: AsyncParsableCommand {
             throw ExitCode(ExitCodes.cannotStart)
         }
 
-        let server = JobServer(configuration: .init(workers: self.workers, python: self.python, timeout: self.timeout.map { .milliseconds(Int64($0 * 1000)) }))
+        var secret: ClusterSecret?
+        if !self.nodes.isEmpty {
+            do {
+                secret = try ClusterSecret.load(file: self.secretFile, create: false).secret
+            } catch {
+                Console.error("pprun: \(error)")
+                throw ExitCode(ExitCodes.cannotStart)
+            }
+        }
+        var logger = Logger(label: "pprun")
+        logger.logLevel = .warning
+        let server = JobServer(
+            configuration: .init(
+                workers: self.workers,
+                python: self.python,
+                timeout: self.timeout.map { .milliseconds(Int64($0 * 1000)) },
+                nodes: try self.nodes.map { try NodeAddress(parsing: $0) },
+                secret: secret,
+                logger: logger
+            )
+        )
         do {
             try await server.load(function)
         } catch {

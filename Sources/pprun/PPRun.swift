@@ -9,7 +9,8 @@ struct PPRun: AsyncParsableCommand {
         commandName: "pprun",
         abstract: "Run a Python function in parallel over many inputs.",
         discussion: """
-            Jobs run on local python3 worker processes (one per core by default). Results \
+            Jobs run on local python3 worker processes (one per core by default) and on \
+            the ppnode daemons given with --node. Results \
             go to stdout as JSON lines, in input order, as soon as order allows. A failing \
             job prints its input, the Python exception and the traceback on stderr; the \
             other jobs still run, and the exit status is 1.
@@ -22,6 +23,7 @@ struct PPRun: AsyncParsableCommand {
               pprun map examples/sum_primes.py:sum_primes --range 100000:100800:100 --stats
               seq 1 1000 | pprun map work.py:process --input - --workers 8 --timeout 30
               pprun map work.py:pair --input pairs.jsonl   # a line [1, 2] calls pair(1, 2)
+              pprun map work.py:f --range 0:1000 --node 10.0.0.5:7340 --node 10.0.0.6:7340 --workers 0
             """,
         subcommands: [MapCommand.self]
     )

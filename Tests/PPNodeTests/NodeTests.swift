@@ -1,0 +1,248 @@
+import Foundation
+import PPTesting
+import ParallelPython
+import Synchronization
+import Testing
+
+let secret = "test-secret-0123456789abcdef"
+let otherSecret = "another-cluster-secret-987654321"
+
+let work = """
+    import os, time
+
+    def slow_square(x):
+        time.sleep(0.02)
+        return x * x
+
+    def square(x):
+        return x * x
+
+    def whoami(x):
+        return [x, os.getppid()]
+    """
+
+/// A raw TCP peer for misbehaving on purpose.
+struct RawPeer {
+    let fd: Int32
+
+    init(port: Int) throws {
+        self.fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = UInt16(port).bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { throw CocoaError(.fileReadUnknown) }
+        var tv = timeval(tv_sec: 15, tv_usec: 0)
+        setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(self.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Reads until the node closes the connection (or 15 s pass).
+    func readToEnd() -> (bytes: [UInt8], closed: Bool) {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = recv(self.fd, &buffer, buffer.count, 0)
+            if n == 0 { return (out, true) }
+            if n < 0 { return (out, false) }
+            out += buffer[0..<n]
+        }
+    }
+
+    /// The ERROR frames (code, message) in `bytes`.
+    static func errors(in bytes: [UInt8]) -> [(UInt16, String)] {
+        var out: [(UInt16, String)] = []
+        var i = 0
+        while i + 5 <= bytes.count {
+            let n = Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3])
+            guard i + 4 + n <= bytes.count else { break }
+            if bytes[i + 4] == 0x05, n >= 3 {
+                let code = UInt16(bytes[i + 5]) << 8 | UInt16(bytes[i + 6])
+                out.append((code, String(decoding: bytes[(i + 7)..<(i + 4 + n)], as: UTF8.self)))
+            }
+            i += 4 + n
+        }
+        return out
+    }
+
+    func close() { Glibc.close(self.fd) }
+}
+
+@Suite("ppnode and the native protocol", .serialized)
+struct NodeTests {
+    @Test func pprunOnTwoNodesRemoteOnly() throws {
+        let a = try NodeProcess(secret: secret), b = try NodeProcess(secret: secret)
+        defer { a.stop(); b.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = try dir.write("work.py", work)
+        let r = try runProcess(
+            builtCommand("pprun"),
+            ["map", file + ":slow_square", "--range", "0:60", "--workers", "0", "--node", a.address, "--node", b.address, "--stats"],
+            environment: ["PP_SECRET": secret]
+        )
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines == (0..<60).map { String($0 * $0) })
+        #expect(r.stderr.contains("| \(a.address)"))
+        #expect(r.stderr.contains("| \(b.address)"))
+        #expect(!r.stderr.contains("| local"))
+    }
+
+    @Test func bigFunctionTravelsOncePerNode() async throws {
+        let a = try NodeProcess(secret: secret), b = try NodeProcess(secret: secret)
+        defer { a.stop(); b.stop() }
+        let padding = (0..<3_300).map { "# padding line \($0) " + String(repeating: "x", count: 40) }.joined(separator: "\n")
+        let f = PythonFunction(name: "inc", source: padding + "\ndef inc(x):\n    return x + 1\n")
+        #expect(f.bundle.spec.count > 200_000)
+        let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: a.address), try NodeAddress(parsing: b.address)], secret: try ClusterSecret(text: secret, origin: "test")))
+        // Two rounds, so the second finds the bundle cached.
+        for _ in 0..<2 {
+            #expect(try await server.map(f, Array(0..<500), as: Int.self) == (1...500).map { $0 })
+        }
+        let stats = await server.nodeStatistics()
+        #expect(stats.count == 2)
+        for (name, s) in stats {
+            guard case .object(let o) = s else { Issue.record("no stats from \(name)"); continue }
+            #expect(o["bundles_received"] == .int(1), "\(name): \(s)")
+            if case .int(let bytes) = o["bundle_bytes_received"] { #expect(bytes == f.bundle.spec.count) }
+            if case .int(let n) = o["jobs_done"] { #expect(n > 0) }
+        }
+        let total = await server.statistics().executors.reduce(0) { $0 + $1.jobs }
+        #expect(total == 1000)
+        await server.shutdown()
+    }
+
+    @Test func badPeersDoNotDisturbAGoodClient() async throws {
+        let node = try NodeProcess(["--handshake-timeout", "1"], secret: secret)
+        defer { node.stop() }
+        let f = PythonFunction(name: "slow_square", source: work)
+        let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: secret, origin: "test")))
+        async let good = server.map(f, Array(0..<100), as: Int.self)
+
+        // Garbage bytes instead of a HELLO: an HTTP request reads as a huge length,
+        // a small frame of an unknown type as a protocol violation.
+        let http = try RawPeer(port: node.port)
+        http.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        let hb = http.readToEnd()
+        #expect(hb.closed)
+        #expect(RawPeer.errors(in: hb.bytes).first?.0 == 4)
+        let garbage = try RawPeer(port: node.port)
+        garbage.send([0, 0, 0, 3, 0x7f, 0xde, 0xad])
+        let g = garbage.readToEnd()
+        #expect(g.closed)
+        #expect(RawPeer.errors(in: g.bytes).first?.0 == 3)
+        #expect(RawPeer.errors(in: g.bytes).first?.1.contains("unknown frame type 0x7f") == true)
+        // An oversized length prefix.
+        let huge = try RawPeer(port: node.port)
+        huge.send([0xff, 0xff, 0xff, 0xf0, 0x01])
+        let h = huge.readToEnd()
+        #expect(h.closed)
+        #expect(RawPeer.errors(in: h.bytes).first?.0 == 4)
+        #expect(RawPeer.errors(in: h.bytes).first?.1.contains("larger than the limit") == true)
+        // A truncated frame, then silence: the handshake timer closes it.
+        let truncated = try RawPeer(port: node.port)
+        truncated.send([0, 0, 0, 100, 0x01, 0x50])
+        let t = truncated.readToEnd()
+        #expect(t.closed)
+        #expect(RawPeer.errors(in: t.bytes).first?.0 == 5)
+        // A peer that connects and never speaks.
+        let silent = try RawPeer(port: node.port)
+        let s = silent.readToEnd()
+        #expect(s.closed)
+        #expect(RawPeer.errors(in: s.bytes).first?.1.contains("no authenticated handshake") == true)
+        for p in [http, garbage, huge, truncated, silent] { p.close() }
+
+        // A client with the wrong secret gets a message naming both key ids.
+        var wrongConfig = JobServer.Configuration(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: otherSecret, origin: "test"))
+        wrongConfig.noExecutorTimeout = .seconds(1)
+        let wrong = JobServer(configuration: wrongConfig)
+        let result = await wrong.mapResults(f, arguments: [try JobArguments(single: 1)], as: Int.self)
+        guard case .failure(let e) = result[0] else { Issue.record("the wrong secret ran a job"); return }
+        #expect(e.code == .noExecutor)
+        let nodeKey = try ClusterSecret(text: secret, origin: "t").keyID
+        let ourKey = try ClusterSecret(text: otherSecret, origin: "t").keyID
+        #expect(e.message.contains(nodeKey) && e.message.contains(ourKey), "\(e.message)")
+        await wrong.shutdown()
+
+        // Meanwhile the good client got every result.
+        #expect(try await good == (0..<100).map { $0 * $0 })
+        await server.shutdown()
+        let log = node.logText
+        #expect(log.contains("key id \(ourKey)") && log.contains("key id \(nodeKey)"))
+    }
+
+    @Test func killNineOfOneNodeLosesNothing() throws {
+        let a = try NodeProcess(secret: secret), b = try NodeProcess(secret: secret)
+        defer { a.stop(); b.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = try dir.write("work.py", work)
+        // Kill b after it has taken jobs.
+        Thread {
+            for _ in 0..<500 where !b.logText.contains("client authenticated") { usleep(10_000) }
+            usleep(300_000)
+            b.signal(SIGKILL)
+        }.start()
+        let r = try runProcess(
+            builtCommand("pprun"),
+            ["map", file + ":slow_square", "--range", "0:200", "--workers", "0", "--node", a.address, "--node", b.address, "--stats"],
+            environment: ["PP_SECRET": secret]
+        )
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines == (0..<200).map { String($0 * $0) })
+        #expect(r.stderr.contains("node lost"))
+    }
+
+    @Test func sigtermOnABusyNodeLosesNothing() throws {
+        let a = try NodeProcess(["--drain-timeout", "5"], secret: secret), b = try NodeProcess(secret: secret)
+        defer { a.stop(); b.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = try dir.write("work.py", work)
+        Thread {
+            for _ in 0..<500 where !a.logText.contains("client authenticated") { usleep(10_000) }
+            usleep(300_000)
+            a.signal(SIGTERM)
+        }.start()
+        let r = try runProcess(
+            builtCommand("pprun"),
+            ["map", file + ":slow_square", "--range", "0:200", "--workers", "0", "--node", a.address, "--node", b.address],
+            environment: ["PP_SECRET": secret]
+        )
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines == (0..<200).map { String($0 * $0) })
+        #expect(a.wait() == 0)
+        #expect(a.logText.contains("shutting down"))
+        #expect(a.logText.contains("stopped"))
+    }
+
+    @Test func configAndSecretErrorsAreClear() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let conf = try dir.write("ppnode.conf", "# sample\nport = 0\nworkrs = 2\n")
+        let r = try runProcess(builtCommand("ppnode"), ["--config", conf])
+        #expect(r.status == 2)
+        #expect(r.stderr.contains("ppnode.conf:3: unknown key 'workrs'"))
+        let bad = try dir.write("bad.conf", "port = lots\n")
+        let r2 = try runProcess(builtCommand("ppnode"), ["--config", bad])
+        #expect(r2.stderr.contains("bad.conf:1 (port): 'lots' is not a whole number"))
+        let short = try runProcess(builtCommand("ppnode"), ["--port", "0"], environment: ["PP_SECRET": "short"])
+        #expect(short.status == 2)
+        #expect(short.stderr.contains("use at least 16"))
+        let open = try dir.write("open-secret", "0123456789abcdef0123")
+        chmod(open, 0o644)
+        let o = try runProcess(builtCommand("ppnode"), ["--port", "0", "--secret-file", open])
+        #expect(o.stderr.contains("chmod 600"))
+        // With no secret anywhere, ppnode creates one, mode 0600, and reports its key id.
+        let home = dir.path + "/home"
+        let node = try NodeProcess([], secret: nil, environment: ["HOME": home, "PP_SECRET_FILE": ""])
+        defer { node.stop() }
+        let attributes = try FileManager.default.attributesOfItem(atPath: home + "/.config/ppnode/secret")
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+        #expect(node.logText.contains("(created now)"))
+    }
+}
