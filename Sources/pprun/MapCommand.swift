@@ -61,7 +61,9 @@ struct MapCommand: AsyncParsableCommand {
             throw ValidationError("give inputs one way only: ARGs, --range or --input")
         }
         if let range { _ = try RangeSpec(range) }
-        for node in self.nodes { _ = try NodeAddress(parsing: node) }
+        for node in self.nodes {
+            do { _ = try NodeAddress(parsing: node) } catch { throw ValidationError("--node: \(error)") }
+        }
         if let workers, workers < 0 {
             throw ValidationError("--workers must be 0 or more (got \(workers))")
         }
