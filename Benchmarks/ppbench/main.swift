@@ -5,11 +5,16 @@
 // (a) tiny jobs (`def f(x): return x + 1`): our local mode against Python's
 //     multiprocessing.Pool(chunksize=1) on the same number of workers;
 // (b) a CPU-bound batch (sum_primes of 100000, 100100, ..., 100700) on the workers
-//     against a serial Python loop.
+//     against a serial Python loop;
+// (c) through one ppnode on loopback: tiny jobs pipelined and one at a time
+//     (synchronous round trip), against multiprocessing.Pool(chunksize=1) and against
+//     ppft's own ppserver driven by the ppft client (installed with pip into a venv,
+//     .venv-bench, on first use; --no-ppft skips it).
 // Each measurement is taken `rounds` times and the best is kept, for every contender
 // alike; the ratios are what to compare across machines.
 
 import Foundation
+import PPCore
 import ParallelPython
 
 struct Options {
@@ -17,6 +22,11 @@ struct Options {
     var workers = 2
     var rounds = 3
     var python = ProcessInfo.processInfo.environment["PP_PYTHON"] ?? "python3"
+    var roundTrips = 2_000
+    var ppft = true
+    // ppft runs ~45 jobs/s here (Nagle and delayed ACKs): keep its share of the run short.
+    var ppftJobs = 200
+    var ppftRoundTrips = 20
 
     init(_ args: [String]) {
         var i = 1
@@ -31,8 +41,10 @@ struct Options {
             case "--workers": self.workers = Int(value()) ?? self.workers
             case "--rounds": self.rounds = max(1, Int(value()) ?? self.rounds)
             case "--python": self.python = value()
+            case "--round-trips": self.roundTrips = Int(value()) ?? self.roundTrips
+            case "--no-ppft": self.ppft = false
             case "-h", "--help":
-                print("usage: ppbench [--jobs N] [--workers N] [--rounds N] [--python PATH]")
+                print("usage: ppbench [--jobs N] [--workers N] [--rounds N] [--round-trips N] [--python PATH] [--no-ppft]")
                 exit(0)
             default: fail("unknown option \(args[i]); see --help")
             }
@@ -47,10 +59,14 @@ func fail(_ message: String) -> Never {
 }
 
 /// Runs a Python snippet and returns what it printed (one number per line).
-func python(_ code: String, _ options: Options) -> [Double] {
+func python(_ code: String, _ options: Options, interpreter: String? = nil) -> [Double] {
+    // From a file, not -c: ppft (with dill) needs the functions' source file.
+    let script = NSTemporaryDirectory() + "/ppbench-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).py"
+    guard FileManager.default.createFile(atPath: script, contents: Data(code.utf8)) else { fail("cannot write \(script)") }
+    defer { try? FileManager.default.removeItem(atPath: script) }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = [options.python, "-c", code]
+    p.arguments = [interpreter ?? options.python, script]
     let out = Pipe()
     p.standardOutput = out
     do { try p.run() } catch { fail("cannot run \(options.python): \(error)") }
@@ -142,6 +158,177 @@ let serialSums = serial.dropFirst().map { Int($0) }
 guard serialSums == sums else { fail("sum_primes results differ from the serial loop: \(sums) vs \(serialSums)") }
 await server.shutdown()
 
+// MARK: (c) through one ppnode
+
+let binDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+let secretText = Hex.encode(randomBytes(16))
+
+/// Starts a process and waits until a line of its stderr contains `ready`; returns the
+/// process and that line.
+func startDaemon(_ executable: String, _ args: [String], env: [String: String], ready: String) -> (Process, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments = args
+    var e = ProcessInfo.processInfo.environment
+    for (k, v) in env { e[k] = v }
+    p.environment = e
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    do { try p.run() } catch { fail("cannot start \(executable): \(error)") }
+    var text = ""
+    let deadline = Date().addingTimeInterval(20)
+    while Date() < deadline {
+        let data = err.fileHandleForReading.availableData
+        if data.isEmpty { break }
+        text += String(decoding: data, as: UTF8.self)
+        if let line = text.split(separator: "\n").first(where: { $0.contains(ready) }) {
+            // Keep draining its stderr so it never blocks on a full pipe.
+            Thread { while !err.fileHandleForReading.availableData.isEmpty {} }.start()
+            return (p, String(line))
+        }
+    }
+    p.terminate()
+    fail("\(executable) did not start: \(text)")
+}
+
+let (node, readyLine) = startDaemon(
+    binDir + "/ppnode",
+    ["--port", "0", "--host", "127.0.0.1", "--workers", String(options.workers), "--log-level", "info"],
+    env: ["PP_SECRET": secretText],
+    ready: "ppnode ready"
+)
+let nodePort = Int(readyLine.split(separator: " ").first { $0.hasPrefix("address=") }!.split(separator: ":").last!)!
+let remote = JobServer(configuration: .init(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: nodePort)], secret: try ClusterSecret(text: secretText, origin: "ppbench")))
+_ = await remote.mapResults(inc, arguments: Array(tinyArgs.prefix(200)), as: RawJSON.self)
+var nodeTiny = 0.0
+for _ in 0..<options.rounds {
+    let start = ContinuousClock.now
+    let results = await remote.mapResults(inc, arguments: tinyArgs, as: RawJSON.self)
+    let elapsed = seconds(ContinuousClock.now - start)
+    guard results.allSatisfy({ if case .success = $0 { true } else { false } }) else { fail("tiny jobs failed through ppnode") }
+    nodeTiny = max(nodeTiny, Double(options.jobs) / elapsed)
+}
+var nodeRTT = Double.infinity
+for _ in 0..<options.rounds {
+    let start = ContinuousClock.now
+    for i in 0..<options.roundTrips {
+        _ = try await remote.submit(inc, arguments: tinyArgs[i % tinyArgs.count], as: RawJSON.self).value
+    }
+    nodeRTT = min(nodeRTT, seconds(ContinuousClock.now - start) / Double(options.roundTrips))
+}
+await remote.shutdown()
+node.terminate()
+node.waitUntilExit()
+
+let poolRTT = python(
+    """
+    import multiprocessing, time
+    def f(x):
+        return x + 1
+    if __name__ == "__main__":
+        with multiprocessing.Pool(\(options.workers)) as pool:
+            for i in range(200):
+                pool.apply(f, (i,))
+            best = float("inf")
+            for _ in range(\(options.rounds)):
+                t = time.perf_counter()
+                for i in range(\(options.roundTrips)):
+                    pool.apply(f, (i,))
+                best = min(best, (time.perf_counter() - t) / \(options.roundTrips))
+        print(best)
+    """,
+    options
+).first ?? 0
+
+/// ppft's own server and client, from PyPI, in a venv next to the build.
+func ppftNumbers() -> (tiny: Double, rtt: Double)? {
+    guard options.ppft else { return nil }
+    let venv = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.venv-bench").standardized.path
+    let venvPython = venv + "/bin/python"
+    if !FileManager.default.fileExists(atPath: venv + "/bin/ppserver") {
+        print("ppbench: installing ppft 1.7.8 into \(venv) (once)")
+        let setup = Process()
+        setup.executableURL = URL(fileURLWithPath: "/bin/sh")
+        setup.arguments = ["-c", "\(options.python) -m venv '\(venv)' && '\(venv)/bin/pip' install -q ppft==1.7.8 dill"]
+        try? setup.run()
+        setup.waitUntilExit()
+        guard setup.terminationStatus == 0 else {
+            print("ppbench: could not install ppft (pip failed); skipping the ppft comparison")
+            return nil
+        }
+    }
+    // A free port for ppserver: bind port 0, read it, close.
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    let port = Int(UInt16(bigEndian: addr.sin_port))
+    close(fd)
+    let server = Process()
+    server.executableURL = URL(fileURLWithPath: venv + "/bin/ppserver")
+    server.arguments = ["-p", String(port), "-i", "127.0.0.1", "-w", String(options.workers), "-s", secretText]
+    server.standardOutput = FileHandle.nullDevice
+    server.standardError = FileHandle.nullDevice
+    do { try server.run() } catch { return nil }
+    defer {
+        // ppserver's workers are its children: end them too, by pid.
+        // (ppserver ignores SIGTERM.)
+        let children = childPIDs(of: server.processIdentifier)
+        kill(server.processIdentifier, SIGKILL)
+        server.waitUntilExit()
+        for pid in children { kill(pid, SIGKILL) }
+    }
+    usleep(1_000_000)
+    let numbers = python(
+        """
+        import time, pp
+        def f(x):
+            return x + 1
+        if __name__ != "__main__":
+            raise SystemExit(0)
+        job_server = pp.Server(ncpus=0, ppservers=("127.0.0.1:\(port)",), secret="\(secretText)")
+        for _ in range(5):
+            job_server.submit(f, (1,))()
+        best_rate = 0.0
+        best_rtt = float("inf")
+        for _ in range(1):
+            t = time.perf_counter()
+            jobs = [job_server.submit(f, (i,)) for i in range(\(options.ppftJobs))]
+            results = [j() for j in jobs]
+            assert results == [i + 1 for i in range(\(options.ppftJobs))]
+            best_rate = max(best_rate, \(options.ppftJobs) / (time.perf_counter() - t))
+            t = time.perf_counter()
+            for i in range(\(options.ppftRoundTrips)):
+                job_server.submit(f, (i,))()
+            best_rtt = min(best_rtt, (time.perf_counter() - t) / \(options.ppftRoundTrips))
+        print(best_rate)
+        print(best_rtt)
+        job_server.destroy()
+        """,
+        options,
+        interpreter: venvPython
+    )
+    guard numbers.count == 2 else { return nil }
+    return (numbers[0], numbers[1])
+}
+/// Process ids whose parent is `pid` (from /proc).
+func childPIDs(of pid: Int32) -> [Int32] {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    return entries.compactMap { Int32($0) }.filter { child in
+        guard let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 && Int32(fields[1]) == pid
+    }
+}
+
+let ppftResult = ppftNumbers()
+
 // MARK: Report
 
 print("")
@@ -154,3 +341,14 @@ print("    serial Python loop             \(fmt(serialCPU, 3)) s")
 print("    ParallelPython, \(options.workers) workers      \(fmt(oursCPU, 3)) s")
 print("    speed-up                       \(fmt(serialCPU / oursCPU, 2))   (target >= 1.90 on 2 workers)")
 print("    results equal to serial loop   yes (first \(sums.first!))")
+print("(c) through one ppnode on loopback (\(options.workers) workers)")
+print("    tiny jobs, pipelined           \(fmt(nodeTiny, 0)) jobs/s   (target >= 50000)")
+print("      vs multiprocessing.Pool      ratio \(fmt(nodeTiny / poolTiny, 2))")
+print("    round trip, one at a time      \(fmt(nodeRTT * 1e6, 1)) us   (target <= 200)")
+print("      multiprocessing.Pool.apply   \(fmt(poolRTT * 1e6, 1)) us   ratio Pool/ours \(fmt(poolRTT / nodeRTT, 2))")
+if let ppftResult {
+    print("    ppft 1.7.8 ppserver + client   \(fmt(ppftResult.tiny, 0)) jobs/s pipelined (\(options.ppftJobs) jobs), \(fmt(ppftResult.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips))")
+    print("      ratio ours/ppft              \(fmt(nodeTiny / ppftResult.tiny, 1))x pipelined, \(fmt(ppftResult.rtt / nodeRTT, 1))x round trip")
+} else {
+    print("    ppft comparison skipped")
+}
