@@ -197,6 +197,32 @@ struct NodeTests {
         #expect(r.stderr.contains("node lost"))
     }
 
+    @Test func frozenNodeIsDroppedByHeartbeat() throws {
+        let a = try NodeProcess(secret: secret), b = try NodeProcess(secret: secret)
+        defer {
+            b.signal(SIGCONT)
+            a.stop()
+            b.stop()
+        }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = try dir.write("work.py", work)
+        // SIGSTOP keeps b's connections open but silent: only heartbeats can tell.
+        Thread {
+            for _ in 0..<500 where !b.logText.contains("client authenticated") { usleep(10_000) }
+            usleep(300_000)
+            b.signal(SIGSTOP)
+        }.start()
+        let r = try runProcess(
+            builtCommand("pprun"),
+            ["map", file + ":slow_square", "--range", "0:200", "--workers", "0", "--node", a.address, "--node", b.address],
+            environment: ["PP_SECRET": secret]
+        )
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines == (0..<200).map { String($0 * $0) })
+        #expect(r.stderr.contains("no heartbeat for 3.0 seconds"), "\(r.stderr)")
+    }
+
     @Test func sigtermOnABusyNodeLosesNothing() throws {
         let a = try NodeProcess(["--drain-timeout", "5"], secret: secret), b = try NodeProcess(secret: secret)
         defer { a.stop(); b.stop() }
