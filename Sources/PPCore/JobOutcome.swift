@@ -34,3 +34,11 @@ public struct JobOutcome: Sendable {
         return JobOutcome(result: .failure(error), executor: executor)
     }
 }
+
+extension Duration {
+    /// Whole nanoseconds (wrapping past ±292 years).
+    public var nanosecondsInt64: Int64 {
+        let (s, a) = self.components
+        return s &* 1_000_000_000 &+ a / 1_000_000_000
+    }
+}

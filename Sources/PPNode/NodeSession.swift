@@ -336,10 +336,3 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
     }
 }
-
-extension Duration {
-    var nanosecondsInt64: Int64 {
-        let (s, a) = self.components
-        return s &* 1_000_000_000 &+ a / 1_000_000_000
-    }
-}

@@ -77,7 +77,7 @@ final class PoolCore: @unchecked Sendable {
             job.completion(.failure(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"), executor: self.configuration.name))
         }
         for slot in self.workers.values { self.retire(slot) }
-        self.eventLoop.scheduleTask(in: .nanoseconds(Int64(self.configuration.shutdownGrace.nanoseconds))) { [self] in
+        self.eventLoop.scheduleTask(in: .nanoseconds(Int64(self.configuration.shutdownGrace.nanosecondsInt64))) { [self] in
             for slot in self.workers.values where slot.killReason == nil {
                 slot.killReason = .shutdown
                 slot.process.kill()
@@ -398,7 +398,7 @@ final class PoolCore: @unchecked Sendable {
         let now = NIODeadline.now()
         for slot in self.workers.values where slot.killReason == nil {
             guard let head = slot.inflight.first, let limit = head.job.timeout else { continue }
-            if now - slot.headStartedAt > TimeAmount.nanoseconds(Int64(limit.nanoseconds)) {
+            if now - slot.headStartedAt > TimeAmount.nanoseconds(Int64(limit.nanosecondsInt64)) {
                 slot.killReason = .timeout(limit)
                 slot.process.kill()
             }
@@ -474,15 +474,9 @@ struct LoadedBundle {
 }
 
 extension Duration {
-    /// Whole nanoseconds, clamped to `Int64`.
-    var nanoseconds: Int64 {
-        let (s, a) = self.components
-        return s.multipliedReportingOverflow(by: 1_000_000_000).partialValue &+ a / 1_000_000_000
-    }
-
     /// Seconds as a short decimal text.
     var seconds: String {
-        let ns = Double(self.nanoseconds) / 1e9
+        let ns = Double(self.nanosecondsInt64) / 1e9
         return ns == ns.rounded() ? String(Int(ns)) : String(ns)
     }
 }

@@ -226,10 +226,3 @@ final class LocalExecutor: Executor, @unchecked Sendable {
         if self.inflight.contains(jobID) { self.pool.cancel(jobIDs: [jobID]) }
     }
 }
-
-extension Duration {
-    var nanosecondsInt64: Int64 {
-        let (s, a) = self.components
-        return s &* 1_000_000_000 &+ a / 1_000_000_000
-    }
-}

@@ -72,6 +72,30 @@ struct RawPeer {
     func close() { Glibc.close(self.fd) }
 }
 
+/// Sends `signal` to `node` 0.3 s after it has authenticated its first client.
+func signalWhenBusy(_ node: NodeProcess, _ signal: Int32) {
+    Thread {
+        for _ in 0..<500 where !node.logText.contains("client authenticated") { usleep(10_000) }
+        usleep(300_000)
+        node.signal(signal)
+    }.start()
+}
+
+/// Runs 200 slow squares with pprun on nodes `a` and `b` only and checks every result.
+func runTwoHundredOn(_ a: NodeProcess, _ b: NodeProcess) throws -> ProcessResult {
+    let dir = try TemporaryDirectory()
+    defer { dir.remove() }
+    let file = try dir.write("work.py", work)
+    let r = try runProcess(
+        builtCommand("pprun"),
+        ["map", file + ":slow_square", "--range", "0:200", "--workers", "0", "--node", a.address, "--node", b.address, "--stats"],
+        environment: ["PP_SECRET": secret]
+    )
+    #expect(r.status == 0, "\(r.stderr)")
+    #expect(r.lines == (0..<200).map { String($0 * $0) })
+    return r
+}
+
 @Suite("ppnode and the native protocol", .serialized)
 struct NodeTests {
     @Test func pprunOnTwoNodesRemoteOnly() throws {
@@ -178,22 +202,8 @@ struct NodeTests {
     @Test func killNineOfOneNodeLosesNothing() throws {
         let a = try NodeProcess(secret: secret), b = try NodeProcess(secret: secret)
         defer { a.stop(); b.stop() }
-        let dir = try TemporaryDirectory()
-        defer { dir.remove() }
-        let file = try dir.write("work.py", work)
-        // Kill b after it has taken jobs.
-        Thread {
-            for _ in 0..<500 where !b.logText.contains("client authenticated") { usleep(10_000) }
-            usleep(300_000)
-            b.signal(SIGKILL)
-        }.start()
-        let r = try runProcess(
-            builtCommand("pprun"),
-            ["map", file + ":slow_square", "--range", "0:200", "--workers", "0", "--node", a.address, "--node", b.address, "--stats"],
-            environment: ["PP_SECRET": secret]
-        )
-        #expect(r.status == 0, "\(r.stderr)")
-        #expect(r.lines == (0..<200).map { String($0 * $0) })
+        signalWhenBusy(b, SIGKILL)
+        let r = try runTwoHundredOn(a, b)
         #expect(r.stderr.contains("node lost"))
     }
 
@@ -204,43 +214,17 @@ struct NodeTests {
             a.stop()
             b.stop()
         }
-        let dir = try TemporaryDirectory()
-        defer { dir.remove() }
-        let file = try dir.write("work.py", work)
         // SIGSTOP keeps b's connections open but silent: only heartbeats can tell.
-        Thread {
-            for _ in 0..<500 where !b.logText.contains("client authenticated") { usleep(10_000) }
-            usleep(300_000)
-            b.signal(SIGSTOP)
-        }.start()
-        let r = try runProcess(
-            builtCommand("pprun"),
-            ["map", file + ":slow_square", "--range", "0:200", "--workers", "0", "--node", a.address, "--node", b.address],
-            environment: ["PP_SECRET": secret]
-        )
-        #expect(r.status == 0, "\(r.stderr)")
-        #expect(r.lines == (0..<200).map { String($0 * $0) })
+        signalWhenBusy(b, SIGSTOP)
+        let r = try runTwoHundredOn(a, b)
         #expect(r.stderr.contains("no heartbeat for 3.0 seconds"), "\(r.stderr)")
     }
 
     @Test func sigtermOnABusyNodeLosesNothing() throws {
         let a = try NodeProcess(["--drain-timeout", "5"], secret: secret), b = try NodeProcess(secret: secret)
         defer { a.stop(); b.stop() }
-        let dir = try TemporaryDirectory()
-        defer { dir.remove() }
-        let file = try dir.write("work.py", work)
-        Thread {
-            for _ in 0..<500 where !a.logText.contains("client authenticated") { usleep(10_000) }
-            usleep(300_000)
-            a.signal(SIGTERM)
-        }.start()
-        let r = try runProcess(
-            builtCommand("pprun"),
-            ["map", file + ":slow_square", "--range", "0:200", "--workers", "0", "--node", a.address, "--node", b.address],
-            environment: ["PP_SECRET": secret]
-        )
-        #expect(r.status == 0, "\(r.stderr)")
-        #expect(r.lines == (0..<200).map { String($0 * $0) })
+        signalWhenBusy(a, SIGTERM)
+        _ = try runTwoHundredOn(a, b)
         #expect(a.wait() == 0)
         #expect(a.logText.contains("shutting down"))
         #expect(a.logText.contains("stopped"))
