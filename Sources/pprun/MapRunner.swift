@@ -54,6 +54,7 @@ final class MapRunner: Sendable {
                 next += 1
                 slots.signal()
             }
+            if out.hasPending { self.progress?.clear() }
             out.flush()
             self.progress?.update(done: next, failed: summary.failed)
             if let total, next >= total { break }
@@ -126,6 +127,8 @@ final class MapRunner: Sendable {
 /// Results waiting to be written to stdout in one call.
 struct OutputBuffer {
     private var bytes: [UInt8] = []
+
+    var hasPending: Bool { !self.bytes.isEmpty }
 
     mutating func append(_ line: [UInt8]) {
         self.bytes.append(contentsOf: line)
