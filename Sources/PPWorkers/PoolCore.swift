@@ -119,8 +119,10 @@ final class PoolCore: @unchecked Sendable {
             process = try ChildProcess.spawn([self.configuration.python, "-B", "-c", WorkerScript.source])
         } catch {
             self.startFailures += 1
+            if self.lastStartError != "\(error)" {  // once per distinct reason, not per retry
+                self.logger.error("cannot start worker", metadata: ["pool": "\(self.configuration.name)", "error": "\(error)"])
+            }
             self.lastStartError = "\(error)"
-            self.logger.error("cannot start worker", metadata: ["pool": "\(self.configuration.name)", "error": "\(error)"])
             self.retryStart()
             return
         }
