@@ -104,7 +104,7 @@ public final class NodeServer: Sendable {
         try? await channel.close()
         try? await self.loop.submit { self.state.beginDrain() }.get()
         await self.pool.shutdown()
-        try? await self.loop.submit { self.state.closeAll() }.get().get()
+        try? await self.loop.submit { self.state.closeAll(on: self.loop) }.get().get()
         try? await self.group.shutdownGracefully()
         let waiters = self.closed.withLock { w -> [CheckedContinuation<Void, Never>] in
             defer { w = nil }
@@ -161,12 +161,8 @@ final class NodeState: @unchecked Sendable {
         for s in self.sessions.values { s.drain() }
     }
 
-    func closeAll() -> EventLoopFuture<Void> {
-        let futures = self.sessions.values.map { $0.closeAfterFlush() }
-        guard let loop = futures.first?.eventLoop else {
-            return MultiThreadedEventLoopGroup.singleton.next().makeSucceededVoidFuture()
-        }
-        return EventLoopFuture.andAllComplete(futures, on: loop)
+    func closeAll(on loop: any EventLoop) -> EventLoopFuture<Void> {
+        EventLoopFuture.andAllComplete(self.sessions.values.map { $0.closeAfterFlush() }, on: loop)
     }
 
     func statisticsJSON(node: NodeServer, pool: PoolStatistics) -> [UInt8] {

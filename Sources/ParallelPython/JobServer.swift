@@ -6,7 +6,7 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// Runs Python functions in parallel on local worker processes.
+/// Runs Python functions in parallel on local worker processes and on `ppnode`s.
 ///
 /// ```swift
 /// let server = JobServer()                       // one worker per usable core
@@ -16,8 +16,11 @@ import Synchronization
 /// await server.shutdown()
 /// ```
 ///
-/// Every job ends exactly once, with a value or a `JobError`. Call `shutdown()` when
-/// done: it ends the worker processes.
+/// Jobs wait in one queue and go to whichever executor (the local pool, a node given in
+/// `Configuration.nodes`) has free capacity; a node that is lost has its unfinished
+/// jobs run elsewhere. Every job ends exactly once, with a value or a `JobError`.
+/// Call `shutdown()` when done: it ends the worker processes and node connections;
+/// jobs not finished by then end with `shutdown`.
 public final class JobServer: Sendable {
     /// How a job server is set up.
     public struct Configuration: Sendable {
@@ -70,6 +73,10 @@ public final class JobServer: Sendable {
     private let ids = ManagedAtomicCounter(start: 1)
     private let book = Mutex(Book())
     private let started = ContinuousClock.now
+    /// Set by `shutdown()`. Submissions check it under the same lock in which they hand
+    /// jobs to the loop, so every job either reaches the scheduler before it stops or
+    /// ends at once with `shutdown`.
+    private let stopped = Mutex(false)
 
     /// Starts a job server and its local workers.
     ///
@@ -168,7 +175,7 @@ public final class JobServer: Sendable {
             callback?(decodeResult(T.self, outcome))
             self.finish(group: group)
         }
-        self.loop.execute { self.scheduler.enqueue(CollectionOfOne(job)) }
+        self.enqueue([job])
         return handle
     }
 
@@ -256,7 +263,7 @@ public final class JobServer: Sendable {
             )
         }
         let ids = jobs.map(\.id)
-        self.loop.execute { self.scheduler.enqueue(jobs) }
+        self.enqueue(jobs)
         return ids
     }
 
@@ -314,10 +321,13 @@ public final class JobServer: Sendable {
     /// - Parameter count: the new number, 0 or more.
     public func setWorkers(_ count: Int) {
         let n = max(0, count)
-        self.pool.resize(to: n)
-        self.loop.execute {
-            self.local.size = n
-            self.scheduler.dispatch()
+        self.stopped.withLock { stopped in
+            guard !stopped else { return }
+            self.pool.resize(to: n)
+            self.loop.execute {
+                self.local.size = n
+                self.scheduler.dispatch()
+            }
         }
     }
 
@@ -373,6 +383,11 @@ public final class JobServer: Sendable {
     /// Ends the server: queued jobs end with `shutdown`, running jobs finish (within the
     /// pool's grace period), worker processes exit.
     public func shutdown() async {
+        let first = self.stopped.withLock { stopped -> Bool in
+            defer { stopped = true }
+            return !stopped
+        }
+        guard first else { return }
         try? await self.loop.submit {
             for link in self.links { link.stop() }
             self.scheduler.stop()
@@ -382,6 +397,18 @@ public final class JobServer: Sendable {
     }
 
     // MARK: Bookkeeping
+
+    private func enqueue(_ jobs: [ClientJob]) {
+        let accepted = self.stopped.withLock { stopped -> Bool in
+            guard !stopped else { return false }
+            self.loop.execute { self.scheduler.enqueue(jobs) }
+            return true
+        }
+        guard !accepted else { return }
+        for job in jobs {
+            job.completion(.failure(JobError(code: .shutdown, message: "the job server is shut down"), executor: "none"))
+        }
+    }
 
     private func record(_ outcome: JobOutcome) {
         self.book.withLock { $0.record(outcome) }

@@ -42,6 +42,7 @@ final class Scheduler: @unchecked Sendable {
     private var noExecutorSince: NIODeadline?
     private let noExecutorTimeout: Duration
     private var sweeper: RepeatedTask?
+    private var stopped = false
     /// Why nodes are unavailable, by address, for the no-executor message.
     var nodeProblems: [String: String] = [:]
     static let maxAttempts = 3
@@ -60,10 +61,15 @@ final class Scheduler: @unchecked Sendable {
     }
 
     func stop() {
+        self.stopped = true
         self.sweeper?.cancel()
         let queued = self.queue
         self.queue.removeAll()
-        for job in queued {
+        self.failShutdown(queued)
+    }
+
+    private func failShutdown(_ jobs: some Sequence<ClientJob>) {
+        for job in jobs {
             job.completion(.failure(JobError(code: .shutdown, message: "the job server shut down before the job ran"), executor: "none"))
         }
     }
@@ -71,12 +77,14 @@ final class Scheduler: @unchecked Sendable {
     // MARK: Jobs
 
     func enqueue(_ jobs: some Sequence<ClientJob>) {
+        guard !self.stopped else { return self.failShutdown(jobs) }
         self.queue.append(contentsOf: jobs)
         self.dispatch()
     }
 
     /// Puts jobs back at the front (their executor was lost or is draining).
     func requeue(_ jobs: [ClientJob], lost reason: String?, from executor: String) {
+        guard !self.stopped else { return self.failShutdown(jobs) }
         for var job in jobs.reversed() {
             if let reason {
                 job.attempts += 1

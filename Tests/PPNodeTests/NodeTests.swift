@@ -230,6 +230,35 @@ struct NodeTests {
         #expect(a.logText.contains("stopped"))
     }
 
+    @Test func shutdownWithJobsOnANodeEndsEveryJob() async throws {
+        let node = try NodeProcess(secret: secret)
+        defer { node.stop() }
+        let f = PythonFunction(name: "slow_square", source: work)
+        let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: secret, origin: "test")))
+        let ended = Mutex<[Int: Result<[UInt8], JobError>]>([:])
+        server.submitBatch(f, arguments: try (0..<100).map { try JobArguments(single: $0) }) { i, outcome in
+            ended.withLock { $0[i] = outcome.result }
+        }
+        for _ in 0..<500 where !node.logText.contains("client authenticated") { try await Task.sleep(for: .milliseconds(10)) }
+        try await Task.sleep(for: .milliseconds(200))
+        await server.shutdown()
+        for _ in 0..<100 where ended.withLock({ $0.count }) < 100 { try await Task.sleep(for: .milliseconds(50)) }
+        let all = ended.withLock { $0 }
+        #expect(all.count == 100)
+        var values = 0, shut = 0
+        for (i, r) in all {
+            switch r {
+            case .success(let v): #expect(String(decoding: v, as: UTF8.self) == String(i * i)); values += 1
+            case .failure(let e): #expect(e.code == .shutdown, "\(e)"); shut += 1
+            }
+        }
+        #expect(values > 0 && shut > 0, "values \(values), shut down \(shut)")
+        // After shutdown, a submit ends at once.
+        let late = await server.mapResults(f, arguments: [try JobArguments(single: 1)], as: Int.self)
+        guard case .failure(let e) = late[0] else { Issue.record("ran after shutdown"); return }
+        #expect(e.code == .shutdown)
+    }
+
     @Test func configAndSecretErrorsAreClear() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
