@@ -1,6 +1,6 @@
 // ppbench: measures ParallelPython side by side with the alternatives, in one run.
 //
-//     swift run -c release ppbench [--jobs 20000] [--workers 2] [--rounds 3]
+//     swift build -c release && .build/release/ppbench [--jobs 20000] [--workers 2] [--rounds 3]
 //
 // (a) tiny jobs (`def f(x): return x + 1`): our local mode against Python's
 //     multiprocessing.Pool(chunksize=1) on the same number of workers;
@@ -192,6 +192,9 @@ func startDaemon(_ executable: String, _ args: [String], env: [String: String], 
     fail("\(executable) did not start: \(text)")
 }
 
+guard FileManager.default.isExecutableFile(atPath: binDir + "/ppnode") else {
+    fail("\(binDir)/ppnode is missing; build every product first: swift build -c release")
+}
 let (node, readyLine) = startDaemon(
     binDir + "/ppnode",
     ["--port", "0", "--host", "127.0.0.1", "--workers", String(options.workers), "--log-level", "info"],
