@@ -26,6 +26,12 @@ public struct NodeConfiguration: Sendable {
     public var heartbeatTimeout: Duration = .seconds(3)
     /// On shutdown, running jobs get this long to finish before their workers are killed.
     public var drainTimeout: Duration = .seconds(10)
+    /// The UDP port of beacons and probes.
+    public var discoveryPort: Int = NodeBeacon.defaultPort
+    /// Time between two beacons.
+    public var beaconInterval: Duration = .seconds(2)
+    /// Where beacons go (`PP_BROADCAST`); `.off` answers probes only.
+    public var broadcast: BroadcastTarget = .address("255.255.255.255")
     /// Where the node logs.
     public var logger: Logger
 

@@ -21,6 +21,7 @@ public final class NodeServer: Sendable {
     let pool: WorkerPool
     let state: NodeState  // touched only on `loop`
     private let serverChannel = Mutex<(any Channel)?>(nil)
+    private let beacons = Mutex<BeaconService?>(nil)
     private let closed = Mutex<[CheckedContinuation<Void, Never>]?>([])
 
     /// Creates a node; `start()` opens its port.
@@ -65,7 +66,31 @@ public final class NodeServer: Sendable {
             }
         let channel = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
         self.serverChannel.withLock { $0 = channel }
-        return channel.localAddress!
+        let address = channel.localAddress!
+        let beacons = BeaconService(
+            beacon: self.beacon(port: address.port ?? self.configuration.port),
+            target: self.configuration.broadcast,
+            port: self.configuration.discoveryPort,
+            interval: self.configuration.beaconInterval,
+            logger: self.configuration.logger
+        )
+        await beacons.start(group: self.loop)
+        self.beacons.withLock { $0 = beacons }
+        return address
+    }
+
+    /// What this node announces in its beacons.
+    func beacon(port: Int) -> NodeBeacon {
+        NodeBeacon(
+            id: self.nodeID,
+            name: self.configuration.name,
+            port: port,
+            keyid: self.configuration.secret.keyID,
+            protocol: Int(NodeProtocol.version),
+            cores: System.coreCount,
+            workers: self.workers,
+            version: ParallelPythonVersion.string
+        )
     }
 
     /// The info JSON sent in CHALLENGE (and, with discovery, in TXT records).
@@ -100,6 +125,9 @@ public final class NodeServer: Sendable {
         guard let channel else {
             await self.waitUntilClosed()
             return
+        }
+        if let beacons = self.beacons.withLock({ $0 }) {
+            try? await self.loop.submit { beacons.stop() }.get()  // stop advertising first
         }
         try? await channel.close()
         try? await self.loop.submit { self.state.beginDrain() }.get()

@@ -68,6 +68,12 @@ struct PPNodeCommand: AsyncParsableCommand {
     @Option(name: .customLong("drain-timeout"), help: ArgumentHelp("Seconds running jobs get on shutdown (default 10).", valueName: "SECONDS"))
     var drainTimeout: Double?
 
+    @Option(name: .customLong("discovery-port"), help: ArgumentHelp("UDP port of broadcast beacons and probes (env PP_DISCOVERY_PORT; default 7340).", valueName: "PORT"))
+    var discoveryPort: Int?
+
+    @Option(name: .customLong("beacon-interval"), help: ArgumentHelp("Seconds between beacons (env PP_BEACON_INTERVAL; default 2). Beacons go to $PP_BROADCAST (an IPv4 broadcast address, or off; default 255.255.255.255).", valueName: "SECONDS"))
+    var beaconInterval: Double?
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error (env PP_LOG_LEVEL; default info).", valueName: "LEVEL"))
     var logLevel: String?
 
@@ -103,6 +109,9 @@ struct PPNodeCommand: AsyncParsableCommand {
         configuration.handshakeTimeout = settings.handshakeTimeout
         configuration.heartbeatTimeout = settings.heartbeatTimeout
         configuration.drainTimeout = settings.drainTimeout
+        configuration.discoveryPort = settings.discoveryPort
+        configuration.beaconInterval = settings.beaconInterval
+        configuration.broadcast = settings.broadcast
 
         let node = NodeServer(configuration: configuration)
         let address: SocketAddress

@@ -17,11 +17,14 @@ struct Settings {
     var heartbeatTimeout: Duration = .seconds(3)
     var drainTimeout: Duration = .seconds(10)
     var logLevel = Logger.Level.info
+    var discoveryPort = NodeBeacon.defaultPort
+    var beaconInterval: Duration = .seconds(2)
+    var broadcast = BroadcastTarget.address("255.255.255.255")
 
     /// The keys a config file may hold, each documented in config/ppnode.conf.
     static let keys: Set<String> = [
         "host", "port", "workers", "python", "secret-file", "name", "max-frame", "cache-bytes",
-        "handshake-timeout", "heartbeat-timeout", "drain-timeout", "log-level",
+        "handshake-timeout", "heartbeat-timeout", "drain-timeout", "log-level", "discovery-port", "beacon-interval",
     ]
 
     init(command c: PPNodeCommand) throws {
@@ -65,6 +68,13 @@ struct Settings {
         if let v = try seconds(c.handshakeTimeout, "PP_HANDSHAKE_TIMEOUT", "handshake-timeout") { self.handshakeTimeout = v }
         if let v = try seconds(c.heartbeatTimeout, "PP_HEARTBEAT_TIMEOUT", "heartbeat-timeout") { self.heartbeatTimeout = v }
         if let v = try seconds(c.drainTimeout, "PP_DRAIN_TIMEOUT", "drain-timeout") { self.drainTimeout = v }
+        if let v = try int(c.discoveryPort, "PP_DISCOVERY_PORT", "discovery-port", min: 1, max: 65535) { self.discoveryPort = v }
+        if let v = try seconds(c.beaconInterval, "PP_BEACON_INTERVAL", "beacon-interval") { self.beaconInterval = v }
+        do {
+            self.broadcast = try BroadcastTarget.fromEnvironment()
+        } catch {
+            throw ValidationError("\(error)")
+        }
         if let (text, origin) = pick(c.logLevel, "PP_LOG_LEVEL", "log-level") {
             guard let level = Logger.Level(rawValue: text.lowercased()) else {
                 throw ValidationError("\(origin): '\(text)' is not a log level; use trace, debug, info, notice, warning, error or critical")

@@ -69,6 +69,21 @@ struct NodeProtocolTests {
         }
     }
 
+    @Test func beaconsParseAndRejectOthers() throws {
+        let b = NodeBeacon(id: "n1", name: "host", port: 7340, keyid: "abcd", protocol: 1, cores: 4, workers: 4, version: "0.1.0")
+        #expect(b.datagram.first == UInt8(ascii: "S"))
+        #expect(NodeBeacon(datagram: b.datagram) == b)
+        #expect(NodeBeacon(datagram: Array("S60000".utf8)) == nil)  // ppft's own beacon
+        #expect(NodeBeacon(datagram: NodeBeacon.probe) == nil)
+        #expect(NodeBeacon(datagram: b.datagram + [UInt8](repeating: 32, count: 2_000)) == nil)
+        #expect(NodeBeacon.isProbe(NodeBeacon.probe))
+        #expect(!NodeBeacon.isProbe(b.datagram))
+        #expect(try BroadcastTarget.fromEnvironment(["PP_BROADCAST": "off"]) == .off)
+        #expect(try BroadcastTarget.fromEnvironment(["PP_BROADCAST": "127.255.255.255"]) == .address("127.255.255.255"))
+        #expect(try BroadcastTarget.fromEnvironment([:]) == .address("255.255.255.255"))
+        #expect(throws: BroadcastError.self) { try BroadcastTarget.fromEnvironment(["PP_BROADCAST": "lan"]) }
+    }
+
     @Test func proofsDependOnSecretNonceAndDirection() throws {
         let s1 = try ClusterSecret(text: "0123456789abcdef-one", origin: "t")
         let s2 = try ClusterSecret(text: "0123456789abcdef-two", origin: "t")

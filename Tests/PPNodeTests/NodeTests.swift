@@ -259,6 +259,45 @@ struct NodeTests {
         #expect(e.code == .shutdown)
     }
 
+    @Test func beaconsAndProbesOnLoopbackBroadcast() throws {
+        let discoveryPort = Int.random(in: 40_000...49_999)
+        let node = try NodeProcess(
+            ["--discovery-port", String(discoveryPort), "--beacon-interval", "0.3"],
+            secret: secret,
+            environment: ["PP_BROADCAST": "127.255.255.255"]
+        )
+        defer { node.stop() }
+        // A listener on the discovery port hears the periodic beacon; a probe sent to the
+        // broadcast address gets an answer at once.
+        let lines = try runPython(
+            """
+            import socket, json
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", \(discoveryPort)))
+            s.settimeout(5)
+            data, _ = s.recvfrom(2000)
+            print(data[:6])
+            print(json.dumps(json.loads(data[6:]), sort_keys=True))
+            p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            p.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            p.settimeout(5)
+            p.sendto(b"PPNQ\\x01", ("127.255.255.255", \(discoveryPort)))
+            data, _ = p.recvfrom(2000)
+            print(json.loads(data[6:])["port"])
+            """
+        )
+        #expect(lines.count == 3, "\(lines)")
+        guard lines.count == 3 else { return }
+        #expect(lines[0] == "b'SPPNB\\x01'")
+        let beacon = try JSONDecoder().decode(NodeBeacon.self, from: Data(lines[1].utf8))
+        #expect(beacon.port == node.port)
+        #expect(beacon.keyid == (try ClusterSecret(text: secret, origin: "t")).keyID)
+        #expect(beacon.protocol == 1 && beacon.workers >= 1 && beacon.cores >= 1)
+        #expect(lines[2] == String(node.port))
+        #expect(node.logText.contains("broadcast beacons on"))
+    }
+
     @Test func configAndSecretErrorsAreClear() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
@@ -269,6 +308,9 @@ struct NodeTests {
         let bad = try dir.write("bad.conf", "port = lots\n")
         let r2 = try runProcess(builtCommand("ppnode"), ["--config", bad])
         #expect(r2.stderr.contains("bad.conf:1 (port): 'lots' is not a whole number"))
+        let badBroadcast = try runProcess(builtCommand("ppnode"), ["--port", "0"], environment: ["PP_SECRET": secret, "PP_BROADCAST": "lan-please"])
+        #expect(badBroadcast.status == 2)
+        #expect(badBroadcast.stderr.contains("PP_BROADCAST='lan-please' is neither 'off' nor an IPv4 address"))
         let short = try runProcess(builtCommand("ppnode"), ["--port", "0"], environment: ["PP_SECRET": "short"])
         #expect(short.status == 2)
         #expect(short.stderr.contains("use at least 16"))

@@ -1,0 +1,112 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PPCore
+
+/// The broadcast half of a node's discovery: a beacon every `interval` to the
+/// broadcast target, and an immediate answer to every probe. (DNS-SD is the other
+/// half.) Lives on the node's loop.
+///
+/// `@unchecked Sendable` is safe because every method runs on that loop: channel
+/// callbacks and the repeated task are scheduled there, and `NodeServer` hops there.
+final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+
+    private let beacon: [UInt8]
+    private let target: BroadcastTarget
+    private let port: Int
+    private let interval: Duration
+    private let logger: Logger
+    private var channel: (any Channel)?
+    private var timer: RepeatedTask?
+    private var lastSendError: String?
+    /// Probes answered since start.
+    private(set) var probesAnswered = 0
+
+    init(beacon: NodeBeacon, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger) {
+        self.beacon = beacon.datagram
+        self.target = target
+        self.port = port
+        self.interval = interval
+        self.logger = logger
+    }
+
+    /// Binds the discovery port (shared with other nodes and clients on this host) and
+    /// starts the beacons. A failure turns broadcast discovery off with a log line; the
+    /// node keeps serving.
+    func start(group: any EventLoopGroup) async {
+        do {
+            let channel = try await DatagramBootstrap(group: group)
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelOption(.socketOption(.so_broadcast), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(self) }
+                }
+                .bind(host: "0.0.0.0", port: self.port)
+                .get()
+            try await channel.eventLoop.submit {
+                self.channel = channel
+                self.startBeacons(on: channel)
+            }.get()
+        } catch {
+            self.logger.warning(
+                "broadcast discovery off: cannot bind the UDP discovery port; clients can still use DNS-SD or the node's address",
+                metadata: ["discovery.port": "\(self.port)", "error": "\(error)"]
+            )
+        }
+    }
+
+    private func startBeacons(on channel: any Channel) {
+        guard case .address(let host) = self.target else {
+            self.logger.notice("broadcast beacons off (PP_BROADCAST=off); answering probes only", metadata: ["discovery.port": "\(self.port)"])
+            return
+        }
+        guard let destination = try? SocketAddress(ipAddress: host, port: self.port) else { return }
+        self.logger.info("broadcast beacons on", metadata: ["broadcast": "\(host):\(self.port)", "interval": "\(self.interval)"])
+        self.send(to: destination)
+        let ms = Int64(self.interval.components.seconds * 1000 + self.interval.components.attoseconds / 1_000_000_000_000_000)
+        self.timer = channel.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(ms), delay: .milliseconds(ms)) { [self] _ in
+            self.send(to: destination)
+        }
+    }
+
+    private func send(to destination: SocketAddress) {
+        guard let channel = self.channel else { return }
+        let envelope = AddressedEnvelope(remoteAddress: destination, data: channel.allocator.buffer(bytes: self.beacon))
+        channel.writeAndFlush(envelope).whenComplete { [self] result in
+            switch result {
+            case .success:
+                if self.lastSendError != nil { self.logger.notice("broadcast beacons sent again") }
+                self.lastSendError = nil
+            case .failure(let error):
+                let text = "\(error)"
+                if self.lastSendError != text {
+                    self.logger.warning("cannot send a broadcast beacon; broadcast discovery is off until it works", metadata: ["broadcast": "\(destination)", "error": "\(text)"])
+                }
+                self.lastSendError = text
+            }
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = Self.unwrapInboundIn(data)
+        guard NodeBeacon.isProbe(Array(envelope.data.readableBytesView)) else { return }
+        self.probesAnswered += 1
+        let reply = AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: context.channel.allocator.buffer(bytes: self.beacon))
+        context.writeAndFlush(Self.wrapOutboundOut(reply), promise: nil)
+    }
+
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A bad datagram or an ICMP error must not stop discovery.
+        self.logger.debug("discovery socket error", metadata: ["error": "\(error)"])
+    }
+
+    /// Stops advertising (first step of a graceful shutdown).
+    func stop() {
+        self.timer?.cancel()
+        self.channel?.close(promise: nil)
+        self.channel = nil
+    }
+}
