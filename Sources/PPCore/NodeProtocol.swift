@@ -16,7 +16,7 @@ public enum NodeProtocol {
     /// Nonce length in the handshake.
     public static let nonceLength = 32
 
-    /// Frame types.
+    /// Frame types (docs/PROTOCOL.md describes each).
     public enum Kind: UInt8, Sendable {
         case hello = 0x01, challenge = 0x02, auth = 0x03, welcome = 0x04, error = 0x05
         case submit = 0x10, bundle = 0x11, cancel = 0x12, ping = 0x13, pong = 0x14, statsRequest = 0x15, goodbye = 0x16
@@ -36,12 +36,19 @@ public enum NodeProtocol {
 
 /// Error codes carried by ERROR frames.
 public enum NodeErrorCode: UInt16, Sendable {
+    /// A proof did not verify: the peers have different secrets.
     case authenticationFailed = 1
+    /// The protocol versions of the peers do not overlap.
     case versionMismatch = 2
+    /// A frame that is malformed, unknown, or out of order.
     case protocolViolation = 3
+    /// A length prefix above the receiver's maximum.
     case frameTooLarge = 4
+    /// No authenticated handshake in time.
     case handshakeTimeout = 5
+    /// More jobs in flight than the window allows.
     case overCredit = 6
+    /// The node is shutting down.
     case shuttingDown = 7
 }
 
@@ -93,21 +100,37 @@ public struct WireResult: Sendable {
 
 /// A decoded frame of the native protocol.
 public enum NodeMessage: Sendable {
+    /// Client → node, first: versions spoken, client nonce, client key id, client name.
     case hello(minVersion: UInt16, maxVersion: UInt16, nonce: [UInt8], keyID: String, name: String)
+    /// Node → client: chosen version, node nonce, node key id, node proof, info JSON.
     case challenge(version: UInt16, nonce: [UInt8], keyID: String, proof: [UInt8], info: [UInt8])
+    /// Client → node: the client's proof.
     case auth(proof: [UInt8])
+    /// Node → client: authenticated; the initial job window and the node's frame limit.
     case welcome(window: UInt32, maxFrame: UInt32)
+    /// Either way: a fatal error (`NodeErrorCode`) and its message; the sender closes.
     case error(code: UInt16, message: String)
+    /// Client → node: a batch of jobs.
     case submit([WireJob])
+    /// Client → node: a function bundle the node asked for.
     case bundle(digest: SHA256Digest, spec: [UInt8])
+    /// Client → node: cancel a job that has not started.
     case cancel(id: UInt64)
+    /// Either way: a heartbeat; answer with `pong`.
     case ping(UInt64)
+    /// Either way: the answer to `ping`.
     case pong(UInt64)
+    /// Client → node: ask for the node's counters.
     case statsRequest(UInt64)
+    /// Either way: the sender is leaving (a node: draining).
     case goodbye(reason: String)
+    /// Node → client: a batch of results.
     case results([WireResult])
+    /// Node → client: send the bundle with this digest.
     case need(SHA256Digest)
+    /// Node → client: the new job window.
     case window(UInt32)
+    /// Node → client: the counters asked for by `statsRequest`.
     case stats(token: UInt64, json: [UInt8])
 }
 
