@@ -35,6 +35,12 @@ public final class JobServer: Sendable {
         /// The cluster secret for nodes; `nil` loads it (`PP_SECRET`, then the default
         /// secret file) when there are nodes.
         public var secret: ClusterSecret?
+        /// Find nodes by their broadcast beacons (and use those of our cluster).
+        public var discover: Bool
+        /// The UDP port of beacons and probes: `$PP_DISCOVERY_PORT`, else 7340.
+        public var discoveryPort: Int
+        /// Where probes go: `$PP_BROADCAST` (an IPv4 address or off), else 255.255.255.255.
+        public var broadcast: BroadcastTarget
         /// A node silent for this long is dropped and its jobs run elsewhere.
         public var heartbeatTimeout: Duration
         /// Queued jobs fail with `noExecutor` when nothing at all could run them for this long.
@@ -49,6 +55,7 @@ public final class JobServer: Sendable {
             timeout: Duration? = nil,
             nodes: [NodeAddress] = [],
             secret: ClusterSecret? = nil,
+            discover: Bool = true,
             logger: Logger = Logger(label: "pp.jobserver", factory: { _ in SwiftLogNoOpLogHandler() })
         ) {
             self.workers = workers
@@ -56,6 +63,10 @@ public final class JobServer: Sendable {
             self.timeout = timeout
             self.nodes = nodes
             self.secret = secret
+            self.discover = discover
+            let env = ProcessInfo.processInfo.environment
+            self.discoveryPort = env["PP_DISCOVERY_PORT"].flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil } ?? NodeBeacon.defaultPort
+            self.broadcast = (try? BroadcastTarget.fromEnvironment()) ?? .off
             self.heartbeatTimeout = .seconds(3)
             self.noExecutorTimeout = .seconds(30)
             self.logger = logger
@@ -69,7 +80,8 @@ public final class JobServer: Sendable {
     let loop: any EventLoop
     let scheduler: Scheduler  // touched only on `loop`
     let local: LocalExecutor  // touched only on `loop`
-    let links: [NodeLink]  // touched only on `loop`
+    let resources: ResourceManager  // touched only on `loop`
+    let beacons: BeaconListener?  // touched only on `loop`
     private let ids = ManagedAtomicCounter(start: 1)
     private let book = Mutex(Book())
     private let started = ContinuousClock.now
@@ -96,19 +108,21 @@ public final class JobServer: Sendable {
         self.scheduler = scheduler
         self.local = LocalExecutor(pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: scheduler)
         var secret = configuration.secret
-        if secret == nil, !configuration.nodes.isEmpty {
+        if secret == nil, !configuration.nodes.isEmpty || configuration.discover {
             secret = try? ClusterSecret.load(file: nil, create: false).secret
         }
         let name = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
-        self.links = configuration.nodes.map {
-            NodeLink(address: $0, secret: secret, scheduler: scheduler, clientName: name, heartbeatTimeout: configuration.heartbeatTimeout)
-        }
+        let resources = ResourceManager(scheduler: scheduler, secret: secret, clientName: name, heartbeatTimeout: configuration.heartbeatTimeout)
+        self.resources = resources
+        let beacons = configuration.discover ? BeaconListener(manager: resources, port: configuration.discoveryPort, target: configuration.broadcast) : nil
+        self.beacons = beacons
         let local = self.local
-        let links = self.links
+        let loop = self.loop
         self.loop.execute {
             scheduler.start()
             scheduler.add(local)
-            for link in links { link.start() }
+            for address in configuration.nodes { resources.addStatic(address) }
+            beacons?.start(loop: loop)
         }
     }
 
@@ -389,7 +403,8 @@ public final class JobServer: Sendable {
         }
         guard first else { return }
         try? await self.loop.submit {
-            for link in self.links { link.stop() }
+            self.beacons?.stop()
+            self.resources.stop()
             self.scheduler.stop()
         }.get()
         await self.pool.shutdown()

@@ -65,13 +65,20 @@ final class NodeLink: @unchecked Sendable {
     private var backoff: TimeAmount = .milliseconds(200)
     private var stopped = false
     private var lastProblem: String?
+    /// Found by discovery (not given by address): given up after repeated failures,
+    /// until the next beacon.
+    let discovered: Bool
+    private var failures = 0
+    /// Called when a discovered link gives up.
+    var onGiveUp: (() -> Void)?
 
-    init(address: NodeAddress, secret: ClusterSecret?, scheduler: Scheduler, clientName: String, heartbeatTimeout: Duration) {
+    init(address: NodeAddress, secret: ClusterSecret?, scheduler: Scheduler, clientName: String, heartbeatTimeout: Duration, discovered: Bool = false) {
         self.address = address
         self.secret = secret
         self.scheduler = scheduler
         self.clientName = clientName
         self.heartbeatTimeout = heartbeatTimeout
+        self.discovered = discovered
     }
 
     var name: String { self.address.description }
@@ -112,6 +119,7 @@ final class NodeLink: @unchecked Sendable {
     /// The executor authenticated: the scheduler may use it.
     func ready(_ executor: RemoteExecutor) {
         self.backoff = .milliseconds(200)
+        self.failures = 0
         if self.lastProblem != nil {
             self.scheduler.logger.notice("node reachable again", metadata: ["node": "\(self.name)"])
         }
@@ -143,6 +151,13 @@ final class NodeLink: @unchecked Sendable {
 
     private func retry() {
         guard !self.stopped else { return }
+        self.failures += 1
+        if self.discovered, self.failures >= 3 {
+            self.stopped = true
+            self.scheduler.logger.info("discovered node given up until its next beacon", metadata: ["node": "\(self.name)"])
+            self.onGiveUp?()
+            return
+        }
         let delay = self.backoff
         self.backoff = min(self.backoff * 2, .seconds(5))
         self.scheduler.loop.scheduleTask(in: delay) { [self] in self.connect() }

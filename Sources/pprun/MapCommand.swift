@@ -37,6 +37,9 @@ struct MapCommand: AsyncParsableCommand {
     @Option(name: .customLong("node"), help: ArgumentHelp("A ppnode to use (repeatable).", valueName: "HOST:PORT"))
     var nodes: [String] = []
 
+    @Flag(name: .customLong("no-discover"), help: "Use only local workers and --node addresses: do not look for nodes by broadcast.")
+    var noDiscover = false
+
     @Option(name: .customLong("secret-file"), help: ArgumentHelp("The cluster secret for nodes (default: $PP_SECRET, then ~/.config/ppnode/secret).", valueName: "PATH"))
     var secretFile: String?
 
@@ -67,8 +70,8 @@ struct MapCommand: AsyncParsableCommand {
         if let workers, workers < 0 {
             throw ValidationError("--workers must be 0 or more (got \(workers))")
         }
-        if self.workers == 0, self.nodes.isEmpty {
-            throw ValidationError("--workers 0 leaves nothing to run jobs; give --node HOST:PORT or more workers")
+        if self.workers == 0, self.nodes.isEmpty, self.noDiscover {
+            throw ValidationError("--workers 0 with --no-discover and no --node leaves nothing to run jobs; give --node HOST:PORT or more workers")
         }
         if let timeout, !(timeout > 0) || !timeout.isFinite {
             throw ValidationError("--timeout must be a positive number of seconds (got \(timeout))")
@@ -92,16 +95,19 @@ struct MapCommand: AsyncParsableCommand {
         }
 
         var secret: ClusterSecret?
-        if !self.nodes.isEmpty {
+        if !self.nodes.isEmpty || self.secretFile != nil {
             do {
                 secret = try ClusterSecret.load(file: self.secretFile, create: false).secret
             } catch {
                 Console.error("pprun: \(error)")
                 throw ExitCode(ExitCodes.cannotStart)
             }
+        } else if !self.noDiscover {
+            // Discovered nodes need the secret; without one they are only reported.
+            secret = try? ClusterSecret.load(file: nil, create: false).secret
         }
         var logger = Logger(label: "pprun")
-        logger.logLevel = .warning
+        logger.logLevel = .notice
         let server = JobServer(
             configuration: .init(
                 workers: self.workers,
@@ -109,6 +115,7 @@ struct MapCommand: AsyncParsableCommand {
                 timeout: self.timeout.map { .milliseconds(Int64($0 * 1000)) },
                 nodes: try self.nodes.map { try NodeAddress(parsing: $0) },
                 secret: secret,
+                discover: !self.noDiscover,
                 logger: logger
             )
         )

@@ -298,6 +298,56 @@ struct NodeTests {
         #expect(node.logText.contains("broadcast beacons on"))
     }
 
+    /// Environment for a node or pprun that discovers on a private port over loopback.
+    func discoveryEnvironment(_ port: Int, secret: String) -> [String: String] {
+        ["PP_BROADCAST": "127.255.255.255", "PP_DISCOVERY_PORT": String(port), "PP_SECRET": secret]
+    }
+
+    @Test func pprunFindsNodesByBroadcast() throws {
+        let port = Int.random(in: 40_000...49_999)
+        let node = try NodeProcess(["--beacon-interval", "0.3"], secret: secret, environment: discoveryEnvironment(port, secret: secret))
+        let stranger = try NodeProcess(["--beacon-interval", "0.3"], secret: otherSecret, environment: discoveryEnvironment(port, secret: otherSecret))
+        defer { node.stop(); stranger.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = try dir.write("work.py", work)
+        let r = try runProcess(
+            builtCommand("pprun"),
+            ["map", file + ":slow_square", "--range", "0:40", "--workers", "0", "--stats"],
+            environment: discoveryEnvironment(port, secret: secret)
+        )
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines == (0..<40).map { String($0 * $0) })
+        #expect(r.stderr.contains("| \(node.address)"))
+        #expect(!r.stderr.contains("| \(stranger.address)"))
+        #expect(r.stderr.contains("node of another cluster ignored"), "\(r.stderr)")
+        #expect(!stranger.logText.contains("client authenticated"))
+    }
+
+    @Test func aNodeStartedLaterIsUsed() async throws {
+        let port = Int.random(in: 40_000...49_999)
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = try dir.write("work.py", work)
+        let started = Mutex<NodeProcess?>(nil)
+        // The node starts while pprun waits with no executor at all.
+        Thread {
+            usleep(1_000_000)
+            started.withLock { $0 = try? NodeProcess(["--beacon-interval", "0.3"], secret: secret, environment: self.discoveryEnvironment(port, secret: secret)) }
+        }.start()
+        let r = try runProcess(
+            builtCommand("pprun"),
+            ["map", file + ":slow_square", "--range", "0:40", "--workers", "0", "--stats"],
+            environment: discoveryEnvironment(port, secret: secret)
+        )
+        let node = started.withLock { $0 }
+        defer { node?.stop() }
+        #expect(node != nil)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines == (0..<40).map { String($0 * $0) })
+        if let node { #expect(r.stderr.contains("| \(node.address)")) }
+    }
+
     @Test func configAndSecretErrorsAreClear() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -120,7 +120,7 @@ struct PPRunTests {
         (["map", "x.py:f", "--range", "1:x"], "is not START:STOP[:STEP]"),
         (["map", "x.py:f", "--range", "0:9:0"], "step must not be 0"),
         (["map", "x.py:f", "1", "--workers=-1"], "--workers must be 0 or more"),
-        (["map", "x.py:f", "1", "--workers", "0"], "--workers 0 leaves nothing to run jobs"),
+        (["map", "x.py:f", "1", "--workers", "0", "--no-discover"], "leaves nothing to run jobs"),
         (["map", "x.py:f", "1", "--node", "host:notaport"], "is not a node address"),
         (["map", "x.py:f", "1", "--timeout", "0"], "--timeout must be a positive"),
         (["map", "x.py:f", "1", "--bogus"], "Unknown option '--bogus'"),

@@ -1,0 +1,163 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PPCore
+
+/// Turns node addresses, static and discovered, into `NodeLink`s for the scheduler.
+///
+/// Confined to the job server's loop (`@unchecked Sendable` for that reason).
+final class ResourceManager: @unchecked Sendable {
+    let scheduler: Scheduler
+    let secret: ClusterSecret?
+    let clientName: String
+    let heartbeatTimeout: Duration
+    private var links: [String: NodeLink] = [:]
+    private var reported: Set<String> = []
+    private var stopped = false
+
+    init(scheduler: Scheduler, secret: ClusterSecret?, clientName: String, heartbeatTimeout: Duration) {
+        self.scheduler = scheduler
+        self.secret = secret
+        self.clientName = clientName
+        self.heartbeatTimeout = heartbeatTimeout
+    }
+
+    /// Adds a node given by address; it is retried for as long as the server runs.
+    func addStatic(_ address: NodeAddress) {
+        self.add(address, discovered: false)
+    }
+
+    /// A beacon arrived from `host`: use the node if it is of our cluster and speaks our
+    /// protocol, else report it once.
+    func discovered(_ beacon: NodeBeacon, host: String) {
+        guard !self.stopped else { return }
+        let address = NodeAddress(host: host, port: beacon.port)
+        guard self.links[address.description] == nil else { return }
+        guard let secret = self.secret, beacon.keyid == secret.keyID else {
+            self.reportOnce(
+                address.description + "/keyid",
+                "node of another cluster ignored",
+                ["node": "\(address)", "node.keyid": "\(beacon.keyid)", "our.keyid": "\(self.secret?.keyID ?? "none (no secret)")"]
+            )
+            return
+        }
+        guard beacon.protocol >= Int(NodeProtocol.minimumVersion), beacon.protocol <= Int(NodeProtocol.version) else {
+            self.reportOnce(
+                address.description + "/protocol",
+                "node with an incompatible protocol ignored",
+                ["node": "\(address)", "node.protocol": "\(beacon.protocol)", "our.protocol": "\(NodeProtocol.version)"]
+            )
+            return
+        }
+        self.scheduler.logger.info("node discovered", metadata: ["node": "\(address)", "node.name": "\(beacon.name)", "via": "broadcast"])
+        self.add(address, discovered: true)
+    }
+
+    private func add(_ address: NodeAddress, discovered: Bool) {
+        guard !self.stopped, self.links[address.description] == nil else { return }
+        let link = NodeLink(
+            address: address,
+            secret: self.secret,
+            scheduler: self.scheduler,
+            clientName: self.clientName,
+            heartbeatTimeout: self.heartbeatTimeout,
+            discovered: discovered
+        )
+        link.onGiveUp = { [self] in
+            self.links[address.description] = nil
+            self.scheduler.nodeProblems[address.description] = nil
+        }
+        self.links[address.description] = link
+        link.start()
+    }
+
+    private func reportOnce(_ key: String, _ message: Logger.Message, _ metadata: Logger.Metadata) {
+        guard self.reported.insert(key).inserted else { return }
+        self.scheduler.logger.notice(message, metadata: metadata)
+    }
+
+    func stop() {
+        self.stopped = true
+        for link in self.links.values { link.stop() }
+    }
+}
+
+/// Listens for node beacons on the discovery port and probes once at start.
+///
+/// Confined to the job server's loop (`@unchecked Sendable` for that reason).
+final class BeaconListener: @unchecked Sendable {
+    private let manager: ResourceManager
+    private let port: Int
+    private let target: BroadcastTarget
+    private var channels: [any Channel] = []
+
+    init(manager: ResourceManager, port: Int, target: BroadcastTarget) {
+        self.manager = manager
+        self.port = port
+        self.target = target
+    }
+
+    /// Binds the shared discovery port (beacons) and an ephemeral port (probe answers),
+    /// then probes. Failures turn broadcast discovery off with one log line.
+    func start(loop: any EventLoop) {
+        let logger = self.manager.scheduler.logger
+        func bind(_ port: Int) -> EventLoopFuture<any Channel> {
+            DatagramBootstrap(group: loop)
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelOption(.socketOption(.so_broadcast), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(BeaconHandler(manager: self.manager)) }
+                }
+                .bind(host: "0.0.0.0", port: port)
+        }
+        bind(self.port).whenComplete { [self] result in
+            switch result {
+            case .success(let channel): self.channels.append(channel)
+            case .failure(let error):
+                logger.warning("broadcast discovery off: cannot listen for beacons", metadata: ["discovery.port": "\(self.port)", "error": "\(error)"])
+            }
+        }
+        guard case .address(let host) = self.target else {
+            logger.notice("broadcast probes off (PP_BROADCAST=off); listening for beacons only")
+            return
+        }
+        bind(0).whenComplete { [self] result in
+            guard case .success(let channel) = result, let destination = try? SocketAddress(ipAddress: host, port: self.port) else {
+                logger.warning("broadcast discovery: cannot send probes", metadata: ["broadcast": "\(host):\(self.port)"])
+                return
+            }
+            self.channels.append(channel)
+            let probe = AddressedEnvelope(remoteAddress: destination, data: channel.allocator.buffer(bytes: NodeBeacon.probe))
+            channel.writeAndFlush(probe).whenFailure { error in
+                logger.warning("broadcast discovery: cannot send a probe", metadata: ["broadcast": "\(destination)", "error": "\(error)"])
+            }
+        }
+    }
+
+    func stop() {
+        for c in self.channels { c.close(promise: nil) }
+        self.channels.removeAll()
+    }
+}
+
+/// Hands beacons read on one discovery socket to the resource manager.
+final class BeaconHandler: ChannelInboundHandler, @unchecked Sendable {
+    // Runs on the job server's loop, like the manager it calls.
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+
+    private let manager: ResourceManager
+
+    init(manager: ResourceManager) {
+        self.manager = manager
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = Self.unwrapInboundIn(data)
+        guard let beacon = NodeBeacon(datagram: Array(envelope.data.readableBytesView)), let host = envelope.remoteAddress.ipAddress else { return }
+        self.manager.discovered(beacon, host: host)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // An ICMP error or a bad datagram must not stop discovery.
+    }
+}
