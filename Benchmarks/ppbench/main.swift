@@ -93,7 +93,7 @@ print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores")
 
 // MARK: (a) tiny jobs
 
-let server = JobServer(configuration: .init(workers: options.workers, python: options.python))
+let server = JobServer(configuration: .init(workers: options.workers, python: options.python, discover: false))
 let inc = PythonFunction(name: "f", source: "def f(x):\n    return x + 1\n")
 let tinyArgs = (0..<options.jobs).map { JobArguments(jsonArray: Array("[\($0)]".utf8)) }
 _ = await server.mapResults(inc, arguments: Array(tinyArgs.prefix(200)), as: RawJSON.self)  // start and warm the workers
@@ -202,7 +202,7 @@ let (node, readyLine) = startDaemon(
     ready: "ppnode ready"
 )
 let nodePort = Int(readyLine.split(separator: " ").first { $0.hasPrefix("address=") }!.split(separator: ":").last!)!
-let remote = JobServer(configuration: .init(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: nodePort)], secret: try ClusterSecret(text: secretText, origin: "ppbench")))
+let remote = JobServer(configuration: .init(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: nodePort)], secret: try ClusterSecret(text: secretText, origin: "ppbench"), discover: false))
 _ = await remote.mapResults(inc, arguments: Array(tinyArgs.prefix(200)), as: RawJSON.self)
 var nodeTiny = 0.0
 for _ in 0..<options.rounds {
