@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "ParallelPython", targets: ["ParallelPython"]),
         .executable(name: "pprun", targets: ["pprun"]),
         .executable(name: "ppnode", targets: ["ppnode"]),
+        .executable(name: "ppnodes", targets: ["ppnodes"]),
         .executable(name: "ppbench", targets: ["ppbench"]),
     ],
     dependencies: [
@@ -102,6 +103,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "ppnodes",
+            dependencies: [
+                "ParallelPython",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -24,8 +24,12 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     public var workers: Int
     /// Its software version.
     public var version: String
+    /// Its machine architecture (`x86_64`, `aarch64`).
+    public var arch: String?
+    /// Its operating system (`Linux 6.1.0`).
+    public var os: String?
 
-    /// Creates a beacon.
+    /// Creates a beacon; `arch` and `os` are this machine's.
     public init(id: String, name: String, port: Int, keyid: String, protocol: Int, cores: Int, workers: Int, version: String) {
         self.id = id
         self.name = name
@@ -35,6 +39,13 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         self.cores = cores
         self.workers = workers
         self.version = version
+        var u = utsname()
+        uname(&u)
+        func text<T>(_ field: T) -> String {
+            withUnsafeBytes(of: field) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        self.arch = text(u.machine)
+        self.os = text(u.sysname) + " " + text(u.release)
     }
 
     /// The default UDP port of beacons and probes.

@@ -348,6 +348,7 @@ public final class JobServer: Sendable {
     /// The counters of every connected node (its STATS reply: workers, jobs done,
     /// bundles received, cache size...), by node address.
     public func nodeStatistics() async -> [String: JSONValue] {
+        let start = ContinuousClock.now
         let futures: [(String, EventLoopFuture<[UInt8]>)] =
             (try? await self.loop.submit {
                 self.scheduler.executors.compactMap { $0 as? RemoteExecutor }.map { ($0.name, $0.requestStatistics(on: self.loop)) }
@@ -355,9 +356,14 @@ public final class JobServer: Sendable {
         var out: [String: JSONValue] = [:]
         for (name, future) in futures {
             guard let bytes = try? await future.get(), !bytes.isEmpty,
-                let value = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+                let value = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes)),
+                case .object(var fields) = value
             else { continue }
-            out[name] = value
+            // The request and its answer are one round trip (an upper bound when several
+            // nodes answer at once).
+            let (s, a) = (ContinuousClock.now - start).components
+            fields["rtt_us"] = .int(Int(s) * 1_000_000 + Int(a / 1_000_000_000_000))
+            out[name] = .object(fields)
         }
         return out
     }

@@ -348,6 +348,30 @@ struct NodeTests {
         if let node { #expect(r.stderr.contains("| \(node.address)")) }
     }
 
+    @Test func ppnodesListsNodesAndTheirCluster() throws {
+        let port = Int.random(in: 40_000...49_999)
+        let node = try NodeProcess(["--name", "alpha", "--workers", "1"], secret: secret, environment: discoveryEnvironment(port, secret: secret))
+        let stranger = try NodeProcess(["--name", "beta"], secret: otherSecret, environment: discoveryEnvironment(port, secret: otherSecret))
+        defer { node.stop(); stranger.stop() }
+        let r = try runProcess(builtCommand("ppnodes"), ["--json", "--timeout", "1"], environment: discoveryEnvironment(port, secret: secret))
+        #expect(r.status == 0, "\(r.stderr)")
+        let list = try JSONDecoder().decode([JSONValue].self, from: Data(r.stdout.utf8))
+        #expect(list.count == 2)
+        guard list.count == 2, case .object(let a) = list[0], case .object(let b) = list[1] else { return }
+        #expect(a["name"] == .string("alpha") && a["address"] == .string(node.address))
+        #expect(a["in_cluster"] == .bool(true) && a["accepts_secret"] == .bool(true))
+        #expect(a["workers"] == .int(1) && a["cores"] == .int(ProcessInfo.processInfo.activeProcessorCount))
+        #expect(a["jobs_done"] == .int(0))
+        #expect(b["name"] == .string("beta") && b["in_cluster"] == .bool(false) && b["accepts_secret"] == .null)
+        let table = try runProcess(builtCommand("ppnodes"), ["--timeout", "1"], environment: discoveryEnvironment(port, secret: secret))
+        #expect(table.stdout.contains("mine, secret accepted"))
+        #expect(table.stdout.contains("other (key id \(try ClusterSecret(text: otherSecret, origin: "t").keyID))"))
+        // Nobody on another port: exit status 1 and a message that says where it looked.
+        let none = try runProcess(builtCommand("ppnodes"), ["--timeout", "0.3"], environment: discoveryEnvironment(port + 1, secret: secret))
+        #expect(none.status == 1)
+        #expect(none.stderr.contains("no node answered within 0.3 s"))
+    }
+
     @Test func configAndSecretErrorsAreClear() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

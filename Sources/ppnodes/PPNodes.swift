@@ -1,0 +1,221 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ParallelPython
+
+/// `ppnodes`: lists the ppnode daemons of the LAN and their state.
+@main
+struct PPNodes: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ppnodes",
+        abstract: "List the ppnode daemons that answer on this network, and their state.",
+        discussion: """
+            Sends a probe to $PP_BROADCAST (default 255.255.255.255; off sends none) on \
+            the discovery port ($PP_DISCOVERY_PORT, default 7340), listens for beacons \
+            for --timeout seconds, then asks every node of your cluster (same secret key \
+            id) for its counters over the native protocol. Nodes of another cluster are \
+            listed with what their beacon says.
+
+            Exit status: 0 when at least one node was found, 1 when none, 2 on a bad \
+            secret or PP_BROADCAST, 64 on a bad command line.
+
+            Examples:
+              ppnodes
+              ppnodes --json | python3 -m json.tool
+              ppnodes --watch --timeout 1
+            """
+    )
+
+    @Option(help: ArgumentHelp("Seconds to wait for nodes (default 2).", valueName: "SECONDS"))
+    var timeout: Double = 2
+
+    @Flag(help: "Print JSON (an array of nodes) for scripts.")
+    var json = false
+
+    @Flag(help: "Refresh the list every --timeout seconds until interrupted.")
+    var watch = false
+
+    @Option(name: .customLong("secret-file"), help: ArgumentHelp("The cluster secret (default: $PP_SECRET, then ~/.config/ppnode/secret).", valueName: "PATH"))
+    var secretFile: String?
+
+    func validate() throws {
+        guard self.timeout > 0, self.timeout <= 60, self.timeout.isFinite else {
+            throw ValidationError("--timeout must be more than 0 and at most 60 seconds (got \(self.timeout))")
+        }
+    }
+
+    func run() async throws {
+        let target: BroadcastTarget
+        do {
+            target = try BroadcastTarget.fromEnvironment()
+        } catch {
+            FileHandle.standardError.write(Data("ppnodes: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        var secret: ClusterSecret?
+        do {
+            secret = try ClusterSecret.load(file: self.secretFile, create: false).secret
+        } catch {
+            if self.secretFile != nil {
+                FileHandle.standardError.write(Data("ppnodes: \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+            FileHandle.standardError.write(Data("ppnodes: \(error); nodes are listed from their beacons only\n".utf8))
+        }
+        let port = ProcessInfo.processInfo.environment["PP_DISCOVERY_PORT"].flatMap(Int.init) ?? NodeBeacon.defaultPort
+        repeat {
+            let rows = await Self.survey(target: target, port: port, window: self.timeout, secret: secret)
+            if self.watch, !self.json { print("\u{1B}[H\u{1B}[2J", terminator: "") }
+            if self.json {
+                print(Self.jsonText(rows))
+            } else if rows.isEmpty {
+                FileHandle.standardError.write(Data("ppnodes: no node answered within \(self.timeout) s (probe to \(Self.describe(target)):\(port); DNS-SD is not implemented yet)\n".utf8))
+            } else {
+                print(Self.table(rows))
+            }
+            if !self.watch { throw ExitCode(rows.isEmpty ? 1 : 0) }
+        } while true
+    }
+
+    // MARK: Survey
+
+    /// One node as listed.
+    struct Row {
+        var address: String
+        var beacon: NodeBeacon
+        var inCluster: Bool
+        var accepted: Bool?
+        var stats: [String: JSONValue]
+    }
+
+    static func survey(target: BroadcastTarget, port: Int, window: Double, secret: ClusterSecret?) async -> [Row] {
+        let found = Self.collectBeacons(target: target, port: port, window: window)
+        var rows = found.map { Row(address: $0.key, beacon: $0.value, inCluster: $0.value.keyid == secret?.keyID, accepted: nil, stats: [:]) }
+        let ours = rows.filter(\.inCluster).compactMap { try? NodeAddress(parsing: $0.address) }
+        if !ours.isEmpty, let secret {
+            var logger = Logger(label: "ppnodes")
+            logger.logLevel = .critical
+            let server = JobServer(configuration: .init(workers: 0, nodes: ours, secret: secret, discover: false, logger: logger))
+            // Wait (bounded) for the handshakes, then ask for counters.
+            for _ in 0..<100 where await server.activeExecutors().count < ours.count {
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+            let stats = await server.nodeStatistics()
+            await server.shutdown()
+            for i in rows.indices where rows[i].inCluster {
+                if case .object(let o) = stats[rows[i].address] {
+                    rows[i].stats = o
+                    rows[i].accepted = true
+                } else {
+                    rows[i].accepted = false
+                }
+            }
+        }
+        return rows.sorted { ($0.beacon.name, $0.address) < ($1.beacon.name, $1.address) }
+    }
+
+    /// Probes once, then gathers beacons (answers and periodic ones) for `window` seconds.
+    static func collectBeacons(target: BroadcastTarget, port: Int, window: Double) -> [String: NodeBeacon] {
+        var found: [String: NodeBeacon] = [:]
+        func udpSocket(bindPort: Int) -> Int32 {
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, socklen_t(MemoryLayout<Int32>.size))
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = UInt16(bindPort).bigEndian
+            addr.sin_addr.s_addr = INADDR_ANY
+            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            if ok != 0 {
+                close(fd)
+                return -1
+            }
+            return fd
+        }
+        let listener = udpSocket(bindPort: port)
+        let prober = udpSocket(bindPort: 0)
+        defer {
+            if listener >= 0 { close(listener) }
+            if prober >= 0 { close(prober) }
+        }
+        if case .address(let host) = target, prober >= 0 {
+            var to = sockaddr_in()
+            to.sin_family = sa_family_t(AF_INET)
+            to.sin_port = UInt16(port).bigEndian
+            to.sin_addr.s_addr = inet_addr(host)
+            _ = NodeBeacon.probe.withUnsafeBytes { probe in
+                withUnsafePointer(to: &to) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(prober, probe.baseAddress, probe.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            }
+        }
+        let deadline = Date().addingTimeInterval(window)
+        var fds = [listener, prober].filter { $0 >= 0 }.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        var buffer = [UInt8](repeating: 0, count: 2048)
+        while !fds.isEmpty {
+            let left = Int32(max(0, deadline.timeIntervalSinceNow * 1000))
+            guard left > 0, poll(&fds, nfds_t(fds.count), left) > 0 else { break }
+            for i in fds.indices where fds[i].revents & Int16(POLLIN) != 0 {
+                var from = sockaddr_in()
+                var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let n = withUnsafeMutablePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fds[i].fd, &buffer, buffer.count, 0, $0, &length) } }
+                guard n > 0, let beacon = NodeBeacon(datagram: Array(buffer[0..<n])) else { continue }
+                let host = String(cString: inet_ntoa(from.sin_addr))
+                found[NodeAddress(host: host, port: beacon.port).description] = beacon
+            }
+        }
+        return found
+    }
+
+    // MARK: Output
+
+    static func describe(_ target: BroadcastTarget) -> String {
+        if case .address(let a) = target { return a }
+        return "nowhere (PP_BROADCAST=off)"
+    }
+
+    static func value(_ stats: [String: JSONValue], _ key: String) -> String {
+        switch stats[key] {
+        case .int(let i): return String(i)
+        case .double(let d): return String(format: "%.2f", d)
+        case .string(let s): return s
+        default: return "-"
+        }
+    }
+
+    static func table(_ rows: [Row]) -> String {
+        let header = ["NAME", "ADDRESS", "CORES", "WORKERS", "BUSY", "DONE", "LOAD", "VERSION", "PROTO", "PYTHON", "ARCH/OS", "RTT", "CLUSTER"]
+        var lines = [header]
+        for r in rows {
+            let cluster = !r.inCluster ? "other (key id \(r.beacon.keyid))" : (r.accepted == true ? "mine, secret accepted" : "mine, secret refused")
+            let rtt = r.stats["rtt_us"].map { if case .int(let us) = $0 { String(format: "%.1f ms", Double(us) / 1000) } else { "-" } } ?? "-"
+            lines.append([
+                r.beacon.name, r.address, String(r.beacon.cores), String(r.beacon.workers), Self.value(r.stats, "busy_workers"),
+                Self.value(r.stats, "jobs_done"), Self.value(r.stats, "load_average"), r.beacon.version, String(r.beacon.protocol),
+                Self.value(r.stats, "python"), "\(r.beacon.arch ?? "?")/\(r.beacon.os ?? "?")", rtt, cluster,
+            ])
+        }
+        let widths = header.indices.map { c in lines.map { $0[c].count }.max() ?? 0 }
+        return lines.map { row in
+            var line = row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            while line.hasSuffix(" ") { line.removeLast() }
+            return line
+        }.joined(separator: "\n")
+    }
+
+    static func jsonText(_ rows: [Row]) -> String {
+        let values: [JSONValue] = rows.map { r in
+            var o: [String: JSONValue] = [
+                "name": .string(r.beacon.name), "address": .string(r.address), "id": .string(r.beacon.id),
+                "cores": .int(r.beacon.cores), "workers": .int(r.beacon.workers), "version": .string(r.beacon.version),
+                "protocol": .int(r.beacon.protocol), "keyid": .string(r.beacon.keyid), "in_cluster": .bool(r.inCluster),
+                "arch": r.beacon.arch.map { .string($0) } ?? .null, "os": r.beacon.os.map { .string($0) } ?? .null,
+                "accepts_secret": r.accepted.map { .bool($0) } ?? .null,
+            ]
+            for key in ["busy_workers", "jobs_done", "load_average", "python", "rtt_us", "queued"] {
+                o[key] = r.stats[key] ?? .null
+            }
+            return .object(o)
+        }
+        return JSONValue.array(values).description
+    }
+}
