@@ -308,6 +308,9 @@ class Worker(object):
 
 
 def main():
+    # A worker keeps no descriptor it inherited by accident (a pipe of another child of
+    # its parent would otherwise stay open, and that child's reader never see EOF).
+    os.closerange(3, 1 << 16)
     # Frames use private copies of fds 0 and 1. User code that reads stdin reads
     # /dev/null, and C code that writes to fd 1 writes to stderr: neither can corrupt
     # the frame stream.
