@@ -57,10 +57,13 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     public static let probe: [UInt8] = Array("PPNQ".utf8) + [1]
 
     /// The datagram of this beacon.
-    public var datagram: [UInt8] {
+    public var datagram: [UInt8] { Self.beaconMagic + self.json }
+
+    /// The beacon's JSON object alone (also the node info of a CHALLENGE).
+    public var json: [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        return Self.beaconMagic + ((try? encoder.encode(self)).map(Array.init) ?? [])
+        return (try? encoder.encode(self)).map(Array.init) ?? []
     }
 
     /// Parses a beacon datagram; `nil` for anything else (a probe, ppft's own beacons,

@@ -93,25 +93,10 @@ public final class NodeServer: Sendable {
         )
     }
 
-    /// The info JSON sent in CHALLENGE (and, with discovery, in TXT records).
+    /// The info JSON sent in CHALLENGE: the same object as the node's beacon.
     func infoJSON() -> [UInt8] {
-        var w = JSONWriter()
-        w.raw("{\"id\":")
-        w.string(self.nodeID)
-        w.raw(",\"name\":")
-        w.string(self.configuration.name)
-        w.raw(",\"version\":")
-        w.string(ParallelPythonVersion.string)
-        w.raw(",\"protocol\":")
-        w.int(Int(NodeProtocol.version))
-        w.raw(",\"cores\":")
-        w.int(System.coreCount)
-        w.raw(",\"workers\":")
-        w.int(self.workers)
-        w.raw(",\"keyid\":")
-        w.string(self.configuration.secret.keyID)
-        w.raw("}")
-        return w.bytes
+        let port = self.serverChannel.withLock { $0?.localAddress?.port } ?? self.configuration.port
+        return self.beacon(port: port).json
     }
 
     /// Stops gracefully: stops accepting, tells every client the node is draining,
