@@ -33,6 +33,19 @@ let package = Package(
             providers: [.apt(["libssl-dev"])]
         ),
 
+        .systemLibrary(
+            name: "CDNSSD",
+            pkgConfig: "avahi-compat-libdns_sd",
+            providers: [.apt(["libavahi-compat-libdnssd-dev"])]
+        ),
+
+        // MARK: DNS-SD (register, browse, resolve) over avahi's dns_sd compat library
+        .target(
+            name: "PPDNSSD",
+            dependencies: ["CDNSSD"],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: I/O-free core: bundles, hashing, JSON, worker frames, errors
         .target(
             name: "PPCore",
@@ -62,6 +75,7 @@ let package = Package(
             name: "PPNode",
             dependencies: [
                 "PPCore",
+                "PPDNSSD",
                 "PPWorkers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -75,6 +89,7 @@ let package = Package(
             name: "ParallelPython",
             dependencies: [
                 "PPCore",
+                "PPDNSSD",
                 "PPWorkers",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -110,6 +125,7 @@ let package = Package(
             name: "ppnodes",
             dependencies: [
                 "ParallelPython",
+                "PPDNSSD",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -28,9 +28,12 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     public var arch: String?
     /// Its operating system (`Linux 6.1.0`).
     public var os: String?
+    /// Its workers' Python version (`3.11.2`), once a worker has started.
+    public var python: String?
 
     /// Creates a beacon; `arch` and `os` are this machine's.
-    public init(id: String, name: String, port: Int, keyid: String, protocol: Int, cores: Int, workers: Int, version: String) {
+    public init(id: String, name: String, port: Int, keyid: String, protocol: Int, cores: Int, workers: Int, version: String, python: String? = nil) {
+        self.python = python
         self.id = id
         self.name = name
         self.port = port
@@ -76,6 +79,39 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         self = beacon
     }
 
+    /// The DNS-SD service type nodes register.
+    public static let serviceType = "_ppnode._tcp"
+
+    /// The node's DNS-SD TXT record: the beacon's fields but the port (which the SRV
+    /// record carries).
+    public var txt: [String: String] {
+        var pairs = [
+            "id": self.id, "name": self.name, "keyid": self.keyid, "protocol": String(self.protocol),
+            "cores": String(self.cores), "workers": String(self.workers), "version": self.version,
+        ]
+        pairs["arch"] = self.arch
+        pairs["os"] = self.os
+        pairs["python"] = self.python
+        return pairs
+    }
+
+    /// Reads what a node's TXT record says; `nil` when a required key is missing or bad
+    /// (a service of another program under our type).
+    public init?(txt: [String: String], port: Int, serviceName: String) {
+        guard let keyid = txt["keyid"], let proto = txt["protocol"].flatMap(Int.init), (1...65535).contains(port) else { return nil }
+        self.id = txt["id"] ?? ""
+        self.name = txt["name"] ?? serviceName
+        self.port = port
+        self.keyid = keyid
+        self.protocol = proto
+        self.cores = txt["cores"].flatMap(Int.init) ?? 0
+        self.workers = txt["workers"].flatMap(Int.init) ?? 0
+        self.version = txt["version"] ?? "?"
+        self.arch = txt["arch"]
+        self.os = txt["os"]
+        self.python = txt["python"]
+    }
+
     /// Whether a datagram is a probe.
     public static func isProbe(_ datagram: [UInt8]) -> Bool {
         datagram.count >= 5 && datagram.starts(with: Self.probe.prefix(4))
@@ -89,21 +125,53 @@ public enum BroadcastTarget: Sendable, Equatable {
     /// Send to this IPv4 address (a broadcast address such as 10.88.0.255 or 127.255.255.255).
     case address(String)
 
-    /// Reads `PP_BROADCAST`: `off`, an IPv4 address, or unset for 255.255.255.255
-    /// (the LAN).
+    /// Reads `PP_BROADCAST` (see `parse`); unset means 255.255.255.255 (the LAN).
     ///
-    /// - Throws: `BroadcastError` when the value is neither.
+    /// - Throws: `BroadcastError` when the value does not parse.
     public static func fromEnvironment(_ environment: [String: String]? = nil) throws -> BroadcastTarget {
         let environment = environment ?? ProcessInfo.processInfo.environment
         guard let value = environment["PP_BROADCAST"]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else {
             return .address("255.255.255.255")
         }
+        return try Self.parse(value, origin: "PP_BROADCAST")
+    }
+
+    /// Parses `off`, an IPv4 address, or the name of a network interface (its
+    /// broadcast address is used, so beacons stay on that interface's subnet).
+    ///
+    /// - Parameter origin: where the value came from, for the error message.
+    /// - Throws: `BroadcastError` naming the value and the fix.
+    public static func parse(_ value: String, origin: String) throws -> BroadcastTarget {
         if value.lowercased() == "off" { return .off }
         var addr = in_addr()
-        guard inet_pton(AF_INET, value, &addr) == 1 else {
-            throw BroadcastError(message: "PP_BROADCAST='\(value)' is neither 'off' nor an IPv4 address; use e.g. 192.168.1.255, 127.255.255.255 or off")
+        if inet_pton(AF_INET, value, &addr) == 1 { return .address(value) }
+        if let broadcast = Self.broadcastAddress(ofInterface: value) { return .address(broadcast) }
+        throw BroadcastError(
+            message: "\(origin)='\(value)' is neither 'off', an IPv4 address nor an interface with an IPv4 broadcast address; use e.g. 192.168.1.255, eth0, 127.255.255.255 or off"
+        )
+    }
+
+    /// The IPv4 broadcast address of a network interface, if it has one.
+    static func broadcastAddress(ofInterface name: String) -> String? {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return nil }
+        defer { freeifaddrs(list) }
+        var cursor: UnsafeMutablePointer<ifaddrs>? = first
+        while let entry = cursor {
+            defer { cursor = entry.pointee.ifa_next }
+            guard String(cString: entry.pointee.ifa_name) == name,
+                let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET),
+                Int32(entry.pointee.ifa_flags) & Int32(IFF_BROADCAST) != 0,
+                let broadcast = entry.pointee.ifa_ifu.ifu_broadaddr
+            else { continue }
+            return broadcast.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                var a = sin.pointee.sin_addr
+                var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+                inet_ntop(AF_INET, &a, &text, socklen_t(INET_ADDRSTRLEN))
+                return String(cString: text)
+            }
         }
-        return .address(value)
+        return nil
     }
 }
 

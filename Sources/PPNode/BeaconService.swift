@@ -12,7 +12,7 @@ import PPCore
 final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
 
-    private let beacon: [UInt8]
+    private var beacon: [UInt8]
     private let target: BroadcastTarget
     private let port: Int
     private let interval: Duration
@@ -101,6 +101,11 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A bad datagram or an ICMP error must not stop discovery.
         self.logger.debug("discovery socket error", metadata: ["error": "\(error)"])
+    }
+
+    /// Sends `beacon` from now on (its fields changed).
+    func update(beacon: NodeBeacon) {
+        self.beacon = beacon.datagram
     }
 
     /// Stops advertising (first step of a graceful shutdown).

@@ -32,6 +32,9 @@ public struct NodeConfiguration: Sendable {
     public var beaconInterval: Duration = .seconds(2)
     /// Where beacons go (`PP_BROADCAST`); `.off` answers probes only.
     public var broadcast: BroadcastTarget = .address("255.255.255.255")
+    /// Register `_ppnode._tcp` with DNS-SD (needs avahi-daemon; without it the node
+    /// says so once and relies on beacons).
+    public var dnssd = true
     /// Where the node logs.
     public var logger: Logger
 

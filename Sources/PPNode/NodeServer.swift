@@ -3,6 +3,7 @@ public import PPCore
 import Foundation
 import Logging
 import NIOPosix
+import PPDNSSD
 import PPWorkers
 import Synchronization
 
@@ -22,6 +23,8 @@ public final class NodeServer: Sendable {
     let state: NodeState  // touched only on `loop`
     private let serverChannel = Mutex<(any Channel)?>(nil)
     private let beacons = Mutex<BeaconService?>(nil)
+    private let registration = Mutex<DNSSDRegistration?>(nil)
+    private let pythonVersion = Mutex<String?>(nil)
     private let closed = Mutex<[CheckedContinuation<Void, Never>]?>([])
 
     /// Creates a node; `start()` opens its port.
@@ -76,7 +79,51 @@ public final class NodeServer: Sendable {
         )
         await beacons.start(group: self.loop)
         self.beacons.withLock { $0 = beacons }
+        if self.configuration.dnssd {
+            self.register(port: address.port ?? self.configuration.port)
+        } else {
+            self.configuration.logger.notice("DNS-SD off (--no-dnssd); clients find this node by broadcast beacons or its address")
+        }
+        Task { await self.advertisePythonVersion() }
         return address
+    }
+
+    /// Publishes `_ppnode._tcp` with the beacon's fields as TXT. Without avahi-daemon
+    /// the node says so once and goes on with beacons.
+    private func register(port: Int) {
+        let logger = self.configuration.logger
+        do {
+            let registration = try DNSSDRegistration(
+                name: self.configuration.name, type: NodeBeacon.serviceType, port: port, txt: self.beacon(port: port).txt
+            ) { event in
+                switch event {
+                case .registered(let name): logger.info("DNS-SD on: registered", metadata: ["service": "\(name).\(NodeBeacon.serviceType)", "port": "\(port)"])
+                case .failed(let error): logger.warning("DNS-SD registration failed; clients find this node by broadcast beacons or its address", metadata: ["error": "\(error)"])
+                }
+            }
+            self.registration.withLock { $0 = registration }
+        } catch {
+            logger.warning("DNS-SD off: \(error); clients find this node by broadcast beacons or its address")
+        }
+    }
+
+    /// Once the first worker said which Python it runs, puts that in the beacon and the
+    /// TXT record (both are advertised before any worker is up).
+    private func advertisePythonVersion() async {
+        for _ in 0..<400 {
+            if let version = await self.pool.statistics().pythonVersion {
+                self.pythonVersion.withLock { $0 = version }
+                let port = self.serverChannel.withLock { $0?.localAddress?.port } ?? self.configuration.port
+                let beacon = self.beacon(port: port)
+                if let beacons = self.beacons.withLock({ $0 }) {
+                    try? await self.loop.submit { beacons.update(beacon: beacon) }.get()
+                }
+                self.registration.withLock { $0 }?.update(txt: beacon.txt)
+                return
+            }
+            if self.serverChannel.withLock({ $0 == nil }) { return }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
     }
 
     /// What this node announces in its beacons.
@@ -89,7 +136,8 @@ public final class NodeServer: Sendable {
             protocol: Int(NodeProtocol.version),
             cores: System.coreCount,
             workers: self.workers,
-            version: ParallelPythonVersion.string
+            version: ParallelPythonVersion.string,
+            python: self.pythonVersion.withLock { $0 }
         )
     }
 
@@ -111,8 +159,13 @@ public final class NodeServer: Sendable {
             await self.waitUntilClosed()
             return
         }
+        // Stop advertising first: DNS-SD browsers see the service removed.
+        self.registration.withLock { r -> DNSSDRegistration? in
+            defer { r = nil }
+            return r
+        }?.cancel()
         if let beacons = self.beacons.withLock({ $0 }) {
-            try? await self.loop.submit { beacons.stop() }.get()  // stop advertising first
+            try? await self.loop.submit { beacons.stop() }.get()
         }
         try? await channel.close()
         try? await self.loop.submit { self.state.beginDrain() }.get()

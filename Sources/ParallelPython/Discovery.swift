@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PPCore
+import PPDNSSD
 
 /// Turns node addresses, static and discovered, into `NodeLink`s for the scheduler.
 ///
@@ -13,6 +14,8 @@ final class ResourceManager: @unchecked Sendable {
     let heartbeatTimeout: Duration
     private var links: [String: NodeLink] = [:]
     private var reported: Set<String> = []
+    /// DNS-SD service name -> address key, to act on removals.
+    private var services: [String: String] = [:]
     private var stopped = false
 
     init(scheduler: Scheduler, secret: ClusterSecret?, clientName: String, heartbeatTimeout: Duration) {
@@ -27,12 +30,16 @@ final class ResourceManager: @unchecked Sendable {
         self.add(address, discovered: false)
     }
 
-    /// A beacon arrived from `host`: use the node if it is of our cluster and speaks our
-    /// protocol, else report it once.
-    func discovered(_ beacon: NodeBeacon, host: String) {
+    /// A node announced itself at `host` (by a beacon, or a resolved DNS-SD service):
+    /// use it if it is of our cluster and speaks our protocol, else report it once.
+    func discovered(_ beacon: NodeBeacon, host: String, via: String) {
         guard !self.stopped else { return }
         let address = NodeAddress(host: host, port: beacon.port)
-        guard self.links[address.description] == nil else { return }
+        if via == "DNS-SD" { self.services[beacon.name] = address.description }
+        if let link = self.links[address.description] {
+            link.nudge()  // a node that came back is used at once, not after the backoff
+            return
+        }
         guard let secret = self.secret, beacon.keyid == secret.keyID else {
             self.reportOnce(
                 address.description + "/keyid",
@@ -49,8 +56,21 @@ final class ResourceManager: @unchecked Sendable {
             )
             return
         }
-        self.scheduler.logger.info("node discovered", metadata: ["node": "\(address)", "node.name": "\(beacon.name)", "via": "broadcast"])
+        self.scheduler.logger.info("node discovered", metadata: ["node": "\(address)", "node.name": "\(beacon.name)", "via": "\(via)"])
         self.add(address, discovered: true)
+    }
+
+    /// A node's DNS-SD service went away. A node that is connected says goodbye or
+    /// misses heartbeats on its own; one we are still trying to reach is forgotten
+    /// until it is announced again.
+    func withdrawn(serviceName: String) {
+        guard !self.stopped, let key = self.services.removeValue(forKey: serviceName), let link = self.links[key], link.discovered else { return }
+        self.scheduler.logger.info("node withdrew its DNS-SD service", metadata: ["node": "\(key)", "node.name": "\(serviceName)"])
+        if !link.connected {
+            link.stop()
+            self.links[key] = nil
+            self.scheduler.nodeProblems[key] = nil
+        }
     }
 
     private func add(_ address: NodeAddress, discovered: Bool) {
@@ -154,10 +174,54 @@ final class BeaconHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = Self.unwrapInboundIn(data)
         guard let beacon = NodeBeacon(datagram: Array(envelope.data.readableBytesView)), let host = envelope.remoteAddress.ipAddress else { return }
-        self.manager.discovered(beacon, host: host)
+        self.manager.discovered(beacon, host: host, via: "broadcast")
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // An ICMP error or a bad datagram must not stop discovery.
+    }
+}
+
+/// Browses `_ppnode._tcp` with DNS-SD and hands resolved nodes to the resource manager.
+///
+/// Browser callbacks arrive on the browser's queue and hop to the job server's loop.
+final class DNSSDListener: @unchecked Sendable {
+    private let manager: ResourceManager
+    private var browser: DNSSDBrowser?  // touched only on the loop
+
+    init(manager: ResourceManager) {
+        self.manager = manager
+    }
+
+    /// Starts browsing; when avahi-daemon cannot be reached, says once that DNS-SD is
+    /// off and why (broadcast beacons still work).
+    func start(loop: any EventLoop) {
+        let manager = self.manager
+        let logger = manager.scheduler.logger
+        do {
+            self.browser = try DNSSDBrowser(type: NodeBeacon.serviceType) { event in
+                loop.execute {
+                    switch event {
+                    case .found(let service):
+                        guard let beacon = NodeBeacon(txt: service.txt, port: service.port, serviceName: service.name) else {
+                            logger.debug("DNS-SD service without a ppnode TXT record ignored", metadata: ["service": "\(service.name)"])
+                            return
+                        }
+                        manager.discovered(beacon, host: service.address, via: "DNS-SD")
+                    case .removed(let name):
+                        manager.withdrawn(serviceName: name)
+                    case .failed(let error):
+                        logger.notice("DNS-SD: \(error)")
+                    }
+                }
+            }
+        } catch {
+            logger.notice("DNS-SD off: \(error); finding nodes by broadcast beacons and given addresses only")
+        }
+    }
+
+    func stop() {
+        self.browser?.cancel()
+        self.browser = nil
     }
 }

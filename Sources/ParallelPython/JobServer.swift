@@ -35,8 +35,11 @@ public final class JobServer: Sendable {
         /// The cluster secret for nodes; `nil` loads it (`PP_SECRET`, then the default
         /// secret file) when there are nodes.
         public var secret: ClusterSecret?
-        /// Find nodes by their broadcast beacons (and use those of our cluster).
+        /// Find nodes by DNS-SD and by their broadcast beacons (and use those of our
+        /// cluster).
         public var discover: Bool
+        /// Browse DNS-SD when discovering: `$PP_DNSSD` (`off` turns it off), else on.
+        public var dnssd: Bool
         /// The UDP port of beacons and probes: `$PP_DISCOVERY_PORT`, else 7340.
         public var discoveryPort: Int
         /// Where probes go: `$PP_BROADCAST` (an IPv4 address or off), else 255.255.255.255.
@@ -67,6 +70,7 @@ public final class JobServer: Sendable {
             let env = ProcessInfo.processInfo.environment
             self.discoveryPort = env["PP_DISCOVERY_PORT"].flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil } ?? NodeBeacon.defaultPort
             self.broadcast = (try? BroadcastTarget.fromEnvironment()) ?? .off
+            self.dnssd = !["off", "no", "false", "0"].contains(env["PP_DNSSD"]?.lowercased() ?? "")
             self.heartbeatTimeout = .seconds(3)
             self.noExecutorTimeout = .seconds(30)
             self.logger = logger
@@ -82,6 +86,7 @@ public final class JobServer: Sendable {
     let local: LocalExecutor  // touched only on `loop`
     let resources: ResourceManager  // touched only on `loop`
     let beacons: BeaconListener?  // touched only on `loop`
+    let browser: DNSSDListener?  // touched only on `loop`
     private let ids = ManagedAtomicCounter(start: 1)
     private let book = Mutex(Book())
     private let started = ContinuousClock.now
@@ -116,6 +121,8 @@ public final class JobServer: Sendable {
         self.resources = resources
         let beacons = configuration.discover ? BeaconListener(manager: resources, port: configuration.discoveryPort, target: configuration.broadcast) : nil
         self.beacons = beacons
+        let browser = configuration.discover && configuration.dnssd ? DNSSDListener(manager: resources) : nil
+        self.browser = browser
         let local = self.local
         let loop = self.loop
         self.loop.execute {
@@ -123,6 +130,10 @@ public final class JobServer: Sendable {
             scheduler.add(local)
             for address in configuration.nodes { resources.addStatic(address) }
             beacons?.start(loop: loop)
+            browser?.start(loop: loop)
+            if configuration.discover, !configuration.dnssd {
+                configuration.logger.notice("DNS-SD off (PP_DNSSD=off); finding nodes by broadcast beacons and given addresses only")
+            }
         }
     }
 
@@ -410,6 +421,7 @@ public final class JobServer: Sendable {
         guard first else { return }
         try? await self.loop.submit {
             self.beacons?.stop()
+            self.browser?.stop()
             self.resources.stop()
             self.scheduler.stop()
         }.get()

@@ -69,6 +69,7 @@ final class NodeLink: @unchecked Sendable {
     /// until the next beacon.
     let discovered: Bool
     private var failures = 0
+    private var pendingRetry: Scheduled<Void>?
     /// Called when a discovered link gives up.
     var onGiveUp: (() -> Void)?
 
@@ -149,6 +150,17 @@ final class NodeLink: @unchecked Sendable {
         self.retry()
     }
 
+    /// Whether the node is connected and authenticated.
+    var connected: Bool { self.executor?.isUsable ?? false }
+
+    /// The node was announced again: if we are waiting to retry, retry now.
+    func nudge() {
+        guard !self.stopped, self.executor == nil, let pending = self.pendingRetry else { return }
+        pending.cancel()
+        self.pendingRetry = nil
+        self.connect()
+    }
+
     private func retry() {
         guard !self.stopped else { return }
         self.failures += 1
@@ -160,7 +172,10 @@ final class NodeLink: @unchecked Sendable {
         }
         let delay = self.backoff
         self.backoff = min(self.backoff * 2, .seconds(5))
-        self.scheduler.loop.scheduleTask(in: delay) { [self] in self.connect() }
+        self.pendingRetry = self.scheduler.loop.scheduleTask(in: delay) { [self] in
+            self.pendingRetry = nil
+            self.connect()
+        }
     }
 
     private func problem(_ text: String) {

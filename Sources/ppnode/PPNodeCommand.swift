@@ -71,8 +71,14 @@ struct PPNodeCommand: AsyncParsableCommand {
     @Option(name: .customLong("discovery-port"), help: ArgumentHelp("UDP port of broadcast beacons and probes (env PP_DISCOVERY_PORT; default 7340).", valueName: "PORT"))
     var discoveryPort: Int?
 
-    @Option(name: .customLong("beacon-interval"), help: ArgumentHelp("Seconds between beacons (env PP_BEACON_INTERVAL; default 2). Beacons go to $PP_BROADCAST (an IPv4 broadcast address, or off; default 255.255.255.255).", valueName: "SECONDS"))
+    @Option(name: .customLong("beacon-interval"), help: ArgumentHelp("Seconds between beacons (env PP_BEACON_INTERVAL; default 2). ", valueName: "SECONDS"))
     var beaconInterval: Double?
+
+    @Option(help: ArgumentHelp("Where beacons go: an IPv4 broadcast address, an interface name (its broadcast address), or off (env PP_BROADCAST; default 255.255.255.255).", valueName: "ADDRESS|IFACE|off"))
+    var broadcast: String?
+
+    @Flag(name: .customLong("no-dnssd"), help: "Do not register with DNS-SD (env PP_DNSSD=off; default on when avahi-daemon runs).")
+    var noDNSSD = false
 
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error (env PP_LOG_LEVEL; default info).", valueName: "LEVEL"))
     var logLevel: String?
@@ -112,6 +118,7 @@ struct PPNodeCommand: AsyncParsableCommand {
         configuration.discoveryPort = settings.discoveryPort
         configuration.beaconInterval = settings.beaconInterval
         configuration.broadcast = settings.broadcast
+        configuration.dnssd = settings.dnssd
 
         let node = NodeServer(configuration: configuration)
         let address: SocketAddress

@@ -20,11 +20,13 @@ struct Settings {
     var discoveryPort = NodeBeacon.defaultPort
     var beaconInterval: Duration = .seconds(2)
     var broadcast = BroadcastTarget.address("255.255.255.255")
+    var dnssd = true
 
     /// The keys a config file may hold, each documented in config/ppnode.conf.
     static let keys: Set<String> = [
         "host", "port", "workers", "python", "secret-file", "name", "max-frame", "cache-bytes",
         "handshake-timeout", "heartbeat-timeout", "drain-timeout", "log-level", "discovery-port", "beacon-interval",
+        "broadcast", "dnssd",
     ]
 
     init(command c: PPNodeCommand) throws {
@@ -70,10 +72,19 @@ struct Settings {
         if let v = try seconds(c.drainTimeout, "PP_DRAIN_TIMEOUT", "drain-timeout") { self.drainTimeout = v }
         if let v = try int(c.discoveryPort, "PP_DISCOVERY_PORT", "discovery-port", min: 1, max: 65535) { self.discoveryPort = v }
         if let v = try seconds(c.beaconInterval, "PP_BEACON_INTERVAL", "beacon-interval") { self.beaconInterval = v }
-        do {
-            self.broadcast = try BroadcastTarget.fromEnvironment()
-        } catch {
-            throw ValidationError("\(error)")
+        if let (text, origin) = pick(c.broadcast, "PP_BROADCAST", "broadcast") {
+            do {
+                self.broadcast = try BroadcastTarget.parse(text.trimmingCharacters(in: .whitespaces), origin: origin)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        if let (text, origin) = pick(c.noDNSSD ? "off" : nil, "PP_DNSSD", "dnssd") {
+            switch text.lowercased() {
+            case "on", "yes", "true", "1": self.dnssd = true
+            case "off", "no", "false", "0": self.dnssd = false
+            default: throw ValidationError("\(origin): '\(text)' is not on or off")
+            }
         }
         if let (text, origin) = pick(c.logLevel, "PP_LOG_LEVEL", "log-level") {
             guard let level = Logger.Level(rawValue: text.lowercased()) else {

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPDNSSD
 import ParallelPython
+import Synchronization
 
 /// `ppnodes`: lists the ppnode daemons of the LAN and their state.
 @main
@@ -10,11 +12,13 @@ struct PPNodes: AsyncParsableCommand {
         commandName: "ppnodes",
         abstract: "List the ppnode daemons that answer on this network, and their state.",
         discussion: """
-            Sends a probe to $PP_BROADCAST (default 255.255.255.255; off sends none) on \
-            the discovery port ($PP_DISCOVERY_PORT, default 7340), listens for beacons \
+            Browses DNS-SD (_ppnode._tcp, through avahi-daemon; PP_DNSSD=off skips it) \
+            and sends a probe to $PP_BROADCAST (default 255.255.255.255; off sends none) \
+            on the discovery port ($PP_DISCOVERY_PORT, default 7340), gathers answers \
             for --timeout seconds, then asks every node of your cluster (same secret key \
             id) for its counters over the native protocol. Nodes of another cluster are \
-            listed with what their beacon says.
+            listed with what they announce. When one path is off, ppnodes says why once \
+            and uses the other.
 
             Exit status: 0 when at least one node was found, 1 when none, 2 on a bad \
             secret or PP_BROADCAST, 64 on a bad command line.
@@ -62,14 +66,27 @@ struct PPNodes: AsyncParsableCommand {
             }
             FileHandle.standardError.write(Data("ppnodes: \(error); nodes are listed from their beacons only\n".utf8))
         }
-        let port = ProcessInfo.processInfo.environment["PP_DISCOVERY_PORT"].flatMap(Int.init) ?? NodeBeacon.defaultPort
+        let env = ProcessInfo.processInfo.environment
+        let port = env["PP_DISCOVERY_PORT"].flatMap(Int.init) ?? NodeBeacon.defaultPort
+        let useDNSSD = !["off", "no", "false", "0"].contains(env["PP_DNSSD"]?.lowercased() ?? "")
+        var paths: [String] = []
+        if case .address(let a) = target { paths.append("broadcast probe to \(a):\(port)") } else { paths.append("beacons on port \(port) (PP_BROADCAST=off)") }
+        if !useDNSSD { FileHandle.standardError.write(Data("ppnodes: DNS-SD off (PP_DNSSD=off); listing nodes found by broadcast only\n".utf8)) }
+        var dnssdReported = false
         repeat {
-            let rows = await Self.survey(target: target, port: port, window: self.timeout, secret: secret)
+            let browse = useDNSSD ? DNSSDCollector() : nil
+            if let error = browse?.error, !dnssdReported {
+                dnssdReported = true
+                FileHandle.standardError.write(Data("ppnodes: DNS-SD off: \(error); listing nodes found by broadcast only\n".utf8))
+            } else if browse?.error == nil, useDNSSD, !paths.contains("DNS-SD") {
+                paths.append("DNS-SD")
+            }
+            let rows = await Self.survey(target: target, port: port, window: self.timeout, secret: secret, browse: browse)
             if self.watch, !self.json { print("\u{1B}[H\u{1B}[2J", terminator: "") }
             if self.json {
                 print(Self.jsonText(rows))
             } else if rows.isEmpty {
-                FileHandle.standardError.write(Data("ppnodes: no node answered within \(self.timeout) s (probe to \(Self.describe(target)):\(port); DNS-SD is not implemented yet)\n".utf8))
+                FileHandle.standardError.write(Data("ppnodes: no node answered within \(self.timeout) s (looked by \(paths.joined(separator: " and "))); is a ppnode running on this network, and is PP_BROADCAST right?\n".utf8))
             } else {
                 print(Self.table(rows))
             }
@@ -83,14 +100,21 @@ struct PPNodes: AsyncParsableCommand {
     struct Row {
         var address: String
         var beacon: NodeBeacon
+        var via: [String]
         var inCluster: Bool
         var accepted: Bool?
         var stats: [String: JSONValue]
     }
 
-    static func survey(target: BroadcastTarget, port: Int, window: Double, secret: ClusterSecret?) async -> [Row] {
-        let found = Self.collectBeacons(target: target, port: port, window: window)
-        var rows = found.map { Row(address: $0.key, beacon: $0.value, inCluster: $0.value.keyid == secret?.keyID, accepted: nil, stats: [:]) }
+    static func survey(target: BroadcastTarget, port: Int, window: Double, secret: ClusterSecret?, browse: DNSSDCollector?) async -> [Row] {
+        let beacons = Self.collectBeacons(target: target, port: port, window: window)
+        let services = browse?.finish() ?? [:]
+        var rows: [Row] = []
+        for key in Set(beacons.keys).union(services.keys) {
+            let beacon = beacons[key] ?? services[key]!
+            let via = (services[key] != nil ? ["DNS-SD"] : []) + (beacons[key] != nil ? ["broadcast"] : [])
+            rows.append(Row(address: key, beacon: beacon, via: via, inCluster: beacon.keyid == secret?.keyID, accepted: nil, stats: [:]))
+        }
         let ours = rows.filter(\.inCluster).compactMap { try? NodeAddress(parsing: $0.address) }
         if !ours.isEmpty, let secret {
             var logger = Logger(label: "ppnodes")
@@ -183,7 +207,7 @@ struct PPNodes: AsyncParsableCommand {
     }
 
     static func table(_ rows: [Row]) -> String {
-        let header = ["NAME", "ADDRESS", "CORES", "WORKERS", "BUSY", "DONE", "LOAD", "VERSION", "PROTO", "PYTHON", "ARCH/OS", "RTT", "CLUSTER"]
+        let header = ["NAME", "ADDRESS", "CORES", "WORKERS", "BUSY", "DONE", "LOAD", "VERSION", "PROTO", "PYTHON", "ARCH/OS", "RTT", "FOUND BY", "CLUSTER"]
         var lines = [header]
         for r in rows {
             let cluster = !r.inCluster ? "other (key id \(r.beacon.keyid))" : (r.accepted == true ? "mine, secret accepted" : "mine, secret refused")
@@ -191,7 +215,7 @@ struct PPNodes: AsyncParsableCommand {
             lines.append([
                 r.beacon.name, r.address, String(r.beacon.cores), String(r.beacon.workers), Self.value(r.stats, "busy_workers"),
                 Self.value(r.stats, "jobs_done"), Self.value(r.stats, "load_average"), r.beacon.version, String(r.beacon.protocol),
-                Self.value(r.stats, "python"), "\(r.beacon.arch ?? "?")/\(r.beacon.os ?? "?")", rtt, cluster,
+                r.python, "\(r.beacon.arch ?? "?")/\(r.beacon.os ?? "?")", rtt, r.via.joined(separator: "+"), cluster,
             ])
         }
         let widths = header.indices.map { c in lines.map { $0[c].count }.max() ?? 0 }
@@ -210,12 +234,59 @@ struct PPNodes: AsyncParsableCommand {
                 "protocol": .int(r.beacon.protocol), "keyid": .string(r.beacon.keyid), "in_cluster": .bool(r.inCluster),
                 "arch": r.beacon.arch.map { .string($0) } ?? .null, "os": r.beacon.os.map { .string($0) } ?? .null,
                 "accepts_secret": r.accepted.map { .bool($0) } ?? .null,
+                "python": r.python == "-" ? .null : .string(r.python),
+                "found_by": .array(r.via.map { .string($0) }),
             ]
-            for key in ["busy_workers", "jobs_done", "load_average", "python", "rtt_us", "queued"] {
+            for key in ["busy_workers", "jobs_done", "load_average", "rtt_us", "queued"] {
                 o[key] = r.stats[key] ?? .null
             }
             return .object(o)
         }
         return JSONValue.array(values).description
+    }
+}
+
+extension PPNodes.Row {
+    /// The Python version from the node's counters, else from its announcement.
+    var python: String {
+        if case .string(let v) = self.stats["python"], !v.isEmpty { return v }
+        return self.beacon.python ?? "-"
+    }
+}
+
+/// Gathers `_ppnode._tcp` services resolved by DNS-SD while the survey runs.
+final class DNSSDCollector: Sendable {
+    private final class Found: Sendable {
+        let byAddress = Mutex<[String: NodeBeacon]>([:])
+    }
+
+    private let found = Found()
+    private let browser = Mutex<DNSSDBrowser?>(nil)
+    /// Why DNS-SD is off, when it is.
+    let error: DNSSDError?
+
+    init() {
+        do {
+            let found = self.found
+            let browser = try DNSSDBrowser(type: NodeBeacon.serviceType) { [found] event in
+                guard case .found(let service) = event,
+                    let beacon = NodeBeacon(txt: service.txt, port: service.port, serviceName: service.name)
+                else { return }
+                found.byAddress.withLock { $0[NodeAddress(host: service.address, port: service.port).description] = beacon }
+            }
+            self.browser.withLock { $0 = browser }
+            self.error = nil
+        } catch {
+            self.error = error
+        }
+    }
+
+    /// Stops browsing and returns what was found, by address.
+    func finish() -> [String: NodeBeacon] {
+        self.browser.withLock { b -> DNSSDBrowser? in
+            defer { b = nil }
+            return b
+        }?.cancel()
+        return self.found.byAddress.withLock { $0 }
     }
 }
