@@ -167,6 +167,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "NetLabTests",
+            dependencies: ["PPTesting"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "PPRunTests",
             dependencies: ["PPTesting"],
             swiftSettings: swiftSettings

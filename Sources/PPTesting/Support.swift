@@ -135,10 +135,15 @@ public final class NodeProcess: @unchecked Sendable {
     /// - Parameters:
     ///   - arguments: extra flags.
     ///   - secret: the value of `PP_SECRET` for it.
-    public init(_ arguments: [String] = [], secret: String?, environment: [String: String] = [:]) throws {
+    ///   - launcher: a command line that execs ppnode (such as `netlab exec LAB 1`), so
+    ///     the process's pid is still the node's; with a launcher the node listens on
+    ///     every address of its host and the default port unless `arguments` say otherwise.
+    public init(_ arguments: [String] = [], secret: String?, environment: [String: String] = [:], launcher: [String] = []) throws {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: builtCommand("ppnode"))
-        p.arguments = ["--port", "0", "--host", "127.0.0.1", "--log-level", "debug"] + arguments
+        let defaults = launcher.isEmpty ? ["--port", "0", "--host", "127.0.0.1"] : []
+        let command = launcher + [builtCommand("ppnode")] + defaults + ["--log-level", "debug"] + arguments
+        p.executableURL = URL(fileURLWithPath: command[0])
+        p.arguments = Array(command.dropFirst())
         var env = ProcessInfo.processInfo.environment
         env["PP_BROADCAST"] = env["PP_BROADCAST"] ?? "off"
         env["PP_SECRET"] = secret

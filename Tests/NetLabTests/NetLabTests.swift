@@ -1,0 +1,288 @@
+// Discovery across hosts: each host is a network namespace on one bridge with its own
+// D-Bus and avahi-daemon (scripts/netlab; ../shared/NETLAB.md). Needs root.
+
+import Foundation
+import PPTesting
+import Synchronization
+import Testing
+
+/// One simulated LAN, deleted by `down()`.
+final class Lab: Sendable {
+    let name: String
+    let script = repositoryRoot + "/scripts/netlab"
+
+    init(hosts: Int) throws {
+        let letters = Array("abcdefghijklmnopqrstuvwxyz0123456789")
+        self.name = "pp" + String((0..<5).map { _ in letters.randomElement()! })
+        let r = try runProcess(self.script, ["up", self.name, String(hosts)])
+        guard r.status == 0 else {
+            _ = try? runProcess(self.script, ["down", self.name])
+            throw LabError(text: "netlab up failed (status \(r.status)): \(r.stderr)")
+        }
+    }
+
+    /// The command prefix that runs a program on host `i`.
+    func launcher(_ i: Int) -> [String] { [self.script, "exec", self.name, String(i)] }
+
+    /// Runs a program on host `i` to completion.
+    func run(_ i: Int, _ command: String, _ arguments: [String], environment: [String: String] = [:]) throws -> ProcessResult {
+        try runProcess(self.script, ["exec", self.name, String(i), builtCommand(command)] + arguments, environment: environment)
+    }
+
+    /// Starts a ppnode on host `i` (listening on 0.0.0.0:7340).
+    func node(_ i: Int, _ arguments: [String] = [], secret: String) throws -> NodeProcess {
+        try NodeProcess(arguments, secret: secret, launcher: self.launcher(i))
+    }
+
+    func avahi(_ i: Int, _ action: String) throws {
+        let r = try runProcess(self.script, ["avahi", self.name, String(i), action])
+        guard r.status == 0 else { throw LabError(text: "netlab avahi \(action) failed: \(r.stderr)") }
+    }
+
+    func down() {
+        _ = try? runProcess(self.script, ["down", self.name])
+    }
+}
+
+struct LabError: Error, CustomStringConvertible {
+    var text: String
+    var description: String { self.text }
+}
+
+/// A process whose stdout lines are collected while it runs (a pprun run watched by a test).
+final class WatchedProcess: @unchecked Sendable {
+    // `out` and `err` are appended by reader threads under `lock`.
+    let process = Process()
+    private let lock = NSLock()
+    private var out = ""
+    private var err = ""
+    private let finished = DispatchGroup()
+
+    init(_ command: [String], environment: [String: String]) throws {
+        self.process.executableURL = URL(fileURLWithPath: command[0])
+        self.process.arguments = Array(command.dropFirst())
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        self.process.environment = env
+        let o = Pipe(), e = Pipe()
+        self.process.standardOutput = o
+        self.process.standardError = e
+        self.process.standardInput = FileHandle.nullDevice
+        try self.process.run()
+        for (pipe, isOut) in [(o, true), (e, false)] {
+            self.finished.enter()
+            Thread { [self] in
+                while true {
+                    let data = pipe.fileHandleForReading.availableData
+                    if data.isEmpty { break }
+                    self.lock.lock()
+                    if isOut { self.out += String(decoding: data, as: UTF8.self) } else { self.err += String(decoding: data, as: UTF8.self) }
+                    self.lock.unlock()
+                }
+                self.finished.leave()
+            }.start()
+        }
+    }
+
+    var lines: [String] {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        return self.out.split(separator: "\n").map(String.init)
+    }
+
+    var stderr: String {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        return self.err
+    }
+
+    /// Waits (bounded) until `condition` holds; false on timeout.
+    @discardableResult
+    func wait(seconds: Double, until condition: ([String]) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition(self.lines) { return true }
+            if !self.process.isRunning { return condition(self.lines) }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    /// Waits (at most `seconds`) for the exit; kills it after that. Returns the status.
+    func finish(seconds: Double) -> Int32 {
+        let deadline = Date().addingTimeInterval(seconds)
+        while self.process.isRunning, Date() < deadline { usleep(20_000) }
+        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+        self.process.waitUntilExit()
+        _ = self.finished.wait(timeout: .now() + 5)
+        return self.process.terminationStatus
+    }
+}
+
+/// One result line of `where`: `[i, host address, pid of the ppnode that ran it]`.
+struct Placement: Hashable {
+    var index: Int
+    var address: String
+    var node: Int32
+
+    init?(_ line: String) {
+        guard let a = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [Any], a.count == 3,
+            let i = a[0] as? Int, let address = a[1] as? String, let pid = a[2] as? Int
+        else { return nil }
+        self.index = i
+        self.address = address
+        self.node = Int32(pid)
+    }
+}
+
+/// Python: where a job ran (its host's address on the lab network and its node's pid).
+/// Jobs from `gate_from` on wait (at most 60 s) for the file `gate` to exist.
+func placementSource(gate: String = "/nonexistent", gateFrom: Int = Int.max, seconds: Double = 0) -> String {
+    """
+    import os, socket, time
+
+    def where(i):
+        if i >= \(gateFrom == Int.max ? 1 << 62 : gateFrom):
+            for _ in range(6000):
+                if os.path.exists("\(gate)"):
+                    break
+                time.sleep(0.01)
+        time.sleep(\(seconds))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(("10.88.0.254", 9))
+        address = s.getsockname()[0]
+        s.close()
+        return [i, address, os.getppid()]
+    """
+}
+
+let labSecret = "netlab-secret-0123456789abcdef"
+let strangerSecret = "another-cluster-secret-987654321"
+
+@Suite("discovery across hosts (network namespaces, avahi-daemon per host)", .serialized)
+struct NetLabTests {
+    @Test func dnssdFindsBothNodesAndBroadcastWorksWithoutAvahi() throws {
+        let lab = try Lab(hosts: 3)
+        defer { lab.down() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = try dir.write("where.py", placementSource())
+        let one = try lab.node(1, ["--name", "one", "--workers", "1"], secret: labSecret)
+        let two = try lab.node(2, ["--name", "two", "--workers", "2"], secret: labSecret)
+        defer { one.stop(); two.stop() }
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+
+        // DNS-SD alone: on another discovery port host 3 hears no beacon and its probe
+        // reaches nobody.
+        let dnssdOnly = ["PP_SECRET": labSecret, "PP_DISCOVERY_PORT": "7399"]
+        let listed = try lab.run(3, "ppnodes", ["--json", "--timeout", "2"], environment: dnssdOnly)
+        #expect(listed.status == 0, "\(listed.stderr)")
+        let rows = try Self.rows(listed.stdout)
+        #expect(rows.count == 2, "\(listed.stdout)")
+        for (name, address, workers) in [("one", "10.88.0.1:7340", 1), ("two", "10.88.0.2:7340", 2)] {
+            let row = rows.first { $0["name"] as? String == name }
+            #expect(row?["address"] as? String == address)
+            #expect(row?["cores"] as? Int == cores)
+            #expect(row?["workers"] as? Int == workers)
+            #expect(row?["found_by"] as? [String] == ["DNS-SD"])
+            #expect(row?["in_cluster"] as? Bool == true && row?["accepts_secret"] as? Bool == true)
+            #expect((row?["python"] as? String)?.hasPrefix("3.") == true)
+        }
+        let run = try lab.run(3, "pprun", ["map", file + ":where", "--range", "0:30", "--workers", "0"], environment: dnssdOnly)
+        #expect(run.status == 0, "\(run.stderr)")
+        let placed = run.lines.compactMap(Placement.init)
+        #expect(placed.map(\.index) == Array(0..<30))
+        #expect(Set(placed.map(\.node)).isSubset(of: [one.process.processIdentifier, two.process.processIdentifier]))
+
+        // Broadcast alone: host 3's avahi-daemon stops; it says DNS-SD is off and why.
+        try lab.avahi(3, "stop")
+        let byBroadcast = try lab.run(3, "ppnodes", ["--json", "--timeout", "2"], environment: ["PP_SECRET": labSecret])
+        #expect(byBroadcast.status == 0, "\(byBroadcast.stderr)")
+        #expect(byBroadcast.stderr.contains("DNS-SD off"), "\(byBroadcast.stderr)")
+        let rows2 = try Self.rows(byBroadcast.stdout)
+        #expect(Set(rows2.compactMap { $0["address"] as? String }) == ["10.88.0.1:7340", "10.88.0.2:7340"])
+        #expect(rows2.allSatisfy { $0["found_by"] as? [String] == ["broadcast"] && $0["cores"] as? Int == cores })
+        let run2 = try lab.run(3, "pprun", ["map", file + ":where", "--range", "0:30", "--workers", "0"], environment: ["PP_SECRET": labSecret])
+        #expect(run2.status == 0, "\(run2.stderr)")
+        #expect(run2.stderr.contains("DNS-SD off"), "\(run2.stderr)")
+        #expect(run2.lines.compactMap(Placement.init).map(\.index) == Array(0..<30))
+    }
+
+    @Test func nodesThatStartDieAndComeBackWhileJobsRun() throws {
+        let lab = try Lab(hosts: 3)
+        defer { lab.down() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let gate = dir.path + "/gate"
+        let total = 200
+        let file = try dir.write("where.py", placementSource(gate: gate, gateFrom: 100, seconds: 0.02))
+        // pprun starts with no node anywhere: its jobs wait.
+        let run = try WatchedProcess(
+            lab.launcher(3) + [builtCommand("pprun"), "map", file + ":where", "--range", "0:\(total)", "--workers", "0"],
+            environment: ["PP_SECRET": labSecret]
+        )
+        var nodes: [NodeProcess] = []
+        defer {
+            for n in nodes { n.stop() }
+            _ = run.finish(seconds: 0)
+        }
+        usleep(500_000)
+        #expect(run.lines.isEmpty)
+        // A node starts half-way through pprun's wait and is used.
+        let first = try lab.node(1, ["--name", "first", "--workers", "2"], secret: labSecret)
+        nodes.append(first)
+        #expect(run.wait(seconds: 30) { $0.count >= 20 }, "\(run.stderr)")
+        let second = try lab.node(2, ["--name", "second", "--workers", "2"], secret: labSecret)
+        nodes.append(second)
+        // The first dies half-way: its jobs go to the second.
+        #expect(run.wait(seconds: 30) { $0.count >= 50 }, "\(run.stderr)")
+        first.signal(SIGKILL)
+        #expect(run.wait(seconds: 30) { $0.count >= 100 }, "\(run.stderr)")
+        // It comes back; then the second dies while it holds the gated jobs: only the
+        // restarted node can finish them.
+        let again = try lab.node(1, ["--name", "first", "--workers", "2"], secret: labSecret)
+        nodes.append(again)
+        second.signal(SIGKILL)
+        FileManager.default.createFile(atPath: gate, contents: nil)
+        let status = run.finish(seconds: 60)
+        #expect(status == 0, "\(run.stderr)")
+        let placed = run.lines.compactMap(Placement.init)
+        #expect(placed.count == total, "\(run.stderr)")
+        #expect(placed.map(\.index).sorted() == Array(0..<total))
+        let byNode = Dictionary(grouping: placed, by: \.node)
+        #expect(byNode[first.process.processIdentifier]?.isEmpty == false)
+        #expect(byNode[second.process.processIdentifier]?.isEmpty == false)
+        #expect(placed.filter { $0.index >= 100 }.allSatisfy { $0.node == again.process.processIdentifier })
+    }
+
+    @Test func aNodeOfAnotherClusterIsListedAndGetsNoJobs() throws {
+        let lab = try Lab(hosts: 3)
+        defer { lab.down() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = try dir.write("where.py", placementSource())
+        let mine = try lab.node(1, ["--name", "mine"], secret: labSecret)
+        let stranger = try lab.node(2, ["--name", "stranger"], secret: strangerSecret)
+        defer { mine.stop(); stranger.stop() }
+        let listed = try lab.run(3, "ppnodes", ["--json", "--timeout", "2"], environment: ["PP_SECRET": labSecret])
+        #expect(listed.status == 0, "\(listed.stderr)")
+        let rows = try Self.rows(listed.stdout)
+        let other = rows.first { $0["name"] as? String == "stranger" }
+        #expect(other?["in_cluster"] as? Bool == false)
+        #expect(other?["address"] as? String == "10.88.0.2:7340")
+        #expect(rows.first { $0["name"] as? String == "mine" }?["in_cluster"] as? Bool == true)
+        let table = try lab.run(3, "ppnodes", ["--timeout", "2"], environment: ["PP_SECRET": labSecret])
+        #expect(table.stdout.contains("other (key id"), "\(table.stdout)")
+        let run = try lab.run(3, "pprun", ["map", file + ":where", "--range", "0:40", "--workers", "0"], environment: ["PP_SECRET": labSecret])
+        #expect(run.status == 0, "\(run.stderr)")
+        let placed = run.lines.compactMap(Placement.init)
+        #expect(placed.count == 40)
+        #expect(placed.allSatisfy { $0.address == "10.88.0.1" })
+        #expect(run.stderr.contains("node of another cluster ignored"), "\(run.stderr)")
+        #expect(!stranger.logText.contains("client authenticated"))
+    }
+
+    static func rows(_ json: String) throws -> [[String: Any]] {
+        (try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]) ?? []
+    }
+}
