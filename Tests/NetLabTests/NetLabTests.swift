@@ -167,10 +167,12 @@ struct NetLabTests {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let file = try dir.write("where.py", placementSource())
-        let one = try lab.node(1, ["--name", "one", "--workers", "1"], secret: labSecret)
+        let one = try lab.node(1, ["--name", "one", "--workers", "1", "--broadcast", "eth0"], secret: labSecret)
         let two = try lab.node(2, ["--name", "two", "--workers", "2"], secret: labSecret)
         defer { one.stop(); two.stop() }
         let cores = ProcessInfo.processInfo.activeProcessorCount
+        // An interface name stands for its broadcast address.
+        #expect(one.logText.contains("broadcast=10.88.0.255:7340"), "\(one.logText)")
 
         // DNS-SD alone: on another discovery port host 3 hears no beacon and its probe
         // reaches nobody.
@@ -187,6 +189,16 @@ struct NetLabTests {
             #expect(row?["found_by"] as? [String] == ["DNS-SD"])
             #expect(row?["in_cluster"] as? Bool == true && row?["accepts_secret"] as? Bool == true)
             #expect((row?["python"] as? String)?.hasPrefix("3.") == true)
+        }
+        // The TXT record as avahi's own tools see it, Python version included (it is
+        // added by an update once the first worker has started).
+        let browse = try runProcess(lab.script, ["exec", lab.name, "3", "avahi-browse", "-rpt", "_ppnode._tcp"])
+        let resolved = browse.lines.filter { $0.hasPrefix("=") }
+        #expect(resolved.count == 2, "\(browse.stdout) \(browse.stderr)")
+        for line in resolved {
+            for key in ["id=", "protocol=1", "cores=\(cores)", "workers=", "arch=", "os=Linux", "python=3.", "keyid="] {
+                #expect(line.contains("\"\(key)"), "\(line)")
+            }
         }
         let run = try lab.run(3, "pprun", ["map", file + ":where", "--range", "0:30", "--workers", "0"], environment: dnssdOnly)
         #expect(run.status == 0, "\(run.stderr)")

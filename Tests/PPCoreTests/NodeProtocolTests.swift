@@ -82,6 +82,19 @@ struct NodeProtocolTests {
         #expect(try BroadcastTarget.fromEnvironment(["PP_BROADCAST": "127.255.255.255"]) == .address("127.255.255.255"))
         #expect(try BroadcastTarget.fromEnvironment([:]) == .address("255.255.255.255"))
         #expect(throws: BroadcastError.self) { try BroadcastTarget.fromEnvironment(["PP_BROADCAST": "lan"]) }
+        // Loopback has no broadcast address: naming it is an error, not a silent default.
+        #expect(throws: BroadcastError.self) { try BroadcastTarget.parse("lo", origin: "--broadcast") }
+    }
+
+    @Test func dnssdTXTCarriesTheBeaconButItsPort() throws {
+        var beacon = NodeBeacon(id: "ab12", name: "n1", port: 7345, keyid: "k", protocol: 1, cores: 8, workers: 6, version: "0.1.0")
+        beacon.python = "3.11.2"
+        let txt = beacon.txt
+        #expect(txt["port"] == nil && txt["python"] == "3.11.2" && txt["cores"] == "8" && txt["arch"] != nil)
+        #expect(NodeBeacon(txt: txt, port: 7345, serviceName: "n1") == beacon)
+        // Another program's service under our type, or a bad port, is not a node.
+        #expect(NodeBeacon(txt: ["name": "x"], port: 7345, serviceName: "x") == nil)
+        #expect(NodeBeacon(txt: txt, port: 0, serviceName: "n1") == nil)
     }
 
     @Test func proofsDependOnSecretNonceAndDirection() throws {

@@ -384,7 +384,11 @@ struct NodeTests {
         #expect(r2.stderr.contains("bad.conf:1 (port): 'lots' is not a whole number"))
         let badBroadcast = try runProcess(builtCommand("ppnode"), ["--port", "0"], environment: ["PP_SECRET": secret, "PP_BROADCAST": "lan-please"])
         #expect(badBroadcast.status == 2)
-        #expect(badBroadcast.stderr.contains("PP_BROADCAST='lan-please' is neither 'off' nor an IPv4 address"))
+        #expect(badBroadcast.stderr.contains("PP_BROADCAST='lan-please' is neither 'off', an IPv4 address nor an interface"))
+        // An interface name stands for its broadcast address; a bad flag names the flag.
+        let loBroadcast = try runProcess(builtCommand("ppnode"), ["--port", "0", "--broadcast", "no-such-if0"], environment: ["PP_SECRET": secret])
+        #expect(loBroadcast.status == 2)
+        #expect(loBroadcast.stderr.contains("--broadcast='no-such-if0' is neither"), "\(loBroadcast.stderr)")
         let short = try runProcess(builtCommand("ppnode"), ["--port", "0"], environment: ["PP_SECRET": "short"])
         #expect(short.status == 2)
         #expect(short.stderr.contains("use at least 16"))
