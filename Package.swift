@@ -143,6 +143,7 @@ let package = Package(
                 "ParallelPython",
                 "PPCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/ppbench",
             swiftSettings: swiftSettings

@@ -10,12 +10,17 @@
 //     (synchronous round trip), against multiprocessing.Pool(chunksize=1) and against
 //     ppft's own ppserver driven by the ppft client (installed with pip into a venv,
 //     .venv-bench, on first use; --no-ppft skips it).
+// (d) discovery and failure detection, on loopback broadcast with a private discovery
+//     port: node start to its first job for a client that was given no address, and
+//     kill -9 / SIGSTOP of a node holding jobs to those jobs being rescheduled.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
 // alike; the ratios are what to compare across machines.
 
 import Foundation
+import Logging
 import PPCore
 import ParallelPython
+import Synchronization
 
 struct Options {
     var jobs = 20_000
@@ -332,6 +337,102 @@ func childPIDs(of pid: Int32) -> [Int32] {
 
 let ppftResult = ppftNumbers()
 
+// MARK: (d) discovery latency and failure detection
+
+/// Remembers when the job server logged each message (to time "node lost").
+struct EventClock: LogHandler {
+    final class Events: Sendable {
+        let list = Mutex<[(String, ContinuousClock.Instant)]>([])
+        func first(_ message: String, after: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+            self.list.withLock { $0.first { $0.0 == message && $0.1 >= after }?.1 }
+        }
+    }
+    let events: Events
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { self.metadata[key] }
+        set { self.metadata[key] = newValue }
+    }
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+        let now = ContinuousClock.now
+        self.events.list.withLock { $0.append((message.description, now)) }
+    }
+}
+
+let benchSecret = try ClusterSecret(text: secretText, origin: "ppbench")
+let sleeper = try PythonFunction(name: "nap", source: "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n")
+func nodeArgs(_ workers: Int) -> [String] { ["--port", "0", "--host", "127.0.0.1", "--workers", String(workers), "--log-level", "info", "--beacon-interval", "2"] }
+
+/// Node start to first job done, for a client with no address that discovers by broadcast.
+func discoveryLatency() async -> (total: Double, toReady: Double) {
+    let port = Int.random(in: 40_000...49_999)
+    var configuration = JobServer.Configuration(workers: 0, secret: benchSecret, discover: true)
+    configuration.discoveryPort = port
+    configuration.broadcast = .address("127.255.255.255")
+    configuration.dnssd = false
+    let client = JobServer(configuration: configuration)
+    let done = Mutex<ContinuousClock.Instant?>(nil)
+    let finished = DispatchSemaphore(value: 0)
+    _ = client.submit(inc, arguments: try! JobArguments([1]), as: RawJSON.self) { _ in
+        done.withLock { $0 = .now }
+        finished.signal()
+    }
+    try? await Task.sleep(for: .milliseconds(300))  // the client is listening
+    let start = ContinuousClock.now
+    let (node, _) = startDaemon(binDir + "/ppnode", nodeArgs(1), env: ["PP_SECRET": secretText, "PP_DISCOVERY_PORT": String(port), "PP_BROADCAST": "127.255.255.255", "PP_DNSSD": "off"], ready: "ppnode ready")
+    let ready = ContinuousClock.now
+    _ = finished.wait(timeout: .now() + 30)
+    let end = done.withLock { $0 } ?? .now
+    await client.shutdown()
+    node.terminate()
+    node.waitUntilExit()
+    return (seconds(end - start), seconds(ready - start))
+}
+
+/// Signal to "node lost" for a node holding jobs: `SIGKILL` (its sockets close) or
+/// `SIGSTOP` (it falls silent: only the heartbeat notices).
+func failureDetection(_ signal: Int32) async -> Double {
+    let events = EventClock.Events()
+    var logger = Logger(label: "ppbench") { _ in EventClock(events: events) }
+    logger.logLevel = .info
+    let (a, aLine) = startDaemon(binDir + "/ppnode", nodeArgs(1), env: ["PP_SECRET": secretText, "PP_DNSSD": "off"], ready: "ppnode ready")
+    let (b, bLine) = startDaemon(binDir + "/ppnode", nodeArgs(1), env: ["PP_SECRET": secretText, "PP_DNSSD": "off"], ready: "ppnode ready")
+    func port(_ line: String) -> Int { Int(line.split(separator: " ").first { $0.hasPrefix("address=") }!.split(separator: ":").last!)! }
+    let client = JobServer(configuration: .init(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: port(aLine)), NodeAddress(host: "127.0.0.1", port: port(bLine))], secret: benchSecret, discover: false, logger: logger))
+    for _ in 0..<100 where await client.activeExecutors().count < 2 { try? await Task.sleep(for: .milliseconds(10)) }
+    let handles = (0..<6).map { _ in try! client.submit(sleeper, 0.4, as: Double.self) }
+    try? await Task.sleep(for: .milliseconds(150))  // both nodes are running jobs
+    let start = ContinuousClock.now
+    kill(a.processIdentifier, signal)
+    var detected: ContinuousClock.Instant?
+    for _ in 0..<1000 {
+        detected = events.first("node lost", after: start)
+        if detected != nil { break }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    for h in handles { _ = await h.result }  // every job still ends (on b)
+    if signal == SIGSTOP { kill(a.processIdentifier, SIGCONT) }
+    await client.shutdown()
+    for p in [a, b] {
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+    }
+    return detected.map { seconds($0 - start) } ?? .infinity
+}
+
+var discovery: [(total: Double, toReady: Double)] = []
+for _ in 0..<options.rounds { discovery.append(await discoveryLatency()) }
+discovery.sort { $0.total < $1.total }
+var killDetect: [Double] = []
+var stopDetect: [Double] = []
+for _ in 0..<options.rounds {
+    killDetect.append(await failureDetection(SIGKILL))
+    stopDetect.append(await failureDetection(SIGSTOP))
+}
+killDetect.sort()
+stopDetect.sort()
+
 // MARK: Report
 
 print("")
@@ -355,3 +456,8 @@ if let ppftResult {
 } else {
     print("    ppft comparison skipped")
 }
+print("(d) discovery and failure detection (loopback broadcast; median of \(options.rounds), worst in brackets)")
+print("    node start to its first job    \(fmt(discovery[discovery.count / 2].total * 1000, 0)) ms [\(fmt(discovery.last!.total * 1000, 0))]   (target <= 1000; process start to ready \(fmt(discovery[discovery.count / 2].toReady * 1000, 0)) ms)")
+print("      ppft: beacons every 10 s; a client adds a node only at its next beacon")
+print("    kill -9 to jobs rescheduled    \(fmt(killDetect[killDetect.count / 2] * 1000, 1)) ms [\(fmt(killDetect.last! * 1000, 1))]   (target <= 3000)")
+print("    SIGSTOP (silent node) detected \(fmt(stopDetect[stopDetect.count / 2] * 1000, 0)) ms [\(fmt(stopDetect.last! * 1000, 0))]   (heartbeat timeout 3 s)")

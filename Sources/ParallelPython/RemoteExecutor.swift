@@ -292,14 +292,18 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
         self.phase = .awaitingChallenge(nonce: nonce)
         self.write(.hello(minVersion: NodeProtocol.minimumVersion, maxVersion: NodeProtocol.version, nonce: nonce, keyID: self.secret.keyID, name: self.link.clientName))
         let timeout = self.link.heartbeatTimeout
-        self.heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
+        // Ping every second; check for silence four times a second, so a silent node
+        // is dropped at most 250 ms after its timeout.
+        var ticks = 0
+        self.heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) { [self] _ in
             guard let channel = self.channel else { return }
             if NIODeadline.now() - self.lastHeard > .nanoseconds(timeout.nanosecondsInt64) {
                 self.closeReason = "no heartbeat for \(timeout)"
                 channel.close(promise: nil)
                 return
             }
-            self.write(.ping(0))
+            ticks += 1
+            if ticks % 4 == 0 { self.write(.ping(0)) }
         }
     }
 
