@@ -156,6 +156,16 @@ func placementSource(gate: String = "/nonexistent", gateFrom: Int = Int.max, sec
     """
 }
 
+/// Polls `condition` every 20 ms for at most `seconds`.
+func waitFor(seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
+
 let labSecret = "netlab-secret-0123456789abcdef"
 let strangerSecret = "another-cluster-secret-987654321"
 
@@ -174,6 +184,10 @@ struct NetLabTests {
         // An interface name stands for its broadcast address.
         #expect(one.logText.contains("broadcast=10.88.0.255:7340"), "\(one.logText)")
 
+        // Nodes are announced once avahi has probed their names (about a second).
+        for node in [one, two] {
+            #expect(waitFor(seconds: 20) { node.logText.contains("DNS-SD on: registered") }, "\(node.logText)")
+        }
         // DNS-SD alone: on another discovery port host 3 hears no beacon and its probe
         // reaches nobody.
         let dnssdOnly = ["PP_SECRET": labSecret, "PP_DISCOVERY_PORT": "7399"]
