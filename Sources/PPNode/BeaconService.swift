@@ -23,7 +23,11 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     /// Probes answered since start.
     private(set) var probesAnswered = 0
 
-    init(beacon: NodeBeacon, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger) {
+    /// Also answers ppft clients' "C" datagrams (on the pp-compatible port).
+    private let answersPPClients: Bool
+
+    init(beacon: NodeBeacon, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger, answersPPClients: Bool = false) {
+        self.answersPPClients = answersPPClients
         self.beacon = beacon.datagram
         self.target = target
         self.port = port
@@ -90,9 +94,21 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = Self.unwrapInboundIn(data)
-        guard NodeBeacon.isProbe(Array(envelope.data.readableBytesView)) else { return }
+        let bytes = Array(envelope.data.readableBytesView)
+        var destination = envelope.remoteAddress
+        if self.answersPPClients, bytes.first == UInt8(ascii: "C") {
+            // A ppft client listens on the pp port of the wildcard address, not on the
+            // port it sent from: answer there, by broadcast as ppft's server does (a
+            // unicast would reach only one of several sockets sharing the port).
+            let host: String
+            if case .address(let broadcast) = self.target { host = broadcast } else { host = envelope.remoteAddress.ipAddress ?? "127.0.0.1" }
+            guard let to = try? SocketAddress(ipAddress: host, port: self.port) else { return }
+            destination = to
+        } else if !NodeBeacon.isProbe(bytes) {
+            return
+        }
         self.probesAnswered += 1
-        let reply = AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: context.channel.allocator.buffer(bytes: self.beacon))
+        let reply = AddressedEnvelope(remoteAddress: destination, data: context.channel.allocator.buffer(bytes: self.beacon))
         context.writeAndFlush(Self.wrapOutboundOut(reply), promise: nil)
     }
 

@@ -35,6 +35,16 @@ public struct NodeConfiguration: Sendable {
     /// Register `_ppnode._tcp` with DNS-SD (needs avahi-daemon; without it the node
     /// says so once and relies on beacons).
     public var dnssd = true
+    /// The TCP port of the pp-compatible listener (Parallel Python's wire protocol, for
+    /// unchanged ppft clients); `nil` turns it off. Its autodiscovery beacons use the
+    /// same number as UDP port.
+    public var ppPort: Int? = PPWire.defaultPort
+    /// The version string the pp-compatible listener announces (ppft clients require
+    /// their own).
+    public var ppVersion: String = PPWire.defaultVersion
+    /// Accept Parallel Python's published default secret on the pp-compatible listener
+    /// (with a warning). Off by default: that secret is no secret.
+    public var ppAllowDefaultSecret = false
     /// Where the node logs.
     public var logger: Logger
 

@@ -24,6 +24,9 @@ public final class NodeServer: Sendable {
     private let serverChannel = Mutex<(any Channel)?>(nil)
     private let beacons = Mutex<BeaconService?>(nil)
     private let registration = Mutex<DNSSDRegistration?>(nil)
+    private let ppChannel = Mutex<(any Channel)?>(nil)
+    private let ppBeacons = Mutex<BeaconService?>(nil)
+    let pp: PPCompatService
     private let pythonVersion = Mutex<String?>(nil)
     private let closed = Mutex<[CheckedContinuation<Void, Never>]?>([])
 
@@ -42,6 +45,7 @@ public final class NodeServer: Sendable {
         poolConfiguration.shutdownGrace = configuration.drainTimeout
         self.pool = WorkerPool(configuration: poolConfiguration, eventLoop: self.loop)
         self.state = NodeState(cacheBytes: configuration.cacheBytes)
+        self.pp = PPCompatService(version: configuration.ppVersion)
     }
 
     /// The number of workers the node runs.
@@ -84,8 +88,60 @@ public final class NodeServer: Sendable {
         } else {
             self.configuration.logger.notice("DNS-SD off (--no-dnssd); clients find this node by broadcast beacons or its address")
         }
+        if let ppPort = self.configuration.ppPort { await self.startPPCompat(port: ppPort) }
         Task { await self.advertisePythonVersion() }
         return address
+    }
+
+    /// The pp-compatible listener's address, once it runs.
+    public var ppAddress: SocketAddress? { self.ppChannel.withLock { $0?.localAddress } }
+
+    /// Opens the pp-compatible listener and its ppft-style autodiscovery. Problems turn
+    /// it off with a log line that says why; the native protocol keeps working.
+    private func startPPCompat(port: Int) async {
+        let logger = self.configuration.logger
+        if self.configuration.secret.bytes == Array(PPWire.defaultSecret.utf8) {
+            guard self.configuration.ppAllowDefaultSecret else {
+                logger.error("pp-compatible listener off: this node's secret is Parallel Python's published default secret; set a secret of your own (or pass --pp-allow-default-secret to accept it anyway)")
+                return
+            }
+            logger.warning("pp-compatible listener accepts Parallel Python's published default secret (--pp-allow-default-secret): anyone who has read ppft's source can run code on this node")
+        }
+        let bootstrap = ServerBootstrap(group: self.group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let peer = channel.remoteAddress.map { "\($0)" } ?? "?"
+                    try channel.pipeline.syncOperations.addHandlers(
+                        QuickAckHandler(),
+                        ByteToMessageHandler(PPFrameDecoder(maxFrame: self.configuration.maxFrame)),
+                        PPSession(node: self, compat: self.pp, peer: peer)
+                    )
+                }
+            }
+        do {
+            let channel = try await bootstrap.bind(host: self.configuration.host, port: port).get()
+            self.ppChannel.withLock { $0 = channel }
+            logger.info("pp-compatible listener ready", metadata: ["pp.address": "\(channel.localAddress!)", "pp.version": "\(self.configuration.ppVersion)"])
+        } catch {
+            logger.warning("pp-compatible listener off: cannot listen; pick another --pp-port or --no-pp", metadata: ["pp.port": "\(port)", "error": "\(error)"])
+            return
+        }
+        // ppft's autodiscovery listens on its server port and connects to whoever sends
+        // a datagram starting with "S": our beacon does.
+        let boundPort = self.ppAddress?.port ?? port
+        let beacons = BeaconService(
+            beacon: self.beacon(port: self.serverChannel.withLock { $0?.localAddress?.port } ?? self.configuration.port),
+            target: self.configuration.broadcast,
+            port: boundPort,
+            interval: self.configuration.beaconInterval,
+            logger: logger,
+            answersPPClients: true
+        )
+        await beacons.start(group: self.loop)
+        self.ppBeacons.withLock { $0 = beacons }
     }
 
     /// Publishes `_ppnode._tcp` with the beacon's fields as TXT. Without avahi-daemon
@@ -164,9 +220,10 @@ public final class NodeServer: Sendable {
             defer { r = nil }
             return r
         }?.cancel()
-        if let beacons = self.beacons.withLock({ $0 }) {
+        for beacons in [self.beacons.withLock({ $0 }), self.ppBeacons.withLock({ $0 })].compactMap({ $0 }) {
             try? await self.loop.submit { beacons.stop() }.get()
         }
+        if let pp = self.ppChannel.withLock({ $0 }) { try? await pp.close() }
         try? await channel.close()
         try? await self.loop.submit { self.state.beginDrain() }.get()
         await self.pool.shutdown()
@@ -267,6 +324,12 @@ final class NodeState: @unchecked Sendable {
         w.int(self.cache.bytes)
         w.raw(",\"python\":")
         w.string(pool.pythonVersion ?? "")
+        w.raw(",\"pp_connections\":")
+        w.int(node.pp.connections)
+        w.raw(",\"pp_jobs_done\":")
+        w.int(node.pp.jobsDone)
+        w.raw(",\"pp_auth_failures\":")
+        w.int(node.pp.authFailures)
         w.raw(",\"load_average\":")
         var loads = [Double](repeating: 0, count: 3)
         _ = getloadavg(&loads, 3)

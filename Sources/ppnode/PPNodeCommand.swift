@@ -80,6 +80,18 @@ struct PPNodeCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-dnssd"), help: "Do not register with DNS-SD (env PP_DNSSD=off; default on when avahi-daemon runs).")
     var noDNSSD = false
 
+    @Option(name: .customLong("pp-port"), help: ArgumentHelp("TCP port of the Parallel Python (ppft) compatible listener, also the UDP port of its autodiscovery (env PP_PP_PORT; default 60000; 0 picks one).", valueName: "PORT"))
+    var ppPort: Int?
+
+    @Flag(name: .customLong("no-pp"), help: "Do not open the Parallel Python compatible listener.")
+    var noPP = false
+
+    @Option(name: .customLong("pp-version"), help: ArgumentHelp("Version string announced to ppft clients; they require their own (default 1.7.8).", valueName: "VERSION"))
+    var ppVersion: String?
+
+    @Flag(name: .customLong("pp-allow-default-secret"), help: "Accept ppft's published default secret on the pp listener (with a warning). Refused otherwise.")
+    var ppAllowDefaultSecret = false
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error (env PP_LOG_LEVEL; default info).", valueName: "LEVEL"))
     var logLevel: String?
 
@@ -119,6 +131,9 @@ struct PPNodeCommand: AsyncParsableCommand {
         configuration.beaconInterval = settings.beaconInterval
         configuration.broadcast = settings.broadcast
         configuration.dnssd = settings.dnssd
+        configuration.ppPort = settings.ppPort
+        configuration.ppVersion = settings.ppVersion
+        configuration.ppAllowDefaultSecret = settings.ppAllowDefaultSecret
 
         let node = NodeServer(configuration: configuration)
         let address: SocketAddress

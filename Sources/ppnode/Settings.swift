@@ -21,12 +21,15 @@ struct Settings {
     var beaconInterval: Duration = .seconds(2)
     var broadcast = BroadcastTarget.address("255.255.255.255")
     var dnssd = true
+    var ppPort: Int? = PPWire.defaultPort
+    var ppVersion = PPWire.defaultVersion
+    var ppAllowDefaultSecret = false
 
     /// The keys a config file may hold, each documented in config/ppnode.conf.
     static let keys: Set<String> = [
         "host", "port", "workers", "python", "secret-file", "name", "max-frame", "cache-bytes",
         "handshake-timeout", "heartbeat-timeout", "drain-timeout", "log-level", "discovery-port", "beacon-interval",
-        "broadcast", "dnssd",
+        "broadcast", "dnssd", "pp-port", "pp-version", "pp-allow-default-secret",
     ]
 
     init(command c: PPNodeCommand) throws {
@@ -84,6 +87,25 @@ struct Settings {
             case "on", "yes", "true", "1": self.dnssd = true
             case "off", "no", "false", "0": self.dnssd = false
             default: throw ValidationError("\(origin): '\(text)' is not on or off")
+            }
+        }
+        if c.noPP {
+            self.ppPort = nil
+        } else if let (text, origin) = pick(c.ppPort.map(String.init), "PP_PP_PORT", "pp-port") {
+            if text.lowercased() == "off" {
+                self.ppPort = nil
+            } else {
+                guard let v = Int(text), (0...65535).contains(v) else { throw ValidationError("\(origin): '\(text)' is not a port (0-65535) or off") }
+                self.ppPort = v
+            }
+        }
+        if let (v, _) = pick(c.ppVersion, "PP_PP_VERSION", "pp-version") { self.ppVersion = v }
+        if c.ppAllowDefaultSecret { self.ppAllowDefaultSecret = true }
+        if let (text, origin) = pick(nil, "PP_PP_ALLOW_DEFAULT_SECRET", "pp-allow-default-secret") {
+            switch text.lowercased() {
+            case "yes", "on", "true", "1": self.ppAllowDefaultSecret = true
+            case "no", "off", "false", "0": break
+            default: throw ValidationError("\(origin): '\(text)' is not yes or no")
             }
         }
         if let (text, origin) = pick(c.logLevel, "PP_LOG_LEVEL", "log-level") {
