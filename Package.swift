@@ -168,6 +168,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "PPCompatTests",
+            dependencies: ["PPTesting"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "NetLabTests",
             dependencies: ["PPTesting"],
             swiftSettings: swiftSettings

@@ -20,13 +20,26 @@ enum PPAdapter {
         import base64 as _pp_b64
         import io as _pp_io
         import sys as _pp_sys
+        import types as _pp_types
         try:
             import dill as _pp_pickle
         except ImportError:
             import pickle as _pp_pickle
 
-        _pp_ns = {"__name__": "__main__", "__builtins__": __builtins__}
+        # ppft runs jobs in its worker's __main__: dill unpickles classes and functions
+        # of the client's __main__ into the worker's, and their globals are its dict.
+        # Each pp function gets a __main__ of its own, swapped in while it loads and runs.
+        _pp_main = _pp_types.ModuleType("__main__")
+        _pp_ns = _pp_main.__dict__
         _pp_fname = None
+
+        def _pp_loads(data):
+            # dill resolves the client's __main__ to its unpickler's _main.
+            if getattr(_pp_pickle, "__name__", "") == "dill":
+                unpickler = _pp_pickle.Unpickler(_pp_io.BytesIO(data))
+                unpickler._main = _pp_main
+                return unpickler.load()
+            return _pp_pickle.loads(data)
 
         def _pp_load():
             global _pp_fname
@@ -50,23 +63,26 @@ enum PPAdapter {
         def _pp_call(sargs):
             out = _pp_io.StringIO()
             saved = _pp_sys.stdout, _pp_sys.stderr
+            saved_main = _pp_sys.modules.get("__main__")
             _pp_sys.stdout = _pp_sys.stderr = out
+            _pp_sys.modules["__main__"] = _pp_main
             try:
                 if _pp_fname is None:
                     _pp_load()
-                args = _pp_pickle.loads(_pp_b64.b64decode(sargs))
+                args = _pp_loads(_pp_b64.b64decode(sargs))
                 try:
                     result = _pp_ns[_pp_fname](*args)
                 except BaseException:
                     print("An error has occured during the function execution")
                     _pp_sys.excepthook(*_pp_sys.exc_info())
                     result = None
+                try:
+                    data = _pp_pickle.dumps((result, out.getvalue()), 2)
+                except BaseException as e:
+                    data = _pp_pickle.dumps((None, out.getvalue() + "ppnode: the result cannot be pickled: %r\n" % (e,)), 2)
             finally:
                 _pp_sys.stdout, _pp_sys.stderr = saved
-            try:
-                data = _pp_pickle.dumps((result, out.getvalue()), 2)
-            except BaseException as e:
-                data = _pp_pickle.dumps((None, out.getvalue() + "ppnode: the result cannot be pickled: %r\n" % (e,)), 2)
+                _pp_sys.modules["__main__"] = saved_main
             return _pp_b64.b64encode(data).decode("ascii")
         """#
 

@@ -1,0 +1,173 @@
+// Parallel Python compatibility: ppft 1.7.8 from PyPI, unchanged but for its server
+// address and secret, against ppnode and against ppft's own ppserver.
+
+import Foundation
+import PPTesting
+import Testing
+
+/// A venv with ppft 1.7.8 and dill from PyPI, made once under .build.
+func ppftVenv() throws -> String {
+    let venv = repositoryRoot + "/.build/ppft-venv"
+    if !FileManager.default.fileExists(atPath: venv + "/bin/ppserver") {
+        let r = try runProcess("/bin/sh", ["-c", "python3 -m venv '\(venv)' && '\(venv)/bin/pip' install -q ppft==1.7.8 dill"])
+        guard r.status == 0 else { throw CompatError(text: "cannot install ppft from PyPI: \(r.stderr)") }
+    }
+    return venv
+}
+
+struct CompatError: Error, CustomStringConvertible {
+    var text: String
+    var description: String { self.text }
+}
+
+/// ppft's own network server on a free port, stopped (with its workers) by `stop()`.
+final class PPServerProcess: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+
+    init(venv: String, secret: String, workers: Int) throws {
+        self.port = Int.random(in: 50_000...59_000)
+        self.process.executableURL = URL(fileURLWithPath: venv + "/bin/ppserver")
+        self.process.arguments = ["-p", String(self.port), "-i", "127.0.0.1", "-w", String(workers), "-s", secret]
+        self.process.standardOutput = FileHandle.nullDevice
+        self.process.standardError = FileHandle.nullDevice
+        try self.process.run()
+        // Ready when the port accepts.
+        for _ in 0..<200 {
+            if (try? runProcess("/bin/bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(self.port)"]))?.status == 0 { return }
+            usleep(50_000)
+        }
+        self.stop()
+        throw CompatError(text: "ppserver did not start on port \(self.port)")
+    }
+
+    func stop() {
+        // ppserver ignores SIGTERM; its workers are its children: kill them by pid too.
+        let children = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }.filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == self.process.processIdentifier
+        }
+        kill(self.process.processIdentifier, SIGKILL)
+        for pid in children { kill(pid, SIGKILL) }
+        self.process.waitUntilExit()
+    }
+}
+
+let compatSecret = "compat-secret-0123456789abcdef"
+
+/// The pp-compatible port from a node's log.
+func ppPort(_ node: NodeProcess) -> Int? {
+    guard let field = node.logText.split(whereSeparator: { $0 == " " || $0 == "\n" }).first(where: { $0.hasPrefix("pp.address=") }) else { return nil }
+    return Int(field.split(separator: ":").last ?? "")
+}
+
+/// An example of ppft's own with only the server address and the secret changed.
+func patchedExample(_ name: String, venv: String, port: Int, into dir: TemporaryDirectory) throws -> String {
+    let source = try String(contentsOfFile: venv + "/lib/python3.11/site-packages/ppft/tests/\(name).py", encoding: .utf8)
+    let patched = source
+        .replacingOccurrences(of: "\nppservers = ()", with: "\nppservers = (\"127.0.0.1:\(port)\",)")
+        .replacingOccurrences(of: "ppservers=ppservers)", with: "ppservers=ppservers, secret=\"\(compatSecret)\")")
+    return try dir.write("\(name)-\(port).py", patched)
+}
+
+/// Output without what depends on time or on the server (timings, statistics).
+func comparable(_ output: String) -> [String] {
+    output.split(separator: "\n").map(String.init).filter { line in
+        !(line.contains("Time elapsed") || line.contains("|") || line.contains("job count") || line.contains("Job execution statistics")
+            || line.contains("active tasks") || line.hasPrefix("Starting pp"))
+    }
+}
+
+@Suite("Parallel Python (ppft 1.7.8) compatibility", .serialized)
+struct PPCompatTests {
+    @Test func ppftExamplesPrintTheSameAgainstPpnodeAndPpserver() throws {
+        let venv = try ppftVenv()
+        // The node's workers use the venv's Python, which has dill (as ppserver's do).
+        let node = try NodeProcess(["--pp-port", "0", "--workers", "2", "--python", venv + "/bin/python"], secret: compatSecret)
+        defer { node.stop() }
+        let server = try PPServerProcess(venv: venv, secret: compatSecret, workers: 2)
+        defer { server.stop() }
+        let port = try #require(ppPort(node), "\(node.logText)")
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        for example in ["sum_primes", "sum_primes_functor", "callback", "auto_diff", "reverse_md5", "quicksort"] {
+            let ours = try runProcess(venv + "/bin/python", [try patchedExample(example, venv: venv, port: port, into: dir), "0"], directory: dir.path)
+            let theirs = try runProcess(venv + "/bin/python", [try patchedExample(example, venv: venv, port: server.port, into: dir), "0"], directory: dir.path)
+            #expect(ours.status == 0 && theirs.status == 0, "\(example): \(ours.stderr) \(theirs.stderr)")
+            #expect(!ours.stdout.contains("An error has occured"), "\(example): \(ours.stdout)")
+            if example == "quicksort" {
+                // Its input is random: both print 30 numbers in increasing order.
+                for out in [ours.stdout, theirs.stdout] {
+                    let line = out.split(separator: "\n").first { $0.hasPrefix("first 30 numbers in increasing order: ") }
+                    let numbers = line.map { $0.drop { $0 != "[" }.dropFirst().dropLast().split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } } ?? []
+                    #expect(numbers.count == 30 && numbers == numbers.sorted(), "\(out)")
+                }
+            } else {
+                #expect(comparable(ours.stdout) == comparable(theirs.stdout), "\(example)\n--- ppnode:\n\(ours.stdout)\n--- ppserver:\n\(theirs.stdout)")
+            }
+        }
+        #expect(node.logText.contains("pp-compatible listener ready"))
+    }
+
+    @Test func failingJobsAndBadClientsBehaveAsWithPpserver() throws {
+        let venv = try ppftVenv()
+        let node = try NodeProcess(["--pp-port", "0", "--workers", "1", "--python", venv + "/bin/python"], secret: compatSecret)
+        defer { node.stop() }
+        let server = try PPServerProcess(venv: venv, secret: compatSecret, workers: 1)
+        defer { server.stop() }
+        let port = try #require(ppPort(node), "\(node.logText)")
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let program = try dir.write("failing.py", """
+            import sys, pp
+            def bad(x):
+                print("before", x)
+                return 1 / x
+            def good(x):
+                return x + 1
+            js = pp.Server(0, ppservers=("127.0.0.1:" + sys.argv[1],), secret=sys.argv[2])
+            print("result", js.submit(bad, (0,))())
+            print("after", js.submit(good, (41,))())
+            js.destroy()
+            """)
+        let ours = try runProcess(venv + "/bin/python", [program, String(port), compatSecret])
+        let theirs = try runProcess(venv + "/bin/python", [program, String(server.port), compatSecret])
+        for out in [ours, theirs] {
+            #expect(out.status == 0, "\(out.stderr)")
+            #expect(out.stdout.contains("before 0"), "\(out.stdout)")
+            #expect(out.stdout.contains("An error has occured during the function execution"), "\(out.stdout)")
+            #expect(out.stdout.contains("ZeroDivisionError: division by zero"), "\(out.stdout)")
+            #expect(out.stdout.contains("result None"))
+            #expect(out.stdout.contains("after 42"))
+        }
+        // A wrong secret: the client gets no service, the node keeps serving.
+        let wrong = try runProcess("/usr/bin/timeout", ["20", venv + "/bin/python", "-c", """
+            import pp, sys, time
+            js = pp.Server(0, ppservers=("127.0.0.1:\(port)",), secret="not-the-secret-at-all")
+            time.sleep(1)  # its connection thread has tried
+            print("nodes", js.get_active_nodes())
+            js.destroy()
+            """])
+        #expect(wrong.stdout.contains("nodes {'local': 0}"), "\(wrong.stdout) \(wrong.stderr)")
+        #expect(node.logText.contains("pp client refused: wrong secret"))
+        let again = try runProcess(venv + "/bin/python", [program, String(port), compatSecret])
+        #expect(again.stdout.contains("after 42"))
+    }
+
+    @Test func defaultSecretIsRefusedUnlessAllowed() throws {
+        let refused = try NodeProcess(["--pp-port", "0"], secret: "epo20pdosl;dksldkmm")
+        defer { refused.stop() }
+        #expect(ppPort(refused) == nil)
+        #expect(refused.logText.contains("pp-compatible listener off: this node's secret is Parallel Python's published default secret"))
+        let allowed = try NodeProcess(["--pp-port", "0", "--pp-allow-default-secret"], secret: "epo20pdosl;dksldkmm")
+        defer { allowed.stop() }
+        #expect(allowed.logText.contains("accepts Parallel Python's published default secret"))
+        #expect(waitForPort(allowed))
+    }
+
+    func waitForPort(_ node: NodeProcess) -> Bool {
+        for _ in 0..<100 where ppPort(node) == nil { usleep(20_000) }
+        return ppPort(node) != nil
+    }
+}
