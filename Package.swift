@@ -168,11 +168,6 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
-            name: "PPCompatTests",
-            dependencies: ["PPTesting"],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
             name: "NetLabTests",
             dependencies: ["PPTesting"],
             swiftSettings: swiftSettings
