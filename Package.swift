@@ -173,6 +173,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "PPCompatTests",
+            dependencies: ["PPTesting"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "PPRunTests",
             dependencies: ["PPTesting"],
             swiftSettings: swiftSettings

@@ -19,15 +19,30 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     private let logger: Logger
     private var channel: (any Channel)?
     private var timer: RepeatedTask?
-    private var lastSendError: String?
+    /// The last send error by destination, so each problem is logged once.
+    private var sendErrors: [String: String] = [:]
     /// Probes answered since start.
     private(set) var probesAnswered = 0
 
-    /// Also answers ppft clients' "C" datagrams (on the pp-compatible port).
-    private let answersPPClients: Bool
+    /// What the service speaks on its port.
+    enum Style {
+        /// Our own beacons (`PPNB`...) and probes (`PPNQ`), on the discovery port.
+        case native
+        /// Parallel Python's autodiscovery, on the pp-compatible port: the datagram
+        /// "S" (a ppft client connects to the pp port of whoever sends it), sent
+        /// periodically and in answer to a client's "C". Our own probes are answered
+        /// with the native beacon as well.
+        case parallelPython
+    }
 
-    init(beacon: NodeBeacon, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger, answersPPClients: Bool = false) {
-        self.answersPPClients = answersPPClients
+    private let style: Style
+
+    /// ppft's server announcement: one byte. A ppft client checks only the first byte
+    /// and decodes the datagram as ASCII, so the beacon's JSON must not follow it.
+    static let ppAnnouncement: [UInt8] = Array("S".utf8)
+
+    init(beacon: NodeBeacon, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger, style: Style = .native) {
+        self.style = style
         self.beacon = beacon.datagram
         self.target = target
         self.port = port
@@ -76,18 +91,25 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
 
     private func send(to destination: SocketAddress) {
         guard let channel = self.channel else { return }
-        let envelope = AddressedEnvelope(remoteAddress: destination, data: channel.allocator.buffer(bytes: self.beacon))
+        guard self.style == .parallelPython else { return self.send(self.beacon, to: destination, on: channel) }
+        self.send(Self.ppAnnouncement, to: destination, on: channel)
+    }
+
+    private func send(_ bytes: [UInt8], to destination: SocketAddress, on channel: any Channel) {
+        let envelope = AddressedEnvelope(remoteAddress: destination, data: channel.allocator.buffer(bytes: bytes))
         channel.writeAndFlush(envelope).whenComplete { [self] result in
+            let key = "\(destination)"
             switch result {
             case .success:
-                if self.lastSendError != nil { self.logger.notice("broadcast beacons sent again") }
-                self.lastSendError = nil
+                if self.sendErrors.removeValue(forKey: key) != nil {
+                    self.logger.notice("broadcast beacons sent again", metadata: ["broadcast": "\(destination)"])
+                }
             case .failure(let error):
                 let text = "\(error)"
-                if self.lastSendError != text {
+                if self.sendErrors[key] != text {
                     self.logger.warning("cannot send a broadcast beacon; broadcast discovery is off until it works", metadata: ["broadcast": "\(destination)", "error": "\(text)"])
                 }
-                self.lastSendError = text
+                self.sendErrors[key] = text
             }
         }
     }
@@ -95,15 +117,17 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = Self.unwrapInboundIn(data)
         let bytes = Array(envelope.data.readableBytesView)
-        var destination = envelope.remoteAddress
-        if self.answersPPClients, bytes.first == UInt8(ascii: "C") {
+        let destination = envelope.remoteAddress
+        if self.style == .parallelPython, bytes.first == UInt8(ascii: "C") {
             // A ppft client listens on the pp port of the wildcard address, not on the
             // port it sent from: answer there, by broadcast as ppft's server does (a
             // unicast would reach only one of several sockets sharing the port).
             let host: String
             if case .address(let broadcast) = self.target { host = broadcast } else { host = envelope.remoteAddress.ipAddress ?? "127.0.0.1" }
             guard let to = try? SocketAddress(ipAddress: host, port: self.port) else { return }
-            destination = to
+            self.probesAnswered += 1
+            self.send(Self.ppAnnouncement, to: to, on: context.channel)
+            return
         } else if !NodeBeacon.isProbe(bytes) {
             return
         }

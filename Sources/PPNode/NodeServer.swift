@@ -130,7 +130,7 @@ public final class NodeServer: Sendable {
             return
         }
         // ppft's autodiscovery listens on its server port and connects to whoever sends
-        // a datagram starting with "S": our beacon does.
+        // a datagram starting with "S", as this service does.
         let boundPort = self.ppAddress?.port ?? port
         let beacons = BeaconService(
             beacon: self.beacon(port: self.serverChannel.withLock { $0?.localAddress?.port } ?? self.configuration.port),
@@ -138,7 +138,7 @@ public final class NodeServer: Sendable {
             port: boundPort,
             interval: self.configuration.beaconInterval,
             logger: logger,
-            answersPPClients: true
+            style: .parallelPython
         )
         await beacons.start(group: self.loop)
         self.ppBeacons.withLock { $0 = beacons }
