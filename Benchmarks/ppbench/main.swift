@@ -8,11 +8,14 @@
 //     against a serial Python loop;
 // (c) through one ppnode on loopback: tiny jobs pipelined and one at a time
 //     (synchronous round trip), against multiprocessing.Pool(chunksize=1) and against
-//     ppft's own ppserver driven by the ppft client (installed with pip into a venv,
-//     .venv-bench, on first use; --no-ppft skips it).
+//     ppft's own ppserver driven by the ppft client (ppft 1.7.8 and dill from PyPI in
+//     the venv .build/ppft-venv, made on first use; --no-ppft skips it).
 // (d) discovery and failure detection, on loopback broadcast with a private discovery
 //     port: node start to its first job for a client that was given no address, and
 //     kill -9 / SIGSTOP of a node holding jobs to those jobs being rescheduled.
+// (e) the unchanged ppft client against ppft's own ppserver and against ppnode's
+//     pp-compatible port: tiny jobs pipelined and one at a time, and the resident
+//     memory of each server with its workers afterwards.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
 // alike; the ratios are what to compare across machines.
 
@@ -169,7 +172,7 @@ let binDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComp
 let secretText = Hex.encode(randomBytes(16))
 
 /// Starts a process and waits until a line of its stderr contains `ready`; returns the
-/// process and that line.
+/// process and its stderr up to that line.
 func startDaemon(_ executable: String, _ args: [String], env: [String: String], ready: String) -> (Process, String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
@@ -187,10 +190,10 @@ func startDaemon(_ executable: String, _ args: [String], env: [String: String], 
         let data = err.fileHandleForReading.availableData
         if data.isEmpty { break }
         text += String(decoding: data, as: UTF8.self)
-        if let line = text.split(separator: "\n").first(where: { $0.contains(ready) }) {
+        if text.split(separator: "\n").contains(where: { $0.contains(ready) }) {
             // Keep draining its stderr so it never blocks on a full pipe.
             Thread { while !err.fileHandleForReading.availableData.isEmpty {} }.start()
-            return (p, String(line))
+            return (p, text)
         }
     }
     p.terminate()
@@ -200,12 +203,13 @@ func startDaemon(_ executable: String, _ args: [String], env: [String: String], 
 guard FileManager.default.isExecutableFile(atPath: binDir + "/ppnode") else {
     fail("\(binDir)/ppnode is missing; build every product first: swift build -c release")
 }
-let (node, readyLine) = startDaemon(
+let (node, readyLog) = startDaemon(
     binDir + "/ppnode",
-    ["--port", "0", "--host", "127.0.0.1", "--workers", String(options.workers), "--log-level", "info"],
+    ["--port", "0", "--no-pp", "--host", "127.0.0.1", "--workers", String(options.workers), "--log-level", "info"],
     env: ["PP_SECRET": secretText],
     ready: "ppnode ready"
 )
+let readyLine = readyLog.split(separator: "\n").first { $0.contains("ppnode ready") }!
 let nodePort = Int(readyLine.split(separator: " ").first { $0.hasPrefix("address=") }!.split(separator: ":").last!)!
 let remote = JobServer(configuration: .init(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: nodePort)], secret: try ClusterSecret(text: secretText, origin: "ppbench"), discover: false))
 _ = await remote.mapResults(inc, arguments: Array(tinyArgs.prefix(200)), as: RawJSON.self)
@@ -249,16 +253,25 @@ let poolRTT = python(
     options
 ).first ?? 0
 
-/// ppft's own server and client, from PyPI, in a venv next to the build.
-func ppftNumbers() -> (tiny: Double, rtt: Double)? {
-    guard options.ppft else { return nil }
-    let venv = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.venv-bench").standardized.path
-    let venvPython = venv + "/bin/python"
+/// What the unchanged ppft client measured against one server.
+struct PPFTRun {
+    /// Tiny jobs per second, all submitted at once.
+    var rate: Double
+    /// Seconds per job, submitted one at a time and waited for.
+    var rtt: Double
+    /// Resident memory of the server and its worker processes after the run, bytes.
+    var rss: Int
+}
+
+/// ppft 1.7.8 and dill from PyPI, in the venv the tests use (scripts/setup --test
+/// makes it too).
+func ppftVenv() -> String? {
+    let venv = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build/ppft-venv").standardized.path
     if !FileManager.default.fileExists(atPath: venv + "/bin/ppserver") {
-        print("ppbench: installing ppft 1.7.8 into \(venv) (once)")
+        print("ppbench: installing ppft 1.7.8 and dill into \(venv) (once)")
         let setup = Process()
         setup.executableURL = URL(fileURLWithPath: "/bin/sh")
-        setup.arguments = ["-c", "\(options.python) -m venv '\(venv)' && '\(venv)/bin/pip' install -q ppft==1.7.8 dill"]
+        setup.arguments = ["-c", "\(options.python) -m venv '\(venv)' && '\(venv)/bin/pip' install -q --disable-pip-version-check ppft==1.7.8 dill"]
         try? setup.run()
         setup.waitUntilExit()
         guard setup.terminationStatus == 0 else {
@@ -266,7 +279,11 @@ func ppftNumbers() -> (tiny: Double, rtt: Double)? {
             return nil
         }
     }
-    // A free port for ppserver: bind port 0, read it, close.
+    return venv
+}
+
+/// A free TCP port on loopback: bind port 0, read it, close.
+func freePort() -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
@@ -274,23 +291,24 @@ func ppftNumbers() -> (tiny: Double, rtt: Double)? {
     var len = socklen_t(MemoryLayout<sockaddr_in>.size)
     _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
     _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-    let port = Int(UInt16(bigEndian: addr.sin_port))
     close(fd)
-    let server = Process()
-    server.executableURL = URL(fileURLWithPath: venv + "/bin/ppserver")
-    server.arguments = ["-p", String(port), "-i", "127.0.0.1", "-w", String(options.workers), "-s", secretText]
-    server.standardOutput = FileHandle.nullDevice
-    server.standardError = FileHandle.nullDevice
-    do { try server.run() } catch { return nil }
-    defer {
-        // ppserver's workers are its children: end them too, by pid.
-        // (ppserver ignores SIGTERM.)
-        let children = childPIDs(of: server.processIdentifier)
-        kill(server.processIdentifier, SIGKILL)
-        server.waitUntilExit()
-        for pid in children { kill(pid, SIGKILL) }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// Resident memory of `pid` and its children (VmRSS from /proc), bytes.
+func residentBytes(of pid: Int32) -> Int {
+    ([pid] + childPIDs(of: pid)).reduce(0) { sum, p in
+        guard let status = try? String(contentsOfFile: "/proc/\(p)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kb = Int(line.split(separator: " ").dropFirst().first ?? "")
+        else { return sum }
+        return sum + kb * 1024
     }
-    usleep(1_000_000)
+}
+
+/// The same ppft client program against a server on `port`: `jobs` tiny jobs
+/// submitted at once, then `roundTrips` jobs one at a time; best of `rounds`.
+func ppftClient(venv: String, port: Int, jobs: Int, roundTrips: Int, rounds: Int) -> (rate: Double, rtt: Double)? {
     let numbers = python(
         """
         import time, pp
@@ -299,29 +317,82 @@ func ppftNumbers() -> (tiny: Double, rtt: Double)? {
         if __name__ != "__main__":
             raise SystemExit(0)
         job_server = pp.Server(ncpus=0, ppservers=("127.0.0.1:\(port)",), secret="\(secretText)")
+        deadline = time.time() + 20
+        while sum(v for k, v in job_server.get_active_nodes().items() if k != "local") == 0 and time.time() < deadline:
+            time.sleep(0.01)
         for _ in range(5):
             job_server.submit(f, (1,))()
         best_rate = 0.0
         best_rtt = float("inf")
-        for _ in range(1):
+        for _ in range(\(rounds)):
             t = time.perf_counter()
-            jobs = [job_server.submit(f, (i,)) for i in range(\(options.ppftJobs))]
+            jobs = [job_server.submit(f, (i,)) for i in range(\(jobs))]
             results = [j() for j in jobs]
-            assert results == [i + 1 for i in range(\(options.ppftJobs))]
-            best_rate = max(best_rate, \(options.ppftJobs) / (time.perf_counter() - t))
+            assert results == [i + 1 for i in range(\(jobs))], results[:10]
+            best_rate = max(best_rate, \(jobs) / (time.perf_counter() - t))
             t = time.perf_counter()
-            for i in range(\(options.ppftRoundTrips)):
-                job_server.submit(f, (i,))()
-            best_rtt = min(best_rtt, (time.perf_counter() - t) / \(options.ppftRoundTrips))
+            for i in range(\(roundTrips)):
+                assert job_server.submit(f, (i,))() == i + 1
+            best_rtt = min(best_rtt, (time.perf_counter() - t) / \(roundTrips))
         print(best_rate)
         print(best_rtt)
         job_server.destroy()
         """,
         options,
-        interpreter: venvPython
+        interpreter: venv + "/bin/python"
     )
     guard numbers.count == 2 else { return nil }
     return (numbers[0], numbers[1])
+}
+
+/// (e): the unchanged ppft client against ppft's own ppserver and against ppnode's
+/// pp-compatible port, each with `options.workers` workers, one after the other.
+func ppftNumbers() -> (ppserver: PPFTRun, ppnode: PPFTRun)? {
+    guard options.ppft, let venv = ppftVenv() else { return nil }
+
+    let port = freePort()
+    let server = Process()
+    server.executableURL = URL(fileURLWithPath: venv + "/bin/ppserver")
+    server.arguments = ["-p", String(port), "-i", "127.0.0.1", "-w", String(options.workers), "-s", secretText]
+    server.standardOutput = FileHandle.nullDevice
+    server.standardError = FileHandle.nullDevice
+    do { try server.run() } catch { return nil }
+    let theirs: PPFTRun?
+    do {
+        defer {
+            // ppserver's workers are its children: end them too, by pid.
+            // (ppserver ignores SIGTERM.)
+            let children = childPIDs(of: server.processIdentifier)
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+            for pid in children { kill(pid, SIGKILL) }
+        }
+        // ppserver logs nothing when ready: the client waits for its workers to show.
+        // ppft runs ~45 jobs/s here (Nagle and delayed ACKs): one round, few jobs.
+        theirs = ppftClient(venv: venv, port: port, jobs: options.ppftJobs, roundTrips: options.ppftRoundTrips, rounds: 1).map {
+            PPFTRun(rate: $0.rate, rtt: $0.rtt, rss: residentBytes(of: server.processIdentifier))
+        }
+    }
+
+    // The node's workers run the venv's Python, which has dill, as ppserver's do.
+    let (node, log) = startDaemon(
+        binDir + "/ppnode",
+        ["--port", "0", "--pp-port", "0", "--host", "127.0.0.1", "--workers", String(options.workers), "--python", venv + "/bin/python", "--log-level", "info"],
+        env: ["PP_SECRET": secretText],
+        ready: "ppnode ready"
+    )
+    defer {
+        node.terminate()
+        node.waitUntilExit()
+    }
+    guard let field = log.split(whereSeparator: { $0 == " " || $0 == "\n" }).first(where: { $0.hasPrefix("pp.address=") }),
+        let ppPort = Int(field.split(separator: ":").last ?? "")
+    else { fail("ppnode did not open its pp-compatible port: \(log)") }
+    let ours = ppftClient(venv: venv, port: ppPort, jobs: options.ppftJobs * 10, roundTrips: options.ppftRoundTrips * 10, rounds: options.rounds).map {
+        PPFTRun(rate: $0.rate, rtt: $0.rtt, rss: residentBytes(of: node.processIdentifier))
+    }
+    guard let theirs, let ours else { return nil }
+    return (theirs, ours)
 }
 /// Process ids whose parent is `pid` (from /proc).
 func childPIDs(of pid: Int32) -> [Int32] {
@@ -354,15 +425,15 @@ struct EventClock: LogHandler {
         get { self.metadata[key] }
         set { self.metadata[key] = newValue }
     }
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+    func log(event: LogEvent) {
         let now = ContinuousClock.now
-        self.events.list.withLock { $0.append((message.description, now)) }
+        self.events.list.withLock { $0.append((event.message.description, now)) }
     }
 }
 
 let benchSecret = try ClusterSecret(text: secretText, origin: "ppbench")
-let sleeper = try PythonFunction(name: "nap", source: "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n")
-func nodeArgs(_ workers: Int) -> [String] { ["--port", "0", "--host", "127.0.0.1", "--workers", String(workers), "--log-level", "info", "--beacon-interval", "2"] }
+let sleeper = PythonFunction(name: "nap", source: "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n")
+func nodeArgs(_ workers: Int) -> [String] { ["--port", "0", "--no-pp", "--host", "127.0.0.1", "--workers", String(workers), "--log-level", "info", "--beacon-interval", "2"] }
 
 /// Node start to first job done, for a client with no address that discovers by broadcast.
 func discoveryLatency() async -> (total: Double, toReady: Double) {
@@ -450,9 +521,9 @@ print("    tiny jobs, pipelined           \(fmt(nodeTiny, 0)) jobs/s   (target >
 print("      vs multiprocessing.Pool      ratio \(fmt(nodeTiny / poolTiny, 2))")
 print("    round trip, one at a time      \(fmt(nodeRTT * 1e6, 1)) us   (target <= 200)")
 print("      multiprocessing.Pool.apply   \(fmt(poolRTT * 1e6, 1)) us   ratio Pool/ours \(fmt(poolRTT / nodeRTT, 2))")
-if let ppftResult {
-    print("    ppft 1.7.8 ppserver + client   \(fmt(ppftResult.tiny, 0)) jobs/s pipelined (\(options.ppftJobs) jobs), \(fmt(ppftResult.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips))")
-    print("      ratio ours/ppft              \(fmt(nodeTiny / ppftResult.tiny, 1))x pipelined, \(fmt(ppftResult.rtt / nodeRTT, 1))x round trip")
+if let ppft = ppftResult?.ppserver {
+    print("    ppft 1.7.8 ppserver + client   \(fmt(ppft.rate, 0)) jobs/s pipelined (\(options.ppftJobs) jobs), \(fmt(ppft.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips))")
+    print("      ratio ours/ppft              \(fmt(nodeTiny / ppft.rate, 1))x pipelined, \(fmt(ppft.rtt / nodeRTT, 1))x round trip")
 } else {
     print("    ppft comparison skipped")
 }
@@ -461,3 +532,12 @@ print("    node start to its first job    \(fmt(discovery[discovery.count / 2].t
 print("      ppft: beacons every 10 s; a client adds a node only at its next beacon")
 print("    kill -9 to jobs rescheduled    \(fmt(killDetect[killDetect.count / 2] * 1000, 1)) ms [\(fmt(killDetect.last! * 1000, 1))]   (target <= 3000)")
 print("    SIGSTOP (silent node) detected \(fmt(stopDetect[stopDetect.count / 2] * 1000, 0)) ms [\(fmt(stopDetect.last! * 1000, 0))]   (heartbeat timeout 3 s)")
+if let (theirs, ours) = ppftResult {
+    func mib(_ bytes: Int) -> String { fmt(Double(bytes) / 1_048_576, 1) + " MiB" }
+    print("(e) the unchanged ppft 1.7.8 client, tiny jobs, against ppft's ppserver and ppnode's pp port (\(options.workers) workers each)")
+    print("    ppft ppserver                  \(fmt(theirs.rate, 0)) jobs/s pipelined (\(options.ppftJobs) jobs), \(fmt(theirs.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips)); server + workers \(mib(theirs.rss))")
+    print("    ppnode --pp-port               \(fmt(ours.rate, 0)) jobs/s pipelined (\(options.ppftJobs * 10) jobs), \(fmt(ours.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips * 10)); node + workers \(mib(ours.rss))")
+    print("    ratio ppnode/ppserver          \(fmt(ours.rate / theirs.rate, 1))x pipelined, \(fmt(theirs.rtt / ours.rtt, 1))x round trip   (target >= 20)")
+} else {
+    print("(e) ppft client against ppserver and ppnode: skipped")
+}

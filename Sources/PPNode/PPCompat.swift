@@ -154,6 +154,7 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
     private var phase = Phase.awaitingAnswer
     private let challenge: [UInt8]
     private var context: ChannelHandlerContext?
+    private var handshakeTimer: Scheduled<Void>?
     /// Function messages seen on this connection, by MD5 (ppft's "H" messages).
     private var functions: [String: FunctionBundle] = [:]
     private var pendingFunction: FunctionBundle?
@@ -177,12 +178,22 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
         self.context = context
         self.compat.connections += 1
         self.send([Array(self.compat.version.utf8), self.challenge])
+        // A peer that does not authenticate and name its connection type in time is
+        // closed: idle unauthenticated connections must not pile up.
+        let limit = self.node.configuration.handshakeTimeout
+        self.handshakeTimer = context.eventLoop.scheduleTask(in: .nanoseconds(limit.nanosecondsInt64)) { [self] in
+            guard self.phase == .awaitingAnswer || self.phase == .awaitingType else { return }
+            self.compat.protocolErrors += 1
+            self.logger.notice("pp client did not authenticate within \(limit) (--handshake-timeout); closing")
+            self.close()
+        }
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         self.phase = .closed
         self.context = nil
+        self.handshakeTimer?.cancel()
         self.compat.connections -= 1
         context.fireChannelInactive()
     }

@@ -166,6 +166,97 @@ struct PPCompatTests {
         #expect(waitForPort(allowed))
     }
 
+    @Test func badPeersAreClosedAndTheNodeKeepsServing() throws {
+        let venv = try ppftVenv()
+        let node = try NodeProcess(["--pp-port", "0", "--workers", "1", "--handshake-timeout", "0.5", "--python", venv + "/bin/python"], secret: compatSecret)
+        defer { node.stop() }
+        let port = try #require(ppPort(node), "\(node.logText)")
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let peers = try dir.write("peers.py", """
+            import hashlib, pickle, socket, struct, sys
+            port, secret = int(sys.argv[1]), sys.argv[2].encode()
+
+            def frame(b):
+                return struct.pack("!Q", len(b)) + b
+
+            def recv_exact(s, n):
+                data = b""
+                while len(data) < n:
+                    chunk = s.recv(n - len(data))
+                    if not chunk:
+                        return None
+                    data += chunk
+                return data
+
+            def recv_frame(s):
+                header = recv_exact(s, 8)
+                return None if header is None else recv_exact(s, struct.unpack("!Q", header)[0])
+
+            def connect(authenticate=False):
+                s = socket.create_connection(("127.0.0.1", port))
+                s.settimeout(10)
+                version, challenge = recv_frame(s), recv_frame(s)
+                if authenticate:
+                    s.sendall(frame(hashlib.sha1(challenge + secret).hexdigest().encode()))
+                    assert recv_frame(s) == b"OK"
+                return s, version
+
+            def closed(s):
+                try:
+                    return s.recv(1) == b""
+                except socket.timeout:
+                    return False
+
+            s, version = connect()
+            print("version", version.decode())
+            print("silent peer closed", closed(s))
+            s, _ = connect()
+            s.sendall(struct.pack("!Q", 1 << 40))
+            print("oversized frame closed", closed(s))
+            s, _ = connect(authenticate=True)
+            s.sendall(frame(b"BOGUS"))
+            print("unknown type closed", closed(s))
+            s, _ = connect(authenticate=True)
+            s.sendall(frame(b"EXEC") + frame(b"H" + b"0" * 32))
+            print("unknown function hash closed", closed(s))
+            s, _ = connect(authenticate=True)
+            s.sendall(frame(b"EXEC") + frame(b"Nnot a pickle") + frame(b"not pickled arguments"))
+            result, output = pickle.loads(recv_frame(s))
+            print("junk job result", result)
+            print("junk job says", output.splitlines()[0])
+            """)
+        let r = try runProcess("/usr/bin/timeout", ["60", venv + "/bin/python", peers, String(port), compatSecret])
+        #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
+        #expect(r.stdout.split(separator: "\n").map(String.init) == [
+            "version 1.7.8",
+            "silent peer closed True",
+            "oversized frame closed True",
+            "unknown type closed True",
+            "unknown function hash closed True",
+            "junk job result None",
+            "junk job says An error has occured during the function execution",
+        ], "\(r.stdout) \(r.stderr)")
+        for message in [
+            "pp client did not authenticate within 0.5 seconds (--handshake-timeout); closing",
+            "is over the limit of",
+            "pp client sent an unknown connection type; closing",
+            "pp client sent a function named by a hash it never sent",
+        ] {
+            #expect(node.logText.contains(message), "\(message)\n\(node.logText)")
+        }
+        // And a real ppft client is still served (from a file: ppft sends functions' source).
+        let good = try runProcess("/usr/bin/timeout", ["60", venv + "/bin/python", try dir.write("good.py", """
+            import pp
+            def inc(x):
+                return x + 1
+            js = pp.Server(0, ppservers=("127.0.0.1:\(port)",), secret="\(compatSecret)")
+            print("after", js.submit(inc, (41,))())
+            js.destroy()
+            """)])
+        #expect(good.stdout.contains("after 42"), "\(good.stdout) \(good.stderr)")
+    }
+
     func waitForPort(_ node: NodeProcess) -> Bool {
         for _ in 0..<100 where ppPort(node) == nil { usleep(20_000) }
         return ppPort(node) != nil
