@@ -37,8 +37,9 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
 
     private let style: Style
 
-    /// ppft's server announcement: one byte. A ppft client checks only the first byte
-    /// and decodes the datagram as ASCII, so the beacon's JSON must not follow it.
+    /// ppft's server announcement: one byte, as ppserver sends. A ppft client decodes
+    /// the datagram as ASCII before it checks the first byte, so the native beacon
+    /// would be missed when the node's name is not ASCII.
     static let ppAnnouncement: [UInt8] = Array("S".utf8)
 
     init(beacon: NodeBeacon, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger, style: Style = .native) {
