@@ -14,6 +14,14 @@ let work = """
         time.sleep(0.02)
         return x * x
 
+    def gated_square(x, gate):
+        if x >= 10:
+            for _ in range(6000):  # at most 60 s
+                if os.path.exists(gate):
+                    break
+                time.sleep(0.01)
+        return x * x
+
     def square(x):
         return x * x
 
@@ -233,26 +241,32 @@ struct NodeTests {
     @Test func shutdownWithJobsOnANodeEndsEveryJob() async throws {
         let node = try NodeProcess(secret: secret)
         defer { node.stop() }
-        let f = PythonFunction(name: "slow_square", source: work)
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let gate = dir.path + "/go"
+        // Jobs 0..<10 run at once; the others wait for the gate file, which appears only
+        // after the shutdown: however slowly this test is scheduled, the shutdown finds
+        // 10 jobs done and 90 on the node or queued.
+        let f = PythonFunction(name: "gated_square", source: work)
         let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: secret, origin: "test")))
         let ended = Mutex<[Int: Result<[UInt8], JobError>]>([:])
-        server.submitBatch(f, arguments: try (0..<100).map { try JobArguments(single: $0) }) { i, outcome in
+        server.submitBatch(f, arguments: try (0..<100).map { try JobArguments([$0, gate]) }) { i, outcome in
             ended.withLock { $0[i] = outcome.result }
         }
-        for _ in 0..<500 where !node.logText.contains("client authenticated") { try await Task.sleep(for: .milliseconds(10)) }
-        try await Task.sleep(for: .milliseconds(200))
+        for _ in 0..<3000 where ended.withLock({ $0.count }) < 10 { try await Task.sleep(for: .milliseconds(10)) }
         await server.shutdown()
-        for _ in 0..<100 where ended.withLock({ $0.count }) < 100 { try await Task.sleep(for: .milliseconds(50)) }
+        try dir.write("go", "")
+        for _ in 0..<1000 where ended.withLock({ $0.count }) < 100 { try await Task.sleep(for: .milliseconds(10)) }
         let all = ended.withLock { $0 }
         #expect(all.count == 100)
         var values = 0, shut = 0
         for (i, r) in all {
             switch r {
-            case .success(let v): #expect(String(decoding: v, as: UTF8.self) == String(i * i)); values += 1
-            case .failure(let e): #expect(e.code == .shutdown, "\(e)"); shut += 1
+            case .success(let v): #expect(i < 10 && String(decoding: v, as: UTF8.self) == String(i * i), "job \(i)"); values += 1
+            case .failure(let e): #expect(i >= 10 && e.code == .shutdown, "job \(i): \(e)"); shut += 1
             }
         }
-        #expect(values > 0 && shut > 0, "values \(values), shut down \(shut)")
+        #expect(values == 10 && shut == 90, "values \(values), shut down \(shut)")
         // After shutdown, a submit ends at once.
         let late = await server.mapResults(f, arguments: [try JobArguments(single: 1)], as: Int.self)
         guard case .failure(let e) = late[0] else { Issue.record("ran after shutdown"); return }

@@ -85,6 +85,13 @@ let functions = """
         time.sleep(s)
         return s
 
+    def wait_for(path):
+        for _ in range(6000):  # at most 60 s
+            if os.path.exists(path):
+                return "released"
+            time.sleep(0.01)
+        return "gave up"
+
     def not_json(kind):
         return {"set": {1}, "nan": float("nan"), "obj": object()}[kind]
 
@@ -302,23 +309,33 @@ struct WorkerPoolTests {
     }
 
     @Test func shutdownEndsQueuedJobs() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let gate = try JobArguments(single: dir.path + "/go")
         let pool = WorkerPool(configuration: .init(workers: 1))
         _ = await run(pool, bundle("pid"), "[]")  // the worker is up
-        async let running = run(pool, bundle("sleep"), "[1.5]")
+        // The first job holds the only worker until the test creates the gate file, so
+        // the second stays queued however slowly this test is scheduled.
+        async let running = run(pool, bundle("wait_for"), String(decoding: gate.json, as: UTF8.self))
         var stats = await pool.statistics()
-        for _ in 0..<200 where stats.running == 0 {
+        for _ in 0..<1000 where stats.running == 0 {
             try await Task.sleep(for: .milliseconds(10))
             stats = await pool.statistics()
         }
-        async let queued = run(pool, bundle("sleep"), "[1.5]")
-        for _ in 0..<200 where stats.queued == 0 {
+        async let queued = run(pool, bundle("wait_for"), String(decoding: gate.json, as: UTF8.self))
+        for _ in 0..<1000 where stats.queued == 0 {
             try await Task.sleep(for: .milliseconds(10))
             stats = await pool.statistics()
         }
-        await pool.shutdown()
+        #expect(stats.running == 1 && stats.queued == 1, "\(stats)")
+        async let stopped: Void = pool.shutdown()
+        // Shutdown ends the queued job at once, while the running one still holds the worker.
+        let q = await queued
+        #expect(failure(q)?.code == .shutdown, "\(q.result)")
+        try dir.write("go", "")
+        await stopped
         await pool.shutdown()  // a second call is harmless
-        let r = await running, q = await queued
-        #expect(text(r) == "1.5", "\(r.result)")
-        #expect(failure(q)?.code == .shutdown)
+        let r = await running
+        #expect(text(r) == "\"released\"", "\(r.result)")
     }
 }

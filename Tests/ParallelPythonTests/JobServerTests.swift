@@ -22,7 +22,7 @@ let source = """
 
     def wait_for(path, value):
         import os
-        for _ in range(1000):
+        for _ in range(6000):  # at most 60 s: a loaded machine must not end it early
             if os.path.exists(path):
                 return value
             time.sleep(0.01)
