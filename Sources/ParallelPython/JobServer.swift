@@ -42,8 +42,12 @@ public final class JobServer: Sendable {
         public var dnssd: Bool
         /// The UDP port of beacons and probes: `$PP_DISCOVERY_PORT`, else 7340.
         public var discoveryPort: Int
-        /// Where probes go: `$PP_BROADCAST` (an IPv4 address or off), else 255.255.255.255.
+        /// Where probes go: `$PP_BROADCAST` (an IPv4 address, an interface name or off),
+        /// else 255.255.255.255. A value that does not parse means off, with a warning
+        /// in the log at start.
         public var broadcast: BroadcastTarget
+        /// Why an environment setting was not taken, logged when the server starts.
+        var environmentProblems: [String] = []
         /// A node silent for this long is dropped and its jobs run elsewhere.
         public var heartbeatTimeout: Duration
         /// Queued jobs fail with `noExecutor` when nothing at all could run them for this long.
@@ -68,8 +72,20 @@ public final class JobServer: Sendable {
             self.secret = secret
             self.discover = discover
             let env = ProcessInfo.processInfo.environment
-            self.discoveryPort = env["PP_DISCOVERY_PORT"].flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil } ?? NodeBeacon.defaultPort
-            self.broadcast = (try? BroadcastTarget.fromEnvironment()) ?? .off
+            self.discoveryPort = NodeBeacon.defaultPort
+            if let text = env["PP_DISCOVERY_PORT"], !text.isEmpty {
+                if let port = Int(text), (1...65535).contains(port) {
+                    self.discoveryPort = port
+                } else {
+                    self.environmentProblems.append("PP_DISCOVERY_PORT='\(text)' is not a UDP port (1-65535); using 7340")
+                }
+            }
+            do {
+                self.broadcast = try BroadcastTarget.fromEnvironment()
+            } catch {
+                self.broadcast = .off
+                self.environmentProblems.append("\(error); broadcast probes are off")
+            }
             self.dnssd = !["off", "no", "false", "0"].contains(env["PP_DNSSD"]?.lowercased() ?? "")
             self.heartbeatTimeout = .seconds(3)
             self.noExecutorTimeout = .seconds(30)
@@ -119,6 +135,9 @@ public final class JobServer: Sendable {
         let name = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
         let resources = ResourceManager(scheduler: scheduler, secret: secret, clientName: name, heartbeatTimeout: configuration.heartbeatTimeout)
         self.resources = resources
+        if configuration.discover {
+            for problem in configuration.environmentProblems { configuration.logger.warning("\(problem)") }
+        }
         let beacons = configuration.discover ? BeaconListener(manager: resources, port: configuration.discoveryPort, target: configuration.broadcast) : nil
         self.beacons = beacons
         let browser = configuration.discover && configuration.dnssd ? DNSSDListener(manager: resources) : nil

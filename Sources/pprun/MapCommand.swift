@@ -76,6 +76,16 @@ struct MapCommand: AsyncParsableCommand {
         if let timeout, !(timeout > 0) || !timeout.isFinite {
             throw ValidationError("--timeout must be a positive number of seconds (got \(timeout))")
         }
+        // Discovery settings from the environment: a typo must not turn discovery off
+        // silently.
+        if !self.noDiscover {
+            do { _ = try BroadcastTarget.fromEnvironment() } catch { throw ValidationError("\(error)") }
+            if let text = ProcessInfo.processInfo.environment["PP_DISCOVERY_PORT"], !text.isEmpty,
+                Int(text).map({ (1...65535).contains($0) }) != true
+            {
+                throw ValidationError("PP_DISCOVERY_PORT='\(text)' is not a UDP port (1-65535); unset it for the default 7340")
+            }
+        }
     }
 
     func run() async throws {

@@ -132,6 +132,15 @@ struct PPRunTests {
         #expect(r.stderr.contains(message), "\(r.stderr)")
     }
 
+    @Test func badDiscoveryEnvironment() throws {
+        let broadcast = try runProcess(pprun, ["map", "x.py:f", "1"], environment: ["PP_BROADCAST": "lan"])
+        #expect(broadcast.status == 64, "\(broadcast.stderr)")
+        #expect(broadcast.stderr.contains("PP_BROADCAST='lan' is neither 'off', an IPv4 address nor an interface"), "\(broadcast.stderr)")
+        let port = try runProcess(pprun, ["map", "x.py:f", "1"], environment: ["PP_DISCOVERY_PORT": "99999"])
+        #expect(port.status == 64, "\(port.stderr)")
+        #expect(port.stderr.contains("PP_DISCOVERY_PORT='99999' is not a UDP port"), "\(port.stderr)")
+    }
+
     @Test func badJSONInputLines() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
