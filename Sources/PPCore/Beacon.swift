@@ -4,7 +4,8 @@ import Foundation
 ///
 /// A beacon is the byte `S` (so Parallel Python's own autodiscovery recognises it),
 /// the magic `PPNB`, a format version byte (1), then a JSON object:
-/// `{"id","name","port","keyid","protocol","cores","workers","version"}`.
+/// `{"id","name","port","keyid","protocol","cores","workers","version"}` and, when
+/// known, `"arch"`, `"os"`, `"python"` and `"pp"` (the pp-compatible port).
 /// A probe is `PPNQ` and a version byte; a node answers a probe at once with a beacon
 /// sent back to the probe's source address. Both fit one datagram (at most 1,400 bytes).
 public struct NodeBeacon: Sendable, Hashable, Codable {
@@ -30,10 +31,13 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     public var os: String?
     /// Its workers' Python version (`3.11.2`), once a worker has started.
     public var python: String?
+    /// The TCP port of its Parallel Python (ppft) compatible listener, when that is on.
+    public var pp: Int?
 
     /// Creates a beacon; `arch` and `os` are this machine's.
-    public init(id: String, name: String, port: Int, keyid: String, protocol: Int, cores: Int, workers: Int, version: String, python: String? = nil) {
+    public init(id: String, name: String, port: Int, keyid: String, protocol: Int, cores: Int, workers: Int, version: String, python: String? = nil, pp: Int? = nil) {
         self.python = python
+        self.pp = pp
         self.id = id
         self.name = name
         self.port = port
@@ -92,6 +96,7 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         pairs["arch"] = self.arch
         pairs["os"] = self.os
         pairs["python"] = self.python
+        pairs["pp"] = self.pp.map(String.init)
         return pairs
     }
 
@@ -110,6 +115,7 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         self.arch = txt["arch"]
         self.os = txt["os"]
         self.python = txt["python"]
+        self.pp = txt["pp"].flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil }
     }
 
     /// Whether a datagram is a probe.

@@ -74,6 +74,8 @@ public final class NodeServer: Sendable {
         let channel = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
         self.serverChannel.withLock { $0 = channel }
         let address = channel.localAddress!
+        // The pp listener first, so the beacon and the TXT record carry its port.
+        if let ppPort = self.configuration.ppPort { await self.startPPCompat(port: ppPort) }
         let beacons = BeaconService(
             beacon: self.beacon(port: address.port ?? self.configuration.port),
             target: self.configuration.broadcast,
@@ -88,7 +90,6 @@ public final class NodeServer: Sendable {
         } else {
             self.configuration.logger.notice("DNS-SD off (--no-dnssd); clients find this node by broadcast beacons or its address")
         }
-        if let ppPort = self.configuration.ppPort { await self.startPPCompat(port: ppPort) }
         Task { await self.advertisePythonVersion() }
         return address
     }
@@ -193,7 +194,8 @@ public final class NodeServer: Sendable {
             cores: System.coreCount,
             workers: self.workers,
             version: ParallelPythonVersion.string,
-            python: self.pythonVersion.withLock { $0 }
+            python: self.pythonVersion.withLock { $0 },
+            pp: self.ppAddress?.port
         )
     }
 

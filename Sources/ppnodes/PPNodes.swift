@@ -207,7 +207,7 @@ struct PPNodes: AsyncParsableCommand {
     }
 
     static func table(_ rows: [Row]) -> String {
-        let header = ["NAME", "ADDRESS", "CORES", "WORKERS", "BUSY", "DONE", "LOAD", "VERSION", "PROTO", "PYTHON", "ARCH/OS", "RTT", "FOUND BY", "CLUSTER"]
+        let header = ["NAME", "ADDRESS", "CORES", "WORKERS", "BUSY", "DONE", "LOAD", "VERSION", "PROTO", "PYTHON", "PP PORT", "ARCH/OS", "RTT", "FOUND BY", "CLUSTER"]
         var lines = [header]
         for r in rows {
             let cluster = !r.inCluster ? "other (key id \(r.beacon.keyid))" : (r.accepted == true ? "mine, secret accepted" : "mine, secret refused")
@@ -215,7 +215,7 @@ struct PPNodes: AsyncParsableCommand {
             lines.append([
                 r.beacon.name, r.address, String(r.beacon.cores), String(r.beacon.workers), Self.value(r.stats, "busy_workers"),
                 Self.value(r.stats, "jobs_done"), Self.value(r.stats, "load_average"), r.beacon.version, String(r.beacon.protocol),
-                r.python, "\(r.beacon.arch ?? "?")/\(r.beacon.os ?? "?")", rtt, r.via.joined(separator: "+"), cluster,
+                r.python, r.beacon.pp.map(String.init) ?? "-", "\(r.beacon.arch ?? "?")/\(r.beacon.os ?? "?")", rtt, r.via.joined(separator: "+"), cluster,
             ])
         }
         let widths = header.indices.map { c in lines.map { $0[c].count }.max() ?? 0 }
@@ -236,6 +236,7 @@ struct PPNodes: AsyncParsableCommand {
                 "accepts_secret": r.accepted.map { .bool($0) } ?? .null,
                 "python": r.python == "-" ? .null : .string(r.python),
                 "found_by": .array(r.via.map { .string($0) }),
+                "pp_port": r.beacon.pp.map { .int($0) } ?? .null,
             ]
             for key in ["busy_workers", "jobs_done", "load_average", "rtt_us", "queued"] {
                 o[key] = r.stats[key] ?? .null
