@@ -83,6 +83,20 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         self = beacon
     }
 
+    /// Reads `PP_DISCOVERY_PORT`; unset or empty means `defaultPort`.
+    ///
+    /// - Throws: `BroadcastError` naming the value and the fix when it is not a port.
+    public static func discoveryPort(fromEnvironment environment: [String: String]? = nil) throws -> Int {
+        let environment = environment ?? ProcessInfo.processInfo.environment
+        guard let text = environment["PP_DISCOVERY_PORT"]?.trimmingCharacters(in: .whitespaces), !text.isEmpty else {
+            return Self.defaultPort
+        }
+        guard let port = Int(text), (1...65535).contains(port) else {
+            throw BroadcastError(message: "PP_DISCOVERY_PORT='\(text)' is not a UDP port (1-65535); unset it for the default \(Self.defaultPort)")
+        }
+        return port
+    }
+
     /// The DNS-SD service type nodes register.
     public static let serviceType = "_ppnode._tcp"
 

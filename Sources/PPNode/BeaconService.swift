@@ -19,8 +19,7 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     private let logger: Logger
     private var channel: (any Channel)?
     private var timer: RepeatedTask?
-    /// The last send error by destination, so each problem is logged once.
-    private var sendErrors: [String: String] = [:]
+    private var lastSendError: String?
     /// Probes answered since start.
     private(set) var probesAnswered = 0
 
@@ -92,25 +91,22 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
 
     private func send(to destination: SocketAddress) {
         guard let channel = self.channel else { return }
-        guard self.style == .parallelPython else { return self.send(self.beacon, to: destination, on: channel) }
-        self.send(Self.ppAnnouncement, to: destination, on: channel)
+        self.send(self.style == .parallelPython ? Self.ppAnnouncement : self.beacon, to: destination, on: channel)
     }
 
     private func send(_ bytes: [UInt8], to destination: SocketAddress, on channel: any Channel) {
         let envelope = AddressedEnvelope(remoteAddress: destination, data: channel.allocator.buffer(bytes: bytes))
         channel.writeAndFlush(envelope).whenComplete { [self] result in
-            let key = "\(destination)"
             switch result {
             case .success:
-                if self.sendErrors.removeValue(forKey: key) != nil {
-                    self.logger.notice("broadcast beacons sent again", metadata: ["broadcast": "\(destination)"])
-                }
+                if self.lastSendError != nil { self.logger.notice("broadcast beacons sent again", metadata: ["broadcast": "\(destination)"]) }
+                self.lastSendError = nil
             case .failure(let error):
                 let text = "\(error)"
-                if self.sendErrors[key] != text {
+                if self.lastSendError != text {
                     self.logger.warning("cannot send a broadcast beacon; broadcast discovery is off until it works", metadata: ["broadcast": "\(destination)", "error": "\(text)"])
                 }
-                self.sendErrors[key] = text
+                self.lastSendError = text
             }
         }
     }

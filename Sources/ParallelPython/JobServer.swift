@@ -72,13 +72,11 @@ public final class JobServer: Sendable {
             self.secret = secret
             self.discover = discover
             let env = ProcessInfo.processInfo.environment
-            self.discoveryPort = NodeBeacon.defaultPort
-            if let text = env["PP_DISCOVERY_PORT"], !text.isEmpty {
-                if let port = Int(text), (1...65535).contains(port) {
-                    self.discoveryPort = port
-                } else {
-                    self.environmentProblems.append("PP_DISCOVERY_PORT='\(text)' is not a UDP port (1-65535); using 7340")
-                }
+            do {
+                self.discoveryPort = try NodeBeacon.discoveryPort(fromEnvironment: env)
+            } catch {
+                self.discoveryPort = NodeBeacon.defaultPort
+                self.environmentProblems.append("\(error); using \(NodeBeacon.defaultPort) meanwhile")
             }
             do {
                 self.broadcast = try BroadcastTarget.fromEnvironment()

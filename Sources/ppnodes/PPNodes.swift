@@ -21,7 +21,7 @@ struct PPNodes: AsyncParsableCommand {
             and uses the other.
 
             Exit status: 0 when at least one node was found, 1 when none, 2 on a bad \
-            secret or PP_BROADCAST, 64 on a bad command line.
+            secret, PP_BROADCAST or PP_DISCOVERY_PORT, 64 on a bad command line.
 
             Examples:
               ppnodes
@@ -50,8 +50,10 @@ struct PPNodes: AsyncParsableCommand {
 
     func run() async throws {
         let target: BroadcastTarget
+        let port: Int
         do {
             target = try BroadcastTarget.fromEnvironment()
+            port = try NodeBeacon.discoveryPort()
         } catch {
             FileHandle.standardError.write(Data("ppnodes: \(error)\n".utf8))
             throw ExitCode(2)
@@ -67,7 +69,6 @@ struct PPNodes: AsyncParsableCommand {
             FileHandle.standardError.write(Data("ppnodes: \(error); nodes are listed from their beacons only\n".utf8))
         }
         let env = ProcessInfo.processInfo.environment
-        let port = env["PP_DISCOVERY_PORT"].flatMap(Int.init) ?? NodeBeacon.defaultPort
         let useDNSSD = !["off", "no", "false", "0"].contains(env["PP_DNSSD"]?.lowercased() ?? "")
         var paths: [String] = []
         if case .address(let a) = target { paths.append("broadcast probe to \(a):\(port)") } else { paths.append("beacons on port \(port) (PP_BROADCAST=off)") }

@@ -79,11 +79,11 @@ struct MapCommand: AsyncParsableCommand {
         // Discovery settings from the environment: a typo must not turn discovery off
         // silently.
         if !self.noDiscover {
-            do { _ = try BroadcastTarget.fromEnvironment() } catch { throw ValidationError("\(error)") }
-            if let text = ProcessInfo.processInfo.environment["PP_DISCOVERY_PORT"], !text.isEmpty,
-                Int(text).map({ (1...65535).contains($0) }) != true
-            {
-                throw ValidationError("PP_DISCOVERY_PORT='\(text)' is not a UDP port (1-65535); unset it for the default 7340")
+            do {
+                _ = try BroadcastTarget.fromEnvironment()
+                _ = try NodeBeacon.discoveryPort()
+            } catch {
+                throw ValidationError("\(error)")
             }
         }
     }
