@@ -403,6 +403,9 @@ struct NodeTests {
         let badBroadcast = try runProcess(builtCommand("ppnode"), ["--port", "0"], environment: ["PP_SECRET": secret, "PP_BROADCAST": "lan-please"])
         #expect(badBroadcast.status == 2)
         #expect(badBroadcast.stderr.contains("PP_BROADCAST='lan-please' is neither 'off', an IPv4 address nor an interface"))
+        let badListPort = try runProcess(builtCommand("ppnodes"), ["--timeout", "0.1"], environment: ["PP_DISCOVERY_PORT": "70000"])
+        #expect(badListPort.status == 2)
+        #expect(badListPort.stderr.contains("PP_DISCOVERY_PORT='70000' is not a UDP port (1-65535)"), "\(badListPort.stderr)")
         // An interface name stands for its broadcast address; a bad flag names the flag.
         let loBroadcast = try runProcess(builtCommand("ppnode"), ["--port", "0", "--broadcast", "no-such-if0"], environment: ["PP_SECRET": secret])
         #expect(loBroadcast.status == 2)
