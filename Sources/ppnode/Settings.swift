@@ -99,7 +99,13 @@ struct Settings {
                 self.ppPort = v
             }
         }
-        if let (v, _) = pick(c.ppVersion, "PP_PP_VERSION", "pp-version") { self.ppVersion = v }
+        if let (v, origin) = pick(c.ppVersion, "PP_PP_VERSION", "pp-version") {
+            // ppft compares it with its own version string (ASCII, such as 1.7.8).
+            guard !v.isEmpty, v.count <= 64, v.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }) else {
+                throw ValidationError("\(origin): '\(v)' is not a ppft version string; give the version your ppft clients run, such as 1.7.8")
+            }
+            self.ppVersion = v
+        }
         if c.ppAllowDefaultSecret { self.ppAllowDefaultSecret = true }
         if let (text, origin) = pick(nil, "PP_PP_ALLOW_DEFAULT_SECRET", "pp-allow-default-secret") {
             switch text.lowercased() {
