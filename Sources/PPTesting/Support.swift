@@ -195,6 +195,13 @@ public final class NodeProcess: @unchecked Sendable {
         return self.log
     }
 
+    /// The port of its pp-compatible listener, from its `pp.address=` log field; nil
+    /// while (or when) that listener is not open.
+    public var ppPort: Int? {
+        guard let field = self.logText.split(whereSeparator: { $0 == " " || $0 == "\n" }).first(where: { $0.hasPrefix("pp.address=") }) else { return nil }
+        return Int(field.split(separator: ":").last ?? "")
+    }
+
     /// Sends a signal.
     public func signal(_ number: Int32) {
         kill(self.process.processIdentifier, number)

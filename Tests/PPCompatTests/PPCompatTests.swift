@@ -56,12 +56,6 @@ final class PPServerProcess: @unchecked Sendable {
 
 let compatSecret = "compat-secret-0123456789abcdef"
 
-/// The pp-compatible port from a node's log.
-func ppPort(_ node: NodeProcess) -> Int? {
-    guard let field = node.logText.split(whereSeparator: { $0 == " " || $0 == "\n" }).first(where: { $0.hasPrefix("pp.address=") }) else { return nil }
-    return Int(field.split(separator: ":").last ?? "")
-}
-
 /// An example of ppft's own with only the server address and the secret changed.
 func patchedExample(_ name: String, venv: String, port: Int, into dir: TemporaryDirectory) throws -> String {
     let source = try String(contentsOfFile: venv + "/lib/python3.11/site-packages/ppft/tests/\(name).py", encoding: .utf8)
@@ -88,7 +82,7 @@ struct PPCompatTests {
         defer { node.stop() }
         let server = try PPServerProcess(venv: venv, secret: compatSecret, workers: 2)
         defer { server.stop() }
-        let port = try #require(ppPort(node), "\(node.logText)")
+        let port = try #require(node.ppPort, "\(node.logText)")
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         for example in ["sum_primes", "sum_primes_functor", "callback", "auto_diff", "reverse_md5", "quicksort"] {
@@ -116,7 +110,7 @@ struct PPCompatTests {
         defer { node.stop() }
         let server = try PPServerProcess(venv: venv, secret: compatSecret, workers: 1)
         defer { server.stop() }
-        let port = try #require(ppPort(node), "\(node.logText)")
+        let port = try #require(node.ppPort, "\(node.logText)")
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let program = try dir.write("failing.py", """
@@ -158,7 +152,7 @@ struct PPCompatTests {
     @Test func defaultSecretIsRefusedUnlessAllowed() throws {
         let refused = try NodeProcess(["--pp-port", "0"], secret: "epo20pdosl;dksldkmm")
         defer { refused.stop() }
-        #expect(ppPort(refused) == nil)
+        #expect(refused.ppPort == nil)
         #expect(refused.logText.contains("pp-compatible listener off: this node's secret is Parallel Python's published default secret"))
         let allowed = try NodeProcess(["--pp-port", "0", "--pp-allow-default-secret"], secret: "epo20pdosl;dksldkmm")
         defer { allowed.stop() }
@@ -170,7 +164,7 @@ struct PPCompatTests {
         let venv = try ppftVenv()
         let node = try NodeProcess(["--pp-port", "0", "--workers", "1", "--handshake-timeout", "0.5", "--python", venv + "/bin/python"], secret: compatSecret)
         defer { node.stop() }
-        let port = try #require(ppPort(node), "\(node.logText)")
+        let port = try #require(node.ppPort, "\(node.logText)")
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let peers = try dir.write("peers.py", """
@@ -258,7 +252,7 @@ struct PPCompatTests {
     }
 
     func waitForPort(_ node: NodeProcess) -> Bool {
-        for _ in 0..<100 where ppPort(node) == nil { usleep(20_000) }
-        return ppPort(node) != nil
+        for _ in 0..<100 where node.ppPort == nil { usleep(20_000) }
+        return node.ppPort != nil
     }
 }

@@ -377,8 +377,7 @@ struct NodeTests {
         #expect(a["workers"] == .int(1) && a["cores"] == .int(ProcessInfo.processInfo.activeProcessorCount))
         #expect(a["jobs_done"] == .int(0))
         // The beacon carries the pp-compatible port (from the node's log line).
-        let ppField = node.logText.split(whereSeparator: { $0 == " " || $0 == "\n" }).first { $0.hasPrefix("pp.address=") }
-        let ppPort = try #require(ppField.flatMap { Int($0.split(separator: ":").last ?? "") }, "\(node.logText)")
+        let ppPort = try #require(node.ppPort, "\(node.logText)")
         #expect(a["pp_port"] == .int(ppPort), "\(a)")
         #expect(b["name"] == .string("beta") && b["in_cluster"] == .bool(false) && b["accepts_secret"] == .null)
         let table = try runProcess(builtCommand("ppnodes"), ["--timeout", "1"], environment: discoveryEnvironment(port, secret: secret))
