@@ -56,6 +56,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: TLS 1.3 keyed by the cluster secret (system OpenSSL, memory BIOs)
+        .target(
+            name: "PPTLS",
+            dependencies: [
+                "COpenSSL",
+                "PPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Python worker processes and the pool that runs them
         .target(
             name: "PPWorkers",
@@ -76,6 +87,7 @@ let package = Package(
             dependencies: [
                 "PPCore",
                 "PPDNSSD",
+                "PPTLS",
                 "PPWorkers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -90,6 +102,7 @@ let package = Package(
             dependencies: [
                 "PPCore",
                 "PPDNSSD",
+                "PPTLS",
                 "PPWorkers",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -152,6 +165,17 @@ let package = Package(
         // MARK: Tests
         .target(name: "PPTesting", swiftSettings: swiftSettings),
         .testTarget(name: "PPCoreTests", dependencies: ["PPCore", .product(name: "NIOCore", package: "swift-nio")], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "PPTLSTests",
+            dependencies: [
+                "PPTLS",
+                "PPCore",
+                "PPTesting",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "PPWorkersTests",
             dependencies: ["PPWorkers", "PPCore", "PPTesting"],

@@ -15,6 +15,7 @@ public struct JobError: Error, Sendable, Hashable, CustomStringConvertible {
             case protocolError = "protocol error"
             case nodeLost = "node lost"
             case noExecutor = "no executor"
+            case resultTooLarge = "result too large"
         }
 
         private let base: Base
@@ -41,6 +42,9 @@ public struct JobError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let nodeLost = Code(base: .nodeLost)
         /// No local worker and no node could take the job for too long.
         public static let noExecutor = Code(base: .noExecutor)
+        /// The job's result (value, output and error text together) is larger than the
+        /// receiver's frame limit; only this job fails.
+        public static let resultTooLarge = Code(base: .resultTooLarge)
 
         public var description: String { self.base.rawValue }
     }

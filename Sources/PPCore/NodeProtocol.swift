@@ -1,42 +1,37 @@
 public import NIOCore
 
 /// The native wire protocol between clients and `ppnode`, described byte by byte in
-/// docs/PROTOCOL.md. Every frame: u32 length N (of type + body), u8 type, body.
+/// docs/PROTOCOL.md. It runs inside TLS 1.3 keyed by the cluster secret (PPTLS): the
+/// first frame is sent only after both sides proved they hold the key. Every frame:
+/// u32 length N (of type + body), u8 type, body.
 public enum NodeProtocol {
-    /// The protocol version this build speaks (the only one so far).
-    public static let version: UInt16 = 1
+    /// The protocol version this build speaks. Version 2 runs inside TLS; version 1
+    /// (plaintext, HMAC challenge) is no longer spoken.
+    public static let version: UInt16 = 2
     /// The lowest version this build accepts.
-    public static let minimumVersion: UInt16 = 1
+    public static let minimumVersion: UInt16 = 2
     /// The four bytes that open every HELLO.
     public static let magic: [UInt8] = Array("PPNP".utf8)
     /// The default maximum frame size: 64 MiB.
     public static let defaultMaxFrame = 64 << 20
+    /// The smallest and largest maximum frame a node or client may be configured with.
+    public static let maxFrameRange = (64 << 10)...(1 << 30)
+    /// The largest frame accepted before the peer's HELLO (or WELCOME) has been read.
+    public static let preambleMaxFrame = 4096
     /// The default TCP port of ppnode.
     public static let defaultPort = 7340
-    /// Nonce length in the handshake.
-    public static let nonceLength = 32
-
     /// Frame types (docs/PROTOCOL.md describes each).
     public enum Kind: UInt8, Sendable {
-        case hello = 0x01, challenge = 0x02, auth = 0x03, welcome = 0x04, error = 0x05
+        // 0x02 and 0x03 were CHALLENGE and AUTH in version 1.
+        case hello = 0x01, welcome = 0x04, error = 0x05
         case submit = 0x10, bundle = 0x11, cancel = 0x12, ping = 0x13, pong = 0x14, statsRequest = 0x15, goodbye = 0x16
         case results = 0x20, need = 0x21, window = 0x22, stats = 0x23
-    }
-
-    /// The node's proof: HMAC(secret, "ppnode node" ‖ clientNonce ‖ nodeNonce ‖ version).
-    public static func nodeProof(_ secret: ClusterSecret, clientNonce: [UInt8], nodeNonce: [UInt8], version: UInt16) -> [UInt8] {
-        secret.hmac(Array("ppnode node".utf8) + clientNonce + nodeNonce + [UInt8(version >> 8), UInt8(version & 0xff)])
-    }
-
-    /// The client's proof: HMAC(secret, "ppnode client" ‖ nodeNonce ‖ clientNonce ‖ version).
-    public static func clientProof(_ secret: ClusterSecret, clientNonce: [UInt8], nodeNonce: [UInt8], version: UInt16) -> [UInt8] {
-        secret.hmac(Array("ppnode client".utf8) + nodeNonce + clientNonce + [UInt8(version >> 8), UInt8(version & 0xff)])
     }
 }
 
 /// Error codes carried by ERROR frames.
 public enum NodeErrorCode: UInt16, Sendable {
-    /// A proof did not verify: the peers have different secrets.
+    /// Version 1 only (the key is now checked by TLS).
     case authenticationFailed = 1
     /// The protocol versions of the peers do not overlap.
     case versionMismatch = 2
@@ -44,7 +39,7 @@ public enum NodeErrorCode: UInt16, Sendable {
     case protocolViolation = 3
     /// A length prefix above the receiver's maximum.
     case frameTooLarge = 4
-    /// No authenticated handshake in time.
+    /// No TLS handshake and HELLO in time.
     case handshakeTimeout = 5
     /// More jobs in flight than the window allows.
     case overCredit = 6
@@ -98,23 +93,28 @@ public struct WireResult: Sendable {
     }
 }
 
+extension WireResult {
+    /// The bytes `result` takes inside a RESULTS body.
+    public static func encodedSize(_ result: WireResult) -> Int {
+        29 + result.stdout.count + result.stderr.count + result.payload.count
+    }
+}
+
 /// A decoded frame of the native protocol.
 public enum NodeMessage: Sendable {
-    /// Client → node, first: versions spoken, client nonce, client key id, client name.
-    case hello(minVersion: UInt16, maxVersion: UInt16, nonce: [UInt8], keyID: String, name: String)
-    /// Node → client: chosen version, node nonce, node key id, node proof, info JSON.
-    case challenge(version: UInt16, nonce: [UInt8], keyID: String, proof: [UInt8], info: [UInt8])
-    /// Client → node: the client's proof.
-    case auth(proof: [UInt8])
-    /// Node → client: authenticated; the initial job window and the node's frame limit.
-    case welcome(window: UInt32, maxFrame: UInt32)
+    /// Client → node, first (inside TLS): versions spoken, the largest frame the client
+    /// accepts, the client's name.
+    case hello(minVersion: UInt16, maxVersion: UInt16, maxFrame: UInt32, name: String)
+    /// Node → client: the chosen version, the initial job window, the node's frame
+    /// limit and its info JSON (the beacon object).
+    case welcome(version: UInt16, window: UInt32, maxFrame: UInt32, info: [UInt8])
     /// Either way: a fatal error (`NodeErrorCode`) and its message; the sender closes.
     case error(code: UInt16, message: String)
     /// Client → node: a batch of jobs.
     case submit([WireJob])
     /// Client → node: a function bundle the node asked for.
     case bundle(digest: SHA256Digest, spec: [UInt8])
-    /// Client → node: cancel a job that has not started.
+    /// Client → node: cancel a job (queued, or running: its worker is stopped).
     case cancel(id: UInt64)
     /// Either way: a heartbeat; answer with `pong`.
     case ping(UInt64)
@@ -158,28 +158,19 @@ extension NodeMessage {
         let start = buffer.writerIndex
         buffer.writeInteger(UInt32(0))
         switch self {
-        case .hello(let minV, let maxV, let nonce, let keyID, let name):
+        case .hello(let minV, let maxV, let maxFrame, let name):
             buffer.writeInteger(NodeProtocol.Kind.hello.rawValue)
             buffer.writeBytes(NodeProtocol.magic)
             buffer.writeInteger(minV)
             buffer.writeInteger(maxV)
-            buffer.writeBytes(nonce)
-            buffer.writeShortString(keyID)
+            buffer.writeInteger(maxFrame)
             buffer.writeShortString(name)
-        case .challenge(let version, let nonce, let keyID, let proof, let info):
-            buffer.writeInteger(NodeProtocol.Kind.challenge.rawValue)
-            buffer.writeInteger(version)
-            buffer.writeBytes(nonce)
-            buffer.writeShortString(keyID)
-            buffer.writeBytes(proof)
-            buffer.writeBytes(info)
-        case .auth(let proof):
-            buffer.writeInteger(NodeProtocol.Kind.auth.rawValue)
-            buffer.writeBytes(proof)
-        case .welcome(let window, let maxFrame):
+        case .welcome(let version, let window, let maxFrame, let info):
             buffer.writeInteger(NodeProtocol.Kind.welcome.rawValue)
+            buffer.writeInteger(version)
             buffer.writeInteger(window)
             buffer.writeInteger(maxFrame)
+            buffer.writeBytes(info)
         case .error(let code, let message):
             buffer.writeInteger(NodeProtocol.Kind.error.rawValue)
             buffer.writeInteger(code)
@@ -234,6 +225,34 @@ extension NodeMessage {
         buffer.writeBytes(job.arguments.json)
     }
 
+    /// The bytes a RESULTS frame takes besides its results: length, type, count.
+    public static let resultFrameOverhead = 9
+
+    /// Appends `results` as as many RESULTS frames as needed so that none is larger
+    /// than `maxFrame` (each result alone must fit: see `WireResult.encodedSize`).
+    public static func writeResults(_ results: [WireResult], maxFrame: Int, to buffer: inout ByteBuffer) {
+        var index = 0
+        while index < results.count {
+            let start = buffer.writerIndex
+            buffer.writeInteger(UInt32(0))
+            buffer.writeInteger(NodeProtocol.Kind.results.rawValue)
+            let countAt = buffer.writerIndex
+            buffer.writeInteger(UInt32(0))
+            var size = Self.resultFrameOverhead
+            var count: UInt32 = 0
+            while index < results.count {
+                let next = WireResult.encodedSize(results[index])
+                if count > 0, size + next > maxFrame { break }
+                Self.writeResult(results[index], to: &buffer)
+                size += next
+                count += 1
+                index += 1
+            }
+            buffer.setInteger(count, at: countAt)
+            buffer.setInteger(UInt32(buffer.writerIndex - start - 4), at: start)
+        }
+    }
+
     /// Appends one result of a RESULTS body.
     public static func writeResult(_ r: WireResult, to buffer: inout ByteBuffer) {
         buffer.writeInteger(r.id)
@@ -269,12 +288,21 @@ extension ByteBuffer {
 public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = NodeMessage
 
-    /// The largest frame accepted.
-    public let maxFrame: Int
+    /// The limit, shared with the handler that raises it once the peer's first frame
+    /// has been read (until then it is `NodeProtocol.preambleMaxFrame`).
+    public let limit: FrameLimit
 
-    /// Creates a decoder.
+    /// The largest frame accepted now.
+    public var maxFrame: Int { self.limit.value }
+
+    /// Creates a decoder with a fixed limit.
     public init(maxFrame: Int = NodeProtocol.defaultMaxFrame) {
-        self.maxFrame = maxFrame
+        self.limit = FrameLimit(maxFrame)
+    }
+
+    /// Creates a decoder whose limit `limit`'s owner may change.
+    public init(limit: FrameLimit) {
+        self.limit = limit
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> NodeMessage? {
@@ -305,21 +333,15 @@ public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
         case .hello:
             guard body.readBytes(length: 4) == NodeProtocol.magic,
                 let minV = body.readInteger(as: UInt16.self), let maxV = body.readInteger(as: UInt16.self),
-                let nonce = body.readBytes(length: NodeProtocol.nonceLength),
-                let keyID = body.readShortString(), let name = body.readShortString()
+                let maxFrame = body.readInteger(as: UInt32.self),
+                let name = body.readShortString(), body.readableBytes == 0
             else { return nil }
-            return .hello(minVersion: minV, maxVersion: maxV, nonce: nonce, keyID: keyID, name: name)
-        case .challenge:
-            guard let version = body.readInteger(as: UInt16.self), let nonce = body.readBytes(length: NodeProtocol.nonceLength),
-                let keyID = body.readShortString(), let proof = body.readBytes(length: 32)
-            else { return nil }
-            return .challenge(version: version, nonce: nonce, keyID: keyID, proof: proof, info: Array(body.readableBytesView))
-        case .auth:
-            guard let proof = body.readBytes(length: 32), body.readableBytes == 0 else { return nil }
-            return .auth(proof: proof)
+            return .hello(minVersion: minV, maxVersion: maxV, maxFrame: maxFrame, name: name)
         case .welcome:
-            guard let w = body.readInteger(as: UInt32.self), let m = body.readInteger(as: UInt32.self) else { return nil }
-            return .welcome(window: w, maxFrame: m)
+            guard let version = body.readInteger(as: UInt16.self), let w = body.readInteger(as: UInt32.self),
+                let m = body.readInteger(as: UInt32.self)
+            else { return nil }
+            return .welcome(version: version, window: w, maxFrame: m, info: Array(body.readableBytesView))
         case .error:
             guard let code = body.readInteger(as: UInt16.self) else { return nil }
             return .error(code: code, message: String(buffer: body))
@@ -378,6 +400,20 @@ public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
     }
 }
 
+/// A frame size limit that a session raises after the handshake, read by its decoder.
+///
+/// `@unchecked Sendable` is safe because the decoder and the session that share it
+/// run on the same channel's event loop.
+public final class FrameLimit: @unchecked Sendable {
+    /// The largest frame accepted now.
+    public var value: Int
+
+    /// Creates a limit.
+    public init(_ value: Int) {
+        self.value = value
+    }
+}
+
 extension ByteBuffer {
     mutating func readLengthPrefixed() -> [UInt8]? {
         guard let n = self.readInteger(as: UInt32.self), Int(n) <= self.readableBytes else { return nil }
@@ -399,6 +435,7 @@ extension JobError.Code {
         case .workerDied: 6
         case .cancelled: 7
         case .shutdown: 8
+        case .resultTooLarge: 10
         default: 9
         }
     }
@@ -414,6 +451,7 @@ extension JobError.Code {
         case 6: self = .workerDied
         case 7: self = .cancelled
         case 8: self = .shutdown
+        case 10: self = .resultTooLarge
         default: self = .protocolError
         }
     }

@@ -2,7 +2,7 @@ internal import COpenSSL
 import Foundation
 
 /// The cluster secret: every node and client of one cluster shares it. It never
-/// travels; peers prove they know it with HMAC-SHA256 over fresh nonces.
+/// travels: TLS sessions are keyed by a key derived from it (`ClusterKeys`).
 public struct ClusterSecret: Sendable {
     /// The secret's bytes (the text of the secret, UTF-8, surrounding whitespace removed).
     public let bytes: [UInt8]
@@ -22,14 +22,16 @@ public struct ClusterSecret: Sendable {
         }
         self.bytes = Array(trimmed.utf8)
         self.origin = origin
+        self.keys = ClusterKeys(secret: self.bytes)
     }
 
-    /// A short public name of the secret: the first 8 bytes of a SHA-256 over it, in hex.
-    /// Peers compare key ids to tell "my cluster" from "another cluster"; it reveals
-    /// nothing usable about the secret.
-    public var keyID: String {
-        Hex.encode(SHA256Digest(hashing: Array("ppnode key id\u{0}".utf8) + self.bytes).bytes.prefix(8))
-    }
+    /// The keys derived from the secret (TLS key, key id).
+    public let keys: ClusterKeys
+
+    /// A short public name of the secret (`ClusterKeys.keyID`). Peers compare key ids
+    /// to tell "my cluster" from "another cluster"; what an observer can learn from
+    /// one is in docs/SECURITY.md.
+    public var keyID: String { self.keys.keyID }
 
     /// HMAC-SHA256 of `message` under the secret.
     public func hmac(_ message: [UInt8]) -> [UInt8] {

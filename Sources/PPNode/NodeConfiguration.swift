@@ -20,8 +20,11 @@ public struct NodeConfiguration: Sendable {
     public var maxFrame: Int = NodeProtocol.defaultMaxFrame
     /// Bytes of function bundles kept for all clients.
     public var cacheBytes: Int = 256 << 20
-    /// A peer that has not authenticated within this time is disconnected.
+    /// A peer that has not finished its TLS handshake and HELLO within this time is
+    /// disconnected.
     public var handshakeTimeout: Duration = .seconds(5)
+    /// How many connections may be in their handshake at once.
+    public var unauthenticatedCaps = UnauthenticatedCaps()
     /// A client silent for this long is considered dead.
     public var heartbeatTimeout: Duration = .seconds(3)
     /// On shutdown, running jobs get this long to finish before their workers are killed.
@@ -53,5 +56,20 @@ public struct NodeConfiguration: Sendable {
         self.secret = secret
         self.name = name
         self.logger = logger
+    }
+}
+
+/// Caps on connections that have not authenticated yet (TLS handshake and HELLO not
+/// done): a stranger can hold only this many, each for at most the handshake timeout.
+public struct UnauthenticatedCaps: Sendable {
+    /// From one source address.
+    public var perSource: Int = 16
+    /// From everyone.
+    public var total: Int = 128
+
+    /// The defaults: 16 per source address, 128 in all.
+    public init(perSource: Int = 16, total: Int = 128) {
+        self.perSource = perSource
+        self.total = total
     }
 }

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOPosix
 import PPDNSSD
+import PPTLS
 import PPWorkers
 import Synchronization
 
@@ -29,9 +30,14 @@ public final class NodeServer: Sendable {
     let pp: PPCompatService
     private let pythonVersion = Mutex<String?>(nil)
     private let closed = Mutex<[CheckedContinuation<Void, Never>]?>([])
+    /// The TLS context every client connection uses (server role, the cluster key).
+    let tls: TLSContext
 
     /// Creates a node; `start()` opens its port.
-    public init(configuration: NodeConfiguration) {
+    ///
+    /// - Throws: `TLSError` when OpenSSL cannot make a TLS 1.3 context.
+    public init(configuration: NodeConfiguration) throws {
+        self.tls = try TLSContext(keys: configuration.secret.keys, role: .server)
         self.configuration = configuration
         self.nodeID = Hex.encode(randomBytes(8))
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -64,9 +70,14 @@ public final class NodeServer: Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let session = NodeSession(node: self, channel: channel)
+                    // TLS first: the decoder and the session see only the plaintext of
+                    // a peer that proved it holds the cluster key, and until its HELLO
+                    // only frames of a few KiB.
+                    let limit = FrameLimit(NodeProtocol.preambleMaxFrame)
+                    let session = NodeSession(node: self, channel: channel, frameLimit: limit)
                     try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(NodeMessageDecoder(maxFrame: self.configuration.maxFrame)),
+                        TLSHandler(context: self.tls),
+                        ByteToMessageHandler(NodeMessageDecoder(limit: limit)),
                         session
                     )
                 }
@@ -274,11 +285,36 @@ final class NodeState: @unchecked Sendable {
     var nextJobID: UInt64 = 1
     var sessionsAccepted = 0
     var authFailures = 0
+    var refusedConnections = 0
+    /// Connections that have not sent HELLO yet, per source address.
+    var unauthenticated: [String: Int] = [:]
+    var unauthenticatedTotal = 0
     var protocolErrors = 0
     var jobsReceived = 0
 
     init(cacheBytes: Int) {
         self.cache = BundleCache(capacityBytes: cacheBytes)
+    }
+
+    /// Counts a new connection against the caps, or says why it is refused.
+    func admitUnauthenticated(host: String, caps: UnauthenticatedCaps) -> String? {
+        if self.unauthenticatedTotal >= caps.total {
+            return "\(self.unauthenticatedTotal) connections are already in their handshake (cap \(caps.total))"
+        }
+        let fromHost = self.unauthenticated[host, default: 0]
+        if fromHost >= caps.perSource {
+            return "\(fromHost) connections from \(host) are already in their handshake (cap \(caps.perSource))"
+        }
+        self.unauthenticated[host] = fromHost + 1
+        self.unauthenticatedTotal += 1
+        return nil
+    }
+
+    /// A connection counted by `admitUnauthenticated` authenticated or closed.
+    func releaseUnauthenticated(host: String) {
+        self.unauthenticatedTotal -= 1
+        let left = self.unauthenticated[host, default: 1] - 1
+        self.unauthenticated[host] = left > 0 ? left : nil
     }
 
     func beginDrain() {
@@ -314,6 +350,8 @@ final class NodeState: @unchecked Sendable {
         w.int(self.sessionsAccepted)
         w.raw(",\"auth_failures\":")
         w.int(self.authFailures)
+        w.raw(",\"refused_connections\":")
+        w.int(self.refusedConnections)
         w.raw(",\"protocol_errors\":")
         w.int(self.protocolErrors)
         w.raw(",\"bundles_received\":")

@@ -1,9 +1,16 @@
 import Logging
 import NIOCore
 import PPCore
+import PPTLS
 import PPWorkers
 
-/// One client connection of a node: handshake, then jobs, bundles, results, heartbeats.
+/// One client connection of a node: TLS handshake (the `TLSHandler` below this one),
+/// HELLO and WELCOME, then jobs, bundles, results, heartbeats.
+///
+/// Nothing reaches this handler before TLS has proved that the peer holds the cluster
+/// key. Until HELLO has been read, frames are limited to
+/// `NodeProtocol.preambleMaxFrame` bytes, and the connection counts against the
+/// node's caps on unauthenticated connections (per source address and in total).
 ///
 /// `@unchecked Sendable` is safe because the session lives on the node's single event
 /// loop; pool completions (which capture it) run on that same loop.
@@ -12,7 +19,6 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
 
     private enum Phase {
         case awaitingHello
-        case awaitingAuth(clientNonce: [UInt8], nodeNonce: [UInt8], version: UInt16, clientKeyID: String, name: String)
         case ready
         case closed
     }
@@ -20,9 +26,15 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     private let node: NodeServer
     private var channel: (any Channel)?
     private let peer: String
+    private let peerHost: String
+    private let frameLimit: FrameLimit
     private var phase = Phase.awaitingHello
     private var clientName = "?"
     private var logger: Logger
+    /// Counted in the node's unauthenticated connections until HELLO.
+    private var countedUnauthenticated = false
+    /// The largest frame the client accepts (from its HELLO).
+    private var clientMaxFrame = NodeProtocol.preambleMaxFrame
 
     // Jobs
     private var window: Int
@@ -40,10 +52,12 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     private var heartbeat: RepeatedTask?
     private var handshakeTimer: Scheduled<Void>?
 
-    init(node: NodeServer, channel: any Channel) {
+    init(node: NodeServer, channel: any Channel, frameLimit: FrameLimit) {
         self.node = node
         self.channel = channel
-        self.peer = channel.remoteAddress.map { "\($0)" } ?? "?"
+        self.frameLimit = frameLimit
+        self.peerHost = channel.remoteAddress?.ipAddress ?? "?"
+        self.peer = channel.remoteAddress.map { PeerText.address($0) } ?? "?"
         var logger = node.configuration.logger
         logger[metadataKey: "peer"] = "\(self.peer)"
         self.logger = logger
@@ -57,17 +71,35 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     // MARK: Channel events
 
     func channelActive(context: ChannelHandlerContext) {
+        // Strangers get almost nothing: past the caps, the connection is closed before
+        // TLS allocates anything for it.
+        if let refusal = self.state.admitUnauthenticated(host: self.peerHost, caps: self.node.configuration.unauthenticatedCaps) {
+            self.state.refusedConnections += 1
+            self.logger.debug("connection refused", metadata: ["reason": "\(refusal)"])
+            self.phase = .closed
+            self.channel = nil
+            context.close(promise: nil)
+            return
+        }
+        self.countedUnauthenticated = true
         self.state.sessions[ObjectIdentifier(self)] = self
         self.state.sessionsAccepted += 1
         let limit = self.node.configuration.handshakeTimeout
         self.handshakeTimer = context.eventLoop.scheduleTask(in: .nanoseconds(limit.nanosecondsInt64)) { [self] in
             if case .ready = self.phase { return }
-            self.fail(.handshakeTimeout, "no authenticated handshake within \(limit); closing", logLevel: .notice)
+            self.fail(.handshakeTimeout, "no TLS handshake and HELLO within \(limit); closing", logLevel: .notice)
         }
         if self.state.draining { self.fail(.shuttingDown, "node shutting down", logLevel: .info) }
     }
 
+    private func leaveUnauthenticated() {
+        guard self.countedUnauthenticated else { return }
+        self.countedUnauthenticated = false
+        self.state.releaseUnauthenticated(host: self.peerHost)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        self.leaveUnauthenticated()
         self.phase = .closed
         self.channel = nil
         self.heartbeat?.cancel()
@@ -81,14 +113,25 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let e = error as? NodeProtocolError {
+        if let e = error as? TLSError {
+            if e.code == .handshakeFailed { self.state.authFailures += 1 } else { self.state.protocolErrors += 1 }
+            self.logger.notice("closing connection", metadata: ["reason": "\(PeerText.cut(e.message))"])
+            self.phase = .closed
+            context.close(promise: nil)
+        } else if let e = error as? NodeProtocolError {
             self.state.protocolErrors += 1
             self.fail(e.code, e.message, logLevel: .warning)
         } else if let e = error as? ByteToMessageDecoderError.PayloadTooLargeError {
             self.fail(.frameTooLarge, "\(e)", logLevel: .warning)
         } else {
-            self.logger.info("connection error", metadata: ["error": "\(error)"])
+            self.logger.info("connection error", metadata: ["error": "\(PeerText.cut("\(error)"))"])
             context.close(promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted(let cipher) = event as? TLSHandler.Event {
+            self.logger.debug("TLS established", metadata: ["tls.cipher": "\(cipher)"])
         }
     }
 
@@ -98,8 +141,6 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         switch self.phase {
         case .awaitingHello:
             self.hello(message, context: context)
-        case .awaitingAuth(let clientNonce, let nodeNonce, let version, let clientKeyID, let name):
-            self.auth(message, clientNonce: clientNonce, nodeNonce: nodeNonce, version: version, clientKeyID: clientKeyID, name: name, context: context)
         case .ready:
             self.serve(message, context: context)
         case .closed:
@@ -110,58 +151,34 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     // MARK: Handshake
 
     private func hello(_ message: NodeMessage, context: ChannelHandlerContext) {
-        guard case .hello(let minV, let maxV, let clientNonce, let keyID, let name) = message else {
+        guard case .hello(let minV, let maxV, let clientMaxFrame, let name) = message else {
             self.state.protocolErrors += 1
             return self.fail(.protocolViolation, "expected HELLO first; is this a ppnode client?", logLevel: .warning)
         }
         let version = min(maxV, NodeProtocol.version)
-        guard version >= max(minV, NodeProtocol.minimumVersion), clientNonce.count == NodeProtocol.nonceLength else {
+        guard version >= max(minV, NodeProtocol.minimumVersion) else {
             return self.fail(
                 .versionMismatch,
                 "protocol versions do not overlap: client speaks \(minV)-\(maxV), node speaks \(NodeProtocol.minimumVersion)-\(NodeProtocol.version); upgrade the older side",
                 logLevel: .warning
             )
         }
-        let secret = self.node.configuration.secret
-        let nodeNonce = randomBytes(NodeProtocol.nonceLength)
-        let proof = NodeProtocol.nodeProof(secret, clientNonce: clientNonce, nodeNonce: nodeNonce, version: version)
-        self.phase = .awaitingAuth(clientNonce: clientNonce, nodeNonce: nodeNonce, version: version, clientKeyID: keyID, name: name)
-        self.send(.challenge(version: version, nonce: nodeNonce, keyID: secret.keyID, proof: proof, info: self.node.infoJSON()), context: context)
-    }
-
-    private func auth(
-        _ message: NodeMessage,
-        clientNonce: [UInt8],
-        nodeNonce: [UInt8],
-        version: UInt16,
-        clientKeyID: String,
-        name: String,
-        context: ChannelHandlerContext
-    ) {
-        if case .error(_, let text) = message {
-            self.state.authFailures += 1
-            return self.fail(.authenticationFailed, "the client rejected this node: \(text)", logLevel: .warning)
-        }
-        guard case .auth(let proof) = message else {
+        guard Int(clientMaxFrame) >= NodeProtocol.preambleMaxFrame else {
             self.state.protocolErrors += 1
-            return self.fail(.protocolViolation, "expected AUTH after CHALLENGE", logLevel: .warning)
+            return self.fail(.protocolViolation, "the client accepts frames of only \(clientMaxFrame) bytes", logLevel: .warning)
         }
-        let secret = self.node.configuration.secret
-        let expected = NodeProtocol.clientProof(secret, clientNonce: clientNonce, nodeNonce: nodeNonce, version: version)
-        guard constantTimeEqual(proof, expected) else {
-            self.state.authFailures += 1
-            return self.fail(
-                .authenticationFailed,
-                "authentication failed: the client's secret (key id \(clientKeyID)) is not this node's (key id \(secret.keyID)); give the client the node's secret file",
-                logLevel: .warning
-            )
-        }
+        self.leaveUnauthenticated()
         self.handshakeTimer?.cancel()
         self.phase = .ready
-        self.clientName = name
-        self.logger[metadataKey: "client"] = "\(name)"
-        self.logger.info("client authenticated")
-        self.send(.welcome(window: UInt32(self.window), maxFrame: UInt32(self.node.configuration.maxFrame)), context: context)
+        self.clientMaxFrame = Int(clientMaxFrame)
+        self.frameLimit.value = self.node.configuration.maxFrame
+        self.clientName = PeerText.cut(name, limit: 64)
+        self.logger[metadataKey: "client"] = "\(self.clientName)"
+        self.logger.info("client connected")
+        self.send(
+            .welcome(version: version, window: UInt32(self.window), maxFrame: UInt32(self.node.configuration.maxFrame), info: self.node.infoJSON()),
+            context: context
+        )
         let timeout = self.node.configuration.heartbeatTimeout
         self.heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
             guard let channel = self.channel else { return }
@@ -270,7 +287,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         case .failure(let error):
             result = WireResult(id: clientID, status: error.code.wireStatus, nanoseconds: UInt64(max(0, outcome.duration.nanosecondsInt64)), stdout: Array(error.stdout.utf8), stderr: Array(error.stderr.utf8), payload: error.wireJSON)
         }
-        self.pendingResults.append(result)
+        self.pendingResults.append(self.fitted(result))
         self.meanJobNanos = self.meanJobNanos * 0.9 + Double(result.nanoseconds) * 0.1
         if !self.flushScheduled {
             self.flushScheduled = true
@@ -278,11 +295,24 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
+    /// `result`, or, when it cannot fit in one frame the client accepts, an error that
+    /// says so: only this job fails, and the others still travel.
+    private func fitted(_ result: WireResult) -> WireResult {
+        let size = NodeMessage.resultFrameOverhead + WireResult.encodedSize(result)
+        guard size > self.clientMaxFrame else { return result }
+        let error = JobError(
+            code: .resultTooLarge,
+            message: "result too large (\(size) bytes, limit \(self.clientMaxFrame)): return less, or write large data to a file and return its path"
+        )
+        self.logger.warning("result too large for the client", metadata: ["job.id": "\(result.id)", "bytes": "\(size)", "limit": "\(self.clientMaxFrame)"])
+        return WireResult(id: result.id, status: error.code.wireStatus, nanoseconds: result.nanoseconds, stdout: [], stderr: [], payload: error.wireJSON)
+    }
+
     private func flush() {
         self.flushScheduled = false
         guard let channel = self.channel, !self.pendingResults.isEmpty else { return }
         var buffer = channel.allocator.buffer(capacity: 64 * self.pendingResults.count)
-        NodeMessage.results(self.pendingResults).write(to: &buffer)
+        NodeMessage.writeResults(self.pendingResults, maxFrame: self.clientMaxFrame, to: &buffer)
         self.pendingResults.removeAll(keepingCapacity: true)
         // Short jobs get a deep window (pipelining); long ones a shallow one, so a
         // client does not park work here that its other executors could run.

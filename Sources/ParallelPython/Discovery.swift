@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import PPCore
 import PPDNSSD
+import PPTLS
 
 /// Turns node addresses, static and discovered, into `NodeLink`s for the scheduler.
 ///
@@ -10,8 +11,15 @@ import PPDNSSD
 final class ResourceManager: @unchecked Sendable {
     let scheduler: Scheduler
     let secret: ClusterSecret?
+    /// The client's TLS context (the cluster key), shared by every link.
+    let tls: TLSContext?
     let clientName: String
     let heartbeatTimeout: Duration
+    /// At most this many nodes found by discovery are linked at once: forged beacons
+    /// cannot make the client open connections without end.
+    static let maxDiscoveredLinks = 64
+    /// At most this many distinct "ignored" reports are remembered.
+    static let maxReports = 1024
     private var links: [String: NodeLink] = [:]
     private var reported: Set<String> = []
     /// DNS-SD service name -> address key, to act on removals.
@@ -21,6 +29,12 @@ final class ResourceManager: @unchecked Sendable {
     init(scheduler: Scheduler, secret: ClusterSecret?, clientName: String, heartbeatTimeout: Duration) {
         self.scheduler = scheduler
         self.secret = secret
+        do {
+            self.tls = try secret.map { try TLSContext(keys: $0.keys, role: .client) }
+        } catch {
+            scheduler.logger.error("nodes unusable: \(error)")
+            self.tls = nil
+        }
         self.clientName = clientName
         self.heartbeatTimeout = heartbeatTimeout
     }
@@ -35,7 +49,9 @@ final class ResourceManager: @unchecked Sendable {
     func discovered(_ beacon: NodeBeacon, host: String, via: String) {
         guard !self.stopped else { return }
         let address = NodeAddress(host: host, port: beacon.port)
-        if via == "DNS-SD" { self.services[beacon.name] = address.description }
+        if via == "DNS-SD", self.services.count < Self.maxReports || self.services[beacon.name] != nil {
+            self.services[beacon.name] = address.description
+        }
         if let link = self.links[address.description] {
             link.nudge()  // a node that came back is used at once, not after the backoff
             return
@@ -44,7 +60,7 @@ final class ResourceManager: @unchecked Sendable {
             self.reportOnce(
                 address.description + "/keyid",
                 "node of another cluster ignored",
-                ["node": "\(address)", "node.keyid": "\(beacon.keyid)", "our.keyid": "\(self.secret?.keyID ?? "none (no secret)")"]
+                ["node": "\(address)", "node.keyid": "\(PeerText.cut(beacon.keyid, limit: 32))", "our.keyid": "\(self.secret?.keyID ?? "none (no secret)")"]
             )
             return
         }
@@ -56,7 +72,15 @@ final class ResourceManager: @unchecked Sendable {
             )
             return
         }
-        self.scheduler.logger.info("node discovered", metadata: ["node": "\(address)", "node.name": "\(beacon.name)", "via": "\(via)"])
+        guard self.links.values.filter(\.discovered).count < Self.maxDiscoveredLinks else {
+            self.reportOnce(
+                address.description + "/cap",
+                "node ignored: the client already links the most discovered nodes it will",
+                ["node": "\(address)", "cap": "\(Self.maxDiscoveredLinks)"]
+            )
+            return
+        }
+        self.scheduler.logger.info("node discovered", metadata: ["node": "\(address)", "node.name": "\(PeerText.cut(beacon.name, limit: 64))", "via": "\(via)"])
         self.add(address, discovered: true)
     }
 
@@ -65,7 +89,7 @@ final class ResourceManager: @unchecked Sendable {
     /// until it is announced again.
     func withdrawn(serviceName: String) {
         guard !self.stopped, let key = self.services.removeValue(forKey: serviceName), let link = self.links[key], link.discovered else { return }
-        self.scheduler.logger.info("node withdrew its DNS-SD service", metadata: ["node": "\(key)", "node.name": "\(serviceName)"])
+        self.scheduler.logger.info("node withdrew its DNS-SD service", metadata: ["node": "\(key)", "node.name": "\(PeerText.cut(serviceName, limit: 64))"])
         if !link.connected {
             link.stop()
             self.links[key] = nil
@@ -77,7 +101,7 @@ final class ResourceManager: @unchecked Sendable {
         guard !self.stopped, self.links[address.description] == nil else { return }
         let link = NodeLink(
             address: address,
-            secret: self.secret,
+            tls: self.tls,
             scheduler: self.scheduler,
             clientName: self.clientName,
             heartbeatTimeout: self.heartbeatTimeout,
@@ -92,7 +116,7 @@ final class ResourceManager: @unchecked Sendable {
     }
 
     private func reportOnce(_ key: String, _ message: Logger.Message, _ metadata: Logger.Metadata) {
-        guard self.reported.insert(key).inserted else { return }
+        guard self.reported.count < Self.maxReports, self.reported.insert(key).inserted else { return }
         self.scheduler.logger.notice(message, metadata: metadata)
     }
 

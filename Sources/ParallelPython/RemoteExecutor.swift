@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PPCore
+import PPTLS
 
 /// A node's address: host and native-protocol port.
 public struct NodeAddress: Sendable, Hashable, CustomStringConvertible {
@@ -51,13 +52,14 @@ public struct NodeAddressError: Error, Sendable, CustomStringConvertible {
     public var description: String { "'\(self.text)' is not a node address; write HOST:PORT, e.g. 192.168.1.20:7340" }
 }
 
-/// Keeps one node connected: connects, authenticates, turns the connection into a
+/// Keeps one node connected: connects, runs TLS and HELLO, turns the connection into a
 /// `RemoteExecutor` for the scheduler, and reconnects with backoff when it is lost.
 ///
 /// Confined to the job server's loop (`@unchecked Sendable` for that reason).
 final class NodeLink: @unchecked Sendable {
     let address: NodeAddress
-    let secret: ClusterSecret?
+    /// The client's TLS context (the cluster key); `nil` when there is no secret.
+    let tls: TLSContext?
     unowned let scheduler: Scheduler
     let clientName: String
     let heartbeatTimeout: Duration
@@ -73,9 +75,9 @@ final class NodeLink: @unchecked Sendable {
     /// Called when a discovered link gives up.
     var onGiveUp: (() -> Void)?
 
-    init(address: NodeAddress, secret: ClusterSecret?, scheduler: Scheduler, clientName: String, heartbeatTimeout: Duration, discovered: Bool = false) {
+    init(address: NodeAddress, tls: TLSContext?, scheduler: Scheduler, clientName: String, heartbeatTimeout: Duration, discovered: Bool = false) {
         self.address = address
-        self.secret = secret
+        self.tls = tls
         self.scheduler = scheduler
         self.clientName = clientName
         self.heartbeatTimeout = heartbeatTimeout
@@ -95,29 +97,34 @@ final class NodeLink: @unchecked Sendable {
 
     private func connect() {
         guard !self.stopped else { return }
-        guard let secret = self.secret else {
+        guard let tls = self.tls else {
             self.problem("no cluster secret: give --secret-file or set PP_SECRET")
             return
         }
-        let executor = RemoteExecutor(link: self, secret: secret)
+        let executor = RemoteExecutor(link: self)
         self.executor = executor
         ClientBootstrap(group: self.scheduler.loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(3))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(NodeMessageDecoder()), executor)
+                    try channel.pipeline.syncOperations.addHandlers(
+                        TLSHandler(context: tls),
+                        ByteToMessageHandler(NodeMessageDecoder(limit: executor.frameLimit)),
+                        executor
+                    )
                 }
             }
             .connect(host: self.address.host, port: self.address.port)
             .whenFailure { [self] error in
+                guard self.executor === executor else { return }
                 self.executor = nil
                 self.problem(Self.describe(error))
                 self.retry()
             }
     }
 
-    /// The executor authenticated: the scheduler may use it.
+    /// The executor finished its handshake: the scheduler may use it.
     func ready(_ executor: RemoteExecutor) {
         self.backoff = .milliseconds(200)
         self.failures = 0
@@ -190,11 +197,19 @@ final class NodeLink: @unchecked Sendable {
         if let e = error as? NIOConnectionError, let first = e.connectionErrors.first { return Self.describe(first.error) }
         if let e = error as? IOError { return String(cString: strerror(e.errnoCode)).lowercased() }
         if error is ChannelError, case ChannelError.connectTimeout = error { return "connection timed out" }
-        return "\(error)"
+        if let e = error as? TLSError { return e.message }
+        return PeerText.cut("\(error)")
     }
 }
 
-/// One authenticated connection to a node, used by the scheduler as an executor.
+/// One connection to a node (TLS, HELLO, WELCOME, then jobs), used by the scheduler as
+/// an executor.
+///
+/// Everything the node sends is checked: a WINDOW is capped, a NEED is answered once
+/// per bundle and only for bundles this client sent, a result must be for a job in
+/// flight and carry one JSON value, a job handed back is requeued a bounded number of
+/// times, and a job with a timeout that gets no result within twice its timeout plus
+/// `deadlineGrace` fails here, whatever the node does.
 ///
 /// Confined to the job server's loop: the channel handler methods run there, and so
 /// does everything the scheduler calls (`@unchecked Sendable` for that reason).
@@ -202,34 +217,45 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     typealias InboundIn = NodeMessage
 
     private enum Phase {
-        case connecting
-        case awaitingChallenge(nonce: [UInt8])
+        case handshaking
         case awaitingWelcome
         case ready
         case draining
         case closed
     }
 
+    /// The largest window a node may give (jobs in flight on one connection).
+    static let maxWindow = 16_384
+    /// Added to twice a job's timeout before the client gives up on its result.
+    static let deadlineGrace: TimeAmount = .seconds(5)
+    /// The TLS handshake and WELCOME must be done within this time.
+    static let handshakeTimeout: TimeAmount = .seconds(5)
+
     unowned let link: NodeLink
-    let secret: ClusterSecret
+    /// The decoder's frame limit: a few KiB until WELCOME.
+    let frameLimit = FrameLimit(NodeProtocol.preambleMaxFrame)
     private var channel: (any Channel)?
-    private var phase = Phase.connecting
+    private var phase = Phase.handshaking
     private var window = 0
     private var inflight: [UInt64: ClientJob] = [:]
     private var bundles: [SHA256Digest: FunctionBundle] = [:]
+    private var bundlesSent: Set<SHA256Digest> = []
+    /// Jobs with a timeout: when the client stops waiting for them.
+    private var deadlines: [UInt64: NIODeadline] = [:]
     private var lastHeard = NIODeadline.now()
     private var heartbeat: RepeatedTask?
+    private var ticks = 0
+    private var handshakeTimer: Scheduled<Void>?
     private var closeReason: String?
     private var retryAfter: TimeAmount?
     private(set) var wasReady = false
     private var statsWaiters: [UInt64: EventLoopPromise<[UInt8]>] = [:]
     private var nextStatsToken: UInt64 = 1
-    /// The node's CHALLENGE info JSON.
+    /// The node's WELCOME info JSON.
     private(set) var info: [UInt8] = []
 
-    init(link: NodeLink, secret: ClusterSecret) {
+    init(link: NodeLink) {
         self.link = link
-        self.secret = secret
     }
 
     var name: String { self.link.name }
@@ -257,10 +283,15 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
         buffer.writeInteger(UInt32(0))
         buffer.writeInteger(NodeProtocol.Kind.submit.rawValue)
         buffer.writeInteger(UInt32(jobs.count))
+        let now = NIODeadline.now()
         for job in jobs {
             self.inflight[job.id] = job
             if self.bundles[job.bundle.digest] == nil { self.bundles[job.bundle.digest] = job.bundle }
-            let timeout = job.timeout.map { UInt32(clamping: max(1, $0.nanosecondsInt64 / 1_000_000)) } ?? 0
+            var timeout: UInt32 = 0
+            if let limit = job.timeout {
+                timeout = UInt32(clamping: max(1, limit.nanosecondsInt64 / 1_000_000))
+                self.deadlines[job.id] = now + .nanoseconds(limit.nanosecondsInt64 &* 2) + Self.deadlineGrace
+            }
             NodeMessage.writeJob(WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments), to: &buffer)
         }
         buffer.setInteger(UInt32(buffer.writerIndex - start - 4), at: start)
@@ -275,6 +306,7 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     func takeInflight() -> [ClientJob] {
         let jobs = self.inflight.values.sorted { $0.id < $1.id }
         self.inflight.removeAll()
+        self.deadlines.removeAll()
         return jobs
     }
 
@@ -288,27 +320,35 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     func channelActive(context: ChannelHandlerContext) {
         self.channel = context.channel
-        let nonce = randomBytes(NodeProtocol.nonceLength)
-        self.phase = .awaitingChallenge(nonce: nonce)
-        self.write(.hello(minVersion: NodeProtocol.minimumVersion, maxVersion: NodeProtocol.version, nonce: nonce, keyID: self.secret.keyID, name: self.link.clientName))
+        self.phase = .handshaking
+        self.handshakeTimer = context.eventLoop.scheduleTask(in: Self.handshakeTimeout) { [self] in
+            switch self.phase {
+            case .handshaking, .awaitingWelcome:
+                self.abort("no TLS handshake and WELCOME from the node within \(Self.handshakeTimeout.nanoseconds / 1_000_000_000) s", retryAfter: nil)
+            default:
+                break
+            }
+        }
         let timeout = self.link.heartbeatTimeout
-        // Ping every second; check for silence four times a second, so a silent node
-        // is dropped at most 250 ms after its timeout.
-        var ticks = 0
+        // Ping every second; check for silence and for results past their deadline four
+        // times a second, so a silent node is dropped at most 250 ms after its timeout.
         self.heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) { [self] _ in
-            guard let channel = self.channel else { return }
-            if NIODeadline.now() - self.lastHeard > .nanoseconds(timeout.nanosecondsInt64) {
+            guard let channel = self.channel, self.wasReady else { return }
+            let now = NIODeadline.now()
+            if now - self.lastHeard > .nanoseconds(timeout.nanosecondsInt64) {
                 self.closeReason = "no heartbeat for \(timeout)"
                 channel.close(promise: nil)
                 return
             }
-            ticks += 1
-            if ticks % 4 == 0 { self.write(.ping(0)) }
+            if !self.deadlines.isEmpty { self.expireOverdue(now: now) }
+            self.ticks += 1
+            if self.ticks % 4 == 0 { self.write(.ping(0)) }
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         self.heartbeat?.cancel()
+        self.handshakeTimer?.cancel()
         for (_, p) in self.statsWaiters { p.succeed([]) }
         self.statsWaiters.removeAll()
         self.channel = nil
@@ -317,8 +357,22 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.closeReason = self.closeReason ?? ((error as? NodeProtocolError).map { "protocol error from the node: \($0.message)" } ?? NodeLink.describe(error))
+        if let e = error as? TLSError {
+            self.closeReason = self.closeReason ?? e.message
+            // Another key will not start working in 200 ms.
+            if e.code == .handshakeFailed { self.retryAfter = .seconds(10) }
+        } else {
+            self.closeReason = self.closeReason ?? ((error as? NodeProtocolError).map { "protocol error from the node: \($0.message)" } ?? NodeLink.describe(error))
+        }
         context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard case .handshakeCompleted = event as? TLSHandler.Event, case .handshaking = self.phase else {
+            return context.fireUserInboundEventTriggered(event)
+        }
+        self.phase = .awaitingWelcome
+        self.write(.hello(minVersion: NodeProtocol.minimumVersion, maxVersion: NodeProtocol.version, maxFrame: UInt32(NodeProtocol.defaultMaxFrame), name: self.link.clientName))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -326,53 +380,44 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
         let message = Self.unwrapInboundIn(data)
         switch (self.phase, message) {
         case (_, .error(let code, let text)):
-            self.closeReason = "the node refused us: \(text)"
-            if code == NodeErrorCode.authenticationFailed.rawValue || code == NodeErrorCode.versionMismatch.rawValue {
-                self.retryAfter = .seconds(10)
-            }
+            self.closeReason = "the node refused us: \(PeerText.cut(text))"
+            if code == NodeErrorCode.versionMismatch.rawValue { self.retryAfter = .seconds(10) }
             context.close(promise: nil)
-        case (.awaitingChallenge(let nonce), .challenge(let version, let nodeNonce, let nodeKeyID, let proof, let info)):
+        case (.awaitingWelcome, .welcome(let version, let window, _, let info)):
             guard version >= NodeProtocol.minimumVersion, version <= NodeProtocol.version else {
                 return self.abort("the node chose protocol version \(version), which this client does not speak", retryAfter: .seconds(10))
             }
-            let expected = NodeProtocol.nodeProof(self.secret, clientNonce: nonce, nodeNonce: nodeNonce, version: version)
-            guard constantTimeEqual(proof, expected) else {
-                // Tell the node too, so both sides log both key ids.
-                self.write(.error(code: NodeErrorCode.authenticationFailed.rawValue, message: "the client's secret (key id \(self.secret.keyID)) is not this node's (key id \(nodeKeyID))"))
-                return self.abort(
-                    "the node does not know our secret: it has key id \(nodeKeyID), we have key id \(self.secret.keyID) (another cluster?); use that node's secret file",
-                    retryAfter: .seconds(10)
-                )
-            }
+            self.handshakeTimer?.cancel()
             self.info = info
-            self.phase = .awaitingWelcome
-            self.write(.auth(proof: NodeProtocol.clientProof(self.secret, clientNonce: nonce, nodeNonce: nodeNonce, version: version)))
-        case (.awaitingWelcome, .welcome(let window, _)):
-            self.window = Int(window)
+            self.window = min(Int(window), Self.maxWindow)
+            self.frameLimit.value = NodeProtocol.defaultMaxFrame
             self.phase = .ready
             self.wasReady = true
             self.link.ready(self)
         case (.ready, .results(let results)), (.draining, .results(let results)):
             self.received(results)
-        case (_, .need(let digest)):
+        case (.ready, .need(let digest)), (.draining, .need(let digest)):
             guard let bundle = self.bundles[digest] else {
                 return self.abort("the node asked for a function bundle \(digest) this client never sent", retryAfter: nil)
             }
+            guard self.bundlesSent.insert(digest).inserted else {
+                return self.abort("the node asked again for function bundle \(digest), which it was sent on this connection", retryAfter: nil)
+            }
             self.write(.bundle(digest: digest, spec: bundle.spec))
-        case (_, .window(let w)):
-            self.window = Int(w)
+        case (.ready, .window(let w)), (.draining, .window(let w)):
+            self.window = min(Int(w), Self.maxWindow)
             self.link.scheduler.dispatchSoon()
-        case (_, .ping(let token)):
+        case (.ready, .ping(let token)), (.draining, .ping(let token)):
             self.write(.pong(token))
         case (_, .pong):
             break
-        case (_, .goodbye(let reason)):
+        case (.ready, .goodbye(let reason)), (.draining, .goodbye(let reason)):
             self.phase = .draining
-            self.closeReason = "the node said goodbye: \(reason)"
+            self.closeReason = "the node said goodbye: \(PeerText.cut(reason))"
         case (_, .stats(let token, let json)):
             self.statsWaiters.removeValue(forKey: token)?.succeed(json)
         default:
-            self.abort("unexpected \(message) from the node", retryAfter: nil)
+            self.abort("unexpected \(PeerText.cut("\(message)", limit: 80)) from the node", retryAfter: nil)
         }
     }
 
@@ -394,19 +439,31 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     }
 
     private func received(_ results: [WireResult]) {
-        var rescheduled: [ClientJob] = []
+        var handedBack: [ClientJob] = []
         for r in results {
             guard let job = self.inflight.removeValue(forKey: r.id) else { continue }
+            self.deadlines.removeValue(forKey: r.id)
             let stdout = String(decoding: r.stdout, as: UTF8.self)
             let stderr = String(decoding: r.stderr, as: UTF8.self)
             let duration = Duration.nanoseconds(Int64(clamping: r.nanoseconds))
             if r.status == 0 {
+                guard JSONCheck.isSingleValue(r.payload) else {
+                    let error = JobError(
+                        code: .protocolError,
+                        message: "the node sent a result that is not one JSON value (\(r.payload.count) bytes); the job's value was dropped",
+                        executor: self.name
+                    )
+                    job.completion(.failure(error, executor: self.name))
+                    continue
+                }
                 job.completion(JobOutcome(result: .success(r.payload), stdout: stdout, stderr: stderr, duration: duration, executor: self.name))
                 continue
             }
             let code = JobError.Code(wireStatus: r.status)
             if code == .shutdown {
-                rescheduled.append(job)  // the node is draining: run it elsewhere
+                // The node is draining: run the job elsewhere, and send it nothing more.
+                self.phase = .draining
+                handedBack.append(job)
                 continue
             }
             var error = JobError(code: code, wireJSON: r.payload)
@@ -415,8 +472,30 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
             error.executor = self.name
             job.completion(JobOutcome(result: .failure(error), stdout: stdout, stderr: stderr, duration: duration, executor: self.name))
         }
-        if !rescheduled.isEmpty { self.link.scheduler.requeue(rescheduled, lost: nil, from: self.name) }
+        if !handedBack.isEmpty { self.link.scheduler.requeue(handedBack, lost: nil, from: self.name) }
         self.link.scheduler.dispatchSoon()
+    }
+
+    /// Fails the jobs whose result is overdue (twice their timeout plus the grace) and
+    /// asks the node to stop them.
+    private func expireOverdue(now: NIODeadline) {
+        let overdue = self.deadlines.filter { $0.value <= now }.map(\.key)
+        for id in overdue {
+            self.deadlines.removeValue(forKey: id)
+            guard let job = self.inflight.removeValue(forKey: id) else { continue }
+            self.write(.cancel(id: id))
+            let limit = job.timeout.map { "\(Double($0.nanosecondsInt64) / 1e9)" } ?? "?"
+            job.completion(
+                .failure(
+                    JobError(
+                        code: .timeout,
+                        message: "no result from node \(self.name) within twice the job's timeout of \(limit) s plus \(Self.deadlineGrace.nanoseconds / 1_000_000_000) s; the client stopped waiting"
+                    ),
+                    executor: self.name
+                )
+            )
+        }
+        if !overdue.isEmpty { self.link.scheduler.dispatchSoon() }
     }
 
     private func abort(_ reason: String, retryAfter: TimeAmount?) {

@@ -12,6 +12,8 @@ struct ClientJob: Sendable {
     var timeout: Duration?
     /// Times a node running it was lost.
     var attempts = 0
+    /// Times a node handed it back unrun (draining, or closed before it was sent).
+    var handBacks = 0
     var completion: @Sendable (JobOutcome) -> Void
 }
 
@@ -46,6 +48,8 @@ final class Scheduler: @unchecked Sendable {
     /// Why nodes are unavailable, by address, for the no-executor message.
     var nodeProblems: [String: String] = [:]
     static let maxAttempts = 3
+    /// A job handed back more often than this ends with an error instead of looping.
+    static let maxHandBacks = 16
     private static let maxBatch = 512
 
     init(loop: any EventLoop, noExecutorTimeout: Duration, logger: Logger) {
@@ -90,6 +94,12 @@ final class Scheduler: @unchecked Sendable {
                 job.attempts += 1
                 if job.attempts >= Self.maxAttempts {
                     job.completion(.failure(JobError(code: .nodeLost, message: "lost \(job.attempts) executors while running the job; the last, \(executor): \(reason)"), executor: executor))
+                    continue
+                }
+            } else {
+                job.handBacks += 1
+                if job.handBacks > Self.maxHandBacks {
+                    job.completion(.failure(JobError(code: .nodeLost, message: "nodes handed the job back \(job.handBacks) times without running it; the last, \(executor)"), executor: executor))
                     continue
                 }
             }

@@ -135,7 +135,7 @@ struct PPNodeCommand: AsyncParsableCommand {
         configuration.ppVersion = settings.ppVersion
         configuration.ppAllowDefaultSecret = settings.ppAllowDefaultSecret
 
-        let node = NodeServer(configuration: configuration)
+        let node = try NodeServer(configuration: configuration)
         let address: SocketAddress
         do {
             address = try await node.start()

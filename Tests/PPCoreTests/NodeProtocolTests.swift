@@ -15,9 +15,12 @@ struct NodeProtocolTests {
 
     @Test func messagesRoundTrip() throws {
         let digest = SHA256Digest(hashing: Array("x".utf8))
-        let nonce = [UInt8](repeating: 7, count: 32)
-        guard case .hello(1, 1, nonce, "abcd", "me") = try roundTrip(.hello(minVersion: 1, maxVersion: 1, nonce: nonce, keyID: "abcd", name: "me")) else {
+        guard case .hello(2, 3, 65_536, "me") = try roundTrip(.hello(minVersion: 2, maxVersion: 3, maxFrame: 65_536, name: "me")) else {
             Issue.record("hello")
+            return
+        }
+        guard case .welcome(2, 128, 1024, let info) = try roundTrip(.welcome(version: 2, window: 128, maxFrame: 1024, info: Array("{}".utf8))), info == Array("{}".utf8) else {
+            Issue.record("welcome")
             return
         }
         guard case .submit(let jobs) = try roundTrip(.submit([WireJob(id: 9, digest: digest, timeoutMilliseconds: 5, arguments: JobArguments(jsonArray: Array("[1]".utf8)))])) else {
@@ -97,17 +100,57 @@ struct NodeProtocolTests {
         #expect(NodeBeacon(txt: txt, port: 0, serviceName: "n1") == nil)
     }
 
-    @Test func proofsDependOnSecretNonceAndDirection() throws {
+    @Test func secretsHaveDistinctKeysAndAreChecked() throws {
         let s1 = try ClusterSecret(text: "0123456789abcdef-one", origin: "t")
         let s2 = try ClusterSecret(text: "0123456789abcdef-two", origin: "t")
-        let a = [UInt8](repeating: 1, count: 32), b = [UInt8](repeating: 2, count: 32)
-        let p = NodeProtocol.nodeProof(s1, clientNonce: a, nodeNonce: b, version: 1)
-        #expect(p == NodeProtocol.nodeProof(s1, clientNonce: a, nodeNonce: b, version: 1))
-        #expect(p != NodeProtocol.nodeProof(s2, clientNonce: a, nodeNonce: b, version: 1))
-        #expect(p != NodeProtocol.nodeProof(s1, clientNonce: b, nodeNonce: a, version: 1))
-        #expect(p != NodeProtocol.clientProof(s1, clientNonce: a, nodeNonce: b, version: 1))
-        #expect(s1.keyID != s2.keyID && s1.keyID.count == 16)
+        #expect(s1.keyID != s2.keyID && s1.keyID.count == 16 && s1.keys.tlsKey != s2.keys.tlsKey)
         #expect(throws: SecretError.self) { try ClusterSecret(text: "  \n", origin: "t") }
         #expect(throws: SecretError.self) { try ClusterSecret(text: "short", origin: "t") }
+    }
+
+    @Test func resultsAreSplitSoNoFrameExceedsTheLimit() throws {
+        let results = (0..<50).map { WireResult(id: UInt64($0), status: 0, nanoseconds: 1, stdout: [], stderr: [], payload: Array(repeating: UInt8(ascii: "1"), count: 100)) }
+        var buffer = ByteBuffer()
+        NodeMessage.writeResults(results, maxFrame: 1000, to: &buffer)
+        var decoder = NodeMessageDecoder(maxFrame: 1000)
+        var ids: [UInt64] = []
+        var frames = 0
+        while let message = try decoder.decode(buffer: &buffer) {
+            guard case .results(let batch) = message else { Issue.record("not RESULTS"); return }
+            frames += 1
+            ids += batch.map(\.id)
+        }
+        #expect(ids == (0..<50).map(UInt64.init))
+        #expect(frames == 8)  // 7 results of 129 bytes fit in 9 + 7 * 129 = 912 <= 1000: 8 frames for 50
+    }
+
+    @Test func jsonCheckAcceptsOneValueOnly() {
+        for good in ["1", "-0.5e+3", " \"a\\n\\u00e9\" ", "[1,[2,{\"k\":null}],true,false]", "{}", "[]", "\"\u{e9}\""] {
+            #expect(JSONCheck.isSingleValue(Array(good.utf8)), "\(good)")
+        }
+        for bad in ["", "1\n2", "1 2", "\"a\nb\"", "[1,]", "{\"a\"}", "01", "1.", "nul", "[", "\"\\x\"", "NaN", "{\"a\":1}}"] {
+            #expect(!JSONCheck.isSingleValue(Array(bad.utf8)), "\(bad)")
+        }
+        let deep = String(repeating: "[", count: 600) + String(repeating: "]", count: 600)
+        #expect(!JSONCheck.isSingleValue(Array(deep.utf8)))
+    }
+
+    @Test func peerTextIsEscapedAndCut() {
+        #expect(PeerText.cut("a\nb\u{1b}[31m") == "a\\nb\\u{1b}[31m")
+        #expect(PeerText.cut(String(repeating: "x", count: 300), limit: 10) == "xxxxxxxxxx... (290 more characters)")
+    }
+
+    @Test func keyDerivation() {
+        // Generated secrets (64 hex digits) are derived fast; others with scrypt.
+        let generated = ClusterKeys(secret: Array(String(repeating: "ab", count: 32).utf8))
+        let chosen = ClusterKeys(secret: Array("correct horse battery staple".utf8))
+        #expect(!generated.stretched && chosen.stretched)
+        #expect(generated.keyID.count == 16 && chosen.keyID.count == 16 && generated.keyID != chosen.keyID)
+        #expect(generated.tlsKey.count == 32 && generated.tlsKey != chosen.tlsKey)
+        #expect(ClusterKeys(secret: Array("correct horse battery staple".utf8)) == chosen)
+        // The key id is neither the old unsalted SHA-256 prefix nor part of the TLS key.
+        let old = Hex.encode(SHA256Digest(hashing: Array("ppnode key id\u{0}".utf8) + Array("correct horse battery staple".utf8)).bytes.prefix(8))
+        #expect(chosen.keyID != old)
+        #expect(!Hex.encode(chosen.tlsKey).contains(chosen.keyID))
     }
 }
