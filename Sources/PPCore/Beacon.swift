@@ -6,8 +6,10 @@ import Foundation
 /// the magic `PPNB`, a format version byte (1), then a JSON object:
 /// `{"id","name","port","keyid","protocol","cores","workers","version"}` and, when
 /// known, `"arch"`, `"os"`, `"python"` and `"pp"` (the pp-compatible port).
-/// A probe is `PPNQ` and a version byte; a node answers a probe at once with a beacon
-/// sent back to the probe's source address. Both fit one datagram (at most 1,400 bytes).
+/// A probe is `PPNQ`, a version byte (2) and zero bytes up to 1,400 in all; a node
+/// answers a probe at once with a beacon sent back to the probe's source address, and
+/// only when the beacon is no larger than the probe, so a forged source address
+/// cannot turn the node into an amplifier. Both fit one datagram (at most 1,400 bytes).
 public struct NodeBeacon: Sendable, Hashable, Codable {
     /// The node's random id (new each start).
     public var id: String
@@ -60,8 +62,8 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     /// The largest datagram either kind takes.
     public static let maxSize = 1_400
     static let beaconMagic = Array("SPPNB".utf8) + [1]
-    /// A probe datagram.
-    public static let probe: [UInt8] = Array("PPNQ".utf8) + [1]
+    /// A probe datagram: padded to `maxSize`, so that the answer is never larger.
+    public static let probe: [UInt8] = Array("PPNQ".utf8) + [2] + [UInt8](repeating: 0, count: maxSize - 5)
 
     /// The datagram of this beacon.
     public var datagram: [UInt8] { Self.beaconMagic + self.json }
@@ -169,6 +171,23 @@ public enum BroadcastTarget: Sendable, Equatable {
         throw BroadcastError(
             message: "\(origin)='\(value)' is neither 'off', an IPv4 address nor an interface with an IPv4 broadcast address; use e.g. 192.168.1.255, eth0, 127.255.255.255 or off"
         )
+    }
+
+    /// The name of the interface that holds the IPv4 address `address`, if any.
+    public static func interfaceName(owning address: String) -> String? {
+        var wanted = in_addr()
+        guard inet_pton(AF_INET, address, &wanted) == 1 else { return nil }
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return nil }
+        defer { freeifaddrs(list) }
+        var cursor: UnsafeMutablePointer<ifaddrs>? = first
+        while let entry = cursor {
+            defer { cursor = entry.pointee.ifa_next }
+            guard let a = entry.pointee.ifa_addr, a.pointee.sa_family == sa_family_t(AF_INET) else { continue }
+            let match = a.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr == wanted.s_addr }
+            if match { return String(cString: entry.pointee.ifa_name) }
+        }
+        return nil
     }
 
     /// The IPv4 broadcast address of a network interface, if it has one.

@@ -3,6 +3,10 @@ import NIOCore
 import NIOPosix
 import PPCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The broadcast half of a node's discovery: a beacon every `interval` to the
 /// broadcast target, and an immediate answer to every probe. (DNS-SD is the other
 /// half.) Lives on the node's loop.
@@ -41,8 +45,12 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     /// would be missed when the node's name is not ASCII.
     static let ppAnnouncement: [UInt8] = Array("S".utf8)
 
-    init(beacon: NodeBeacon, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger, style: Style = .native) {
+    /// The node's --host: the discovery socket listens on the interface that holds it.
+    private let host: String
+
+    init(beacon: NodeBeacon, host: String, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger, style: Style = .native) {
         self.style = style
+        self.host = host
         self.beacon = beacon.datagram
         self.target = target
         self.port = port
@@ -55,14 +63,22 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     /// node keeps serving.
     func start(group: any EventLoopGroup) async {
         do {
-            let channel = try await DatagramBootstrap(group: group)
+            let bootstrap = DatagramBootstrap(group: group)
                 .channelOption(.socketOption(.so_reuseaddr), value: 1)
                 .channelOption(.socketOption(.so_broadcast), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(self) }
                 }
-                .bind(host: "0.0.0.0", port: self.port)
-                .get()
+            let channel: any Channel
+            if ["0.0.0.0", "", "::", "*"].contains(self.host) {
+                channel = try await bootstrap.bind(host: "0.0.0.0", port: self.port).get()
+            } else if let interface = BroadcastTarget.interfaceName(owning: self.host) {
+                // Broadcasts reach only wildcard-bound sockets: bind the wildcard, but on
+                // the interface of --host alone, so other networks cannot probe us.
+                channel = try await bootstrap.withBoundSocket(try Self.socket(port: self.port, interface: interface)).get()
+            } else {
+                channel = try await bootstrap.bind(host: self.host, port: self.port).get()
+            }
             try await channel.eventLoop.submit {
                 self.channel = channel
                 self.startBeacons(on: channel)
@@ -73,6 +89,28 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
                 metadata: ["discovery.port": "\(self.port)", "error": "\(error)"]
             )
         }
+    }
+
+    /// A UDP socket bound to the wildcard address and `port` on `interface` only.
+    static func socket(port: Int, interface: String) throws -> CInt {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+        var one: CInt = 1
+        var name = Array(interface.utf8CString)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = INADDR_ANY
+        let ok = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size)) == 0
+            && setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, socklen_t(MemoryLayout<CInt>.size)) == 0
+            && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, &name, socklen_t(name.count)) == 0
+            && withUnsafePointer(to: &address, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }) == 0
+        guard ok else {
+            let e = errno
+            close(fd)
+            throw IOError(errnoCode: e, reason: "discovery socket on \(interface)")
+        }
+        return fd
     }
 
     private func startBeacons(on channel: any Channel) {
@@ -125,7 +163,9 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
             self.probesAnswered += 1
             self.send(Self.ppAnnouncement, to: to, on: context.channel)
             return
-        } else if !NodeBeacon.isProbe(bytes) {
+        } else if !NodeBeacon.isProbe(bytes) || bytes.count < self.beacon.count {
+            // Not a probe, or one smaller than the answer (an old client, or a forged
+            // source address hoping for amplification).
             return
         }
         self.probesAnswered += 1

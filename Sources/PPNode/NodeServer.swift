@@ -89,6 +89,7 @@ public final class NodeServer: Sendable {
         if let ppPort = self.configuration.ppPort { await self.startPPCompat(port: ppPort) }
         let beacons = BeaconService(
             beacon: self.beacon(port: address.port ?? self.configuration.port),
+            host: self.configuration.host,
             target: self.configuration.broadcast,
             port: self.configuration.discoveryPort,
             interval: self.configuration.beaconInterval,
@@ -146,6 +147,7 @@ public final class NodeServer: Sendable {
         let boundPort = self.ppAddress?.port ?? port
         let beacons = BeaconService(
             beacon: self.beacon(port: self.serverChannel.withLock { $0?.localAddress?.port } ?? self.configuration.port),
+            host: self.configuration.host,
             target: self.configuration.broadcast,
             port: boundPort,
             interval: self.configuration.beaconInterval,

@@ -31,6 +31,8 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     private var phase = Phase.awaitingHello
     private var clientName = "?"
     private var logger: Logger
+    /// TLS is up: ERROR frames can be sent (before, there is nobody to send them to).
+    private var tlsEstablished = false
     /// Counted in the node's unauthenticated connections until HELLO.
     private var countedUnauthenticated = false
     /// The largest frame the client accepts (from its HELLO).
@@ -131,6 +133,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted(let cipher) = event as? TLSHandler.Event {
+            self.tlsEstablished = true
             self.logger.debug("TLS established", metadata: ["tls.cipher": "\(cipher)"])
         }
     }
@@ -174,7 +177,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         self.frameLimit.value = self.node.configuration.maxFrame
         self.clientName = PeerText.cut(name, limit: 64)
         self.logger[metadataKey: "client"] = "\(self.clientName)"
-        self.logger.info("client connected")
+        self.logger.info("client authenticated")
         self.send(
             .welcome(version: version, window: UInt32(self.window), maxFrame: UInt32(self.node.configuration.maxFrame), info: self.node.infoJSON()),
             context: context
@@ -360,6 +363,11 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     private func fail(_ code: NodeErrorCode, _ message: String, logLevel: Logger.Level) {
         guard let channel = self.channel else { return }
         self.logger.log(level: logLevel, "closing session", metadata: ["reason": "\(message)"])
+        guard self.tlsEstablished else {
+            self.phase = .closed
+            channel.close(promise: nil)
+            return
+        }
         var buffer = channel.allocator.buffer(capacity: 64 + message.utf8.count)
         NodeMessage.error(code: code.rawValue, message: message).write(to: &buffer)
         self.phase = .closed
