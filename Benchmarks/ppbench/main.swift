@@ -6,7 +6,7 @@
 //     multiprocessing.Pool(chunksize=1) on the same number of workers;
 // (b) a CPU-bound batch (sum_primes of 100000, 100100, ..., 100700) on the workers
 //     against a serial Python loop;
-// (c) through one ppnode on loopback: tiny jobs pipelined and one at a time
+// (c) through one ppnode on loopback (TLS 1.3): tiny jobs pipelined and one at a time
 //     (synchronous round trip), against multiprocessing.Pool(chunksize=1) and against
 //     ppft's own ppserver driven by the ppft client (ppft 1.7.8 and dill from PyPI in
 //     the venv .build/ppft-venv, made on first use; --no-ppft skips it).
@@ -516,10 +516,11 @@ print("    serial Python loop             \(fmt(serialCPU, 3)) s")
 print("    ParallelPython, \(options.workers) workers      \(fmt(oursCPU, 3)) s")
 print("    speed-up                       \(fmt(serialCPU / oursCPU, 2))   (target >= 1.90 on 2 workers)")
 print("    results equal to serial loop   yes (first \(sums.first!))")
-print("(c) through one ppnode on loopback (\(options.workers) workers)")
+print("(c) through one ppnode on loopback, TLS 1.3 keyed by the cluster secret (\(options.workers) workers)")
 print("    tiny jobs, pipelined           \(fmt(nodeTiny, 0)) jobs/s   (target >= 50000)")
+print("      vs local mode (a)            ratio \(fmt(nodeTiny / oursTiny, 2))   (target >= 0.75)")
 print("      vs multiprocessing.Pool      ratio \(fmt(nodeTiny / poolTiny, 2))")
-print("    round trip, one at a time      \(fmt(nodeRTT * 1e6, 1)) us   (target <= 200)")
+print("    round trip, one at a time      \(fmt(nodeRTT * 1e6, 1)) us   (target <= Pool.apply)")
 print("      multiprocessing.Pool.apply   \(fmt(poolRTT * 1e6, 1)) us   ratio Pool/ours \(fmt(poolRTT / nodeRTT, 2))")
 if let ppft = ppftResult?.ppserver {
     print("    ppft 1.7.8 ppserver + client   \(fmt(ppft.rate, 0)) jobs/s pipelined (\(options.ppftJobs) jobs), \(fmt(ppft.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips))")
