@@ -233,7 +233,7 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
             case "EXEC":
                 self.phase = .exec
             default:
-                self.logger.warning("pp client sent an unknown connection type; closing", metadata: ["type": "\(String(decoding: frame.prefix(16), as: UTF8.self))"])
+                self.logger.warning("pp client sent an unknown connection type; closing", metadata: ["type": "\(PeerText.cut(String(decoding: frame.prefix(16), as: UTF8.self), limit: 16))"])
                 self.close()
             }
         case .stat:

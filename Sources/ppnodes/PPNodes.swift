@@ -211,12 +211,13 @@ struct PPNodes: AsyncParsableCommand {
         let header = ["NAME", "ADDRESS", "CORES", "WORKERS", "BUSY", "DONE", "LOAD", "VERSION", "PROTO", "PYTHON", "PP PORT", "ARCH/OS", "RTT", "FOUND BY", "CLUSTER"]
         var lines = [header]
         for r in rows {
-            let cluster = !r.inCluster ? "other (key id \(r.beacon.keyid))" : (r.accepted == true ? "mine, secret accepted" : "mine, secret refused")
+            let cluster = !r.inCluster ? "other (key id \(PeerText.cut(r.beacon.keyid, limit: 16)))" : (r.accepted == true ? "mine, secret accepted" : "mine, secret refused")
             let rtt = r.stats["rtt_us"].map { if case .int(let us) = $0 { String(format: "%.1f ms", Double(us) / 1000) } else { "-" } } ?? "-"
+            // Beacon fields come from the network: escaped and cut before they reach a terminal.
             lines.append([
-                r.beacon.name, r.address, String(r.beacon.cores), String(r.beacon.workers), Self.value(r.stats, "busy_workers"),
-                Self.value(r.stats, "jobs_done"), Self.value(r.stats, "load_average"), r.beacon.version, String(r.beacon.protocol),
-                r.python, r.beacon.pp.map(String.init) ?? "-", "\(r.beacon.arch ?? "?")/\(r.beacon.os ?? "?")", rtt, r.via.joined(separator: "+"), cluster,
+                PeerText.cut(r.beacon.name, limit: 40), r.address, String(r.beacon.cores), String(r.beacon.workers), Self.value(r.stats, "busy_workers"),
+                Self.value(r.stats, "jobs_done"), Self.value(r.stats, "load_average"), PeerText.cut(r.beacon.version, limit: 16), String(r.beacon.protocol),
+                PeerText.cut(r.python, limit: 16), r.beacon.pp.map(String.init) ?? "-", PeerText.cut("\(r.beacon.arch ?? "?")/\(r.beacon.os ?? "?")", limit: 40), rtt, r.via.joined(separator: "+"), cluster,
             ])
         }
         let widths = header.indices.map { c in lines.map { $0[c].count }.max() ?? 0 }

@@ -209,6 +209,64 @@ struct SecurityTests {
         #expect(errText.text.contains("TLS handshake failed"), "\(errText.text)")
     }
 
+    @Test func aNodeWithTheKeyCannotInjectOutputOrHoldATimedJob() async throws {
+        // The worst node: it holds the key (openssl s_server with the derived PSK), then
+        // offers a window of 2^32-1, answers job 1 with two JSON values ("a line
+        // injected into pprun's output"), and keeps the connection alive with pings
+        // but never answers job 2, which has a timeout.
+        let psk = try opensslPSK(secret)
+        let port = Int.random(in: 40_000...49_999)
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        // The script's frames go to s_server's stdin through a pipe; s_server sends
+        // them once a client is connected.
+        let (frames, framesOut) = try startPython(Self.fakeNodeScript, [], in: dir)
+        defer { stopProcess(frames) }
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        server.arguments = ["s_server", "-accept", "127.0.0.1:\(port)", "-tls1_3", "-nocert", "-psk", psk.hex, "-psk_identity", psk.identity, "-naccept", "1", "-quiet"]
+        server.standardInput = framesOut
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { stopProcess(server) }
+        try await Task.sleep(for: .milliseconds(300))
+        var configuration = JobServer.Configuration(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: port)], secret: try ClusterSecret(text: secret, origin: "test"), discover: false)
+        configuration.noExecutorTimeout = .seconds(30)
+        let client = JobServer(configuration: configuration)
+        let f = PythonFunction(name: "echo", source: "def echo(x):\n    return x\n")
+        let first = try client.submit(f, 1, as: Int.self)
+        let second = try client.submit(f, 2, as: Int.self, timeout: .seconds(1))
+        let one = await first.result
+        let two = await second.result
+        await client.shutdown()
+        guard case .failure(let e1) = one, case .failure(let e2) = two else {
+            Issue.record("the fake node's answers were accepted: \(one) \(two)")
+            return
+        }
+        #expect(e1.code == .protocolError && e1.message.contains("not one JSON value"), "\(e1)")
+        #expect(e2.code == .timeout && e2.message.contains("the client stopped waiting"), "\(e2)")
+    }
+
+    /// The fake node's frames on stdout, for s_server to send once a client is
+    /// connected: WELCOME, a bad RESULTS 1.5 s later, then a PING every 0.3 s for 12 s.
+    static let fakeNodeScript = #"""
+        import struct, sys, time
+        def frame(kind, body):
+            return struct.pack(">IB", len(body) + 1, kind) + body
+        sys.stdout.buffer.write(frame(0x04, struct.pack(">HII", 2, 0xFFFFFFFF, 1 << 20) + b"{}"))
+        sys.stdout.flush()
+        time.sleep(1.5)  # the client has connected and sent its jobs by then
+        payload = b'1\n"injected"'
+        result = struct.pack(">QBQ", 1, 0, 5) + struct.pack(">II", 0, 0) + struct.pack(">I", len(payload)) + payload
+        sys.stdout.buffer.write(frame(0x20, struct.pack(">I", 1) + result))
+        sys.stdout.flush()
+        for i in range(40):
+            time.sleep(0.3)
+            sys.stdout.buffer.write(frame(0x13, struct.pack(">Q", i)))
+            sys.stdout.flush()
+        """#
+
     /// A TCP proxy that records every byte and, on the first connection, injects a
     /// forged BUNDLE + SUBMIT (plaintext, protocol 2) and a forged TLS record into
     /// both directions.
