@@ -248,6 +248,36 @@ struct SecurityTests {
         #expect(e2.code == .timeout && e2.message.contains("the client stopped waiting"), "\(e2)")
     }
 
+    @Test func aResultTooLargeFailsAloneAndNothingReruns() throws {
+        let node = try NodeProcess(secret: secret)
+        defer { node.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = try dir.write("big.py", """
+            import os
+            def big(x, marker):
+                with open(marker, "a") as f:
+                    f.write("%d\\n" % x)
+                return "x" * (70 << 20) if x == 3 else x
+            """)
+        let marker = dir.path + "/ran"
+        let inputs = (0..<8).map { "[\($0), \"\(marker)\"]" }.joined(separator: "\n") + "\n"
+        let r = try runProcess(
+            builtCommand("pprun"),
+            ["map", file + ":big", "--input", "-", "--workers", "0", "--node", node.address, "--no-discover"],
+            stdin: inputs,
+            environment: ["PP_SECRET": secret]
+        )
+        #expect(r.status == 1)
+        #expect(r.lines == ["0", "1", "2", "4", "5", "6", "7"], "\(r.stdout.prefix(200))")
+        #expect(r.stderr.contains("result too large (") && r.stderr.contains("limit 67108864)"), "\(r.stderr.prefix(2000))")
+        // Every job ran exactly once: the big result did not break the connection.
+        let ran = (try? String(contentsOfFile: marker, encoding: .utf8)) ?? ""
+        let runs: [String] = ran.split(separator: "\n").map(String.init).sorted()
+        let expected: [String] = (0..<8).map { String($0) }
+        #expect(runs == expected)
+    }
+
     /// The fake node's frames on stdout, for s_server to send once a client is
     /// connected: WELCOME, a bad RESULTS 1.5 s later, then a PING every 0.3 s for 12 s.
     static let fakeNodeScript = #"""
