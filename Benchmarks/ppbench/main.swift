@@ -116,6 +116,16 @@ for _ in 0..<options.rounds {
     oursTiny = max(oursTiny, Double(options.jobs) / elapsed)
 }
 
+// The synchronous round trip in local mode: the same path minus TLS and the node.
+var localRTT = Double.infinity
+for _ in 0..<options.rounds {
+    let start = ContinuousClock.now
+    for i in 0..<options.roundTrips {
+        _ = try await server.submit(inc, arguments: tinyArgs[i % tinyArgs.count], as: RawJSON.self).value
+    }
+    localRTT = min(localRTT, seconds(ContinuousClock.now - start) / Double(options.roundTrips))
+}
+
 let poolTiny = python(
     """
     import multiprocessing, time
@@ -522,6 +532,7 @@ print("      vs local mode (a)            ratio \(fmt(nodeTiny / oursTiny, 2))  
 print("      vs multiprocessing.Pool      ratio \(fmt(nodeTiny / poolTiny, 2))")
 print("    round trip, one at a time      \(fmt(nodeRTT * 1e6, 1)) us   (target <= Pool.apply)")
 print("      multiprocessing.Pool.apply   \(fmt(poolRTT * 1e6, 1)) us   ratio Pool/ours \(fmt(poolRTT / nodeRTT, 2))")
+print("      local mode, one at a time    \(fmt(localRTT * 1e6, 1)) us")
 if let ppft = ppftResult?.ppserver {
     print("    ppft 1.7.8 ppserver + client   \(fmt(ppft.rate, 0)) jobs/s pipelined (\(options.ppftJobs) jobs), \(fmt(ppft.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips))")
     print("      ratio ours/ppft              \(fmt(nodeTiny / ppft.rate, 1))x pipelined, \(fmt(ppft.rtt / nodeRTT, 1))x round trip")
