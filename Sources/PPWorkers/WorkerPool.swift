@@ -165,6 +165,19 @@ public final class WorkerPool: Sendable {
         self.eventLoop.execute { self.core.resize(to: n) }
     }
 
+    /// Returns once a worker has started and said hello (at once for a pool of 0
+    /// workers).
+    ///
+    /// - Throws: `WorkerStartError` when no worker can start: the pool's start failures
+    ///   reached their limit (3 in a row) with no worker ready, for instance because the
+    ///   interpreter does not exist or exits at once; or the pool shut down first.
+    public func waitUntilReady() async throws(WorkerStartError) {
+        let error: WorkerStartError? = await withCheckedContinuation { continuation in
+            self.eventLoop.execute { self.core.whenReady { continuation.resume(returning: $0) } }
+        }
+        if let error { throw error }
+    }
+
     // MARK: Statistics
 
     /// A snapshot of the pool's counters.
@@ -209,6 +222,17 @@ public final class WorkerPool: Sendable {
         }
         for w in waiters { w.resume(returning: false) }
     }
+}
+
+/// No worker of a pool could start.
+public struct WorkerStartError: Error, Sendable, CustomStringConvertible {
+    /// Why: the last start failure (such as "cannot start '/nonexistent': No such file
+    /// or directory"), or that the pool shut down.
+    public var reason: String
+
+    public init(reason: String) { self.reason = reason }
+
+    public var description: String { self.reason }
 }
 
 /// Where a pool is in its shutdown.
