@@ -172,6 +172,9 @@ public final class WorkerPool: Sendable {
     ///   reached their limit (3 in a row) with no worker ready, for instance because the
     ///   interpreter does not exist or exits at once; or the pool shut down first.
     public func waitUntilReady() async throws(WorkerStartError) {
+        // After shutdown() the pool's own loop may be gone: answer without it.
+        let running = self.stopState.withLock { if case .running = $0 { true } else { false } }
+        guard running else { throw WorkerStartError(reason: "the worker pool shut down") }
         let error: WorkerStartError? = await withCheckedContinuation { continuation in
             self.eventLoop.execute { self.core.whenReady { continuation.resume(returning: $0) } }
         }
