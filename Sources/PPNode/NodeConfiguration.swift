@@ -8,7 +8,8 @@ public struct NodeConfiguration: Sendable {
     public var host: String = "0.0.0.0"
     /// The native protocol's TCP port.
     public var port: Int = NodeProtocol.defaultPort
-    /// Worker processes; `nil` means the usable cores.
+    /// Worker processes; `nil` means the usable cores. With 0, `start()` does not wait
+    /// for a ready worker (`ppnode` refuses 0: such a node would hold its clients' jobs).
     public var workers: Int?
     /// The Python interpreter for workers.
     public var python: String?
@@ -16,8 +17,15 @@ public struct NodeConfiguration: Sendable {
     public var secret: ClusterSecret
     /// A human name for the node (default: the host name).
     public var name: String
-    /// The largest frame accepted from a client.
+    /// The largest frame accepted from a client, in `maxFrameRange` (`start()` refuses
+    /// others).
     public var maxFrame: Int = NodeProtocol.defaultMaxFrame
+    /// The frame limits a node accepts: 64 KiB (room for a handshake and a small
+    /// bundle) to 1 GiB (the worker runtime's own frame limit, `MAX_FRAME` in
+    /// worker.py; the native protocol's WELCOME carries the limit as 32 bits).
+    public static let maxFrameRange: ClosedRange<Int> = (64 << 10)...(1 << 30)
+    /// The fix for a frame limit out of `maxFrameRange`.
+    public static let maxFrameAdvice = "give 65536 (64 KiB) to 1073741824 (1 GiB) bytes, such as 64MiB"
     /// Bytes of function bundles kept for all clients.
     public var cacheBytes: Int = 256 << 20
     /// A peer that has not finished its TLS handshake and HELLO within this time is
@@ -39,9 +47,10 @@ public struct NodeConfiguration: Sendable {
     /// says so once and relies on beacons).
     public var dnssd = true
     /// The TCP port of the pp-compatible listener (Parallel Python's wire protocol, for
-    /// unchanged ppft clients); `nil` turns it off. Its autodiscovery beacons use the
-    /// same number as UDP port.
-    public var ppPort: Int? = PPWire.defaultPort
+    /// unchanged ppft clients; 0 picks a free one); `nil`, the default, keeps it closed:
+    /// ppft's protocol is not encrypted. Its autodiscovery beacons use the same number
+    /// as UDP port.
+    public var ppPort: Int?
     /// The version string the pp-compatible listener announces (ppft clients require
     /// their own).
     public var ppVersion: String = PPWire.defaultVersion

@@ -57,15 +57,28 @@ public final class NodeServer: Sendable {
     /// The number of workers the node runs.
     public var workers: Int { self.pool.configuration.workers ?? 0 }
 
-    /// Binds the port and starts accepting clients.
+    /// Binds the port, waits until a worker is ready, then accepts clients and
+    /// advertises the node (beacons, DNS-SD, the pp-compatible listener when configured).
+    ///
+    /// Nothing is accepted or advertised before the pool has a ready worker, so a node
+    /// whose interpreter cannot start never draws clients. A node of 0 workers does
+    /// not wait.
     ///
     /// - Returns: the bound address (useful with port 0).
-    /// - Throws: when the address cannot be bound.
+    /// - Throws: `NodeStartError` when the address cannot be bound or no worker can
+    ///   start. The node has then stopped its workers and closed everything:
+    ///   `shutdown()` returns at once.
     @discardableResult
-    public func start() async throws -> SocketAddress {
+    public func start() async throws(NodeStartError) -> SocketAddress {
+        let host = self.configuration.host, port = self.configuration.port
+        guard NodeConfiguration.maxFrameRange.contains(self.configuration.maxFrame) else {
+            await self.stopAfterFailedStart()
+            throw NodeStartError(message: "max frame \(self.configuration.maxFrame) is out of range; \(NodeConfiguration.maxFrameAdvice)")
+        }
         let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.autoRead, value: false)  // accepts once a worker is ready
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { [self] channel in
@@ -82,11 +95,38 @@ public final class NodeServer: Sendable {
                     )
                 }
             }
-        let channel = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.bind(host: host, port: port).get()
+        } catch {
+            await self.stopAfterFailedStart()
+            throw NodeStartError(message: "cannot listen on \(host):\(port): \(Self.listenProblem(error, host: host, portFlag: "--port"))")
+        }
         self.serverChannel.withLock { $0 = channel }
         let address = channel.localAddress!
+        if self.workers > 0 {
+            do {
+                try await self.pool.waitUntilReady()
+            } catch {
+                await self.shutdown()
+                throw NodeStartError(message: "no Python worker could start: \(Self.trimmedFix(error.reason)); install python3 or point --python / PP_PYTHON at an interpreter")
+            }
+        }
         // The pp listener first, so the beacon and the TXT record carry its port.
-        if let ppPort = self.configuration.ppPort { await self.startPPCompat(port: ppPort) }
+        if let ppPort = self.configuration.ppPort {
+            do {
+                try await self.startPPCompat(port: ppPort)
+            } catch {
+                await self.shutdown()
+                throw error
+            }
+        }
+        do {
+            try await channel.setOption(.autoRead, value: true).get()
+        } catch {
+            await self.shutdown()
+            throw NodeStartError(message: "cannot accept on \(host):\(port): \(error)")
+        }
         let beacons = BeaconService(
             beacon: self.beacon(port: address.port ?? self.configuration.port),
             host: self.configuration.host,
@@ -109,9 +149,12 @@ public final class NodeServer: Sendable {
     /// The pp-compatible listener's address, once it runs.
     public var ppAddress: SocketAddress? { self.ppChannel.withLock { $0?.localAddress } }
 
-    /// Opens the pp-compatible listener and its ppft-style autodiscovery. Problems turn
-    /// it off with a log line that says why; the native protocol keeps working.
-    private func startPPCompat(port: Int) async {
+    /// Opens the pp-compatible listener and its ppft-style autodiscovery, with a warning
+    /// of what ppft's protocol exposes. It was asked for, so a port that cannot be bound
+    /// stops the node (`NodeStartError`). A node whose secret is ppft's published
+    /// default secret keeps the listener closed (unless allowed) and says why; the
+    /// native protocol keeps working.
+    private func startPPCompat(port: Int) async throws(NodeStartError) {
         let logger = self.configuration.logger
         if self.configuration.secret.bytes == Array(PPWire.defaultSecret.utf8) {
             guard self.configuration.ppAllowDefaultSecret else {
@@ -137,10 +180,14 @@ public final class NodeServer: Sendable {
         do {
             let channel = try await bootstrap.bind(host: self.configuration.host, port: port).get()
             self.ppChannel.withLock { $0 = channel }
+            logger.warning(
+                "Parallel Python compatible port open (--pp-port): ppft's protocol is unencrypted and unauthenticated after its SHA-1 challenge, so anyone on the network path can read every job and result and can inject into or take over an authenticated connection; and anyone who knows the secret can run code as this user. Open it only on a network you trust."
+            )
             logger.info("pp-compatible listener ready", metadata: ["pp.address": "\(channel.localAddress!)", "pp.version": "\(self.configuration.ppVersion)"])
         } catch {
-            logger.warning("pp-compatible listener off: cannot listen; pick another --pp-port or --no-pp", metadata: ["pp.port": "\(port)", "error": "\(error)"])
-            return
+            throw NodeStartError(
+                message: "cannot listen on \(self.configuration.host):\(port) for Parallel Python clients: \(Self.listenProblem(error, host: self.configuration.host, portFlag: "--pp-port"))"
+            )
         }
         // ppft's autodiscovery listens on its server port and connects to whoever sends
         // a datagram starting with "S", as this service does.
@@ -218,6 +265,44 @@ public final class NodeServer: Sendable {
         return self.beacon(port: port).json
     }
 
+    /// What a failed bind means and how to fix it, for `cannot listen on HOST:PORT: ...`.
+    static func listenProblem(_ error: any Error, host: String, portFlag: String) -> String {
+        if let io = error as? IOError {
+            switch io.errnoCode {
+            case EADDRINUSE:
+                return "address already in use; stop the other ppnode (or whatever holds the port) or pick another \(portFlag)"
+            case EADDRNOTAVAIL:
+                return "\(host) is not an address of this machine; give one of its addresses to --host, or 0.0.0.0 for every interface"
+            case EACCES:
+                return "permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE, pick a \(portFlag) of 1024 or more"
+            default:
+                return "\(String(cString: strerror(io.errnoCode))); check --host and \(portFlag)"
+            }
+        }
+        if let unknown = error as? SocketAddressError.UnknownHost {
+            return "'\(host)' is neither an IP address nor a name this machine can resolve (\(unknown.errorDescription)); give one of this machine's addresses to --host, or 0.0.0.0 for every interface"
+        }
+        return "\(error); check --host and \(portFlag)"
+    }
+
+    /// A worker start error without the pool's own advice (the node gives its own).
+    static func trimmedFix(_ reason: String) -> String {
+        let suffix = "; install Python 3 or point PP_PYTHON (or --python) at it"
+        return reason.hasSuffix(suffix) ? String(reason.dropLast(suffix.count)) : reason
+    }
+
+    /// After a bind failure (nothing was opened but the pool): stops the workers and
+    /// the loop, and marks the node closed.
+    private func stopAfterFailedStart() async {
+        await self.pool.shutdown()
+        try? await self.group.shutdownGracefully()
+        let waiters = self.closed.withLock { w -> [CheckedContinuation<Void, Never>] in
+            defer { w = nil }
+            return w ?? []
+        }
+        for w in waiters { w.resume() }
+    }
+
     /// Stops gracefully: stops accepting, tells every client the node is draining,
     /// ends queued jobs with `shutdown` (clients reschedule them), lets running jobs
     /// finish within the drain timeout, then closes.
@@ -268,6 +353,17 @@ public final class NodeServer: Sendable {
         let pool = await self.pool.statistics()
         return (try? await self.loop.submit { self.state.statisticsJSON(node: self, pool: pool) }.get()) ?? []
     }
+}
+
+/// Why a node could not start, and how to fix it (`ppnode` prints it and exits 2).
+public struct NodeStartError: Error, Sendable, CustomStringConvertible {
+    /// The problem and its fix, such as "cannot listen on 0.0.0.0:7340: address
+    /// already in use; stop the other ppnode ... or pick another --port".
+    public var message: String
+
+    public init(message: String) { self.message = message }
+
+    public var description: String { self.message }
 }
 
 /// This build's version.

@@ -130,8 +130,9 @@ public final class NodeProcess: @unchecked Sendable {
     private var log = ""
     private let lock = NSLock()
 
-    /// Starts `ppnode --port 0 ARGS` (and `PP_PP_PORT=0`) and waits (at most 20 s)
-    /// until it is ready.
+    /// Starts `ppnode --port 0 ARGS` and waits (at most 20 s) until it is ready. Its
+    /// pp-compatible listener is closed (ppnode's default) unless `arguments` open it:
+    /// on loopback give `--pp-port 0`, so concurrent tests do not race for port 60000.
     ///
     /// - Parameters:
     ///   - arguments: extra flags.
@@ -147,8 +148,6 @@ public final class NodeProcess: @unchecked Sendable {
         p.arguments = Array(command.dropFirst())
         var env = ProcessInfo.processInfo.environment
         env["PP_BROADCAST"] = env["PP_BROADCAST"] ?? "off"
-        // Nodes of concurrent tests on loopback must not race for pp's port 60000.
-        if launcher.isEmpty { env["PP_PP_PORT"] = env["PP_PP_PORT"] ?? "0" }
         env["PP_SECRET"] = secret
         for (k, v) in environment { env[k] = v }
         p.environment = env

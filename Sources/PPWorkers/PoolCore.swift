@@ -33,6 +33,8 @@ final class PoolCore: @unchecked Sendable {
     private var sweeper: RepeatedTask?
     private var shuttingDown = false
     private var shutdownWaiters: [() -> Void] = []
+    /// Callers of `whenReady`, answered once a worker is ready or none can start.
+    private var readyWaiters: [(WorkerStartError?) -> Void] = []
 
     /// A job runs at most this long before the pipeline holds only one job per worker.
     private static let pipelineTargetNanos: Double = 1_000_000
@@ -71,6 +73,7 @@ final class PoolCore: @unchecked Sendable {
         guard !self.shuttingDown else { return }
         self.shuttingDown = true
         self.target = 0
+        self.answerReadyWaiters(WorkerStartError(reason: "the worker pool shut down"))
         let queued = self.queue
         self.queue.removeAll()
         for job in queued {
@@ -95,6 +98,27 @@ final class PoolCore: @unchecked Sendable {
         for w in waiters { w() }
     }
 
+    /// Calls `done` once a worker is ready (`nil`), or with the reason when none can
+    /// start (the start failures reached their limit with no worker ready) or the pool
+    /// is shutting down. A pool of 0 workers is ready at once.
+    func whenReady(_ done: @escaping (WorkerStartError?) -> Void) {
+        if self.shuttingDown {
+            done(WorkerStartError(reason: "the worker pool shut down"))
+        } else if self.target == 0 || self.workers.values.contains(where: { $0.state == .ready }) {
+            done(nil)
+        } else if self.startFailures >= Self.maxStartFailures {
+            done(WorkerStartError(reason: self.lastStartError))
+        } else {
+            self.readyWaiters.append(done)
+        }
+    }
+
+    private func answerReadyWaiters(_ error: WorkerStartError?) {
+        let waiters = self.readyWaiters
+        self.readyWaiters = []
+        for w in waiters { w(error) }
+    }
+
     // MARK: Workers
 
     /// Starts workers until `target` are alive, unless they keep failing to start.
@@ -105,6 +129,7 @@ final class PoolCore: @unchecked Sendable {
         if self.startFailures >= Self.maxStartFailures {
             if !self.workers.values.contains(where: { $0.state == .ready }) {
                 self.failQueue(JobError(code: .workerDied, message: "no Python worker could start: \(self.lastStartError)"))
+                self.answerReadyWaiters(WorkerStartError(reason: self.lastStartError))
             }
             return
         }
@@ -244,6 +269,7 @@ final class PoolCore: @unchecked Sendable {
             self.startFailures = 0
             if self.pythonVersion == nil { self.pythonVersion = HelloJSON.pythonVersion(body) }
             self.logger.debug("worker ready", metadata: ["pool": "\(self.configuration.name)", "worker.pid": "\(slot.process.pid)"])
+            self.answerReadyWaiters(nil)
         case .result(let result):
             guard let head = slot.inflight.first, head.job.id == result.jobID, head.job.kind == .call else {
                 self.protocolFailure(index: index, message: "result for job \(result.jobID) it was not running")

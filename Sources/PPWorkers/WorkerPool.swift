@@ -165,6 +165,22 @@ public final class WorkerPool: Sendable {
         self.eventLoop.execute { self.core.resize(to: n) }
     }
 
+    /// Returns once a worker has started and said hello (at once for a pool of 0
+    /// workers).
+    ///
+    /// - Throws: `WorkerStartError` when no worker can start: the pool's start failures
+    ///   reached their limit (3 in a row) with no worker ready, for instance because the
+    ///   interpreter does not exist or exits at once; or the pool shut down first.
+    public func waitUntilReady() async throws(WorkerStartError) {
+        // After shutdown() the pool's own loop may be gone: answer without it.
+        let running = self.stopState.withLock { if case .running = $0 { true } else { false } }
+        guard running else { throw WorkerStartError(reason: "the worker pool shut down") }
+        let error: WorkerStartError? = await withCheckedContinuation { continuation in
+            self.eventLoop.execute { self.core.whenReady { continuation.resume(returning: $0) } }
+        }
+        if let error { throw error }
+    }
+
     // MARK: Statistics
 
     /// A snapshot of the pool's counters.
@@ -209,6 +225,17 @@ public final class WorkerPool: Sendable {
         }
         for w in waiters { w.resume(returning: false) }
     }
+}
+
+/// No worker of a pool could start.
+public struct WorkerStartError: Error, Sendable, CustomStringConvertible {
+    /// Why: the last start failure (such as "cannot start '/nonexistent': No such file
+    /// or directory"), or that the pool shut down.
+    public var reason: String
+
+    public init(reason: String) { self.reason = reason }
+
+    public var description: String { self.reason }
 }
 
 /// Where a pool is in its shutdown.

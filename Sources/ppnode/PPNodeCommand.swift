@@ -15,12 +15,16 @@ struct PPNodeCommand: AsyncParsableCommand {
         discussion: """
             Start it and forget it: with no configuration it listens on port 7340, runs \
             one worker per core, and uses the secret file ~/.config/ppnode/secret \
-            (created, random, mode 0600, when missing). Copy that file to the clients.
+            (created, random, mode 0600, when missing). Copy that file to the clients. \
+            It accepts clients and advertises itself once a worker is ready.
 
             Each setting comes from, in order: a flag, an environment variable, the \
             config file (--config, $PP_CONFIG, else /etc/ppnode/ppnode.conf when it \
             exists), the default. The secret: --secret-file, then $PP_SECRET, then \
-            $PP_SECRET_FILE or the default file.
+            $PP_SECRET_FILE (which must exist), then the default file.
+
+            Exit status 2: bad configuration, an unusable secret, a port that cannot \
+            be bound, or no worker that can start; the message names the fix.
 
             SIGTERM or SIGINT stops it gracefully: it stops accepting, tells clients, \
             lets running jobs finish (--drain-timeout), and hands queued jobs back.
@@ -41,23 +45,23 @@ struct PPNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("TCP port of the native protocol (env PP_PORT; default 7340).", valueName: "PORT"))
     var port: Int?
 
-    @Option(help: ArgumentHelp("Worker processes (env PP_WORKERS; default: the usable cores).", valueName: "N"))
+    @Option(help: ArgumentHelp("Worker processes, 1 or more (env PP_WORKERS; default: the usable cores).", valueName: "N"))
     var workers: Int?
 
     @Option(help: ArgumentHelp("Python interpreter for workers (env PP_PYTHON; default python3).", valueName: "PATH"))
     var python: String?
 
-    @Option(name: .customLong("secret-file"), help: ArgumentHelp("File holding the cluster secret.", valueName: "PATH"))
+    @Option(name: .customLong("secret-file"), help: ArgumentHelp("File holding the cluster secret; it must exist (env PP_SECRET_FILE).", valueName: "PATH"))
     var secretFile: String?
 
     @Option(help: ArgumentHelp("Name shown to clients (env PP_NODE_NAME; default: host name).", valueName: "NAME"))
     var name: String?
 
-    @Option(name: .customLong("max-frame"), help: ArgumentHelp("Largest frame accepted, bytes (default 67108864).", valueName: "BYTES"))
-    var maxFrame: Int?
+    @Option(name: .customLong("max-frame"), help: ArgumentHelp("Largest frame accepted: 64KiB to 1GiB, bytes or with a KiB/MiB/GiB suffix (env PP_MAX_FRAME; default 64MiB).", valueName: "BYTES"))
+    var maxFrame: String?
 
-    @Option(name: .customLong("cache-bytes"), help: ArgumentHelp("Function bundle cache size, bytes (default 268435456).", valueName: "BYTES"))
-    var cacheBytes: Int?
+    @Option(name: .customLong("cache-bytes"), help: ArgumentHelp("Function bundle cache size, bytes or with a KiB/MiB/GiB suffix (env PP_CACHE_BYTES; default 256MiB).", valueName: "BYTES"))
+    var cacheBytes: String?
 
     @Option(name: .customLong("handshake-timeout"), help: ArgumentHelp("Seconds a peer has to authenticate (default 5).", valueName: "SECONDS"))
     var handshakeTimeout: Double?
@@ -80,10 +84,10 @@ struct PPNodeCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-dnssd"), help: "Do not register with DNS-SD (env PP_DNSSD=off; default on when avahi-daemon runs).")
     var noDNSSD = false
 
-    @Option(name: .customLong("pp-port"), help: ArgumentHelp("TCP port of the Parallel Python (ppft) compatible listener, also the UDP port of its autodiscovery (env PP_PP_PORT; default 60000; 0 picks one).", valueName: "PORT"))
+    @Option(name: .customLong("pp-port"), help: ArgumentHelp("Open the Parallel Python (ppft) compatible listener on this TCP port, also the UDP port of its autodiscovery (env PP_PP_PORT; ppft's port is 60000; 0 picks one). Off by default: ppft's protocol is not encrypted.", valueName: "PORT"))
     var ppPort: Int?
 
-    @Flag(name: .customLong("no-pp"), help: "Do not open the Parallel Python compatible listener.")
+    @Flag(name: .customLong("no-pp"), help: "Keep the Parallel Python compatible listener closed (the default; overrides PP_PP_PORT and the config file).")
     var noPP = false
 
     @Option(name: .customLong("pp-version"), help: ArgumentHelp("Version string announced to ppft clients; they require their own (default 1.7.8).", valueName: "VERSION"))
@@ -111,7 +115,7 @@ struct PPNodeCommand: AsyncParsableCommand {
         let logger = Logger(label: "ppnode")
         let loaded: (secret: ClusterSecret, created: Bool)
         do {
-            loaded = try ClusterSecret.load(file: settings.secretFile, create: true)
+            loaded = try ClusterSecret.load(file: settings.secretFile, origin: settings.secretFileOrigin, create: true)
         } catch {
             logger.critical("no usable secret", metadata: ["error": "\(error)"])
             FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
@@ -140,9 +144,9 @@ struct PPNodeCommand: AsyncParsableCommand {
         do {
             address = try await node.start()
         } catch {
-            logger.critical("cannot listen", metadata: ["address": "\(settings.host):\(settings.port)", "error": "\(error)"])
-            FileHandle.standardError.write(Data("ppnode: cannot listen on \(settings.host):\(settings.port): \(error); is another ppnode running? pick another --port\n".utf8))
-            await node.shutdown()
+            // start() has stopped the workers and closed everything it opened.
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
             throw ExitCode(2)
         }
         logger.info(

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PPCore
+import PPNode
 
 /// ppnode's settings after merging flag > environment > config file > default.
 struct Settings {
@@ -10,6 +11,8 @@ struct Settings {
     var workers: Int?
     var python: String?
     var secretFile: String?
+    /// Where `secretFile` came from, for messages (`--secret-file`, `FILE:LINE (secret-file)`).
+    var secretFileOrigin = "--secret-file"
     var name = ProcessInfo.processInfo.hostName
     var maxFrame = NodeProtocol.defaultMaxFrame
     var cacheBytes = 256 << 20
@@ -21,7 +24,7 @@ struct Settings {
     var beaconInterval: Duration = .seconds(2)
     var broadcast = BroadcastTarget.address("255.255.255.255")
     var dnssd = true
-    var ppPort: Int? = PPWire.defaultPort
+    var ppPort: Int?  // off unless asked for
     var ppVersion = PPWire.defaultVersion
     var ppAllowDefaultSecret = false
 
@@ -64,12 +67,33 @@ struct Settings {
 
         if let (v, _) = pick(c.host, "PP_HOST", "host") { self.host = v }
         if let v = try int(c.port, "PP_PORT", "port", min: 0, max: 65535) { self.port = v }
-        self.workers = try int(c.workers, "PP_WORKERS", "workers", min: 1, max: 4096)
+        if let (text, origin) = pick(c.workers.map(String.init), "PP_WORKERS", "workers") {
+            // 0 is refused: such a node would advertise itself and hold its clients' jobs.
+            guard let v = Int(text), (1...4096).contains(v) else {
+                throw ValidationError("\(origin): '\(text)' is not a number of workers from 1 to 4096; a node needs at least one (leave it unset for one per core)")
+            }
+            self.workers = v
+        }
         if let (v, _) = pick(c.python, "PP_PYTHON", "python") { self.python = v }
-        if let v = c.secretFile ?? file["secret-file"]?.value { self.secretFile = v }
+        if let v = c.secretFile {
+            self.secretFile = v
+        } else if let v = file["secret-file"] {
+            self.secretFile = v.value
+            self.secretFileOrigin = "\(configPath!):\(v.line) (secret-file)"
+        }
         if let (v, _) = pick(c.name, "PP_NODE_NAME", "name") { self.name = v }
-        if let v = try int(c.maxFrame, "PP_MAX_FRAME", "max-frame", min: 4096) { self.maxFrame = v }
-        if let v = try int(c.cacheBytes, "PP_CACHE_BYTES", "cache-bytes", min: 0) { self.cacheBytes = v }
+        if let (text, origin) = pick(c.maxFrame, "PP_MAX_FRAME", "max-frame") {
+            guard let v = Self.byteCount(text), NodeConfiguration.maxFrameRange.contains(v) else {
+                throw ValidationError("\(origin): '\(text)' is not a frame limit ppnode supports; \(NodeConfiguration.maxFrameAdvice)")
+            }
+            self.maxFrame = v
+        }
+        if let (text, origin) = pick(c.cacheBytes, "PP_CACHE_BYTES", "cache-bytes") {
+            guard let v = Self.byteCount(text) else {
+                throw ValidationError("\(origin): '\(text)' is not a number of bytes; give bytes or a KiB, MiB or GiB size, such as 256MiB")
+            }
+            self.cacheBytes = v
+        }
         if let v = try seconds(c.handshakeTimeout, "PP_HANDSHAKE_TIMEOUT", "handshake-timeout") { self.handshakeTimeout = v }
         if let v = try seconds(c.heartbeatTimeout, "PP_HEARTBEAT_TIMEOUT", "heartbeat-timeout") { self.heartbeatTimeout = v }
         if let v = try seconds(c.drainTimeout, "PP_DRAIN_TIMEOUT", "drain-timeout") { self.drainTimeout = v }
@@ -90,6 +114,7 @@ struct Settings {
             }
         }
         if c.noPP {
+            if c.ppPort != nil { throw ValidationError("--pp-port and --no-pp contradict each other; give one") }
             self.ppPort = nil
         } else if let (text, origin) = pick(c.ppPort.map(String.init), "PP_PP_PORT", "pp-port") {
             if text.lowercased() == "off" {
@@ -120,6 +145,25 @@ struct Settings {
             }
             self.logLevel = level
         }
+    }
+
+    /// A byte count: a whole number, optionally followed by KiB, MiB or GiB (also K, M,
+    /// G, KB, MB, GB: all binary); `nil` for anything else, negative or over 2^53.
+    static func byteCount(_ text: String) -> Int? {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        let digits = t.prefix { $0.isASCII && $0.isNumber }
+        guard !digits.isEmpty, digits.count <= 16, let n = Int(digits) else { return nil }
+        let unit = t.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
+        let shift: Int
+        switch unit {
+        case "", "b": shift = 0
+        case "k", "kb", "kib": shift = 10
+        case "m", "mb", "mib": shift = 20
+        case "g", "gb", "gib": shift = 30
+        default: return nil
+        }
+        let (v, overflow) = n.multipliedReportingOverflow(by: 1 << shift)
+        return overflow || v > 1 << 53 ? nil : v
     }
 
     /// Reads `key = value` lines; `#` starts a comment.

@@ -50,10 +50,10 @@ extension PPCompatTests {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let client = try dir.write("auto.py", autodiscoveryClient)
-        // Node A: default pp port (60000), so a client that asks for "*:60000" finds it.
+        // Node A: ppft's port (60000), so a client that asks for "*:60000" finds it.
         // Its periodic announcement is once a minute: a client started after it finds it
         // only by the answer to its own "C" datagram.
-        let a = try lab.node(1, ["--name", "a", "--workers", "1", "--python", venv + "/bin/python", "--beacon-interval", "60"], secret: compatSecret)
+        let a = try lab.node(1, ["--name", "a", "--workers", "1", "--python", venv + "/bin/python", "--beacon-interval", "60", "--pp-port", "60000"], secret: compatSecret)
         defer { a.stop() }
         #expect(waitFor(seconds: 10) { a.logText.contains("broadcast=10.88.0.255:60000") }, "\(a.logText)")
 
@@ -61,7 +61,7 @@ extension PPCompatTests {
         #expect(watched.wait(seconds: 20) { $0.contains { $0.hasPrefix("first ") } }, "\(watched.lines) \(watched.stderr)")
         #expect(watched.lines.contains { $0.hasPrefix("first [\"10.88.0.1:60000\"]") }, "\(watched.lines)")
         // Node B starts after the client: its first announcement brings the client.
-        let b = try lab.node(2, ["--name", "b", "--workers", "1", "--python", venv + "/bin/python"], secret: compatSecret)
+        let b = try lab.node(2, ["--name", "b", "--workers", "1", "--python", venv + "/bin/python", "--pp-port", "60000"], secret: compatSecret)
         defer { b.stop() }
         #expect(watched.wait(seconds: 20) { $0.contains { $0.hasPrefix("nodes ") } }, "\(watched.lines) \(watched.stderr)")
         #expect(watched.lines.contains("nodes [\"10.88.0.1:60000\", \"10.88.0.2:60000\"]"), "\(watched.lines) \(b.logText)")

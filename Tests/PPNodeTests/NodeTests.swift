@@ -363,7 +363,7 @@ struct NodeTests {
 
     @Test func ppnodesListsNodesAndTheirCluster() throws {
         let port = Int.random(in: 40_000...49_999)
-        let node = try NodeProcess(["--name", "alpha", "--workers", "1"], secret: secret, environment: discoveryEnvironment(port, secret: secret))
+        let node = try NodeProcess(["--name", "alpha", "--workers", "1", "--pp-port", "0"], secret: secret, environment: discoveryEnvironment(port, secret: secret))
         let stranger = try NodeProcess(["--name", "beta"], secret: otherSecret, environment: discoveryEnvironment(port, secret: otherSecret))
         defer { node.stop(); stranger.stop() }
         let r = try runProcess(builtCommand("ppnodes"), ["--json", "--timeout", "1"], environment: discoveryEnvironment(port, secret: secret))

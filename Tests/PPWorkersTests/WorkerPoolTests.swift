@@ -308,6 +308,31 @@ struct WorkerPoolTests {
         await pool.shutdown()
     }
 
+    @Test func waitUntilReadyReportsAReadyWorkerOrWhyNoneStarts() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 2))
+        try await pool.waitUntilReady()
+        let stats = await pool.statistics()
+        #expect(stats.pythonVersion != nil && stats.liveWorkers >= 1, "\(stats)")
+        try await pool.waitUntilReady()  // ready stays ready
+        await pool.shutdown()
+        await #expect(throws: WorkerStartError.self) { try await pool.waitUntilReady() }
+
+        let missing = WorkerPool(configuration: .init(workers: 2, python: "/nonexistent/python3"))
+        do {
+            try await missing.waitUntilReady()
+            Issue.record("a pool without an interpreter said it was ready")
+        } catch {
+            #expect(error.reason.contains("cannot start '/nonexistent/python3'"), "\(error)")
+        }
+        // Asked again after the limit was reached: the same answer at once.
+        await #expect(throws: WorkerStartError.self) { try await missing.waitUntilReady() }
+        await missing.shutdown()
+
+        let empty = WorkerPool(configuration: .init(workers: 0, python: "/nonexistent/python3"))
+        try await empty.waitUntilReady()  // no workers: nothing to wait for
+        await empty.shutdown()
+    }
+
     @Test func shutdownEndsQueuedJobs() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
