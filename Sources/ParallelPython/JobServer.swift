@@ -128,7 +128,15 @@ public final class JobServer: Sendable {
         self.local = LocalExecutor(pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: scheduler)
         var secret = configuration.secret
         if secret == nil, !configuration.nodes.isEmpty || configuration.discover {
-            secret = try? ClusterSecret.load(file: nil, create: false).secret
+            do {
+                secret = try ClusterSecret.load(file: nil, create: false).secret
+            } catch {
+                // Quiet when there is simply no secret and nodes would only be discovered.
+                let environment = ProcessInfo.processInfo.environment
+                if !configuration.nodes.isEmpty || !(environment["PP_SECRET"] ?? "").isEmpty || !(environment["PP_SECRET_FILE"] ?? "").isEmpty {
+                    configuration.logger.warning("no cluster secret: nodes cannot be used", metadata: ["reason": "\(error)"])
+                }
+            }
         }
         let name = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
         let resources = ResourceManager(scheduler: scheduler, secret: secret, clientName: name, heartbeatTimeout: configuration.heartbeatTimeout)

@@ -113,8 +113,18 @@ struct MapCommand: AsyncParsableCommand {
                 throw ExitCode(ExitCodes.cannotStart)
             }
         } else if !self.noDiscover {
-            // Discovered nodes need the secret; without one they are only reported.
-            secret = try? ClusterSecret.load(file: nil, create: false).secret
+            // Discovered nodes need the secret; without one they are only reported. A
+            // secret the user named (PP_SECRET, PP_SECRET_FILE) that cannot be used is
+            // an error, not a reason to run without nodes.
+            let environment = ProcessInfo.processInfo.environment
+            do {
+                secret = try ClusterSecret.load(file: nil, create: false).secret
+            } catch where !(environment["PP_SECRET"] ?? "").isEmpty || !(environment["PP_SECRET_FILE"] ?? "").isEmpty {
+                Console.error("pprun: \(error)")
+                throw ExitCode(ExitCodes.cannotStart)
+            } catch {
+                secret = nil
+            }
         }
         var logger = Logger(label: "pprun")
         logger.logLevel = .notice
