@@ -250,7 +250,7 @@ struct NodeStartTests {
             p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             p.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             p.settimeout(10)
-            p.sendto(b"PPNQ\\x01", ("127.255.255.255", \(discoveryPort)))
+            p.sendto(b"PPNQ\\x02" + bytes(1395), ("127.255.255.255", \(discoveryPort)))
             while True:
                 data, _ = p.recvfrom(2000)
                 beacon = json.loads(data[6:])
