@@ -11,7 +11,8 @@ import Glibc
 /// A pool of long-lived `python3` worker processes that run Python function calls.
 ///
 /// The pool starts `workers` processes, feeds them jobs from one queue, resizes at run
-/// time, kills and replaces a worker whose job passes its timeout, replaces a worker
+/// time, kills and replaces a worker whose job passes its timeout (or is stopped with
+/// `stop(jobIDs:)`), replaces a worker
 /// that dies (its running job ends with a `workerDied` error that says how, the jobs
 /// queued behind it run elsewhere) and keeps statistics. Short jobs are pipelined: the
 /// pool keeps several jobs in each worker's pipe when the measured job time is small,
@@ -129,6 +130,25 @@ public final class WorkerPool: Sendable {
     public func cancel(jobIDs: [UInt64]) {
         self.eventLoop.execute {
             for id in jobIDs { _ = self.core.cancel(jobID: id) }
+        }
+    }
+
+    /// Stops a job whether it is queued or running.
+    ///
+    /// A queued job is removed; a job in a worker's pipe behind the running one ends at
+    /// once (its result, when it comes, is dropped); a running job ends at once and its
+    /// worker's process group is killed, the worker replaced, and the jobs queued behind
+    /// it run on other workers. A stopped job ends with `cancelled`, exactly once.
+    ///
+    /// - Returns: `true` when the pool held the job (it has then ended with `cancelled`).
+    public func stop(jobID: UInt64) async -> Bool {
+        (try? await self.eventLoop.submit { self.core.stop(jobID: jobID) }.get()) ?? false
+    }
+
+    /// Stops jobs, queued or running, without waiting (see `stop(jobID:)`).
+    public func stop(jobIDs: [UInt64]) {
+        self.eventLoop.execute {
+            for id in jobIDs { _ = self.core.stop(jobID: id) }
         }
     }
 
