@@ -73,6 +73,8 @@ public final class WorkerPool: Sendable {
     let core: PoolCore  // touched only inside eventLoop closures
     let ownedGroup: MultiThreadedEventLoopGroup?
     let stopState = Mutex(StopState.running)
+    /// The last statistics, taken before the pool's own loop stops (it runs nothing after).
+    let finalStatistics = Mutex<PoolStatistics?>(nil)
 
     /// The configuration the pool was created with.
     public let configuration: Configuration
@@ -189,7 +191,8 @@ public final class WorkerPool: Sendable {
 
     /// A snapshot of the pool's counters.
     public func statistics() async -> PoolStatistics {
-        (try? await self.eventLoop.submit { self.core.statistics() }.get())
+        if let last = self.finalStatistics.withLock({ $0 }) { return last }
+        return (try? await self.eventLoop.submit { self.core.statistics() }.get())
             ?? PoolStatistics(name: self.configuration.name, targetWorkers: 0, queued: 0, running: 0, workers: [], pythonVersion: nil)
     }
 
@@ -220,6 +223,8 @@ public final class WorkerPool: Sendable {
             self.eventLoop.execute { self.core.shutdown { continuation.resume() } }
         }
         if let group = self.ownedGroup {
+            let last = try? await self.eventLoop.submit { self.core.statistics() }.get()
+            self.finalStatistics.withLock { $0 = last }
             try? await group.shutdownGracefully()
         }
         let waiters: [CheckedContinuation<Bool, Never>] = self.stopState.withLock { state in

@@ -110,6 +110,8 @@ struct ProcessTests {
         #expect(outcomes.of(running).count == 1)
         #expect(outcomes.of(stoppedBehind).count == 1)
         #expect(outcomes.of(behind).count == 1)
+        // Statistics after the shutdown are the last ones (the pool's loop is gone).
+        #expect(await pool.statistics().liveWorkers == 0)
     }
 
     @Test func startFailuresBackOffAndRecover() async throws {
