@@ -33,6 +33,15 @@ let processFunctions = """
 
     def square(x):
         return x * x
+
+    def fork_and_record(path):
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        with open(path, "w") as f:
+            f.write("%d %d" % (os.getpid(), child))
+        return "forked"
     """
 
 func processBundle(_ name: String) -> FunctionBundle {
@@ -112,6 +121,39 @@ struct ProcessTests {
         #expect(outcomes.of(behind).count == 1)
         // Statistics after the shutdown are the last ones (the pool's loop is gone).
         #expect(await pool.statistics().liveWorkers == 0)
+    }
+
+    /// A program that calls exit() with workers running leaves nothing: the atexit
+    /// handler kills every worker's process group, a job's forked child included (the
+    /// parent-death signal alone would end only the worker). The test runs itself again
+    /// as that program.
+    @Test func exitOfALibraryProgramLeavesNothing() async throws {
+        let env = ProcessInfo.processInfo.environment
+        if let path = env["PP_TEST_EXIT_PROBE"] {
+            // The child: a pool whose job leaves a process behind, then exit().
+            let pool = WorkerPool(configuration: .init(workers: 1))
+            _ = await run(pool, processBundle("fork_and_record"), "[\"\(path)\"]")
+            exit(0)
+        }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let record = dir.path + "/pids"
+        let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        let probe = try BackgroundProcess(
+            exe,
+            ["--testing-library", "swift-testing", "--filter", "ProcessTests/exitOfALibraryProgramLeavesNothing"],
+            environment: ["PP_TEST_EXIT_PROBE": record]
+        )
+        var left: [ProcessIdentity] = []
+        defer {
+            probe.stop()
+            for p in left { p.killIfRunning() }
+        }
+        #expect(probe.wait() == 0, "\(probe.stderr)")
+        let pids = ((try? String(contentsOfFile: record, encoding: .utf8)) ?? "").split(separator: " ").compactMap { Int32($0) }
+        #expect(pids.count == 2, "\(probe.stderr)")
+        left = pids.compactMap { ProcessIdentity(pid: $0) }
+        #expect(waitUntil(seconds: 3) { left.allSatisfy { !$0.isRunning } }, "left running: \(left.filter(\.isRunning))")
     }
 
     @Test func startFailuresBackOffAndRecover() async throws {
