@@ -39,6 +39,9 @@ let package = Package(
             providers: [.apt(["libavahi-compat-libdnssd-dev"])]
         ),
 
+        // MARK: Starting worker processes (fork + exec with a safe child setup)
+        .target(name: "CPPSpawn"),
+
         // MARK: DNS-SD (register, browse, resolve) over avahi's dns_sd compat library
         .target(
             name: "PPDNSSD",
@@ -72,6 +75,7 @@ let package = Package(
             name: "PPWorkers",
             dependencies: [
                 "PPCore",
+                "CPPSpawn",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "DequeModule", package: "swift-collections"),

@@ -114,7 +114,7 @@ public enum NodeMessage: Sendable {
     case submit([WireJob])
     /// Client → node: a function bundle the node asked for.
     case bundle(digest: SHA256Digest, spec: [UInt8])
-    /// Client → node: cancel a job (queued, or running: its worker is stopped).
+    /// Client → node: cancel a job that has not started.
     case cancel(id: UInt64)
     /// Either way: a heartbeat; answer with `pong`.
     case ping(UInt64)

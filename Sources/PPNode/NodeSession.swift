@@ -107,9 +107,14 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         self.heartbeat?.cancel()
         self.handshakeTimer?.cancel()
         self.state.sessions.removeValue(forKey: ObjectIdentifier(self))
-        // Jobs of a client that left are not worth running.
-        let queued = Array(self.nodeJobIDs.values)
-        if !queued.isEmpty { self.node.pool.cancel(jobIDs: queued) }
+        // Jobs of a client that left are not worth running: stop them, queued or running
+        // (a running job's worker is killed and replaced).
+        let jobs = Array(self.nodeJobIDs.values)
+        let parked = self.parked.values.reduce(0) { $0 + $1.count }
+        if !jobs.isEmpty || parked > 0 {
+            self.logger.info("client left; stopping its jobs", metadata: ["jobs": "\(jobs.count)", "awaiting.bundle": "\(parked)"])
+        }
+        if !jobs.isEmpty { self.node.pool.stop(jobIDs: jobs) }
         self.parked.removeAll()
         self.logger.debug("session closed")
     }

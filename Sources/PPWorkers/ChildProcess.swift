@@ -6,61 +6,98 @@ import Musl
 import Darwin
 #endif
 
-/// A child process started with pipes on its stdin and stdout.
+import CPPSpawn
+
+/// A worker process: the leader of its own process group, with pipes on its stdin and
+/// stdout.
+///
+/// Started by `pp_spawn` (Sources/CPPSpawn): own process group, SIGKILL when its parent
+/// dies (PR_SET_PDEATHSIG), default signal handlers and an empty signal mask, no
+/// descriptor of ours past stdio, and no `PP_SECRET` in its environment.
 package struct ChildProcess: Sendable {
-    /// The child's process id.
+    /// The child's process id, also the id of its process group.
     package let pid: Int32
     /// Our end of the child's stdin (we write jobs here).
     package let stdinWrite: CInt
     /// Our end of the child's stdout (we read results here).
     package let stdoutRead: CInt
 
-    /// Starts `arguments[0]` (looked up in `PATH`) with pipes on stdin and stdout; the
-    /// child's stderr is ours.
+    /// Starts `arguments[0]` (looked up in `PATH` here, before the fork) with pipes on
+    /// stdin and stdout; the child's stderr is ours.
+    ///
+    /// PR_SET_PDEATHSIG fires when the *thread* that forked exits, not only the
+    /// process: call this only on a thread that outlives the child (the pool spawns on
+    /// its event loop's thread, which lives until the pool has shut down and every
+    /// worker was reaped).
     ///
     /// - Parameter arguments: the program and its arguments.
-    /// - Throws: `SpawnError` when the pipes or the process cannot be created.
+    /// - Throws: `SpawnError` when the pipes or the process cannot be created, or the
+    ///   program cannot be executed (its errno comes back from the child).
     package static func spawn(_ arguments: [String]) throws -> ChildProcess {
-        var toChild: [CInt] = [-1, -1]
-        var fromChild: [CInt] = [-1, -1]
-        guard pipe(&toChild) == 0 else { throw SpawnError(program: arguments[0], errno: errno, step: "pipe") }
-        guard pipe(&fromChild) == 0 else {
-            let e = errno
-            close(toChild[0]); close(toChild[1])
-            throw SpawnError(program: arguments[0], errno: e, step: "pipe")
-        }
-        // Our ends must not leak into other children, or a worker would never see EOF.
-        for fd in [toChild[0], toChild[1], fromChild[0], fromChild[1]] { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, toChild[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, fromChild[1], 1)
-
+        let program = arguments[0]
+        guard let path = Self.resolve(program) else { throw SpawnError(program: program, errno: ENOENT, step: "start") }
         let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
+        // The workers' environment is ours without the cluster secret: user code runs there.
+        var envp: [UnsafeMutablePointer<CChar>?] = []
+        if var entry = Optional(environ) {
+            while let variable = entry.pointee {
+                if strncmp(variable, "PP_SECRET=", 10) != 0 { envp.append(variable) }
+                entry += 1
+            }
+        }
+        envp.append(nil)
         var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, arguments[0], &actions, nil, argv, environ)
-        close(toChild[0])
-        close(fromChild[1])
+        var stdinWrite: CInt = -1
+        var stdoutRead: CInt = -1
+        var step: CInt = 0
+        let rc = path.withCString { p in
+            argv.withUnsafeBufferPointer { a in
+                envp.withUnsafeBufferPointer { e in
+                    pp_spawn(p, a.baseAddress, e.baseAddress, &pid, &stdinWrite, &stdoutRead, &step)
+                }
+            }
+        }
         guard rc == 0 else {
-            close(toChild[1]); close(fromChild[0])
-            throw SpawnError(program: arguments[0], errno: rc, step: "start")
+            throw SpawnError(program: program, errno: rc, step: step == PP_SPAWN_STEP_PIPE ? "pipe" : "start")
         }
-        return ChildProcess(pid: pid, stdinWrite: toChild[1], stdoutRead: fromChild[0])
+        WorkerProcesses.register(pid)
+        return ChildProcess(pid: pid, stdinWrite: stdinWrite, stdoutRead: stdoutRead)
     }
 
-    /// Sends `signal` to the process.
-    package func kill(_ signal: CInt = SIGKILL) {
-        _ = Glibc.kill(self.pid, signal)
+    /// The file `program` names: itself when it has a slash, else the first executable
+    /// file of that name in `$PATH` (like execvp, but before the fork).
+    static func resolve(_ program: String) -> String? {
+        if program.contains("/") { return program }
+        let path = getenv("PATH").flatMap { String(validatingCString: $0) } ?? "/usr/local/bin:/usr/bin:/bin"
+        for dir in path.split(separator: ":", omittingEmptySubsequences: false) {
+            let candidate = (dir.isEmpty ? "." : String(dir)) + "/" + program
+            var st = stat()
+            if stat(candidate, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
     }
 
-    /// Waits (blocking) for the process to end and returns how it ended.
-    package func wait() -> ExitStatus {
-        var status: CInt = 0
-        while waitpid(self.pid, &status, 0) < 0 {
-            if errno != EINTR { return .exited(-1) }
-        }
+    /// Sends SIGKILL to the child's whole process group (the worker and whatever its
+    /// jobs started and left in the group). Safe until the child is reaped: while it is
+    /// a zombie, neither its pid nor its group id can be reused.
+    package func killGroup() {
+        _ = Glibc.kill(-self.pid, SIGKILL)
+    }
+
+    /// Whether the child has ended, without reaping it.
+    package func hasEnded() -> Bool {
+        // -1 (ECHILD) means it is not waitable any more: treat it as ended.
+        pp_child_ended(self.pid) != 0
+    }
+
+    /// Kills what is left of its process group, forgets it in `WorkerProcesses` and
+    /// reaps it. Call exactly once per child, after `hasEnded()` returned true.
+    package func reap() -> ExitStatus {
+        self.killGroup()
+        WorkerProcesses.unregister(self.pid)
+        let status = pp_reap(self.pid)
+        if status < 0 { return .exited(-1) }
         let signal = status & 0x7f
         return signal == 0 ? .exited((status >> 8) & 0xff) : .signaled(signal)
     }

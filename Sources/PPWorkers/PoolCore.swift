@@ -1,5 +1,4 @@
 import DequeModule
-import Dispatch
 import Logging
 import NIOCore
 import NIOPosix
@@ -26,9 +25,12 @@ final class PoolCore: @unchecked Sendable {
     private var nextIndex = 1
     /// Exponential moving average of job run time, which sets the pipeline depth.
     private var meanJobNanos: Double = 2_000_000
+    /// Worker starts that failed in a row (spawn error, or exit before hello).
     private var startFailures = 0
     private var lastStartError = ""
-    private var retryScheduled = false
+    /// The pending retry of a failed start, and the delay before the next one.
+    private var retryTask: Scheduled<Void>?
+    private var retryDelay = PoolCore.firstRetryDelay
     private var pythonVersion: String?
     private var sweeper: RepeatedTask?
     private var shuttingDown = false
@@ -39,6 +41,8 @@ final class PoolCore: @unchecked Sendable {
     /// A job runs at most this long before the pipeline holds only one job per worker.
     private static let pipelineTargetNanos: Double = 1_000_000
     private static let maxStartFailures = 3
+    private static let firstRetryDelay = TimeAmount.milliseconds(100)
+    private static let maxRetryDelay = TimeAmount.seconds(5)
 
     init(configuration: WorkerPool.Configuration, eventLoop: any EventLoop) {
         self.configuration = configuration
@@ -50,7 +54,7 @@ final class PoolCore: @unchecked Sendable {
     func start(target: Int) {
         self.target = target
         self.sweeper = self.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(50), delay: .milliseconds(50)) {
-            [self] _ in self.sweepTimeouts()
+            [self] _ in self.sweep()
         }
         self.maintain()
     }
@@ -79,12 +83,11 @@ final class PoolCore: @unchecked Sendable {
         for job in queued {
             job.completion(.failure(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"), executor: self.configuration.name))
         }
+        self.retryTask?.cancel()
+        self.retryTask = nil
         for slot in self.workers.values { self.retire(slot) }
         self.eventLoop.scheduleTask(in: .nanoseconds(Int64(self.configuration.shutdownGrace.nanosecondsInt64))) { [self] in
-            for slot in self.workers.values where slot.killReason == nil {
-                slot.killReason = .shutdown
-                slot.process.kill()
-            }
+            for slot in Array(self.workers.values) { self.kill(slot, reason: .shutdown) }
         }
         self.finishShutdownIfDone()
     }
@@ -121,35 +124,43 @@ final class PoolCore: @unchecked Sendable {
 
     // MARK: Workers
 
-    /// Starts workers until `target` are alive, unless they keep failing to start.
+    /// Starts workers until `target` are alive. After a failed start it waits for the
+    /// backoff (`retryStart`) before it tries again.
     private func maintain() {
         guard !self.shuttingDown else { return }
+        self.failQueueIfNoWorkerCanStart()
         let live = self.workers.values.filter { $0.state != .retiring }.count
-        guard live < self.target else { return }
-        if self.startFailures >= Self.maxStartFailures {
-            if !self.workers.values.contains(where: { $0.state == .ready }) {
-                self.failQueue(JobError(code: .workerDied, message: "no Python worker could start: \(self.lastStartError)"))
-                self.answerReadyWaiters(WorkerStartError(reason: self.lastStartError))
-            }
-            return
+        guard live < self.target, self.retryTask == nil else { return }
+        for _ in live..<self.target {
+            guard self.spawnWorker() else { break }
         }
-        for _ in live..<self.target { self.spawnWorker() }
     }
 
-    private func spawnWorker() {
+    /// Queued jobs cannot run when no worker is ready and starts keep failing: they end
+    /// with the reason (new jobs start the attempts over, see `enqueue`).
+    private func failQueueIfNoWorkerCanStart() {
+        guard self.startFailures >= Self.maxStartFailures, !self.workers.values.contains(where: { $0.state == .ready }) else { return }
+        self.answerReadyWaiters(WorkerStartError(reason: self.lastStartError))
+        guard !self.queue.isEmpty else { return }
+        self.failQueue(JobError(code: .workerDied, message: "no Python worker could start: \(self.lastStartError)"))
+    }
+
+    /// Starts one worker; returns false when it could not be started.
+    ///
+    /// Runs on the pool's event loop, always: PR_SET_PDEATHSIG kills the child when the
+    /// thread that forked it exits, and the loop's thread lives until the pool has shut
+    /// down (every path here comes from `start`, `resize`, `enqueue`, a worker's exit or
+    /// the retry timer, all on the loop).
+    private func spawnWorker() -> Bool {
+        self.eventLoop.preconditionInEventLoop()
         let index = self.nextIndex
         self.nextIndex += 1
         let process: ChildProcess
         do {
             process = try ChildProcess.spawn([self.configuration.python, "-B", "-c", WorkerScript.source])
         } catch {
-            self.startFailures += 1
-            if self.lastStartError != "\(error)" {  // once per distinct reason, not per retry
-                self.logger.error("cannot start worker", metadata: ["pool": "\(self.configuration.name)", "error": "\(error)"])
-            }
-            self.lastStartError = "\(error)"
-            self.retryStart()
-            return
+            self.startFailed("\(error)")
+            return false
         }
         let slot = WorkerSlot(index: index, process: process, startedAt: .now())
         self.workers[index] = slot
@@ -167,6 +178,11 @@ final class PoolCore: @unchecked Sendable {
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):
+                    guard self.workers[index] === slot else {
+                        // The worker ended (and was reaped) before its pipes were attached.
+                        channel.close(promise: nil)
+                        return
+                    }
                     slot.channel = channel
                     if slot.state == .retiring { channel.close(mode: .output, promise: nil) }
                 case .failure(let error):
@@ -174,18 +190,44 @@ final class PoolCore: @unchecked Sendable {
                     self.channelClosed(index: index)
                 }
             }
+        return true
     }
 
-    /// Tries again to reach `target` workers a little later, or, after too many
-    /// failures, ends the queued jobs with the reason (done by `maintain`).
+    /// Counts a failed start, logs a reason not seen before in this run of failures,
+    /// ends the queue when nothing can run it, and schedules the next attempt.
+    private func startFailed(_ reason: String) {
+        self.startFailures += 1
+        if self.lastStartError != reason {  // once per distinct reason, not per retry
+            self.logger.error("cannot start worker", metadata: ["pool": "\(self.configuration.name)", "error": "\(reason)"])
+            self.lastStartError = reason
+        }
+        self.failQueueIfNoWorkerCanStart()
+        self.retryStart()
+    }
+
+    /// Tries again to reach `target` workers after the backoff delay (100 ms, doubling
+    /// up to 5 s), as long as fewer than `target` workers live.
     private func retryStart() {
-        guard !self.retryScheduled else { return }
-        self.retryScheduled = true
-        self.eventLoop.scheduleTask(in: .milliseconds(100)) { [self] in
-            self.retryScheduled = false
+        guard self.retryTask == nil, !self.shuttingDown else { return }
+        let delay = self.retryDelay
+        self.retryDelay = min(TimeAmount.nanoseconds(delay.nanoseconds * 2), Self.maxRetryDelay)
+        self.retryTask = self.eventLoop.scheduleTask(in: delay) { [self] in
+            self.retryTask = nil
             self.maintain()
             self.dispatch()
         }
+    }
+
+    /// Starts go well again: reset the backoff.
+    private func startSucceeded() {
+        if self.startFailures > 0 || !self.lastStartError.isEmpty {
+            if !self.lastStartError.isEmpty {
+                self.logger.notice("workers start again", metadata: ["pool": "\(self.configuration.name)"])
+            }
+            self.startFailures = 0
+            self.lastStartError = ""
+        }
+        self.retryDelay = Self.firstRetryDelay
     }
 
     private func retire(_ slot: WorkerSlot) {
@@ -195,31 +237,55 @@ final class PoolCore: @unchecked Sendable {
         slot.channel?.close(mode: .output, promise: nil)
     }
 
-    /// The worker's stdout closed: make sure the process is gone and collect its status.
-    func channelClosed(index: Int) {
-        guard let slot = self.workers[index], !slot.reaping else { return }
-        slot.reaping = true
-        let process = slot.process
-        let loop = self.eventLoop
-        DispatchQueue.global().async { [self] in
-            // Its stdout is closed, so it is exiting or broken: SIGKILL does not change
-            // the status of a process already exiting, and ends one that is stuck.
-            process.kill()
-            let status = process.wait()
-            loop.execute { self.workerExited(index: index, status: status) }
-        }
+    // MARK: Killing and reaping
+    //
+    // A worker's end is learnt from waitid on its pid (`poll`), not from EOF on its
+    // stdout: a process its job forked may hold the pipes long after the worker is gone.
+    // `poll` runs in the 50 ms sweep and right after a kill or an EOF; it reaps each pid
+    // exactly once (the slot leaves `workers` as it is reaped) and kills the worker's
+    // process group first, so nothing its jobs started outlives it.
+
+    /// Kills the worker's process group for `reason` (once) and collects it soon.
+    private func kill(_ slot: WorkerSlot, reason: WorkerSlot.KillReason) {
+        guard slot.killReason == nil, self.workers[slot.index] === slot else { return }
+        slot.killReason = reason
+        slot.process.killGroup()
+        self.pollSoon(slot)
     }
 
-    private func workerExited(index: Int, status: ExitStatus) {
-        guard let slot = self.workers.removeValue(forKey: index) else { return }
+    /// The worker's stdout closed (EOF or error): it is exiting or broken. SIGKILL does
+    /// not change the status of a process already exiting, and ends one that is stuck.
+    func channelClosed(index: Int) {
+        guard let slot = self.workers[index], !slot.stdoutClosed else { return }
+        slot.stdoutClosed = true
+        slot.process.killGroup()
+        self.poll(slot)
+        self.pollSoon(slot)
+    }
+
+    /// Reaps the worker when its process has ended: closes its pipes (whoever else
+    /// holds them) and ends or requeues its jobs.
+    private func poll(_ slot: WorkerSlot) {
+        guard self.workers[slot.index] === slot, slot.process.hasEnded() else { return }
+        let status = slot.process.reap()
+        self.workers.removeValue(forKey: slot.index)
+        slot.channel?.close(promise: nil)
+        self.workerExited(slot, status: status)
+    }
+
+    /// A killed process takes a moment to become a zombie: look again shortly (the
+    /// sweep looks every 50 ms anyway).
+    private func pollSoon(_ slot: WorkerSlot) {
+        self.eventLoop.scheduleTask(in: .milliseconds(2)) { [self] in self.poll(slot) }
+    }
+
+    private func workerExited(_ slot: WorkerSlot, status: ExitStatus) {
         self.gone.append(slot.statistics(exit: status))
         if slot.state == .starting, slot.killReason == nil, !self.shuttingDown {
-            self.startFailures += 1
-            self.lastStartError = "'\(self.configuration.python)' (pid \(slot.process.pid)) \(status) before it was ready"
-            self.retryStart()
+            self.startFailed("'\(self.configuration.python)' \(status) before it was ready")
         }
         var inflight = slot.inflight
-        if let head = inflight.popFirst() {
+        if let head = inflight.popFirst(), !head.cancelled {
             let error = self.deathError(of: slot, status: status, job: head.job)
             self.logger.warning(
                 "worker ended during a job",
@@ -227,8 +293,8 @@ final class PoolCore: @unchecked Sendable {
             )
             head.job.completion(.failure(error, executor: self.configuration.name))
         }
-        // Jobs behind the head never started: run them elsewhere.
-        for item in inflight.reversed() { self.queue.prepend(item.job) }
+        // Jobs behind the head never started: run them elsewhere (cancelled ones ended).
+        for item in inflight.reversed() where !item.cancelled { self.queue.prepend(item.job) }
         if self.shuttingDown {
             self.failQueue(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"))
             self.finishShutdownIfDone()
@@ -250,6 +316,8 @@ final class PoolCore: @unchecked Sendable {
             return JobError(code: .protocolError, message: "worker (pid \(pid)) broke the worker protocol: \(message)")
         case .shutdown:
             return JobError(code: .shutdown, message: "the worker pool shut down and killed the worker (pid \(pid)) after the grace period")
+        case .cancelled:
+            return Self.cancelledWhileRunning(pid: pid)
         case nil:
             return JobError(
                 code: .workerDied,
@@ -266,7 +334,7 @@ final class PoolCore: @unchecked Sendable {
         case .hello(let body):
             guard slot.state == .starting else { return }
             slot.state = .ready
-            self.startFailures = 0
+            self.startSucceeded()
             if self.pythonVersion == nil { self.pythonVersion = HelloJSON.pythonVersion(body) }
             self.logger.debug("worker ready", metadata: ["pool": "\(self.configuration.name)", "worker.pid": "\(slot.process.pid)"])
             self.answerReadyWaiters(nil)
@@ -280,7 +348,7 @@ final class PoolCore: @unchecked Sendable {
             slot.jobsDone += 1
             slot.busyNanos += result.nanoseconds
             self.meanJobNanos = self.meanJobNanos * 0.8 + Double(result.nanoseconds) * 0.2
-            head.job.completion(self.outcome(of: result))
+            if !head.cancelled { head.job.completion(self.outcome(of: result)) }
         case .checkReply(let id, let error):
             guard let head = slot.inflight.first, head.job.id == id, head.job.kind == .check else {
                 self.protocolFailure(index: index, message: "check reply \(id) it was not asked for")
@@ -290,12 +358,12 @@ final class PoolCore: @unchecked Sendable {
             slot.headStartedAt = .now()
             let result: Result<[UInt8], JobError> =
                 error.map { .failure(JobError(code: .functionUnavailable, workerJSON: $0)) } ?? .success([])
-            head.job.completion(JobOutcome(result: result, executor: self.configuration.name))
+            if !head.cancelled { head.job.completion(JobOutcome(result: result, executor: self.configuration.name)) }
         case .retiring:
             // The worker exits after this (it hit a MemoryError). Nothing behind the job
             // it just answered has started: run those elsewhere.
             self.retire(slot)
-            for item in slot.inflight.reversed() { self.queue.prepend(item.job) }
+            for item in slot.inflight.reversed() where !item.cancelled { self.queue.prepend(item.job) }
             slot.inflight.removeAll()
             self.maintain()
         }
@@ -309,8 +377,7 @@ final class PoolCore: @unchecked Sendable {
     func protocolFailure(index: Int, message: String) {
         guard let slot = self.workers[index], slot.killReason == nil else { return }
         self.logger.error("worker protocol error", metadata: ["worker.pid": "\(slot.process.pid)", "error": "\(message)"])
-        slot.killReason = .protocolError(message)
-        slot.process.kill()
+        self.kill(slot, reason: .protocolError(message))
     }
 
     private func outcome(of r: WorkerResult) -> JobOutcome {
@@ -350,8 +417,12 @@ final class PoolCore: @unchecked Sendable {
         }
         self.queue.append(contentsOf: jobs)
         if self.startFailures >= Self.maxStartFailures, !self.workers.values.contains(where: { $0.state == .ready }) {
-            // Try again for new work: the interpreter may have been installed meanwhile.
+            // Try again at once for new work: the interpreter may have been installed
+            // meanwhile. The jobs fail if the next attempts fail too.
             self.startFailures = 0
+            self.retryDelay = Self.firstRetryDelay
+            self.retryTask?.cancel()
+            self.retryTask = nil
         }
         self.maintain()
         self.dispatch()
@@ -364,6 +435,33 @@ final class PoolCore: @unchecked Sendable {
         return true
     }
 
+    /// Stops a job wherever it is: queued, it is removed; in a worker's pipe behind the
+    /// running one, it ends now and its later result is dropped; running, it ends now and
+    /// its worker's process group is killed (the worker is replaced, the jobs behind it
+    /// run elsewhere). The job ends `cancelled`, once.
+    ///
+    /// - Returns: whether the job was found (and ended).
+    func stop(jobID: UInt64) -> Bool {
+        if self.cancel(jobID: jobID) { return true }
+        for slot in self.workers.values {
+            guard let i = slot.inflight.firstIndex(where: { $0.job.id == jobID && !$0.cancelled }) else { continue }
+            slot.inflight[i].cancelled = true
+            let job = slot.inflight[i].job
+            if i == 0 {
+                job.completion(.failure(Self.cancelledWhileRunning(pid: slot.process.pid), executor: self.configuration.name))
+                self.kill(slot, reason: .cancelled)
+            } else {
+                job.completion(.failure(JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: self.configuration.name))
+            }
+            return true
+        }
+        return false
+    }
+
+    private static func cancelledWhileRunning(pid: Int32) -> JobError {
+        JobError(code: .cancelled, message: "the job was cancelled while it ran; its worker (pid \(pid)) was killed and replaced")
+    }
+
     private func failQueue(_ error: JobError) {
         let queued = self.queue
         self.queue.removeAll()
@@ -374,7 +472,9 @@ final class PoolCore: @unchecked Sendable {
     private func dispatch() {
         guard !self.queue.isEmpty else { return }
         let depth = max(1, min(self.configuration.maxPipelineDepth, Int(Self.pipelineTargetNanos / max(self.meanJobNanos, 1))))
-        var ready = self.workers.values.filter { $0.state == .ready && $0.channel != nil && $0.killReason == nil && $0.inflight.count < depth }
+        var ready = self.workers.values.filter {
+            $0.state == .ready && $0.channel != nil && $0.killReason == nil && !$0.stdoutClosed && $0.inflight.count < depth
+        }
         guard !ready.isEmpty else { return }
         ready.sort { $0.inflight.count < $1.inflight.count }
         var buffers = [ByteBuffer](repeating: ByteBuffer(), count: ready.count)
@@ -422,14 +522,17 @@ final class PoolCore: @unchecked Sendable {
         WorkerFrame.writeBundle(bundle, to: &buffer)
     }
 
-    private func sweepTimeouts() {
+    /// Every 50 ms: kills workers whose job passed its timeout, and reaps workers that
+    /// ended (even when something else still holds their pipes).
+    private func sweep() {
         let now = NIODeadline.now()
-        for slot in self.workers.values where slot.killReason == nil {
-            guard let head = slot.inflight.first, let limit = head.job.timeout else { continue }
-            if now - slot.headStartedAt > TimeAmount.nanoseconds(Int64(limit.nanosecondsInt64)) {
-                slot.killReason = .timeout(limit)
-                slot.process.kill()
+        for slot in Array(self.workers.values) {
+            if slot.killReason == nil, let head = slot.inflight.first, let limit = head.job.timeout,
+                now - slot.headStartedAt > TimeAmount.nanoseconds(Int64(limit.nanosecondsInt64))
+            {
+                self.kill(slot, reason: .timeout(limit))
             }
+            self.poll(slot)
         }
     }
 
@@ -456,7 +559,7 @@ final class PoolCore: @unchecked Sendable {
 /// `PoolCore`: closures capture it only to run back on that loop.
 final class WorkerSlot: @unchecked Sendable {
     enum State { case starting, ready, retiring }
-    enum KillReason { case timeout(Duration), protocolError(String), shutdown }
+    enum KillReason { case timeout(Duration), protocolError(String), shutdown, cancelled }
 
     let index: Int
     let process: ChildProcess
@@ -466,7 +569,8 @@ final class WorkerSlot: @unchecked Sendable {
     var inflight = Deque<InFlight>()
     var headStartedAt: NIODeadline
     var killReason: KillReason?
-    var reaping = false
+    /// EOF (or an error) on its stdout was seen.
+    var stdoutClosed = false
     var loaded: [SHA256Digest: LoadedBundle] = [:]
     var loadedBytes = 0
     var useTick: UInt64 = 0
@@ -494,6 +598,8 @@ final class WorkerSlot: @unchecked Sendable {
 
 struct InFlight {
     var job: PoolJob
+    /// The job was stopped and has ended already: its result, if one comes, is dropped.
+    var cancelled = false
 }
 
 struct LoadedBundle {

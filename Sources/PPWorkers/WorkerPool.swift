@@ -11,7 +11,8 @@ import Glibc
 /// A pool of long-lived `python3` worker processes that run Python function calls.
 ///
 /// The pool starts `workers` processes, feeds them jobs from one queue, resizes at run
-/// time, kills and replaces a worker whose job passes its timeout, replaces a worker
+/// time, kills and replaces a worker whose job passes its timeout (or is stopped with
+/// `stop(jobIDs:)`), replaces a worker
 /// that dies (its running job ends with a `workerDied` error that says how, the jobs
 /// queued behind it run elsewhere) and keeps statistics. Short jobs are pipelined: the
 /// pool keeps several jobs in each worker's pipe when the measured job time is small,
@@ -72,6 +73,8 @@ public final class WorkerPool: Sendable {
     let core: PoolCore  // touched only inside eventLoop closures
     let ownedGroup: MultiThreadedEventLoopGroup?
     let stopState = Mutex(StopState.running)
+    /// The last statistics, taken before the pool's own loop stops (it runs nothing after).
+    let finalStatistics = Mutex<PoolStatistics?>(nil)
 
     /// The configuration the pool was created with.
     public let configuration: Configuration
@@ -132,6 +135,25 @@ public final class WorkerPool: Sendable {
         }
     }
 
+    /// Stops a job whether it is queued or running.
+    ///
+    /// A queued job is removed; a job in a worker's pipe behind the running one ends at
+    /// once (its result, when it comes, is dropped); a running job ends at once and its
+    /// worker's process group is killed, the worker replaced, and the jobs queued behind
+    /// it run on other workers. A stopped job ends with `cancelled`, exactly once.
+    ///
+    /// - Returns: `true` when the pool held the job (it has then ended with `cancelled`).
+    public func stop(jobID: UInt64) async -> Bool {
+        (try? await self.eventLoop.submit { self.core.stop(jobID: jobID) }.get()) ?? false
+    }
+
+    /// Stops jobs, queued or running, without waiting (see `stop(jobID:)`).
+    public func stop(jobIDs: [UInt64]) {
+        self.eventLoop.execute {
+            for id in jobIDs { _ = self.core.stop(jobID: id) }
+        }
+    }
+
     /// Loads `bundle` on a worker and reports whether it loaded.
     ///
     /// - Returns: `nil` when the function is ready to run, else the error (a
@@ -185,7 +207,8 @@ public final class WorkerPool: Sendable {
 
     /// A snapshot of the pool's counters.
     public func statistics() async -> PoolStatistics {
-        (try? await self.eventLoop.submit { self.core.statistics() }.get())
+        if let last = self.finalStatistics.withLock({ $0 }) { return last }
+        return (try? await self.eventLoop.submit { self.core.statistics() }.get())
             ?? PoolStatistics(name: self.configuration.name, targetWorkers: 0, queued: 0, running: 0, workers: [], pythonVersion: nil)
     }
 
@@ -216,6 +239,8 @@ public final class WorkerPool: Sendable {
             self.eventLoop.execute { self.core.shutdown { continuation.resume() } }
         }
         if let group = self.ownedGroup {
+            let last = try? await self.eventLoop.submit { self.core.statistics() }.get()
+            self.finalStatistics.withLock { $0 = last }
             try? await group.shutdownGracefully()
         }
         let waiters: [CheckedContinuation<Bool, Never>] = self.stopState.withLock { state in

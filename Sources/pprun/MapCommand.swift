@@ -104,6 +104,11 @@ struct MapCommand: AsyncParsableCommand {
             throw ExitCode(ExitCodes.cannotStart)
         }
 
+        // From here on a signal kills the workers and says how far the run got.
+        let counters = RunCounters(total: inputs.count)
+        let signalSources = Interruption.install(counters)
+        defer { withExtendedLifetime(signalSources) {} }
+
         var secret: ClusterSecret?
         if !self.nodes.isEmpty || self.secretFile != nil {
             do {
@@ -149,7 +154,7 @@ struct MapCommand: AsyncParsableCommand {
         }
 
         let showProgress = self.progress ?? Console.stderrIsTerminal
-        let runner = MapRunner(server: server, function: function, progress: showProgress ? Progress(total: inputs.count) : nil)
+        let runner = MapRunner(server: server, function: function, progress: showProgress ? Progress(total: inputs.count) : nil, counters: counters)
         let summary = await runner.run(inputs)
         if self.stats { Console.error(await server.statisticsTable()) }
         await server.shutdown()

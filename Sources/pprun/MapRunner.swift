@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import ParallelPython
+import Synchronization
 
 /// Feeds inputs to the job server from a producer thread (at most `window` jobs
 /// outstanding) and prints results in input order as soon as order allows.
@@ -19,12 +20,14 @@ final class MapRunner: Sendable {
     private let function: PythonFunction
     private let progress: Progress?
     private let window: Int
+    private let counters: RunCounters
     private static let batchSize = 256
 
-    init(server: JobServer, function: PythonFunction, progress: Progress?, window: Int = 16_384) {
+    init(server: JobServer, function: PythonFunction, progress: Progress?, counters: RunCounters, window: Int = 16_384) {
         self.server = server
         self.function = function
         self.progress = progress
+        self.counters = counters
         self.window = window
     }
 
@@ -73,7 +76,9 @@ final class MapRunner: Sendable {
         func submitPending() {
             guard !batch.isEmpty else { return }
             let d = displays, ix = indices
+            let counters = self.counters
             self.server.submitBatch(self.function, arguments: batch) { i, outcome in
+                counters.finished.add(1, ordering: .relaxed)
                 sink.yield(.finished(index: ix[i], display: d[i], outcome: .success(outcome)))
             }
             batch.removeAll(keepingCapacity: true)
@@ -83,8 +88,10 @@ final class MapRunner: Sendable {
         inputs.forEach(beforeBlocking: submitPending) { input in
             slots.wait()
             count += 1
+            self.counters.submitted.add(1, ordering: .relaxed)
             switch input.arguments {
             case .failure(let error):
+                self.counters.finished.add(1, ordering: .relaxed)
                 sink.yield(.finished(index: input.index, display: input.display, outcome: .failure(error)))
             case .success(let args):
                 batch.append(args)

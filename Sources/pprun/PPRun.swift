@@ -16,7 +16,9 @@ struct PPRun: AsyncParsableCommand {
             other jobs still run, and the exit status is 1.
 
             Exit status: 0 all jobs succeeded; 1 some job failed; 2 the function could not \
-            be loaded or no worker could start; 64 bad command line.
+            be loaded or no worker could start; 64 bad command line; 130, 143, 129 \
+            stopped by SIGINT, SIGTERM, SIGHUP (workers killed, "interrupted: N of M done" \
+            on stderr).
 
             Examples:
               pprun map examples/sum_primes.py:sum_primes 100000 100100 100200

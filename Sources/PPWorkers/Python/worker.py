@@ -17,12 +17,24 @@
 #
 # Closing stdin asks the worker to exit.
 
+# No module of the current directory may shadow ours or the user's: `python3 -c`
+# puts '' (the cwd) first in sys.path. Drop it before anything else is imported.
+# (Not -I or -E: users need PYTHONPATH and their site-packages.) A bundle puts its own
+# file's directory first in sys.path, so helper modules next to the user's script import.
+import sys
+
+try:
+    if sys.path and sys.path[0] in ("", __import__("os").getcwd()):
+        del sys.path[0]
+except OSError:  # the cwd was removed: '' still means it
+    if sys.path and sys.path[0] == "":
+        del sys.path[0]
+
 import io
 import json
 import linecache
 import os
 import struct
-import sys
 import time
 import traceback
 import types
@@ -151,7 +163,8 @@ class Worker(object):
             filename = spec.get("filename") or "<bundle %s>" % h.hex()[:12]
             path = spec.get("path")
             if path and path not in sys.path:
-                sys.path.insert(1, path)
+                # First, where `python3 FILE.py` puts it (the cwd entry is gone).
+                sys.path.insert(0, path)
             module = types.ModuleType("__ppbundle__")
             module.__file__ = filename
             namespace = module.__dict__

@@ -1,0 +1,126 @@
+// Helpers for tests about process life cycles: children from /proc, liveness that
+// survives pid reuse, and commands run in the background with their output in files.
+
+public import Foundation
+
+/// One process, told apart from a later one with the same pid by its start time.
+public struct ProcessIdentity: Hashable, Sendable, CustomStringConvertible {
+    /// Its pid.
+    public var pid: Int32
+    /// Its start time in clock ticks since boot (/proc/PID/stat, field 22).
+    public var startTime: UInt64
+
+    /// The process `pid` now, or nil when there is none.
+    public init?(pid: Int32) {
+        guard let fields = procStatFields(pid), fields.count > 19, let start = UInt64(fields[19]) else { return nil }
+        self.pid = pid
+        self.startTime = start
+    }
+
+    /// Whether this very process still runs (a zombie does not).
+    public var isRunning: Bool {
+        guard let fields = procStatFields(self.pid), fields.count > 19, UInt64(fields[19]) == self.startTime else { return false }
+        return fields[0] != "Z" && fields[0] != "X"
+    }
+
+    /// Sends SIGKILL to it if it still runs (test clean-up).
+    public func killIfRunning() {
+        if self.isRunning { kill(self.pid, SIGKILL) }
+    }
+
+    public var description: String { "pid \(self.pid)" }
+}
+
+/// The fields of /proc/PID/stat after the command name: state first.
+private func procStatFields(_ pid: Int32) -> [Substring]? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = text.lastIndex(of: ")")
+    else { return nil }
+    return text[text.index(after: close)...].split(separator: " ")
+}
+
+/// The children of process `pid`, from /proc/PID/task/*/children.
+public func childProcesses(of pid: Int32) -> [ProcessIdentity] {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    var out: [ProcessIdentity] = []
+    for task in tasks {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8) else { continue }
+        out += text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }.compactMap { ProcessIdentity(pid: $0) }
+    }
+    return out
+}
+
+/// The `Name:`-style line `key` of /proc/PID/status, without the key.
+public func procStatus(_ pid: Int32, _ key: String) -> String? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix(key + ":") {
+        return line.dropFirst(key.count + 1).trimmingCharacters(in: .whitespaces)
+    }
+    return nil
+}
+
+/// Polls `condition` every 20 ms until it holds or `seconds` pass; returns whether it held.
+public func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+    let end = Date().addingTimeInterval(seconds)
+    while Date() < end {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
+
+/// A command running in the background, its stdout and stderr going to files (so that
+/// a process it leaves behind cannot block the test on a pipe).
+public final class BackgroundProcess: @unchecked Sendable {
+    // Immutable after init; Process is thread-safe for these uses.
+    /// The process.
+    public let process: Process
+    private let directory: TemporaryDirectory
+
+    /// Starts `executable ARGUMENTS` with `PP_BROADCAST=off` unless `environment` says
+    /// otherwise.
+    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
+        self.directory = try TemporaryDirectory("ppbg")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env["PP_BROADCAST"] = env["PP_BROADCAST"] ?? "off"
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        FileManager.default.createFile(atPath: self.directory.path + "/out", contents: nil)
+        FileManager.default.createFile(atPath: self.directory.path + "/err", contents: nil)
+        p.standardOutput = FileHandle(forWritingAtPath: self.directory.path + "/out")
+        p.standardError = FileHandle(forWritingAtPath: self.directory.path + "/err")
+        p.standardInput = FileHandle.nullDevice
+        self.process = p
+        try p.run()
+    }
+
+    /// Its pid.
+    public var pid: Int32 { self.process.processIdentifier }
+
+    /// What it wrote to stdout so far.
+    public var stdout: String { (try? String(contentsOfFile: self.directory.path + "/out", encoding: .utf8)) ?? "" }
+    /// What it wrote to stderr so far.
+    public var stderr: String { (try? String(contentsOfFile: self.directory.path + "/err", encoding: .utf8)) ?? "" }
+
+    /// Sends a signal.
+    public func signal(_ number: Int32) {
+        kill(self.pid, number)
+    }
+
+    /// Waits for it to exit; returns its exit status, or 128 + the signal that killed it.
+    public func wait() -> Int32 {
+        self.process.waitUntilExit()
+        return self.process.terminationReason == .uncaughtSignal ? 128 + self.process.terminationStatus : self.process.terminationStatus
+    }
+
+    /// Kills it (SIGKILL) if it still runs, waits for it and removes its output files.
+    public func stop() {
+        if self.process.isRunning { kill(self.pid, SIGKILL) }
+        self.process.waitUntilExit()
+        self.directory.remove()
+    }
+}
