@@ -164,6 +164,38 @@ struct SecurityTests {
         #expect(r.status == 0 && r.lines == (0..<20).map { String($0 * $0) }, "\(r.stderr)")
     }
 
+    @Test func handshakesAreCappedPerSourceAddress() throws {
+        let node = try NodeProcess(secret: secret)
+        defer { node.stop() }
+        // 20 idle connections from one address: 16 are kept for their handshake, the
+        // others closed at once.
+        let peers = try (0..<20).map { _ in try RawPeer(port: node.port) }
+        defer { for p in peers { p.close() } }
+        #expect(waitUntil(seconds: 10) { node.logText.components(separatedBy: "connection refused").count - 1 >= 4 }, "\(node.logText)")
+        #expect(node.logText.contains("16 connections from 127.0.0.1 are already in their handshake (cap 16)"))
+    }
+
+    @Test func aSilentNodeFailsTheClientsHandshakeInTime() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        // Accepts and never speaks.
+        let (silent, silentOut) = try startPython(
+            "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen(4)\nprint(s.getsockname()[1], flush=True)\nconns = []\nwhile True:\n    c, _ = s.accept()\n    conns.append(c)\n",
+            [],
+            in: dir
+        )
+        defer { stopProcess(silent) }
+        let port = try #require(Int(firstLine(silentOut)))
+        var configuration = JobServer.Configuration(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: port)], secret: try ClusterSecret(text: secret, origin: "test"), discover: false)
+        configuration.noExecutorTimeout = .seconds(7)
+        let client = JobServer(configuration: configuration)
+        let f = PythonFunction(name: "one", source: "def one():\n    return 1\n")
+        let r = await client.mapResults(f, arguments: [JobArguments.none], as: Int.self)
+        await client.shutdown()
+        guard case .failure(let e) = r[0] else { Issue.record("a silent node ran a job"); return }
+        #expect(e.code == .noExecutor && e.message.contains("no TLS handshake and WELCOME from the node within 5 s"), "\(e)")
+    }
+
     @Test func forgedBeaconsKeepPprunSmall() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
