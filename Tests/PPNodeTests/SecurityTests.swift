@@ -196,6 +196,17 @@ struct SecurityTests {
         #expect(e.code == .noExecutor && e.message.contains("no TLS handshake and WELCOME from the node within 5 s"), "\(e)")
     }
 
+    @Test func discoveryListensOnlyOnTheInterfaceOfHost() throws {
+        let port = Int.random(in: 40_000...49_999)
+        let node = try NodeProcess(secret: secret, environment: ["PP_BROADCAST": "127.255.255.255", "PP_DISCOVERY_PORT": String(port)])
+        defer { node.stop() }
+        #expect(waitUntil(seconds: 10) { node.logText.contains("broadcast beacons on") })
+        // --host 127.0.0.1 (the harness's): the UDP socket is bound to the device lo.
+        let ss = try runProcess("/usr/bin/env", ["ss", "-ulpn", "sport = :\(port)"])
+        let line = ss.lines.first { $0.contains("pid=\(node.process.processIdentifier),") } ?? ""
+        #expect(line.contains("%lo:\(port)"), "\(ss.stdout)")
+    }
+
     @Test func forgedBeaconsKeepPprunSmall() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
