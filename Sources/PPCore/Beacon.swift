@@ -177,6 +177,28 @@ public enum BroadcastTarget: Sendable, Equatable {
     public static func interfaceName(owning address: String) -> String? {
         var wanted = in_addr()
         guard inet_pton(AF_INET, address, &wanted) == 1 else { return nil }
+        return Self.firstIPv4Interface { entry, sin in
+            sin.sin_addr.s_addr == wanted.s_addr ? String(cString: entry.ifa_name) : nil
+        }
+    }
+
+    /// The IPv4 broadcast address of a network interface, if it has one.
+    static func broadcastAddress(ofInterface name: String) -> String? {
+        Self.firstIPv4Interface { entry, _ in
+            guard String(cString: entry.ifa_name) == name, Int32(entry.ifa_flags) & Int32(IFF_BROADCAST) != 0,
+                let broadcast = entry.ifa_ifu.ifu_broadaddr
+            else { return nil }
+            return broadcast.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                var a = sin.pointee.sin_addr
+                var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+                inet_ntop(AF_INET, &a, &text, socklen_t(INET_ADDRSTRLEN))
+                return String(cString: text)
+            }
+        }
+    }
+
+    /// The first non-nil `match` over the IPv4 addresses of this machine's interfaces.
+    private static func firstIPv4Interface(_ match: (ifaddrs, sockaddr_in) -> String?) -> String? {
         var list: UnsafeMutablePointer<ifaddrs>?
         guard getifaddrs(&list) == 0, let first = list else { return nil }
         defer { freeifaddrs(list) }
@@ -184,31 +206,8 @@ public enum BroadcastTarget: Sendable, Equatable {
         while let entry = cursor {
             defer { cursor = entry.pointee.ifa_next }
             guard let a = entry.pointee.ifa_addr, a.pointee.sa_family == sa_family_t(AF_INET) else { continue }
-            let match = a.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr == wanted.s_addr }
-            if match { return String(cString: entry.pointee.ifa_name) }
-        }
-        return nil
-    }
-
-    /// The IPv4 broadcast address of a network interface, if it has one.
-    static func broadcastAddress(ofInterface name: String) -> String? {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return nil }
-        defer { freeifaddrs(list) }
-        var cursor: UnsafeMutablePointer<ifaddrs>? = first
-        while let entry = cursor {
-            defer { cursor = entry.pointee.ifa_next }
-            guard String(cString: entry.pointee.ifa_name) == name,
-                let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET),
-                Int32(entry.pointee.ifa_flags) & Int32(IFF_BROADCAST) != 0,
-                let broadcast = entry.pointee.ifa_ifu.ifu_broadaddr
-            else { continue }
-            return broadcast.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
-                var a = sin.pointee.sin_addr
-                var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-                inet_ntop(AF_INET, &a, &text, socklen_t(INET_ADDRSTRLEN))
-                return String(cString: text)
-            }
+            let sin = a.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
+            if let found = match(entry.pointee, sin) { return found }
         }
         return nil
     }

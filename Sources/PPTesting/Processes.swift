@@ -59,16 +59,6 @@ public func procStatus(_ pid: Int32, _ key: String) -> String? {
     return nil
 }
 
-/// Polls `condition` every 20 ms until it holds or `seconds` pass; returns whether it held.
-public func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
-    let end = Date().addingTimeInterval(seconds)
-    while Date() < end {
-        if condition() { return true }
-        usleep(20_000)
-    }
-    return condition()
-}
-
 /// A command running in the background, its stdout and stderr going to files (so that
 /// a process it leaves behind cannot block the test on a pipe).
 public final class BackgroundProcess: @unchecked Sendable {
@@ -81,14 +71,7 @@ public final class BackgroundProcess: @unchecked Sendable {
     /// otherwise.
     public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
         self.directory = try TemporaryDirectory("ppbg")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env["PP_BROADCAST"] = env["PP_BROADCAST"] ?? "off"
-        for (k, v) in environment { env[k] = v }
-        p.environment = env
-        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        let p = makeProcess(executable, arguments, environment: environment, directory: directory)
         FileManager.default.createFile(atPath: self.directory.path + "/out", contents: nil)
         FileManager.default.createFile(atPath: self.directory.path + "/err", contents: nil)
         p.standardOutput = FileHandle(forWritingAtPath: self.directory.path + "/out")

@@ -42,6 +42,20 @@ public struct ProcessResult: Sendable {
     public var lines: [String] { self.stdout.split(separator: "\n").map(String.init) }
 }
 
+/// A process for `executable ARGUMENTS` (not started), with this environment plus
+/// `environment` and `PP_BROADCAST=off` unless either sets it.
+public func makeProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil) -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments = arguments
+    var env = ProcessInfo.processInfo.environment
+    env["PP_BROADCAST"] = env["PP_BROADCAST"] ?? "off"
+    for (k, v) in environment { env[k] = v }
+    p.environment = env
+    if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    return p
+}
+
 /// Runs a program to completion, feeding `stdin`, and collects its output.
 ///
 /// - Parameters:
@@ -57,14 +71,7 @@ public func runProcess(
     environment: [String: String] = [:],
     directory: String? = nil
 ) throws -> ProcessResult {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: executable)
-    p.arguments = arguments
-    var env = ProcessInfo.processInfo.environment
-    env["PP_BROADCAST"] = env["PP_BROADCAST"] ?? "off"
-    for (k, v) in environment { env[k] = v }
-    p.environment = env
-    if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    let p = makeProcess(executable, arguments, environment: environment, directory: directory)
     let out = Pipe(), err = Pipe(), inp = Pipe()
     p.standardOutput = out
     p.standardError = err

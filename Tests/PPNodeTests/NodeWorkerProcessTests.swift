@@ -23,7 +23,7 @@ func twoHeldJobs(on node: NodeProcess, in dir: TemporaryDirectory) throws -> (Ba
         environment: ["PP_SECRET": secret]
     )
     let files = [dir.path + "/started-0", dir.path + "/started-1"]
-    #expect(waitUntil(seconds: 60) { files.allSatisfy { FileManager.default.fileExists(atPath: $0) } }, "\(client.stderr)")
+    #expect(waitFor(seconds: 60) { files.allSatisfy { FileManager.default.fileExists(atPath: $0) } }, "\(client.stderr)")
     let workers = files.compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }.compactMap { Int32($0) }.compactMap { ProcessIdentity(pid: $0) }
     return (client, workers)
 }
@@ -66,9 +66,9 @@ struct NodeWorkerProcessTests {
         (client, busy) = try twoHeldJobs(on: node, in: dir)
         #expect(busy.count == 2)
         client?.signal(SIGKILL)
-        #expect(waitUntil(seconds: 30) { node.logText.contains("client left; stopping its jobs") }, "\(node.logText)")
+        #expect(waitFor(seconds: 30) { node.logText.contains("client left; stopping its jobs") }, "\(node.logText)")
         // The workers running its jobs are killed (and replaced) long before the jobs' 60 s.
-        #expect(waitUntil(seconds: 30) { busy.allSatisfy { !$0.isRunning } }, "still running: \(busy.filter(\.isRunning))")
+        #expect(waitFor(seconds: 30) { busy.allSatisfy { !$0.isRunning } }, "still running: \(busy.filter(\.isRunning))")
         #expect(node.logText.components(separatedBy: "client left; stopping its jobs").count == 2)  // logged once
         #expect(node.logText.contains("jobs=2"), "\(node.logText)")
     }

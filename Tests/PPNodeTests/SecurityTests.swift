@@ -171,7 +171,7 @@ struct SecurityTests {
         // others closed at once.
         let peers = try (0..<20).map { _ in try RawPeer(port: node.port) }
         defer { for p in peers { p.close() } }
-        #expect(waitUntil(seconds: 10) { node.logText.components(separatedBy: "connection refused").count - 1 >= 4 }, "\(node.logText)")
+        #expect(waitFor(seconds: 10) { node.logText.components(separatedBy: "connection refused").count - 1 >= 4 }, "\(node.logText)")
         #expect(node.logText.contains("16 connections from 127.0.0.1 are already in their handshake (cap 16)"))
     }
 
@@ -200,7 +200,7 @@ struct SecurityTests {
         let port = Int.random(in: 40_000...49_999)
         let node = try NodeProcess(secret: secret, environment: ["PP_BROADCAST": "127.255.255.255", "PP_DISCOVERY_PORT": String(port)])
         defer { node.stop() }
-        #expect(waitUntil(seconds: 10) { node.logText.contains("broadcast beacons on") })
+        #expect(waitFor(seconds: 10) { node.logText.contains("broadcast beacons on") })
         // --host 127.0.0.1 (the harness's): the UDP socket is bound to the device lo.
         let ss = try runProcess("/usr/bin/env", ["ss", "-ulpn", "sport = :\(port)"])
         let line = ss.lines.first { $0.contains("pid=\(node.process.processIdentifier),") } ?? ""

@@ -62,7 +62,7 @@ struct ProcessSafetyTests {
             for w in workers { w.killIfRunning() }
         }
         // Both workers started (read from /proc before the signal).
-        #expect(waitUntil(seconds: 60) {
+        #expect(waitFor(seconds: 60) {
             workers = childProcesses(of: run.pid)
             return workers.count == 2
         })
@@ -85,14 +85,14 @@ struct ProcessSafetyTests {
                 run.stop()
                 for w in workers { w.killIfRunning() }
             }
-            #expect(waitUntil(seconds: 60) {
+            #expect(waitFor(seconds: 60) {
                 workers = childProcesses(of: run.pid)
                 return workers.count == 1
             })
             run.signal(signal)
             #expect(run.wait() == status)
             #expect(run.stderr.contains("interrupted: 0 of 1 done"), "\(run.stderr)")
-            #expect(waitUntil(seconds: 3) { workers.allSatisfy { !$0.isRunning } })
+            #expect(waitFor(seconds: 3) { workers.allSatisfy { !$0.isRunning } })
         }
     }
 

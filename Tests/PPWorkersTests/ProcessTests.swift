@@ -153,7 +153,7 @@ struct ProcessTests {
         let pids = ((try? String(contentsOfFile: record, encoding: .utf8)) ?? "").split(separator: " ").compactMap { Int32($0) }
         #expect(pids.count == 2, "\(probe.stderr)")
         left = pids.compactMap { ProcessIdentity(pid: $0) }
-        #expect(waitUntil(seconds: 3) { left.allSatisfy { !$0.isRunning } }, "left running: \(left.filter(\.isRunning))")
+        #expect(waitFor(seconds: 3) { left.allSatisfy { !$0.isRunning } }, "left running: \(left.filter(\.isRunning))")
     }
 
     @Test func startFailuresBackOffAndRecover() async throws {
