@@ -15,6 +15,12 @@ public struct PythonFunction: Sendable, Hashable {
     /// The function's name.
     public var name: String { self.bundle.name }
 
+    /// Wraps a bundle made elsewhere (the Python package sends its bundles as spec
+    /// bytes; see `FunctionBundle.init(spec:)`).
+    public init(bundle: FunctionBundle) {
+        self.bundle = bundle
+    }
+
     /// Defines a function from source text.
     ///
     /// - Parameters:

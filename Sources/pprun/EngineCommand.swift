@@ -1,0 +1,330 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ParallelPython
+import Synchronization
+
+/// `pprun engine`: the engine of the Python package (`python/parallelpython`). It reads
+/// requests from stdin and writes answers to stdout, in frames described in
+/// docs/PYTHON.md, and runs the jobs on a `JobServer`: local workers, nodes given or
+/// discovered, TLS, failover, statistics, exactly as for `pprun map`. The Python side
+/// does the pickling; the engine never looks inside a job's arguments or value.
+///
+/// The engine stops when stdin ends (its Python process exited or died) or on QUIT,
+/// and kills its workers then.
+struct EngineCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "engine",
+        abstract: "Serve the parallelpython Python package over stdin/stdout (started by the package).",
+        discussion: "Not for people: `import parallelpython` starts it. Frames are documented in docs/PYTHON.md."
+    )
+
+    func run() async throws {
+        let input = FileHandle.standardInput
+        var reader = EngineFrameReader(fd: input.fileDescriptor)
+        guard let first = reader.next(), first.kind == UInt8(ascii: "C") else {
+            EngineOutput.shared.send(kind: "E", Array("the first frame must be CONFIG".utf8))
+            EngineOutput.shared.flushNow()
+            throw ExitCode(ExitCodes.cannotStart)
+        }
+        let server: JobServer
+        do {
+            server = try Self.makeServer(config: first.body)
+        } catch {
+            EngineOutput.shared.send(kind: "E", Array("\(error)".utf8))
+            EngineOutput.shared.flushNow()
+            throw ExitCode(ExitCodes.cannotStart)
+        }
+        let workers = await server.workers()
+        EngineOutput.shared.send(kind: "R", Array("{\"workers\":\(workers)}".utf8))
+        EngineOutput.shared.flushNow()
+
+        let engine = Engine(server: server)
+        // Requests are read on a thread of their own: a blocking read must not hold a
+        // thread of the cooperative pool.
+        let done = AsyncStream<Void>.makeStream()
+        let handOff = reader
+        Thread {
+            var reader = handOff
+            while let frame = reader.next() {
+                if frame.kind == UInt8(ascii: "Q") { break }
+                engine.handle(frame)
+            }
+            done.continuation.finish()
+        }.start()
+        for await _ in done.stream {}
+        await server.shutdown()
+        EngineOutput.shared.flushNow()
+    }
+
+    /// The job server the CONFIG frame asks for.
+    static func makeServer(config: [UInt8]) throws -> JobServer {
+        guard case .object(let o) = try JSONDecoder().decode(JSONValue.self, from: Data(config)) else {
+            throw ValidationError("CONFIG is not a JSON object")
+        }
+        func int(_ key: String) -> Int? { if case .int(let v) = o[key] { v } else { nil } }
+        func string(_ key: String) -> String? { if case .string(let v) = o[key] { v } else { nil } }
+        var nodes: [NodeAddress] = []
+        if case .array(let list) = o["nodes"] {
+            for case .string(let text) in list { nodes.append(try NodeAddress(parsing: text)) }
+        }
+        let discover = o["discover"] != .bool(false)
+        var secret: ClusterSecret?
+        let secretFile = string("secret_file")
+        if !nodes.isEmpty || secretFile != nil {
+            secret = try ClusterSecret.load(file: secretFile, create: false).secret
+        } else if discover {
+            secret = try? ClusterSecret.load(file: nil, create: false).secret
+        }
+        var logger = Logger(label: "parallelpython")
+        logger.logLevel = .notice
+        var configuration = JobServer.Configuration(
+            workers: int("workers"),
+            python: string("python"),
+            nodes: nodes,
+            secret: secret,
+            discover: discover,
+            logger: logger
+        )
+        if let seconds = int("no_executor_timeout") { configuration.noExecutorTimeout = .seconds(seconds) }
+        return JobServer(configuration: configuration)
+    }
+}
+
+/// One request or answer frame: u32 length (of type and body), u8 type, body.
+struct EngineFrame {
+    var kind: UInt8
+    var body: [UInt8]
+}
+
+/// Reads frames from a file descriptor (blocking).
+struct EngineFrameReader {
+    let fd: Int32
+    private var buffer: [UInt8] = []
+    private var start = 0
+    /// Requests larger than this end the engine (the package never sends them).
+    static let maxFrame = 1 << 30
+
+    init(fd: Int32) {
+        self.fd = fd
+    }
+
+    mutating func next() -> EngineFrame? {
+        while true {
+            if self.buffer.count - self.start >= 5 {
+                let b = self.start
+                let n = Int(self.buffer[b]) << 24 | Int(self.buffer[b + 1]) << 16 | Int(self.buffer[b + 2]) << 8 | Int(self.buffer[b + 3])
+                guard n >= 1, n <= Self.maxFrame else { return nil }
+                if self.buffer.count - self.start >= 4 + n {
+                    let frame = EngineFrame(kind: self.buffer[b + 4], body: Array(self.buffer[(b + 5)..<(b + 4 + n)]))
+                    self.start += 4 + n
+                    if self.start > 1 << 20 || self.start == self.buffer.count {
+                        self.buffer.removeFirst(self.start)
+                        self.start = 0
+                    }
+                    return frame
+                }
+            }
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            let got = read(self.fd, &chunk, chunk.count)
+            if got < 0, errno == EINTR { continue }
+            guard got > 0 else { return nil }
+            self.buffer += chunk[0..<got]
+        }
+    }
+}
+
+/// Answers to stdout: frames collected under a lock and written in one call per burst
+/// by a serial queue, so a burst of results costs one system call.
+final class EngineOutput: Sendable {
+    static let shared = EngineOutput()
+    private let pending = Mutex<(bytes: [UInt8], scheduled: Bool)>(([], false))
+    private let queue = DispatchQueue(label: "parallelpython.engine.output")
+
+    func send(kind: Character, _ body: [UInt8]) {
+        var frame = [UInt8]()
+        frame.reserveCapacity(5 + body.count)
+        Self.appendFrame(kind: UInt8(ascii: kind.unicodeScalars.first!), body: body, to: &frame)
+        self.append(frame)
+    }
+
+    static func appendFrame(kind: UInt8, body: [UInt8], to out: inout [UInt8]) {
+        let n = UInt32(body.count + 1)
+        out += [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff), kind]
+        out += body
+    }
+
+    func append(_ bytes: [UInt8]) {
+        let schedule = self.pending.withLock { p -> Bool in
+            p.bytes += bytes
+            if p.scheduled { return false }
+            p.scheduled = true
+            return true
+        }
+        if schedule { self.queue.async { self.flushNow() } }
+    }
+
+    /// Writes everything pending now.
+    func flushNow() {
+        let bytes = self.pending.withLock { p -> [UInt8] in
+            defer {
+                p.bytes = []
+                p.scheduled = false
+            }
+            return p.bytes
+        }
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { return }  // the Python side is gone
+            offset += n
+        }
+    }
+}
+
+/// The engine's state: bundles by digest, and the Python ids of jobs in flight.
+final class Engine: Sendable {
+    let server: JobServer
+    private let state = Mutex<(functions: [SHA256Digest: PythonFunction], engineIDs: [UInt64: UInt64], doneEarly: Set<UInt64>)>(([:], [:], []))
+
+    init(server: JobServer) {
+        self.server = server
+    }
+
+    func handle(_ frame: EngineFrame) {
+        switch frame.kind {
+        case UInt8(ascii: "B"):
+            guard frame.body.count > 32, let digest = SHA256Digest(bytes: Array(frame.body[0..<32])) else {
+                return self.fatal("BUNDLE too short")
+            }
+            let bundle = FunctionBundle(spec: Array(frame.body[32...]))
+            guard bundle.digest == digest else { return self.fatal("BUNDLE bytes do not hash to their digest") }
+            self.state.withLock { $0.functions[digest] = PythonFunction(bundle: bundle) }
+        case UInt8(ascii: "J"):
+            self.submit(frame.body)
+        case UInt8(ascii: "X"):
+            guard frame.body.count == 8 else { return self.fatal("CANCEL is not 8 bytes") }
+            let id = Self.u64(frame.body, 0)
+            guard let engineID = self.state.withLock({ $0.engineIDs[id] }) else { return }
+            let server = self.server
+            Task { _ = await server.cancel(jobID: engineID) }
+        case UInt8(ascii: "S"):
+            guard frame.body.count == 8 else { return self.fatal("STATS is not 8 bytes") }
+            let token = Array(frame.body)
+            let server = self.server
+            Task {
+                let json = await Self.statisticsJSON(server)
+                EngineOutput.shared.send(kind: "S", token + json)
+            }
+        default:
+            self.fatal("unknown frame type \(frame.kind)")
+        }
+    }
+
+    /// JOB: python id u64 · digest(32) · timeout ms u32 · arguments JSON.
+    private func submit(_ body: [UInt8]) {
+        guard body.count >= 44, let digest = SHA256Digest(bytes: Array(body[8..<40])) else { return self.fatal("JOB too short") }
+        let id = Self.u64(body, 0)
+        let ms = UInt32(body[40]) << 24 | UInt32(body[41]) << 16 | UInt32(body[42]) << 8 | UInt32(body[43])
+        guard let function = self.state.withLock({ $0.functions[digest] }) else {
+            return Self.answer(id, .failure(JobError(code: .protocolError, message: "the engine has no bundle \(digest)"), executor: "engine"))
+        }
+        let arguments = JobArguments(jsonArray: Array(body[44...]))
+        let ids = self.server.submitBatch(function, arguments: [arguments], timeout: ms > 0 ? .milliseconds(Int64(ms)) : nil) { [self] _, outcome in
+            self.state.withLock { s in
+                if s.engineIDs.removeValue(forKey: id) == nil { s.doneEarly.insert(id) }
+            }
+            Self.answer(id, outcome)
+        }
+        self.state.withLock { s in
+            // The job may be done already: only remember it while it runs.
+            if s.doneEarly.remove(id) == nil, let engineID = ids.first { s.engineIDs[id] = engineID }
+        }
+    }
+
+    /// RESULT: python id u64 · status u8 · ns u64 · outLen u32 · out · errLen u32 · err ·
+    /// payload (the value's JSON, or the error JSON).
+    static func answer(_ id: UInt64, _ outcome: JobOutcome) {
+        var body = [UInt8]()
+        let status: UInt8
+        let payload: [UInt8]
+        var stdout = Array(outcome.stdout.utf8)
+        var stderr = Array(outcome.stderr.utf8)
+        switch outcome.result {
+        case .success(let bytes):
+            status = 0
+            payload = bytes
+        case .failure(let error):
+            status = error.code.wireStatus
+            payload = error.wireJSON
+            stdout = Array(error.stdout.utf8)
+            stderr = Array(error.stderr.utf8)
+        }
+        body.reserveCapacity(29 + stdout.count + stderr.count + payload.count)
+        Self.append(id, to: &body)
+        body.append(status)
+        Self.append(UInt64(max(0, outcome.duration.nanosecondsInt64)), to: &body)
+        Self.append32(UInt32(stdout.count), to: &body)
+        body += stdout
+        Self.append32(UInt32(stderr.count), to: &body)
+        body += stderr
+        body += payload
+        EngineOutput.shared.send(kind: "r", body)
+    }
+
+    static func statisticsJSON(_ server: JobServer) async -> [UInt8] {
+        let stats = await server.statistics()
+        let nodes = await server.nodeStatistics()
+        let active = await server.activeExecutors()
+        var w = JSONWriter()
+        w.raw("{\"workers\":")
+        w.int(stats.localPool.targetWorkers)
+        w.raw(",\"queued\":")
+        w.int(stats.queued)
+        w.raw(",\"elapsed\":")
+        w.double(Double(stats.elapsed.nanosecondsInt64) / 1e9)
+        w.raw(",\"active\":")
+        w.array(active) { $0.string($1) }
+        w.raw(",\"executors\":[")
+        for (i, e) in stats.executors.enumerated() {
+            if i > 0 { w.raw(",") }
+            w.raw("{\"name\":")
+            w.string(e.name)
+            w.raw(",\"jobs\":")
+            w.int(e.jobs)
+            w.raw(",\"seconds\":")
+            w.double(Double(e.totalTime.nanosecondsInt64) / 1e9)
+            w.raw("}")
+        }
+        w.raw("],\"nodes\":{")
+        for (i, (name, value)) in nodes.sorted(by: { $0.key < $1.key }).enumerated() {
+            if i > 0 { w.raw(",") }
+            w.string(name)
+            w.raw(":")
+            value.write(to: &w)
+        }
+        w.raw("}}")
+        return w.bytes
+    }
+
+    private func fatal(_ message: String) {
+        EngineOutput.shared.send(kind: "E", Array(message.utf8))
+        EngineOutput.shared.flushNow()
+        exit(ExitCodes.cannotStart)
+    }
+
+    static func u64(_ b: [UInt8], _ i: Int) -> UInt64 {
+        var v: UInt64 = 0
+        for k in 0..<8 { v = v << 8 | UInt64(b[i + k]) }
+        return v
+    }
+
+    static func append(_ v: UInt64, to out: inout [UInt8]) {
+        for k in (0..<8).reversed() { out.append(UInt8((v >> (UInt64(k) * 8)) & 0xff)) }
+    }
+
+    static func append32(_ v: UInt32, to out: inout [UInt8]) {
+        for k in (0..<4).reversed() { out.append(UInt8((v >> (UInt32(k) * 8)) & 0xff)) }
+    }
+}

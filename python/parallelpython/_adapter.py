@@ -1,0 +1,98 @@
+# The function every job of the Python package calls on a worker (local or on a node).
+#
+# The package sends this file's text as a function bundle, after two lines that set
+# MAIN_SOURCE and MAIN_FILE (the caller's main script, so that functions and classes
+# defined there resolve). The engine never looks inside a job: its only argument is a
+# base64 pickle of (function, args, kwargs), and its value is a small JSON object:
+#   {"v": base64 pickle of the value}
+#   {"e": base64 pickle of the exception or null, "type", "message", "tb"}
+# so exceptions come back with their own type, and tracebacks come back as text.
+
+import base64 as _b64
+import pickle as _pickle
+import sys as _sys
+import traceback as _traceback
+import types as _types
+
+_main_module = None
+
+# The caller's import path goes after the worker's own, so the caller's modules import
+# and the standard library stays the worker's.
+for _entry in CLIENT_PATH:  # noqa: F821 (set above)
+    if _entry not in _sys.path and __import__("os").path.isdir(_entry):
+        _sys.path.append(_entry)
+
+
+def _load_main():
+    """The caller's main script as the module __pp_main__ (its `if __name__ ==
+    "__main__":` block does not run), made once per worker and bundle."""
+    global _main_module
+    if _main_module is None and MAIN_SOURCE is not None:  # noqa: F821 (set above)
+        module = _types.ModuleType("__pp_main__")
+        module.__file__ = MAIN_FILE  # noqa: F821
+        _sys.modules["__pp_main__"] = module
+        exec(compile(MAIN_SOURCE, MAIN_FILE, "exec"), module.__dict__)  # noqa: F821
+        # Its functions and classes are the caller's __main__ ones: values made from
+        # them pickle as __main__.NAME and unpickle in the caller as its own.
+        for value in list(module.__dict__.values()):
+            if getattr(value, "__module__", None) == "__pp_main__":
+                try:
+                    value.__module__ = "__main__"
+                except (AttributeError, TypeError):
+                    pass
+        _main_module = module
+    return _main_module
+
+
+def _dumps(obj):
+    try:
+        return _pickle.dumps(obj, protocol=5)
+    except Exception:
+        for name in ("cloudpickle", "dill"):
+            try:
+                module = __import__(name)
+            except ImportError:
+                continue
+            return module.dumps(obj)
+        raise
+
+
+def _error(exc, tb):
+    try:
+        data = _b64.b64encode(_dumps(exc)).decode("ascii")
+    except Exception:
+        data = None
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else kind.__module__ + "." + kind.__qualname__
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<message unavailable>"
+    return {"e": data, "type": name, "message": message, "tb": tb}
+
+
+def __pp_call__(blob):
+    saved = _sys.modules.get("__main__")
+    try:
+        main = _load_main()
+    except BaseException as exc:
+        return _error(exc, _traceback.format_exc())
+    if main is not None:
+        _sys.modules["__main__"] = main
+    try:
+        try:
+            fn, args, kwargs = _pickle.loads(_b64.b64decode(blob))
+        except BaseException as exc:
+            return _error(exc, _traceback.format_exc())
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            tb = _traceback.format_exc()
+            return _error(exc, tb)
+        try:
+            return {"v": _b64.b64encode(_dumps(value)).decode("ascii")}
+        except BaseException as exc:
+            return _error(exc, _traceback.format_exc())
+    finally:
+        if main is not None:
+            _sys.modules["__main__"] = saved

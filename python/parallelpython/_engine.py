@@ -1,0 +1,233 @@
+"""The engine: one `pprun engine` helper process per Python process.
+
+Frames both ways: a 4-byte big-endian length N (of type and body), a type byte, the
+body (docs/PYTHON.md lists them). The engine runs the jobs (local workers, nodes,
+discovery, TLS, failover); this side pickles. The engine stops when its stdin ends,
+so it never outlives this process, and it kills its workers then.
+"""
+
+import atexit
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+
+_HEADER = struct.Struct(">IB")
+_JOB = struct.Struct(">Q32sI")
+_RESULT = struct.Struct(">QBQI")
+
+
+class EngineError(RuntimeError):
+    """The engine is missing, could not start, or stopped."""
+
+
+def find_engine():
+    """The `pprun` binary: $PP_ENGINE, then PATH, then a build next to this package."""
+    explicit = os.environ.get("PP_ENGINE")
+    if explicit:
+        if os.access(explicit, os.X_OK):
+            return explicit
+        raise EngineError("PP_ENGINE=%s is not an executable; point it at the pprun binary (swift build -c release; .build/release/pprun)" % explicit)
+    found = shutil.which("pprun")
+    if found:
+        return found
+    here = os.path.dirname(os.path.abspath(__file__))
+    for up in (os.path.join(here, "..", ".."), os.path.join(here, "..")):
+        for config in ("release", "debug"):
+            candidate = os.path.normpath(os.path.join(up, ".build", config, "pprun"))
+            if os.access(candidate, os.X_OK):
+                return candidate
+    raise EngineError(
+        "parallelpython needs its engine, the pprun binary, and found none: build it in the "
+        "ParallelPython repository (swift build -c release) and put .build/release on PATH, "
+        "or set PP_ENGINE to its path"
+    )
+
+
+class Engine(object):
+    """A running `pprun engine` and the jobs in flight on it."""
+
+    def __init__(self, config):
+        self.config = config
+        path = find_engine()
+        try:
+            self.process = subprocess.Popen(
+                [path, "engine"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+            )
+        except OSError as exc:
+            raise EngineError("cannot start the engine %s: %s" % (path, exc))
+        self.path = path
+        self._write_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._pending = {}  # job id -> callback(status, ns, stdout, stderr, payload)
+        self._stats = {}
+        self._bundles = set()
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._reason = None
+        self._send(b"C", json.dumps(config).encode())
+        kind, body = self._read_frame()
+        if kind != b"R":
+            self.process.wait()
+            message = body.decode("utf-8", "replace") if body else "it exited with status %s" % self.process.returncode
+            raise EngineError("the engine did not start: " + message)
+        self.info = json.loads(body)
+        self._reader = threading.Thread(target=self._read_loop, name="parallelpython-engine", daemon=True)
+        self._reader.start()
+
+    # -- frames ---------------------------------------------------------------
+
+    def _send(self, kind, body):
+        data = _HEADER.pack(len(body) + 1, kind[0]) + body
+        with self._write_lock:
+            try:
+                self.process.stdin.write(data)
+                self.process.stdin.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                raise EngineError("the engine has stopped: %s" % (self._reason or "its pipe is closed"))
+
+    def _read_exact(self, n):
+        out = self.process.stdout.read(n)
+        if out is None or len(out) < n:
+            return None
+        return out
+
+    def _read_frame(self):
+        header = self._read_exact(5)
+        if header is None:
+            return None, None
+        length, kind = _HEADER.unpack(header)
+        body = self._read_exact(length - 1) if length > 1 else b""
+        if body is None:
+            return None, None
+        return bytes([kind]), body
+
+    def _read_loop(self):
+        while True:
+            kind, body = self._read_frame()
+            if kind is None:
+                break
+            if kind == b"r":
+                job_id, status, ns, outlen = _RESULT.unpack_from(body, 0)
+                pos = _RESULT.size
+                out = body[pos:pos + outlen]
+                pos += outlen
+                (errlen,) = struct.unpack_from(">I", body, pos)
+                pos += 4
+                err = body[pos:pos + errlen]
+                payload = body[pos + errlen:]
+                with self._lock:
+                    callback = self._pending.pop(job_id, None)
+                if callback is not None:
+                    callback(status, ns, out, err, payload)
+            elif kind == b"S":
+                token = body[:8]
+                with self._lock:
+                    waiter = self._stats.pop(token, None)
+                if waiter is not None:
+                    waiter[1] = json.loads(body[8:])
+                    waiter[0].set()
+            elif kind == b"E":
+                self._reason = body.decode("utf-8", "replace")
+                break
+        self._closed = True
+        with self._lock:
+            pending = self._pending
+            self._pending = {}
+            waiters = list(self._stats.values())
+            self._stats = {}
+        reason = self._reason or "the engine exited (status %s)" % self.process.poll()
+        for callback in pending.values():
+            callback(None, 0, b"", b"", reason.encode())
+        for waiter in waiters:
+            waiter[0].set()
+
+    # -- requests -------------------------------------------------------------
+
+    def ensure_bundle(self, spec):
+        """Sends a bundle once; returns its digest."""
+        digest = hashlib.sha256(spec).digest()
+        if digest not in self._bundles:
+            self._send(b"B", digest + spec)
+            self._bundles.add(digest)
+        return digest
+
+    def submit(self, digest, arguments_json, timeout, callback):
+        """Queues a job; `callback(status, ns, stdout, stderr, payload)` runs on the
+        reader thread (status None: the engine stopped). Returns the job id."""
+        if self._closed:
+            raise EngineError("the engine has stopped: %s" % (self._reason or "unknown reason"))
+        job_id = next(self._ids)
+        ms = 0 if timeout is None else max(1, int(timeout * 1000))
+        with self._lock:
+            self._pending[job_id] = callback
+        self._send(b"J", _JOB.pack(job_id, digest, ms) + arguments_json)
+        return job_id
+
+    def cancel(self, job_id):
+        if not self._closed:
+            try:
+                self._send(b"X", struct.pack(">Q", job_id))
+            except EngineError:
+                pass
+
+    def statistics(self, timeout=5.0):
+        token = os.urandom(8)
+        waiter = [threading.Event(), None]
+        with self._lock:
+            self._stats[token] = waiter
+        self._send(b"S", token)
+        waiter[0].wait(timeout)
+        return waiter[1] or {}
+
+    def close(self):
+        if self.process.poll() is None:
+            try:
+                self._send(b"Q", b"")
+                self.process.stdin.close()
+            except (EngineError, OSError):
+                pass
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._closed = True
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+
+
+_engine = None
+_engine_lock = threading.Lock()
+
+
+def get_engine(config):
+    """The process's engine, started with `config` on first use."""
+    global _engine
+    with _engine_lock:
+        if _engine is None or _engine._closed:
+            _engine = Engine(config)
+            atexit.register(_engine.close)
+        elif config != _engine.config:
+            raise ValueError(
+                "this process already runs an engine with other options (%r); one engine per "
+                "process: create Executors with the same options, or call parallelpython.shutdown() first"
+                % (_engine.config,)
+            )
+        return _engine
+
+
+def shutdown_engine():
+    global _engine
+    with _engine_lock:
+        if _engine is not None:
+            _engine.close()
+            _engine = None

@@ -1,0 +1,254 @@
+"""The Executor against concurrent.futures.ProcessPoolExecutor on the same calls, with
+the real engine ($PP_ENGINE or pprun on PATH) and real workers. Run:
+
+    PP_ENGINE=.build/debug/pprun python3 -m unittest discover -s python/tests -v
+"""
+
+import concurrent.futures as cf
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import parallelpython  # noqa: E402
+from parallelpython import Executor, JobTimeout  # noqa: E402
+
+
+def square(x):
+    return x * x
+
+
+def divide(a, b):
+    return a / b
+
+
+def raise_key(x):
+    raise KeyError(x)
+
+
+def sleep_then(x, seconds):
+    time.sleep(seconds)
+    return x
+
+
+class Point(object):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+    def __repr__(self):
+        return "Point(%r, %r)" % (self.x, self.y)
+
+
+def moved(p, dx):
+    return Point(p.x + dx, p.y)
+
+
+def kw(a, b=2, *, c=3):
+    return (a, b, c)
+
+
+def pid(_):
+    return os.getpid()
+
+
+class SameAsProcessPool(unittest.TestCase):
+    """Each check runs the same calls on ProcessPoolExecutor and on ours."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ours = Executor(workers=2, discover=False)
+        cls.theirs = cf.ProcessPoolExecutor(2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ours.shutdown()
+        cls.theirs.shutdown()
+
+    def both(self, fn):
+        return fn(self.theirs), fn(self.ours)
+
+    def test_values_and_map_order(self):
+        theirs, ours = self.both(lambda ex: list(ex.map(square, range(200))))
+        self.assertEqual(ours, theirs)
+        theirs, ours = self.both(lambda ex: list(ex.map(divide, [1, 2, 3], [4, 5, 6])))
+        self.assertEqual(ours, theirs)
+        theirs, ours = self.both(lambda ex: ex.submit(kw, 1, c=9).result())
+        self.assertEqual(ours, theirs)
+
+    def test_user_classes_travel_both_ways(self):
+        theirs, ours = self.both(lambda ex: ex.submit(moved, Point(1, 2), 10).result())
+        self.assertEqual(ours, theirs)
+        self.assertIs(type(ours), Point)
+
+    def test_exceptions_keep_their_type_and_traceback(self):
+        for ex in (self.theirs, self.ours):
+            with self.assertRaises(ZeroDivisionError):
+                ex.submit(divide, 1, 0).result()
+            with self.assertRaises(KeyError) as caught:
+                ex.submit(raise_key, "k").result()
+            self.assertIn("raise_key", str(caught.exception.__cause__))
+
+    def test_map_timeout(self):
+        for ex in (self.theirs, self.ours):
+            it = ex.map(sleep_then, [1], [3], timeout=0.5)
+            with self.assertRaises(cf.TimeoutError):
+                next(it)
+
+    def test_wait_and_as_completed(self):
+        futures = [self.ours.submit(sleep_then, i, 0.2 * (3 - i)) for i in range(3)]
+        done, not_done = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+        self.assertGreaterEqual(len(done), 1)
+        order = [f.result() for f in cf.as_completed(futures)]
+        self.assertEqual(sorted(order), [0, 1, 2])
+
+    def test_workers_are_other_processes(self):
+        pids = set(self.ours.map(pid, range(50)))
+        self.assertNotIn(os.getpid(), pids)
+        self.assertTrue(1 <= len(pids) <= 2, pids)
+
+
+class Extras(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.ex = Executor(workers=2, discover=False)
+
+    def test_per_job_timeout_kills_the_worker(self):
+        started = time.monotonic()
+        with self.assertRaises(JobTimeout):
+            self.ex.apply(sleep_then, (1, 30), timeout=1).result()
+        self.assertLess(time.monotonic() - started, 25)
+        self.assertEqual(self.ex.submit(square, 7).result(), 49)
+
+    def test_imap_unordered(self):
+        self.assertEqual(sorted(self.ex.imap_unordered(square, range(20))), [i * i for i in range(20)])
+
+    def test_cancel_pending_future_and_shutdown(self):
+        ex = self.ex
+        blockers = [ex.submit(sleep_then, i, 1) for i in range(2)]
+        queued = [ex.submit(square, i) for i in range(5)]
+        cancelled = [f.cancel() for f in queued]
+        for f in blockers:
+            self.assertIn(f.result(), (0, 1))
+        for f, c in zip(queued, cancelled):
+            if c:
+                self.assertTrue(f.cancelled())
+            else:
+                self.assertIn(f.result(), range(25))
+
+    def test_stats_count_the_jobs(self):
+        before = sum(e["jobs"] for e in self.ex.stats()["executors"])
+        list(self.ex.map(square, range(10)))
+        after = sum(e["jobs"] for e in self.ex.stats()["executors"])
+        self.assertGreaterEqual(after - before, 10)
+
+    def test_unpicklable_argument_is_named(self):
+        import threading
+        with self.assertRaises(TypeError) as caught:
+            self.ex.submit(square, threading.Lock())
+        self.assertIn("argument 0 of square", str(caught.exception))
+
+    def test_lambdas_travel_with_cloudpickle_or_say_how(self):
+        try:
+            import cloudpickle  # noqa: F401
+            have = True
+        except ImportError:
+            try:
+                import dill  # noqa: F401
+                have = True
+            except ImportError:
+                have = False
+        if have:
+            self.assertEqual(self.ex.submit(lambda x: x + 1, 1).result(), 2)
+        else:
+            with self.assertRaises(TypeError) as caught:
+                self.ex.submit(lambda x: x + 1, 1)
+            self.assertIn("install cloudpickle", str(caught.exception))
+
+    def test_after_shutdown_submit_is_refused(self):
+        ex = Executor(workers=2, discover=False)
+        ex.shutdown()
+        with self.assertRaises(RuntimeError):
+            ex.submit(square, 1)
+
+
+class Engine(unittest.TestCase):
+    def run_program(self, code, env=None, timeout=60):
+        environment = dict(os.environ)
+        environment.update(env or {})
+        environment["PYTHONPATH"] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environment, timeout=timeout)
+
+    def test_missing_engine_says_how_to_install_it(self):
+        r = self.run_program(
+            """
+            from parallelpython import Executor, EngineError
+            try:
+                Executor(discover=False)
+            except EngineError as e:
+                print(e)
+            """,
+            env={"PP_ENGINE": "/nonexistent/pprun"},
+        )
+        self.assertIn("PP_ENGINE=/nonexistent/pprun is not an executable", r.stdout, r.stderr)
+        self.assertIn("swift build -c release", r.stdout)
+
+    def test_engine_and_workers_die_with_a_killed_program(self):
+        r = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(
+                """
+                import os, sys, time
+                sys.path.insert(0, %r)
+                from parallelpython import Executor
+                ex = Executor(workers=2, discover=False)
+                engine = ex._engine.process.pid
+                list(ex.map(abs, [-1, -2, -3, -4]))  # the workers are up
+                print(engine, flush=True)
+                time.sleep(60)
+                """ % os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+            )],
+            stdout=subprocess.PIPE, text=True,
+        )
+        engine = int(r.stdout.readline())
+        r.stdout.close()
+        children = _children(engine)
+        os.kill(r.pid, signal.SIGKILL)
+        r.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (_alive(engine) or any(_alive(c) for c in children)):
+            time.sleep(0.05)
+        self.assertFalse(_alive(engine), "the engine outlived its program")
+        self.assertEqual([c for c in children if _alive(c)], [])
+
+
+def _children(pid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    unittest.main()
