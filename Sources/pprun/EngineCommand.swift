@@ -46,8 +46,21 @@ struct EngineCommand: AsyncParsableCommand {
         let handOff = reader
         Thread {
             var reader = handOff
+            var jobs: [[UInt8]] = []
             while let frame = reader.next() {
                 if frame.kind == UInt8(ascii: "Q") { break }
+                if frame.kind == UInt8(ascii: "J") {
+                    // Consecutive jobs already read go to the job server in one batch.
+                    jobs.append(frame.body)
+                    if reader.hasBufferedFrame, jobs.count < 4096 { continue }
+                    engine.submit(jobs)
+                    jobs.removeAll(keepingCapacity: true)
+                    continue
+                }
+                if !jobs.isEmpty {
+                    engine.submit(jobs)
+                    jobs.removeAll(keepingCapacity: true)
+                }
                 engine.handle(frame)
             }
             done.continuation.finish()
@@ -107,6 +120,14 @@ struct EngineFrameReader {
 
     init(fd: Int32) {
         self.fd = fd
+    }
+
+    /// Whether a whole frame is already buffered (`next()` would not block).
+    var hasBufferedFrame: Bool {
+        guard self.buffer.count - self.start >= 5 else { return false }
+        let b = self.start
+        let n = Int(self.buffer[b]) << 24 | Int(self.buffer[b + 1]) << 16 | Int(self.buffer[b + 2]) << 8 | Int(self.buffer[b + 3])
+        return self.buffer.count - self.start >= 4 + n
     }
 
     mutating func next() -> EngineFrame? {
@@ -202,7 +223,7 @@ final class Engine: Sendable {
             guard bundle.digest == digest else { return self.fatal("BUNDLE bytes do not hash to their digest") }
             self.state.withLock { $0.functions[digest] = PythonFunction(bundle: bundle) }
         case UInt8(ascii: "J"):
-            self.submit(frame.body)
+            self.submit([frame.body])
         case UInt8(ascii: "X"):
             guard frame.body.count == 8 else { return self.fatal("CANCEL is not 8 bytes") }
             let id = Self.u64(frame.body, 0)
@@ -222,24 +243,42 @@ final class Engine: Sendable {
         }
     }
 
-    /// JOB: python id u64 · digest(32) · timeout ms u32 · arguments JSON.
-    private func submit(_ body: [UInt8]) {
-        guard body.count >= 44, let digest = SHA256Digest(bytes: Array(body[8..<40])) else { return self.fatal("JOB too short") }
-        let id = Self.u64(body, 0)
-        let ms = UInt32(body[40]) << 24 | UInt32(body[41]) << 16 | UInt32(body[42]) << 8 | UInt32(body[43])
-        guard let function = self.state.withLock({ $0.functions[digest] }) else {
-            return Self.answer(id, .failure(JobError(code: .protocolError, message: "the engine has no bundle \(digest)"), executor: "engine"))
-        }
-        let arguments = JobArguments(jsonArray: Array(body[44...]))
-        let ids = self.server.submitBatch(function, arguments: [arguments], timeout: ms > 0 ? .milliseconds(Int64(ms)) : nil) { [self] _, outcome in
-            self.state.withLock { s in
-                if s.engineIDs.removeValue(forKey: id) == nil { s.doneEarly.insert(id) }
+    /// JOBs, each: python id u64 · digest(32) · timeout ms u32 · arguments JSON. Jobs of
+    /// one bundle and timeout go to the job server in one batch.
+    func submit(_ bodies: [[UInt8]]) {
+        var groups: [(function: PythonFunction, ms: UInt32, ids: [UInt64], arguments: [JobArguments])] = []
+        for body in bodies {
+            guard body.count >= 44, let digest = SHA256Digest(bytes: Array(body[8..<40])) else { return self.fatal("JOB too short") }
+            let id = Self.u64(body, 0)
+            let ms = UInt32(body[40]) << 24 | UInt32(body[41]) << 16 | UInt32(body[42]) << 8 | UInt32(body[43])
+            guard let function = self.state.withLock({ $0.functions[digest] }) else {
+                Self.answer(id, .failure(JobError(code: .protocolError, message: "the engine has no bundle \(digest)"), executor: "engine"))
+                continue
             }
-            Self.answer(id, outcome)
+            let arguments = JobArguments(jsonArray: Array(body[44...]))
+            if let last = groups.indices.last, groups[last].function == function, groups[last].ms == ms {
+                groups[last].ids.append(id)
+                groups[last].arguments.append(arguments)
+            } else {
+                groups.append((function, ms, [id], [arguments]))
+            }
         }
-        self.state.withLock { s in
-            // The job may be done already: only remember it while it runs.
-            if s.doneEarly.remove(id) == nil, let engineID = ids.first { s.engineIDs[id] = engineID }
+        for group in groups {
+            let pythonIDs = group.ids
+            let engineIDs = self.server.submitBatch(group.function, arguments: group.arguments, timeout: group.ms > 0 ? .milliseconds(Int64(group.ms)) : nil) {
+                [self] index, outcome in
+                let id = pythonIDs[index]
+                self.state.withLock { s in
+                    if s.engineIDs.removeValue(forKey: id) == nil { s.doneEarly.insert(id) }
+                }
+                Self.answer(id, outcome)
+            }
+            self.state.withLock { s in
+                // A job may be done already: only remember those still running.
+                for (id, engineID) in zip(pythonIDs, engineIDs) where s.doneEarly.remove(id) == nil {
+                    s.engineIDs[id] = engineID
+                }
+            }
         }
     }
 

@@ -2,8 +2,9 @@
 #
 # The package sends this file's text as a function bundle, after two lines that set
 # MAIN_SOURCE and MAIN_FILE (the caller's main script, so that functions and classes
-# defined there resolve). The engine never looks inside a job: its only argument is a
-# base64 pickle of (function, args, kwargs), and its value is a small JSON object:
+# defined there resolve). The engine never looks inside a job: its two arguments are
+# base64 pickles: the function (the same for every job of a map, unpickled once per
+# worker) and (args, kwargs); its value is a small JSON object:
 #   {"v": base64 pickle of the value}
 #   {"e": base64 pickle of the exception or null, "type", "message", "tb"}
 # so exceptions come back with their own type, and tracebacks come back as text.
@@ -71,7 +72,12 @@ def _error(exc, tb):
     return {"e": data, "type": name, "message": message, "tb": tb}
 
 
-def __pp_call__(blob):
+_functions = {}
+
+
+def __pp_call__(function_blob, call_blob):
+    """Calls the function pickled in `function_blob` (kept unpickled for the jobs that
+    follow) with the (args, kwargs) pickled in `call_blob`."""
     saved = _sys.modules.get("__main__")
     try:
         main = _load_main()
@@ -81,7 +87,13 @@ def __pp_call__(blob):
         _sys.modules["__main__"] = main
     try:
         try:
-            fn, args, kwargs = _pickle.loads(_b64.b64decode(blob))
+            fn = _functions.get(function_blob)
+            if fn is None:
+                fn = _pickle.loads(_b64.b64decode(function_blob))
+                if len(_functions) >= 256:
+                    _functions.clear()
+                _functions[function_blob] = fn
+            args, kwargs = _pickle.loads(_b64.b64decode(call_blob))
         except BaseException as exc:
             return _error(exc, _traceback.format_exc())
         try:

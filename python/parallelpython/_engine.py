@@ -169,6 +169,30 @@ class Engine(object):
         self._send(b"J", _JOB.pack(job_id, digest, ms) + arguments_json)
         return job_id
 
+    def submit_many(self, digest, jobs, timeout):
+        """Queues jobs `(arguments_json, callback)` with one write; returns their ids."""
+        if self._closed:
+            raise EngineError("the engine has stopped: %s" % (self._reason or "unknown reason"))
+        ms = 0 if timeout is None else max(1, int(timeout * 1000))
+        ids = []
+        parts = []
+        pack_header = _HEADER.pack
+        pack_job = _JOB.pack
+        with self._lock:
+            for arguments_json, callback in jobs:
+                job_id = next(self._ids)
+                self._pending[job_id] = callback
+                ids.append(job_id)
+                parts.append(pack_header(len(arguments_json) + 45, 74) + pack_job(job_id, digest, ms) + arguments_json)
+        data = b"".join(parts)
+        with self._write_lock:
+            try:
+                self.process.stdin.write(data)
+                self.process.stdin.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                raise EngineError("the engine has stopped: %s" % (self._reason or "its pipe is closed"))
+        return ids
+
     def cancel(self, job_id):
         if not self._closed:
             try:

@@ -7,6 +7,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 
 from ._engine import EngineError, get_engine
 
@@ -65,10 +66,10 @@ def _main_source():
         return f.read(), os.path.abspath(path)
 
 
-def _pickle_call(fn, args, kwargs):
-    """The job's (function, args, kwargs) as bytes; names what cannot travel."""
+def _dumps_any(obj):
+    """Pickle, else cloudpickle or dill when installed; raises the first error."""
     try:
-        return pickle.dumps((fn, args, kwargs), protocol=5)
+        return pickle.dumps(obj, protocol=5)
     except Exception as first:
         for name in ("cloudpickle", "dill"):
             try:
@@ -76,27 +77,85 @@ def _pickle_call(fn, args, kwargs):
             except ImportError:
                 continue
             try:
-                return module.dumps((fn, args, kwargs))
+                return module.dumps(obj)
             except Exception:
                 break
-        for i, a in enumerate(args):
-            try:
-                pickle.dumps(a, protocol=5)
-            except Exception as exc:
-                raise TypeError("argument %d of %s (a %s) cannot be pickled: %s" % (i, _name(fn), type(a).__name__, exc)) from None
-        for k, v in kwargs.items():
-            try:
-                pickle.dumps(v, protocol=5)
-            except Exception as exc:
-                raise TypeError("keyword argument %r of %s (a %s) cannot be pickled: %s" % (k, _name(fn), type(v).__name__, exc)) from None
+        raise first
+
+
+def _pickle_function(fn):
+    try:
+        return base64.b64encode(_dumps_any(fn))
+    except Exception as exc:
         raise TypeError(
             "%s cannot travel to a worker (%s): define it at module level, or install cloudpickle "
-            "or dill (pip install cloudpickle) to send lambdas and closures" % (_name(fn), first)
+            "or dill (pip install cloudpickle) to send lambdas and closures" % (_name(fn), exc)
         ) from None
+
+
+def _pickle_args(fn, args, kwargs):
+    """(args, kwargs) as base64 pickle bytes; names an argument that cannot travel."""
+    try:
+        return base64.b64encode(pickle.dumps((args, kwargs), protocol=5))
+    except Exception:
+        pass
+    try:
+        return base64.b64encode(_dumps_any((args, kwargs)))
+    except Exception:
+        pass
+    for i, a in enumerate(args):
+        try:
+            _dumps_any(a)
+        except Exception as exc:
+            raise TypeError("argument %d of %s (a %s) cannot be pickled: %s" % (i, _name(fn), type(a).__name__, exc)) from None
+    for k, v in kwargs.items():
+        try:
+            _dumps_any(v)
+        except Exception as exc:
+            raise TypeError("keyword argument %r of %s (a %s) cannot be pickled: %s" % (k, _name(fn), type(v).__name__, exc)) from None
+    raise TypeError("the arguments of %s cannot be pickled" % _name(fn))
 
 
 def _name(fn):
     return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class _OrderedResults(object):
+    """The results of one map, slot by slot, read in order: lighter than a Future per
+    job (no lock and condition each)."""
+
+    def __init__(self, n):
+        self.slots = [None] * n
+        self.ready = [False] * n
+        self.condition = threading.Condition()
+
+    def completion(self, index):
+        def done(status, ns, out, err, payload):
+            if out:
+                sys.stdout.write(out.decode("utf-8", "replace"))
+            if err:
+                sys.stderr.write(err.decode("utf-8", "replace"))
+            try:
+                result = (True, _decode(status, payload))
+            except BaseException as exc:
+                result = (False, exc)
+            with self.condition:
+                self.slots[index] = result
+                self.ready[index] = True
+                self.condition.notify_all()
+
+        return done
+
+    def take(self, index, end):
+        with self.condition:
+            while not self.ready[index]:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    raise _cf.TimeoutError()
+                self.condition.wait(left)
+            result = self.slots[index]
+            self.slots[index] = None
+            return result
 
 
 class _Future(_cf.Future):
@@ -148,6 +207,7 @@ class Executor(_cf.Executor):
         self._timeout = timeout
         self._lock = threading.Lock()
         self._futures = set()
+        self._functions = {}
         self._shutdown = False
         source, path = _main_source()
         # The caller's import path (the cwd for ''), so that a worker on this machine
@@ -172,15 +232,41 @@ class Executor(_cf.Executor):
 
     def apply(self, fn, args=(), kwargs=None, timeout=None):
         """Like submit, with a per-job `timeout` in seconds (the worker is killed)."""
+        return self._submit_many(fn, [(tuple(args), dict(kwargs or {}))], timeout)[0]
+
+    def _submit_many(self, fn, calls, timeout):
+        """Futures for calls `(args, kwargs)` of `fn`, sent to the engine in one write."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        blob = _pickle_call(fn, tuple(args), dict(kwargs or {}))
-        arguments = b'["' + base64.b64encode(blob) + b'"]'
-        future = _Future(self)
-        with self._lock:
-            self._futures.add(future)
         timeout = self._timeout if timeout is None else timeout
+        prefix = b'["' + self._function_blob(fn) + b'","'
+        jobs = []
+        futures = []
+        for args, kwargs in calls:
+            blob = _pickle_args(fn, args, kwargs)
+            future = _Future(self)
+            futures.append(future)
+            jobs.append((prefix + blob + b'"]', self._completion(future)))
+        with self._lock:
+            self._futures.update(futures)
+        for future, job_id in zip(futures, self._engine.submit_many(self._digest, jobs, timeout)):
+            future._job_id = job_id
+        return futures
 
+    def _function_blob(self, fn):
+        """The function's pickle (base64), made once per function."""
+        try:
+            blob = self._functions.get(fn)
+        except TypeError:  # unhashable callable
+            return _pickle_function(fn)
+        if blob is None:
+            blob = _pickle_function(fn)
+            if len(self._functions) >= 256:
+                self._functions.clear()
+            self._functions[fn] = blob
+        return blob
+
+    def _completion(self, future):
         def done(status, ns, out, err, payload):
             with self._lock:
                 self._futures.discard(future)
@@ -195,17 +281,45 @@ class Executor(_cf.Executor):
             except BaseException as exc:
                 future.set_exception(exc)
 
-        future._job_id = self._engine.submit(self._digest, arguments, timeout, done)
-        return future
+        return done
 
     def imap_unordered(self, fn, iterable, timeout=None):
         """Calls fn on every item; yields the values as the jobs complete."""
-        futures = [self.apply(fn, (item,), None, timeout) for item in iterable]
+        futures = self._submit_many(fn, [((item,), {}) for item in iterable], timeout)
         for f in _cf.as_completed(futures):
             yield f.result()
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
-        return super().map(fn, *iterables, timeout=timeout)
+        """As Executor.map: values in input order; `timeout` bounds the whole map.
+        Jobs go to the engine in batches (chunksize is accepted and not needed: the
+        engine and the pool batch by themselves), and no Future is made per job."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        end = None if timeout is None else time.monotonic() + timeout
+        calls = list(zip(*iterables))
+        batch = _OrderedResults(len(calls))
+        prefix = b'["' + self._function_blob(fn) + b'","'
+        ids = []
+        for start in range(0, len(calls), 2048):
+            jobs = [(prefix + _pickle_args(fn, args, {}) + b'"]', batch.completion(start + k)) for k, args in enumerate(calls[start:start + 2048])]
+            ids += self._engine.submit_many(self._digest, jobs, self._timeout)
+        engine = self._engine
+
+        def results():
+            index = 0
+            try:
+                while index < len(calls):
+                    ok, value = batch.take(index, end)
+                    index += 1
+                    if ok:
+                        yield value
+                    else:
+                        raise value
+            finally:
+                for job_id in ids[index:]:
+                    engine.cancel(job_id)
+
+        return results()
 
     # -- engine state ---------------------------------------------------------
 
