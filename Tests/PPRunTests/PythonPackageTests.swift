@@ -19,3 +19,130 @@ struct PythonPackageTests {
         #expect(r.stderr.contains("OK"), "\(r.stderr)")
     }
 }
+
+/// The package with nodes: real ppnodes on loopback, the engine linking them over TLS.
+@Suite("Python package with nodes", .serialized)
+struct PythonPackageNodeTests {
+    static let secret = "python-package-secret-0123456789"
+    static var root: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    }
+
+    func runPython(_ script: String, in dir: TemporaryDirectory, arguments: [String] = []) throws -> ProcessResult {
+        let file = try dir.write("main.py", script)
+        return try runProcess(
+            "/usr/bin/env",
+            ["python3", file] + arguments,
+            environment: [
+                "PP_ENGINE": builtCommand("pprun"), "PP_BROADCAST": "127.255.255.255", "PP_DNSSD": "off",
+                "PP_SECRET": Self.secret, "PYTHONPATH": Self.root + "/python",
+            ],
+            directory: dir.path
+        )
+    }
+
+    @Test func aHelperModuleNextToTheScriptIsUsedOnANode() throws {
+        let node = try NodeProcess(secret: Self.secret)
+        defer { node.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        try dir.write("helper.py", "FACTOR = 7\n\ndef scale(x):\n    return x * FACTOR\n")
+        let r = try runPython(
+            """
+            import os, sys
+            import helper
+            from parallelpython import Executor
+
+            def job(x):
+                return helper.scale(x), os.getpid()
+
+            if __name__ == "__main__":
+                with Executor(workers=0, nodes=[sys.argv[1]], discover=False) as ex:
+                    # The helper is gone from disk: the node can only use the source that
+                    # travelled with the job.
+                    os.remove(helper.__file__)
+                    results = list(ex.map(job, range(20)))
+                    print([v for v, _ in results])
+                    print(sorted(ex.nodes()))
+            """,
+            in: dir,
+            arguments: [node.address]
+        )
+        #expect(r.status == 0, "\(r.stderr)")
+        let expected: String = "[" + (0..<20).map { String($0 * 7) }.joined(separator: ", ") + "]"
+        #expect(r.lines.first == expected, "\(r.stdout)")
+        #expect(r.lines.dropFirst().first == "['\(node.address)']", "\(r.stdout)")
+    }
+
+    @Test func numpyArraysAndUserClassesTravelThroughANode() throws {
+        let node = try NodeProcess(secret: Self.secret)
+        defer { node.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let r = try runPython(
+            """
+            import sys
+            from parallelpython import Executor
+            try:
+                import numpy
+            except ImportError:
+                numpy = None
+
+            class Box:
+                def __init__(self, v):
+                    self.v = v
+
+            def grow(box, arr):
+                return Box(box.v + 1), (arr * 2 if arr is not None else None)
+
+            if __name__ == "__main__":
+                with Executor(workers=0, nodes=[sys.argv[1]], discover=False) as ex:
+                    arr = numpy.arange(6).reshape(2, 3) if numpy is not None else None
+                    box, doubled = ex.submit(grow, Box(41), arr).result()
+                    print(type(box).__name__, box.v)
+                    print("numpy absent" if numpy is None else (type(doubled).__name__, doubled.tolist()))
+            """,
+            in: dir,
+            arguments: [node.address]
+        )
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines.first == "Box 42", "\(r.stdout)")
+        let second = r.lines.dropFirst().first ?? ""
+        #expect(second == "numpy absent" || second == "('ndarray', [[0, 2, 4], [6, 8, 10]])", "\(r.stdout)")
+    }
+
+    @Test func aNodeKilledMidMapLosesNothing() throws {
+        let a = try NodeProcess(secret: Self.secret), b = try NodeProcess(secret: Self.secret)
+        defer { a.stop(); b.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let started = dir.path + "/started"
+        Thread {
+            // Kill b once the map is under way.
+            for _ in 0..<3000 where !FileManager.default.fileExists(atPath: started) { usleep(10_000) }
+            usleep(300_000)
+            b.signal(SIGKILL)
+        }.start()
+        let r = try runPython(
+            """
+            import sys, time
+            from parallelpython import Executor
+
+            def slow(x):
+                time.sleep(0.02)
+                return x * x
+
+            if __name__ == "__main__":
+                with Executor(workers=0, nodes=sys.argv[1:3], discover=False) as ex:
+                    open(sys.argv[3], "w").close()
+                    values = list(ex.map(slow, range(200)))
+                    print(values == [x * x for x in range(200)])
+            """,
+            in: dir,
+            arguments: [a.address, b.address, started]
+        )
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines == ["True"], "\(r.stdout) \(r.stderr)")
+        #expect(b.process.terminationReason == .uncaughtSignal)
+    }
+}

@@ -17,6 +17,31 @@ import types as _types
 
 _main_module = None
 
+
+class _ShippedModules(object):
+    """Imports the caller's own modules from the sources that came with the bundle
+    (LOCAL_MODULES: name -> (filename, source)), before anything on this machine's
+    path: on a node, a helper module next to the caller's script is not on disk."""
+
+    def find_spec(self, name, path=None, target=None):
+        entry = LOCAL_MODULES.get(name)  # noqa: F821 (set above)
+        if entry is None:
+            return None
+        import importlib.util
+        return importlib.util.spec_from_loader(name, self, origin=entry[0], is_package=False)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        filename, source = LOCAL_MODULES[module.__name__]  # noqa: F821
+        module.__file__ = filename
+        exec(compile(source, filename, "exec"), module.__dict__)
+
+
+if LOCAL_MODULES:  # noqa: F821
+    _sys.meta_path.insert(0, _ShippedModules())
+
 # The caller's import path goes after the worker's own, so the caller's modules import
 # and the standard library stays the worker's.
 for _entry in CLIENT_PATH:  # noqa: F821 (set above)

@@ -116,6 +116,41 @@ def _pickle_args(fn, args, kwargs):
     raise TypeError("the arguments of %s cannot be pickled" % _name(fn))
 
 
+def _main_dir():
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) if path else None
+
+
+def _is_local(module, main_dir):
+    """Whether a module is the caller's own: a plain .py file under the main script's
+    directory or the current directory, not in site-packages or the standard library."""
+    path = getattr(module, "__file__", None)
+    if not path or not path.endswith(".py") or getattr(module, "__name__", "") == "__main__":
+        return False
+    path = os.path.abspath(path)
+    if "site-packages" in path or "dist-packages" in path or path.startswith(os.path.abspath(sys.prefix)) or path.startswith(os.path.abspath(sys.base_prefix)):
+        return False
+    here = os.path.dirname(os.path.abspath(__file__))
+    if path.startswith(os.path.dirname(here) + os.sep):
+        return False  # this package itself
+    roots = [r for r in (main_dir, os.getcwd()) if r]
+    return any(path.startswith(r + os.sep) for r in roots)
+
+
+def _local_modules(main_dir):
+    """name -> (filename, source) of the caller's own modules imported so far."""
+    out = {}
+    for name, module in list(sys.modules.items()):
+        if "." in name or not _is_local(module, main_dir):
+            continue
+        try:
+            with open(module.__file__, encoding="utf-8") as f:
+                out[name] = (os.path.abspath(module.__file__), f.read())
+        except OSError:
+            continue
+    return out
+
+
 def _name(fn):
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -209,11 +244,20 @@ class Executor(_cf.Executor):
         self._futures = set()
         self._functions = {}
         self._shutdown = False
+        self._shipped = set()
+        self._make_bundle()
+
+    def _make_bundle(self):
+        """The adapter bundle: the adapter, the caller's main script, its import path,
+        and the sources of the caller's own modules imported so far (those under the
+        main script's directory or the current directory, outside site-packages), so
+        that they import on a node too. Sent once per content (named by its hash)."""
         source, path = _main_source()
-        # The caller's import path (the cwd for ''), so that a worker on this machine
-        # imports the caller's own modules; entries missing on a node are skipped there.
         client_path = [os.path.abspath(p or os.curdir) for p in sys.path]
-        header = "MAIN_SOURCE = %r\nMAIN_FILE = %r\nCLIENT_PATH = %r\n" % (source, path or "<main>", client_path)
+        local = _local_modules(os.path.dirname(path) if path else None)
+        self._shipped = set(local)
+        header = "MAIN_SOURCE = %r\nMAIN_FILE = %r\nCLIENT_PATH = %r\nLOCAL_MODULES = %r\n" % (
+            source, path or "<main>", client_path, local)
         spec = {
             "name": "__pp_call__",
             "filename": "<parallelpython adapter>",
@@ -254,7 +298,11 @@ class Executor(_cf.Executor):
         return futures
 
     def _function_blob(self, fn):
-        """The function's pickle (base64), made once per function."""
+        """The function's pickle (base64), made once per function. A function of a
+        local module imported after the bundle was made brings a new bundle."""
+        module = getattr(fn, "__module__", None)
+        if module and module not in self._shipped and module not in ("__main__", "builtins") and _is_local(sys.modules.get(module), _main_dir()):
+            self._make_bundle()
         try:
             blob = self._functions.get(fn)
         except TypeError:  # unhashable callable
