@@ -84,7 +84,9 @@ struct EngineCommand: AsyncParsableCommand {
         let discover = o["discover"] != .bool(false)
         var secret: ClusterSecret?
         let secretFile = string("secret_file")
-        if !nodes.isEmpty || secretFile != nil {
+        if let text = string("secret") {
+            secret = try ClusterSecret(text: text, origin: "the program's secret")
+        } else if !nodes.isEmpty || secretFile != nil {
             secret = try ClusterSecret.load(file: secretFile, create: false).secret
         } else if discover {
             secret = try? ClusterSecret.load(file: nil, create: false).secret
@@ -230,6 +232,10 @@ final class Engine: Sendable {
             guard let engineID = self.state.withLock({ $0.engineIDs[id] }) else { return }
             let server = self.server
             Task { _ = await server.cancel(jobID: engineID) }
+        case UInt8(ascii: "W"):
+            guard frame.body.count == 4 else { return self.fatal("WORKERS is not 4 bytes") }
+            let n = Int(UInt32(frame.body[0]) << 24 | UInt32(frame.body[1]) << 16 | UInt32(frame.body[2]) << 8 | UInt32(frame.body[3]))
+            self.server.setWorkers(n)
         case UInt8(ascii: "S"):
             guard frame.body.count == 8 else { return self.fatal("STATS is not 8 bytes") }
             let token = Array(frame.body)

@@ -193,6 +193,10 @@ class Engine(object):
                 raise EngineError("the engine has stopped: %s" % (self._reason or "its pipe is closed"))
         return ids
 
+    def set_workers(self, n):
+        """Resizes the local worker pool while jobs run."""
+        self._send(b"W", struct.pack(">I", n))
+
     def cancel(self, job_id):
         if not self._closed:
             try:

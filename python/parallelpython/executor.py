@@ -226,7 +226,7 @@ class Executor(_cf.Executor):
         (default: the one running this program); timeout: default per-job timeout.
     """
 
-    def __init__(self, max_workers=None, *, workers=None, nodes=(), discover=True, secret_file=None, python=None, timeout=None):
+    def __init__(self, max_workers=None, *, workers=None, nodes=(), discover=True, secret_file=None, python=None, timeout=None, secret=None):
         if workers is None:
             workers = max_workers
         if workers is not None and workers < 0:
@@ -238,6 +238,8 @@ class Executor(_cf.Executor):
             "secret_file": secret_file,
             "python": python or sys.executable,
         }
+        if secret is not None:
+            config["secret"] = secret
         self._engine = get_engine(config)
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -245,7 +247,21 @@ class Executor(_cf.Executor):
         self._functions = {}
         self._shutdown = False
         self._shipped = set()
+        self._bundles = {}
         self._make_bundle()
+
+    def _bundle(self, source, path):
+        """The digest of an adapter bundle whose main script is `source` (pp's
+        function sources), made and sent once per source."""
+        digest = self._bundles.get(source)
+        if digest is None:
+            client_path = [os.path.abspath(p or os.curdir) for p in sys.path]
+            local = _local_modules(_main_dir())
+            header = "MAIN_SOURCE = %r\nMAIN_FILE = %r\nCLIENT_PATH = %r\nLOCAL_MODULES = %r\n" % (source, path, client_path, local)
+            spec = {"name": "__pp_call__", "filename": "<parallelpython adapter>", "imports": [], "deps": [], "source": header + _ADAPTER}
+            digest = self._engine.ensure_bundle(json.dumps(spec).encode())
+            self._bundles[source] = digest
+        return digest
 
     def _make_bundle(self):
         """The adapter bundle: the adapter, the caller's main script, its import path,
@@ -278,11 +294,12 @@ class Executor(_cf.Executor):
         """Like submit, with a per-job `timeout` in seconds (the worker is killed)."""
         return self._submit_many(fn, [(tuple(args), dict(kwargs or {}))], timeout)[0]
 
-    def _submit_many(self, fn, calls, timeout):
+    def _submit_many(self, fn, calls, timeout, digest=None, completion=None):
         """Futures for calls `(args, kwargs)` of `fn`, sent to the engine in one write."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         timeout = self._timeout if timeout is None else timeout
+        completion = completion or self._completion
         prefix = b'["' + self._function_blob(fn) + b'","'
         jobs = []
         futures = []
@@ -290,10 +307,10 @@ class Executor(_cf.Executor):
             blob = _pickle_args(fn, args, kwargs)
             future = _Future(self)
             futures.append(future)
-            jobs.append((prefix + blob + b'"]', self._completion(future)))
+            jobs.append((prefix + blob + b'"]', completion(future)))
         with self._lock:
             self._futures.update(futures)
-        for future, job_id in zip(futures, self._engine.submit_many(self._digest, jobs, timeout)):
+        for future, job_id in zip(futures, self._engine.submit_many(digest or self._digest, jobs, timeout)):
             future._job_id = job_id
         return futures
 

@@ -1,0 +1,61 @@
+import Foundation
+import PPTesting
+import Testing
+
+/// `python -m parallelpython PROGRAM.py`: ppft's own example programs, unchanged, on
+/// our engine, against the same programs on ppft itself (its local workers).
+@Suite("ppft programs on the engine (python -m parallelpython)", .serialized)
+struct PythonMainTests {
+    @Test func ppftExamplesPrintWhatTheyPrintWithPpft() throws {
+        let venv = try ppftVenv()
+        let examples = venv + "/lib/python3.11/site-packages/ppft/tests/"
+        let environment = [
+            "PYTHONPATH": repositoryRoot + "/python", "PP_ENGINE": builtCommand("pprun"),
+            "PP_BROADCAST": "127.255.255.255", "PP_DNSSD": "off",
+        ]
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        for example in ["sum_primes", "sum_primes_functor", "callback", "auto_diff", "reverse_md5", "quicksort", "dynamic_ncpus"] {
+            let ours = try runProcess("/usr/bin/timeout", ["120", venv + "/bin/python", "-m", "parallelpython", examples + example + ".py", "2"], environment: environment, directory: dir.path)
+            let theirs = try runProcess("/usr/bin/timeout", ["120", venv + "/bin/python", examples + example + ".py", "2"], directory: dir.path)
+            #expect(ours.status == 0 && theirs.status == 0, "\(example): \(ours.stderr) \(theirs.stderr)")
+            #expect(!ours.stdout.contains("An error has occured"), "\(example): \(ours.stdout)")
+            // The engine ran them, not ppft: its table names the local pool as ppft's does,
+            // and ppft's own workers (ppft's ppworker) never started for ours.
+            #expect(ours.stdout.contains("Job execution statistics:"), "\(example): \(ours.stdout)")
+            if example == "quicksort" {
+                for out in [ours.stdout, theirs.stdout] {
+                    let line = out.split(separator: "\n").first { $0.hasPrefix("first 30 numbers in increasing order: ") }
+                    let numbers = line.map { $0.drop { $0 != "[" }.dropFirst().dropLast().split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } } ?? []
+                    #expect(numbers.count == 30 && numbers == numbers.sorted(), "\(out)")
+                }
+            } else {
+                #expect(comparable(ours.stdout) == comparable(theirs.stdout), "\(example)\n--- ours:\n\(ours.stdout)\n--- ppft:\n\(theirs.stdout)")
+            }
+        }
+    }
+
+    @Test func aFailingJobPrintsItsErrorAndReturnsNoneAsWithPpft() throws {
+        let venv = try ppftVenv()
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let program = try dir.write("failing.py", """
+            import ppft as pp
+
+            def boom(x):
+                return 1 / x
+
+            server = pp.Server(2)
+            job = server.submit(boom, (0,))
+            print("value:", job())
+            print("next:", server.submit(boom, (4,))())
+            """)
+        let environment = ["PYTHONPATH": repositoryRoot + "/python", "PP_ENGINE": builtCommand("pprun"), "PP_BROADCAST": "127.255.255.255", "PP_DNSSD": "off"]
+        let ours = try runProcess(venv + "/bin/python", ["-m", "parallelpython", program], environment: environment, directory: dir.path)
+        #expect(ours.status == 0, "\(ours.stderr)")
+        #expect(ours.stdout.contains("An error has occured during the function execution"), "\(ours.stdout)")
+        #expect(ours.stdout.contains("ZeroDivisionError"), "\(ours.stdout)")
+        #expect(ours.stdout.contains("value: None"), "\(ours.stdout)")
+        #expect(ours.stdout.contains("next: 0.25"), "\(ours.stdout)")
+    }
+}
