@@ -9,7 +9,7 @@ import Testing
 func ppftVenv() throws -> String {
     let venv = repositoryRoot + "/.build/ppft-venv"
     if !FileManager.default.fileExists(atPath: venv + "/bin/ppserver") {
-        let r = try runProcess("/bin/sh", ["-c", "python3 -m venv '\(venv)' && '\(venv)/bin/pip' install -q ppft==1.7.8 dill"])
+        let r = try runProcess("/bin/sh", ["-c", "python3 -m venv '\(venv)' && '\(venv)/bin/pip' install -q ppft==1.7.8 dill pathos"])
         guard r.status == 0 else { throw CompatError(text: "cannot install ppft from PyPI: \(r.stderr)") }
     }
     return venv

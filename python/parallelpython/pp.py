@@ -15,6 +15,7 @@ resolve to this module for that program).
 """
 
 import inspect
+import pickle
 import sys
 import textwrap
 import threading
@@ -69,6 +70,9 @@ class _Task(object):
         self.tid = tid
         self.group = group
         self.finished = False
+        self.server = server
+        self.callback = callback
+        self.callbackargs = callbackargs
         self._server = server
         self._callback = callback
         self._callbackargs = callbackargs
@@ -76,13 +80,23 @@ class _Task(object):
         self._value = None
         self._output = ""
         self._failed = False
+        # As ppft's: held until the job is done (pathos waits on it), and the value
+        # with what the job printed, pickled (pathos reads it).
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.sresult = None
 
     def _done(self, value, output, failed):
         self._value = value
         self._output = output
         self._failed = failed
+        try:
+            self.sresult = pickle.dumps((None if failed else value, output), 2)
+        except Exception:
+            self.sresult = pickle.dumps((None, output), 2)
         self.finished = True
         self._event.set()
+        self.lock.release()
         if self._callback is not None:
             try:
                 self._callback(*(self._callbackargs + (None if failed else value,)))
@@ -137,15 +151,19 @@ class Server(object):
             raise TypeError("ppservers argument must be a tuple")
         nodes = []
         discover = False
+        self.ppservers = []
         for entry in ppservers:
             host, _, port = str(entry).partition(":")
             if host == "*":
                 discover = True
                 continue
             number = int(port) if port else _NATIVE_PORT
+            self.ppservers.append((host, number))
             if number == _PP_PORT:
                 number = _NATIVE_PORT
             nodes.append("%s:%d" % (host, number))
+        self.auto_ppservers = discover
+        self.secret = secret
         workers = None if ncpus == "autodetect" else int(ncpus)
         self._executor = Executor(workers=workers, nodes=nodes, discover=discover, secret=secret)
         self._ncpus = self._executor._engine.info.get("workers", 0) if workers is None else workers
