@@ -98,14 +98,16 @@ def main():
 
     # (c) CPU-bound
     inputs = list(range(100000, 100800, 100))
-    start = time.perf_counter()
-    serial = [sum_primes(n) for n in inputs]
-    serial_time = time.perf_counter() - start
-    start = time.perf_counter()
-    parallel = list(executor.map(sum_primes, inputs))
-    parallel_time = time.perf_counter() - start
-    assert parallel == serial
-    print("(c) sum_primes serial %.3f s, Executor %.3f s: speed-up %.2f   (target >= 1.9)" % (serial_time, parallel_time, serial_time / parallel_time))
+    serial_time = parallel_time = float("inf")
+    for _ in range(3):  # best of 3 each, as ppbench does
+        start = time.perf_counter()
+        serial = [sum_primes(n) for n in inputs]
+        serial_time = min(serial_time, time.perf_counter() - start)
+        start = time.perf_counter()
+        parallel = list(executor.map(sum_primes, inputs))
+        parallel_time = min(parallel_time, time.perf_counter() - start)
+        assert parallel == serial
+    print("(c) sum_primes serial %.3f s, Executor %.3f s (best of 3): speed-up %.2f   (target >= 1.9)" % (serial_time, parallel_time, serial_time / parallel_time))
     parallelpython.shutdown()
 
     # (d) through one node
