@@ -41,6 +41,9 @@ final class PoolCore: @unchecked Sendable {
     /// A job runs at most this long before the pipeline holds only one job per worker.
     private static let pipelineTargetNanos: Double = 1_000_000
     private static let maxStartFailures = 3
+    /// How long an ended worker's pipe may stay open (held by a process its job forked)
+    /// before the pool stops waiting for the results in it.
+    private static let pipeDrainGrace: TimeAmount = .milliseconds(300)
     private static let firstRetryDelay = TimeAmount.milliseconds(100)
     private static let maxRetryDelay = TimeAmount.seconds(5)
 
@@ -267,6 +270,18 @@ final class PoolCore: @unchecked Sendable {
     /// holds them) and ends or requeues its jobs.
     private func poll(_ slot: WorkerSlot) {
         guard self.workers[slot.index] === slot, slot.process.hasEnded() else { return }
+        if !slot.stdoutClosed {
+            // Results the worker wrote just before it ended may still be in the pipe:
+            // its EOF comes after them. Wait for it, or, when something else holds the
+            // pipe open (a process its job forked), for a short grace period.
+            let now = NIODeadline.now()
+            guard let seen = slot.endSeenAt else {
+                slot.endSeenAt = now
+                self.eventLoop.scheduleTask(in: Self.pipeDrainGrace) { [self] in self.poll(slot) }
+                return
+            }
+            guard now - seen >= Self.pipeDrainGrace else { return }
+        }
         let status = slot.process.reap()
         self.workers.removeValue(forKey: slot.index)
         slot.channel?.close(promise: nil)
@@ -568,6 +583,8 @@ final class WorkerSlot: @unchecked Sendable {
     var state: State = .starting
     var inflight = Deque<InFlight>()
     var headStartedAt: NIODeadline
+    /// When the pool first saw the process ended while its stdout was still open.
+    var endSeenAt: NIODeadline?
     var killReason: KillReason?
     /// EOF (or an error) on its stdout was seen.
     var stdoutClosed = false

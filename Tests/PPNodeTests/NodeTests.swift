@@ -175,7 +175,7 @@ struct NodeTests {
         #expect(truncated.readToEnd().closed)
         #expect(silent.readToEnd().closed)
         for p in [truncated, silent] { p.close() }
-        #expect(node.logText.contains("no TLS handshake and HELLO within 1.0 seconds"), "\(node.logText)")
+        #expect(waitFor(seconds: 10) { node.logText.contains("no TLS handshake and HELLO within 1.0 seconds") }, "\(node.logText)")
 
         // A client with the wrong secret gets a message naming both key ids.
         var wrongConfig = JobServer.Configuration(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: otherSecret, origin: "test"))
