@@ -24,11 +24,7 @@ struct PythonMainTests {
             // and ppft's own workers (ppft's ppworker) never started for ours.
             #expect(ours.stdout.contains("Job execution statistics:"), "\(example): \(ours.stdout)")
             if example == "quicksort" {
-                for out in [ours.stdout, theirs.stdout] {
-                    let line = out.split(separator: "\n").first { $0.hasPrefix("first 30 numbers in increasing order: ") }
-                    let numbers = line.map { $0.drop { $0 != "[" }.dropFirst().dropLast().split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } } ?? []
-                    #expect(numbers.count == 30 && numbers == numbers.sorted(), "\(out)")
-                }
+                for out in [ours.stdout, theirs.stdout] { #expect(quicksortPrintedSortedNumbers(out), "\(out)") }
             } else {
                 #expect(comparable(ours.stdout) == comparable(theirs.stdout), "\(example)\n--- ours:\n\(ours.stdout)\n--- ppft:\n\(theirs.stdout)")
             }

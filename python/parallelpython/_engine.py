@@ -83,7 +83,9 @@ class Engine(object):
     # -- frames ---------------------------------------------------------------
 
     def _send(self, kind, body):
-        data = _HEADER.pack(len(body) + 1, kind[0]) + body
+        self._write(_HEADER.pack(len(body) + 1, kind[0]) + body)
+
+    def _write(self, data):
         with self._write_lock:
             try:
                 self.process.stdin.write(data)
@@ -184,13 +186,7 @@ class Engine(object):
                 self._pending[job_id] = callback
                 ids.append(job_id)
                 parts.append(pack_header(len(arguments_json) + 45, 74) + pack_job(job_id, digest, ms) + arguments_json)
-        data = b"".join(parts)
-        with self._write_lock:
-            try:
-                self.process.stdin.write(data)
-                self.process.stdin.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                raise EngineError("the engine has stopped: %s" % (self._reason or "its pipe is closed"))
+        self._write(b"".join(parts))
         return ids
 
     def set_workers(self, n):
