@@ -1,12 +1,26 @@
 internal import Foundation
 
-/// The positional arguments of one call, as the JSON array the worker decodes.
+/// The positional arguments of one call: the JSON array the worker decodes, or opaque
+/// bytes that the worker hands to the function as one `bytes` argument (the Python
+/// package's pickles: the engine, the wire and the pool never look inside them).
 public struct JobArguments: Sendable, Hashable {
-    /// The JSON array's bytes.
+    /// The JSON array's bytes, or the opaque bytes.
     public let json: [UInt8]
+    /// Whether `json` holds opaque bytes: the function gets them as one `bytes`
+    /// argument and must return `bytes`, which come back as they are (not JSON).
+    public let isOpaque: Bool
 
     /// Arguments already encoded as one JSON array (not checked here).
-    public init(jsonArray: [UInt8]) { self.json = jsonArray }
+    public init(jsonArray: [UInt8]) {
+        self.json = jsonArray
+        self.isOpaque = false
+    }
+
+    /// Opaque bytes, passed to the function as its one `bytes` argument.
+    public init(opaque bytes: [UInt8]) {
+        self.json = bytes
+        self.isOpaque = true
+    }
 
     /// No arguments.
     public static let none = JobArguments(jsonArray: Array("[]".utf8))
@@ -27,6 +41,7 @@ public struct JobArguments: Sendable, Hashable {
         }
         w.raw("]")
         self.json = w.bytes
+        self.isOpaque = false
     }
 
     /// Encodes one value as the single positional argument.

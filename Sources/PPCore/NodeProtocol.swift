@@ -55,8 +55,13 @@ public struct WireJob: Sendable {
     public var digest: SHA256Digest
     /// Timeout in milliseconds, 0 for none.
     public var timeoutMilliseconds: UInt32
-    /// The JSON array of arguments.
+    /// The JSON array of arguments, or opaque bytes.
     public var arguments: JobArguments
+
+    /// Bit 31 of a job's timeout field on the wire: its arguments are opaque bytes.
+    public static let opaqueFlag: UInt32 = 1 << 31
+    /// The longest timeout the wire carries (bit 31 is the flag): about 24.8 days.
+    public static let maxTimeout: UInt32 = (1 << 31) - 1
 
     /// Creates a job.
     public init(id: UInt64, digest: SHA256Digest, timeoutMilliseconds: UInt32, arguments: JobArguments) {
@@ -220,7 +225,8 @@ extension NodeMessage {
     public static func writeJob(_ job: WireJob, to buffer: inout ByteBuffer) {
         buffer.writeInteger(job.id)
         buffer.writeBytes(job.digest.bytes)
-        buffer.writeInteger(job.timeoutMilliseconds)
+        // Bit 31 of the timeout field: the arguments are opaque bytes, not JSON.
+        buffer.writeInteger(min(job.timeoutMilliseconds, WireJob.maxTimeout) | (job.arguments.isOpaque ? WireJob.opaqueFlag : 0))
         buffer.writeInteger(UInt32(job.arguments.json.count))
         buffer.writeBytes(job.arguments.json)
     }
@@ -357,7 +363,13 @@ public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
                     let t = body.readInteger(as: UInt32.self), let n = body.readInteger(as: UInt32.self),
                     Int(n) <= body.readableBytes, let args = body.readBytes(length: Int(n))
                 else { return nil }
-                jobs.append(WireJob(id: id, digest: SHA256Digest(bytes: d)!, timeoutMilliseconds: t, arguments: JobArguments(jsonArray: args)))
+                let opaque = t & WireJob.opaqueFlag != 0
+                jobs.append(
+                    WireJob(
+                        id: id, digest: SHA256Digest(bytes: d)!, timeoutMilliseconds: t & WireJob.maxTimeout,
+                        arguments: opaque ? JobArguments(opaque: args) : JobArguments(jsonArray: args)
+                    )
+                )
             }
             guard body.readableBytes == 0 else { return nil }
             return .submit(jobs)

@@ -26,7 +26,8 @@ public enum WorkerFrame {
     /// Appends a "run job" frame (`J`).
     public static func writeJob(id: UInt64, bundle: SHA256Digest, arguments: JobArguments, to buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt32(1 + 8 + 32 + arguments.json.count))
-        buffer.writeInteger(UInt8(ascii: "J"))
+        // 'O': the same job with opaque bytes instead of a JSON array.
+        buffer.writeInteger(arguments.isOpaque ? UInt8(ascii: "O") : UInt8(ascii: "J"))
         buffer.writeInteger(id)
         buffer.writeBytes(bundle.bytes)
         buffer.writeBytes(arguments.json)

@@ -447,7 +447,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
             let stderr = String(decoding: r.stderr, as: UTF8.self)
             let duration = Duration.nanoseconds(Int64(clamping: r.nanoseconds))
             if r.status == 0 {
-                guard JSONCheck.isSingleValue(r.payload) else {
+                // A JSON job's value must be one JSON value; an opaque job's is bytes.
+                guard job.arguments.isOpaque || JSONCheck.isSingleValue(r.payload) else {
                     let error = JobError(
                         code: .protocolError,
                         message: "the node sent a result that is not one JSON value (\(r.payload.count) bytes); the job's value was dropped",

@@ -46,12 +46,12 @@ struct EngineCommand: AsyncParsableCommand {
         let handOff = reader
         Thread {
             var reader = handOff
-            var jobs: [[UInt8]] = []
+            var jobs: [(opaque: Bool, body: [UInt8])] = []
             while let frame = reader.next() {
                 if frame.kind == UInt8(ascii: "Q") { break }
-                if frame.kind == UInt8(ascii: "J") {
+                if frame.kind == UInt8(ascii: "J") || frame.kind == UInt8(ascii: "O") {
                     // Consecutive jobs already read go to the job server in one batch.
-                    jobs.append(frame.body)
+                    jobs.append((frame.kind == UInt8(ascii: "O"), frame.body))
                     if reader.hasBufferedFrame, jobs.count < 4096 { continue }
                     engine.submit(jobs)
                     jobs.removeAll(keepingCapacity: true)
@@ -224,8 +224,8 @@ final class Engine: Sendable {
             let bundle = FunctionBundle(spec: Array(frame.body[32...]))
             guard bundle.digest == digest else { return self.fatal("BUNDLE bytes do not hash to their digest") }
             self.state.withLock { $0.functions[digest] = PythonFunction(bundle: bundle) }
-        case UInt8(ascii: "J"):
-            self.submit([frame.body])
+        case UInt8(ascii: "J"), UInt8(ascii: "O"):
+            self.submit([(frame.kind == UInt8(ascii: "O"), frame.body)])
         case UInt8(ascii: "X"):
             guard frame.body.count == 8 else { return self.fatal("CANCEL is not 8 bytes") }
             let id = Self.u64(frame.body, 0)
@@ -249,11 +249,12 @@ final class Engine: Sendable {
         }
     }
 
-    /// JOBs, each: python id u64 · digest(32) · timeout ms u32 · arguments JSON. Jobs of
-    /// one bundle and timeout go to the job server in one batch.
-    func submit(_ bodies: [[UInt8]]) {
+    /// JOBs (`J`: arguments JSON) and OPAQUE jobs (`O`: bytes the function gets as they
+    /// are), each: python id u64 · digest(32) · timeout ms u32 · arguments. Jobs of one
+    /// bundle and timeout go to the job server in one batch.
+    func submit(_ bodies: [(opaque: Bool, body: [UInt8])]) {
         var groups: [(function: PythonFunction, ms: UInt32, ids: [UInt64], arguments: [JobArguments])] = []
-        for body in bodies {
+        for (opaque, body) in bodies {
             guard body.count >= 44, let digest = SHA256Digest(bytes: Array(body[8..<40])) else { return self.fatal("JOB too short") }
             let id = Self.u64(body, 0)
             let ms = UInt32(body[40]) << 24 | UInt32(body[41]) << 16 | UInt32(body[42]) << 8 | UInt32(body[43])
@@ -261,7 +262,7 @@ final class Engine: Sendable {
                 Self.answer(id, .failure(JobError(code: .protocolError, message: "the engine has no bundle \(digest)"), executor: "engine"))
                 continue
             }
-            let arguments = JobArguments(jsonArray: Array(body[44...]))
+            let arguments = opaque ? JobArguments(opaque: Array(body[44...])) : JobArguments(jsonArray: Array(body[44...]))
             if let last = groups.indices.last, groups[last].function == function, groups[last].ms == ms {
                 groups[last].ids.append(id)
                 groups[last].arguments.append(arguments)

@@ -108,6 +108,17 @@ struct NodeProtocolTests {
         #expect(throws: SecretError.self) { try ClusterSecret(text: "short", origin: "t") }
     }
 
+    @Test func opaqueArgumentsKeepTheirFlagOnTheWire() throws {
+        let digest = SHA256Digest(hashing: Array("x".utf8))
+        let jobs = [
+            WireJob(id: 1, digest: digest, timeoutMilliseconds: 1500, arguments: JobArguments(opaque: [0, 0xff, 10])),
+            WireJob(id: 2, digest: digest, timeoutMilliseconds: 0, arguments: JobArguments(jsonArray: Array("[1]".utf8))),
+        ]
+        guard case .submit(let back) = try roundTrip(.submit(jobs)) else { Issue.record("submit"); return }
+        #expect(back[0].arguments.isOpaque && back[0].arguments.json == [0, 0xff, 10] && back[0].timeoutMilliseconds == 1500)
+        #expect(!back[1].arguments.isOpaque && back[1].timeoutMilliseconds == 0)
+    }
+
     @Test func resultsAreSplitSoNoFrameExceedsTheLimit() throws {
         let results = (0..<50).map { WireResult(id: UInt64($0), status: 0, nanoseconds: 1, stdout: [], stderr: [], payload: Array(repeating: UInt8(ascii: "1"), count: 100)) }
         var buffer = ByteBuffer()

@@ -194,6 +194,23 @@ struct WorkerPoolTests {
         await pool.shutdown()
     }
 
+    @Test func opaqueBytesGoInAndComeBackAsTheyAre() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        let reverse = FunctionBundle(name: "rev", source: "def rev(b):\n    return bytes(reversed(b))\n")
+        let notBytes = FunctionBundle(name: "size", source: "def size(b):\n    return len(b)\n")
+        let input: [UInt8] = [0, 1, 2, 0xff, 10, 13]  // not JSON, not UTF-8
+        func call(_ b: FunctionBundle) async -> JobOutcome {
+            await withCheckedContinuation { c in
+                pool.submit(PoolJob(id: ids.next(), bundle: b, arguments: JobArguments(opaque: input)) { c.resume(returning: $0) })
+            }
+        }
+        guard case .success(let bytes) = (await call(reverse)).result else { Issue.record("opaque job failed"); return }
+        #expect(bytes == input.reversed())
+        let e = try #require(failure(await call(notBytes)))
+        #expect(e.code == .resultNotJSON && e.message.contains("must return bytes, not int"), "\(e)")
+        await pool.shutdown()
+    }
+
     @Test func queuedJobsBehindADyingWorkerStillRun() async throws {
         let pool = WorkerPool(configuration: .init(workers: 1))
         // Tiny jobs get pipelined; one of them kills the worker.

@@ -2,14 +2,13 @@
 #
 # The package sends this file's text as a function bundle, after two lines that set
 # MAIN_SOURCE and MAIN_FILE (the caller's main script, so that functions and classes
-# defined there resolve). The engine never looks inside a job: its two arguments are
-# base64 pickles: the function (the same for every job of a map, unpickled once per
-# worker) and (args, kwargs); its value is a small JSON object:
-#   {"v": base64 pickle of the value}
-#   {"e": base64 pickle of the exception or null, "type", "message", "tb"}
+# defined there resolve). The engine never looks inside a job: its one argument is
+# opaque bytes (the engine, the wire and the pool carry them as they are): the
+# function's pickle (the same for every job of a map, unpickled once per worker) and the
+# pickle of (args, kwargs). It returns bytes: b"v" + the value's pickle, or b"e" + the
+# pickle of {"e": the exception's pickle or None, "type", "message", "tb"}.
 # so exceptions come back with their own type, and tracebacks come back as text.
 
-import base64 as _b64
 import pickle as _pickle
 import sys as _sys
 import traceback as _traceback
@@ -84,8 +83,9 @@ def _dumps(obj):
 
 
 def _error(exc, tb):
+    """b"e" and the pickle of {"e": the exception's pickle or None, "type", "message", "tb"}."""
     try:
-        data = _b64.b64encode(_dumps(exc)).decode("ascii")
+        data = _dumps(exc)
     except Exception:
         data = None
     kind = type(exc)
@@ -94,15 +94,17 @@ def _error(exc, tb):
         message = str(exc)
     except Exception:
         message = "<message unavailable>"
-    return {"e": data, "type": name, "message": message, "tb": tb}
+    return b"e" + _pickle.dumps({"e": data, "type": name, "message": message, "tb": tb}, protocol=5)
 
 
 _functions = {}
 
 
-def __pp_call__(function_blob, call_blob):
-    """Calls the function pickled in `function_blob` (kept unpickled for the jobs that
-    follow) with the (args, kwargs) pickled in `call_blob`."""
+def __pp_call__(blob):
+    """Runs one job. `blob` (opaque bytes, as the engine got them): u32 length of the
+    function's pickle, the function's pickle (unpickled once per worker and kept), and
+    the pickle of (args, kwargs). Returns b"v" + the value's pickle, or b"e" + the
+    error's (see _error)."""
     saved = _sys.modules.get("__main__")
     try:
         main = _load_main()
@@ -112,13 +114,15 @@ def __pp_call__(function_blob, call_blob):
         _sys.modules["__main__"] = main
     try:
         try:
-            fn = _functions.get(function_blob)
+            n = int.from_bytes(blob[:4], "big")
+            key = blob[4:4 + n]
+            fn = _functions.get(key)
             if fn is None:
-                fn = _pickle.loads(_b64.b64decode(function_blob))
+                fn = _pickle.loads(key)
                 if len(_functions) >= 256:
                     _functions.clear()
-                _functions[function_blob] = fn
-            args, kwargs = _pickle.loads(_b64.b64decode(call_blob))
+                _functions[key] = fn
+            args, kwargs = _pickle.loads(blob[4 + n:])
         except BaseException as exc:
             return _error(exc, _traceback.format_exc())
         try:
@@ -127,7 +131,7 @@ def __pp_call__(function_blob, call_blob):
             tb = _traceback.format_exc()
             return _error(exc, tb)
         try:
-            return {"v": _b64.b64encode(_dumps(value)).decode("ascii")}
+            return b"v" + _dumps(value)
         except BaseException as exc:
             return _error(exc, _traceback.format_exc())
     finally:

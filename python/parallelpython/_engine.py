@@ -159,20 +159,10 @@ class Engine(object):
             self._bundles.add(digest)
         return digest
 
-    def submit(self, digest, arguments_json, timeout, callback):
-        """Queues a job; `callback(status, ns, stdout, stderr, payload)` runs on the
-        reader thread (status None: the engine stopped). Returns the job id."""
-        if self._closed:
-            raise EngineError("the engine has stopped: %s" % (self._reason or "unknown reason"))
-        job_id = next(self._ids)
-        ms = 0 if timeout is None else max(1, int(timeout * 1000))
-        with self._lock:
-            self._pending[job_id] = callback
-        self._send(b"J", _JOB.pack(job_id, digest, ms) + arguments_json)
-        return job_id
-
     def submit_many(self, digest, jobs, timeout):
-        """Queues jobs `(arguments_json, callback)` with one write; returns their ids."""
+        """Queues opaque jobs `(argument_bytes, callback)` with one write; returns their
+        ids. Each `callback(status, ns, stdout, stderr, payload)` runs on the reader
+        thread (status None: the engine stopped)."""
         if self._closed:
             raise EngineError("the engine has stopped: %s" % (self._reason or "unknown reason"))
         ms = 0 if timeout is None else max(1, int(timeout * 1000))
@@ -185,7 +175,8 @@ class Engine(object):
                 job_id = next(self._ids)
                 self._pending[job_id] = callback
                 ids.append(job_id)
-                parts.append(pack_header(len(arguments_json) + 45, 74) + pack_job(job_id, digest, ms) + arguments_json)
+                # 'O': the arguments are opaque bytes (pickles) the engine does not read.
+                parts.append(pack_header(len(arguments_json) + 45, 79) + pack_job(job_id, digest, ms) + arguments_json)
         self._write(b"".join(parts))
         return ids
 

@@ -1,6 +1,5 @@
 """`Executor`: a concurrent.futures.Executor on the ParallelPython engine."""
 
-import base64
 import concurrent.futures as _cf
 import json
 import os
@@ -85,22 +84,23 @@ def _dumps_any(obj):
 
 def _pickle_function(fn):
     try:
-        return base64.b64encode(_dumps_any(fn))
+        data = _dumps_any(fn)
     except Exception as exc:
         raise TypeError(
             "%s cannot travel to a worker (%s): define it at module level, or install cloudpickle "
             "or dill (pip install cloudpickle) to send lambdas and closures" % (_name(fn), exc)
         ) from None
+    return len(data).to_bytes(4, "big") + data
 
 
 def _pickle_args(fn, args, kwargs):
-    """(args, kwargs) as base64 pickle bytes; names an argument that cannot travel."""
+    """(args, kwargs) as pickle bytes; names an argument that cannot travel."""
     try:
-        return base64.b64encode(pickle.dumps((args, kwargs), protocol=5))
+        return pickle.dumps((args, kwargs), protocol=5)
     except Exception:
         pass
     try:
-        return base64.b64encode(_dumps_any((args, kwargs)))
+        return _dumps_any((args, kwargs))
     except Exception:
         pass
     for i, a in enumerate(args):
@@ -300,14 +300,14 @@ class Executor(_cf.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         timeout = self._timeout if timeout is None else timeout
         completion = completion or self._completion
-        prefix = b'["' + self._function_blob(fn) + b'","'
+        prefix = self._function_blob(fn)
         jobs = []
         futures = []
         for args, kwargs in calls:
             blob = _pickle_args(fn, args, kwargs)
             future = _Future(self)
             futures.append(future)
-            jobs.append((prefix + blob + b'"]', completion(future)))
+            jobs.append((prefix + blob, completion(future)))
         with self._lock:
             self._futures.update(futures)
         for future, job_id in zip(futures, self._engine.submit_many(digest or self._digest, jobs, timeout)):
@@ -315,7 +315,8 @@ class Executor(_cf.Executor):
         return futures
 
     def _function_blob(self, fn):
-        """The function's pickle (base64), made once per function. A function of a
+        """The job prefix for a function: u32 length and its pickle, made once per
+        function. A function of a
         local module imported after the bundle was made brings a new bundle."""
         module = getattr(fn, "__module__", None)
         if module and module not in self._shipped and module not in ("__main__", "builtins") and _is_local(sys.modules.get(module), _main_dir()):
@@ -363,10 +364,10 @@ class Executor(_cf.Executor):
         end = None if timeout is None else time.monotonic() + timeout
         calls = list(zip(*iterables))
         batch = _OrderedResults(len(calls))
-        prefix = b'["' + self._function_blob(fn) + b'","'
+        prefix = self._function_blob(fn)
         ids = []
         for start in range(0, len(calls), 2048):
-            jobs = [(prefix + _pickle_args(fn, args, {}) + b'"]', batch.completion(start + k)) for k, args in enumerate(calls[start:start + 2048])]
+            jobs = [(prefix + _pickle_args(fn, args, {}), batch.completion(start + k)) for k, args in enumerate(calls[start:start + 2048])]
             ids += self._engine.submit_many(self._digest, jobs, self._timeout)
         engine = self._engine
 
@@ -411,14 +412,14 @@ class Executor(_cf.Executor):
 def _decode(status, payload):
     if status is None:
         raise EngineError(payload.decode("utf-8", "replace"))
-    answer = json.loads(payload)
     if status == 0:
-        if "v" in answer:
-            return pickle.loads(base64.b64decode(answer["v"]))
+        if payload[:1] == b"v":
+            return pickle.loads(payload[1:])
+        answer = pickle.loads(payload[1:])
         exc = None
         if answer.get("e"):
             try:
-                exc = pickle.loads(base64.b64decode(answer["e"]))
+                exc = pickle.loads(answer["e"])
             except Exception:
                 exc = None
         tb = answer.get("tb", "")
@@ -426,6 +427,7 @@ def _decode(status, payload):
             exc = RemoteError("%s: %s" % (answer.get("type"), answer.get("message")), type=answer.get("type"), traceback=tb)
         exc.__cause__ = _RemoteTraceback('\n"""\n' + tb + '"""')
         raise exc
+    answer = json.loads(payload)
     message = answer.get("message", "")
     kind = answer.get("type") or None
     tb = answer.get("traceback", "")

@@ -12,6 +12,7 @@
 #   'B' hash(32) spec-JSON  load bundle    'H' hello-JSON               once, at start
 #   'D' hash(32)            drop bundle    'R' id(8) status(1) ns(8)    job result
 #   'J' id(8) hash(32) args run a job          outlen(4) out errlen(4) err payload
+#   'O' id(8) hash(32) bytes   run a job: fn(bytes), which returns bytes (opaque)
 #   'C' id(8) hash(32)      check bundle   'C' id(8) status(1) error-JSON  check reply
 #                                          'X' reason(1)                retiring, exits
 #
@@ -198,7 +199,7 @@ class Worker(object):
 
     # -- jobs ---------------------------------------------------------------
 
-    def run_job(self, body):
+    def run_job(self, body, opaque=False):
         job_id, h = _job_header.unpack_from(body, 0)
         fn = self.bundles.get(h)
         out_bytes = err_bytes = b""
@@ -211,9 +212,12 @@ class Worker(object):
             payload = fn.payload
         else:
             try:
-                args = _loads(body[40:])
-                if args.__class__ is not list:
-                    raise TypeError("arguments must be a JSON array, got %s" % type(args).__name__)
+                if opaque:
+                    args = [body[40:]]
+                else:
+                    args = _loads(body[40:])
+                    if args.__class__ is not list:
+                        raise TypeError("arguments must be a JSON array, got %s" % type(args).__name__)
             except Exception as exc:
                 args = None
                 status = BAD_ARGUMENTS
@@ -232,7 +236,15 @@ class Worker(object):
                     value = exc
                 elapsed = _perf_ns() - start
                 sys.stdout, sys.stderr = saved_out, saved_err
-                if status == OK:
+                if status == OK and opaque:
+                    if value.__class__ is bytes:
+                        payload = value
+                    else:
+                        status = NOT_JSON
+                        payload = simple_error(
+                            "TypeError", "an opaque job must return bytes, not %s" % type(value).__name__
+                        )
+                elif status == OK:
                     try:
                         payload = _dumps(value).encode()
                     except (TypeError, ValueError, RecursionError) as exc:
@@ -298,8 +310,8 @@ class Worker(object):
                     break
                 body = buf[pos + 5 : pos + 4 + length]
                 pos += 4 + length
-                if kind == 74:  # 'J'
-                    self.run_job(body)
+                if kind == 74 or kind == 79:  # 'J', or 'O' (opaque bytes)
+                    self.run_job(body, kind == 79)
                     self.flush()
                     if self.retire:
                         self.send(ord("X"), b"\x01")
