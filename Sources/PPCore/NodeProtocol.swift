@@ -24,7 +24,7 @@ public enum NodeProtocol {
     public enum Kind: UInt8, Sendable {
         // 0x02 and 0x03 were CHALLENGE and AUTH in version 1.
         case hello = 0x01, welcome = 0x04, error = 0x05
-        case submit = 0x10, bundle = 0x11, cancel = 0x12, ping = 0x13, pong = 0x14, statsRequest = 0x15, goodbye = 0x16
+        case submit = 0x10, bundle = 0x11, cancel = 0x12, ping = 0x13, pong = 0x14, statsRequest = 0x15, goodbye = 0x16, stop = 0x17
         case results = 0x20, need = 0x21, window = 0x22, stats = 0x23
     }
 }
@@ -121,6 +121,9 @@ public enum NodeMessage: Sendable {
     case bundle(digest: SHA256Digest, spec: [UInt8])
     /// Client → node: cancel a job that has not started.
     case cancel(id: UInt64)
+    /// Client → node: stop a job, queued or running (its worker is killed and replaced);
+    /// it ends with status 7, cancelled.
+    case stop(id: UInt64)
     /// Either way: a heartbeat; answer with `pong`.
     case ping(UInt64)
     /// Either way: the answer to `ping`.
@@ -190,6 +193,9 @@ extension NodeMessage {
             buffer.writeBytes(spec)
         case .cancel(let id):
             buffer.writeInteger(NodeProtocol.Kind.cancel.rawValue)
+            buffer.writeInteger(id)
+        case .stop(let id):
+            buffer.writeInteger(NodeProtocol.Kind.stop.rawValue)
             buffer.writeInteger(id)
         case .ping(let token):
             buffer.writeInteger(NodeProtocol.Kind.ping.rawValue)
@@ -379,6 +385,9 @@ public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
         case .cancel:
             guard let id = body.readInteger(as: UInt64.self) else { return nil }
             return .cancel(id: id)
+        case .stop:
+            guard let id = body.readInteger(as: UInt64.self), body.readableBytes == 0 else { return nil }
+            return .stop(id: id)
         case .ping:
             return body.readInteger(as: UInt64.self).map { .ping($0) }
         case .pong:

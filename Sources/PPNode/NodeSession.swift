@@ -220,6 +220,8 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             }
         case .cancel(let id):
             if let poolID = self.nodeJobIDs[id] { self.node.pool.cancel(jobIDs: [poolID]) }
+        case .stop(let id):
+            if let poolID = self.nodeJobIDs[id] { self.node.pool.stop(jobIDs: [poolID]) }
         case .ping(let token):
             self.send(.pong(token), context: context)
         case .pong:

@@ -334,6 +334,14 @@ public final class JobServer: Sendable {
         if let error { throw error }
     }
 
+    /// Stops a job by id, queued or running: a running job's worker (local or on a
+    /// node) is killed and replaced, and the job ends with `cancelled`.
+    ///
+    /// - Returns: `true` when the job was still queued here.
+    public func stop(jobID: UInt64) async -> Bool {
+        (try? await self.loop.submit { self.scheduler.stop(jobID: jobID) }.get()) ?? false
+    }
+
     /// Cancels a queued job by id.
     ///
     /// - Returns: `true` when the job had not started; it then ends with `cancelled`.

@@ -302,6 +302,10 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
         if self.inflight[jobID] != nil { self.write(.cancel(id: jobID)) }
     }
 
+    func stop(jobID: UInt64) {
+        if self.inflight[jobID] != nil { self.write(.stop(id: jobID)) }
+    }
+
     /// Removes and returns the jobs the node still held.
     func takeInflight() -> [ClientJob] {
         let jobs = self.inflight.values.sorted { $0.id < $1.id }

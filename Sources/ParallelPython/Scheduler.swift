@@ -28,6 +28,9 @@ protocol Executor: AnyObject {
     /// Asks it to cancel a job it holds, if that job has not started (best effort; the
     /// job's completion says what happened).
     func cancel(jobID: UInt64)
+    /// Asks it to stop a job it holds, queued or running (the worker running it is
+    /// killed and replaced); the job's completion says what happened.
+    func stop(jobID: UInt64)
 }
 
 /// The client's scheduler: one queue, balanced over executors by free capacity.
@@ -115,6 +118,14 @@ final class Scheduler: @unchecked Sendable {
             return true
         }
         for e in self.executors { e.cancel(jobID: jobID) }
+        return false
+    }
+
+    /// Stops a job wherever it is: queued here, it ends now with `cancelled`; on an
+    /// executor, that executor stops it (running or not) and it ends with `cancelled`.
+    func stop(jobID: UInt64) -> Bool {
+        if self.cancel(jobID: jobID) { return true }
+        for e in self.executors { e.stop(jobID: jobID) }
         return false
     }
 
@@ -242,5 +253,9 @@ final class LocalExecutor: Executor, @unchecked Sendable {
 
     func cancel(jobID: UInt64) {
         if self.inflight.contains(jobID) { self.pool.cancel(jobIDs: [jobID]) }
+    }
+
+    func stop(jobID: UInt64) {
+        if self.inflight.contains(jobID) { self.pool.stop(jobIDs: [jobID]) }
     }
 }

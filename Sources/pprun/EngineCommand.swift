@@ -226,12 +226,17 @@ final class Engine: Sendable {
             self.state.withLock { $0.functions[digest] = PythonFunction(bundle: bundle) }
         case UInt8(ascii: "J"), UInt8(ascii: "O"):
             self.submit([(frame.kind == UInt8(ascii: "O"), frame.body)])
-        case UInt8(ascii: "X"):
-            guard frame.body.count == 8 else { return self.fatal("CANCEL is not 8 bytes") }
+        case UInt8(ascii: "X"), UInt8(ascii: "K"):
+            // X cancels a job that has not started; K stops it wherever it is, running
+            // included (its worker is killed and replaced).
+            guard frame.body.count == 8 else { return self.fatal("CANCEL/STOP is not 8 bytes") }
             let id = Self.u64(frame.body, 0)
             guard let engineID = self.state.withLock({ $0.engineIDs[id] }) else { return }
             let server = self.server
-            Task { _ = await server.cancel(jobID: engineID) }
+            let stop = frame.kind == UInt8(ascii: "K")
+            Task {
+                if stop { _ = await server.stop(jobID: engineID) } else { _ = await server.cancel(jobID: engineID) }
+            }
         case UInt8(ascii: "W"):
             guard frame.body.count == 4 else { return self.fatal("WORKERS is not 4 bytes") }
             let n = Int(UInt32(frame.body[0]) << 24 | UInt32(frame.body[1]) << 16 | UInt32(frame.body[2]) << 8 | UInt32(frame.body[3]))

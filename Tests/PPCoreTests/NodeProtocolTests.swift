@@ -34,6 +34,7 @@ struct NodeProtocolTests {
         }
         #expect(results[0].id == 3 && results[0].status == 1 && results[0].nanoseconds == 42 && results[0].stdout == [65] && results[0].payload == Array("{}".utf8))
         guard case .window(64) = try roundTrip(.window(64)) else { Issue.record("window"); return }
+        guard case .stop(id: 77) = try roundTrip(.stop(id: 77)) else { Issue.record("stop"); return }
         guard case .error(4, "too big") = try roundTrip(.error(code: 4, message: "too big")) else { Issue.record("error"); return }
     }
 

@@ -41,26 +41,31 @@ struct PythonPackageNodeTests {
         )
     }
 
-    @Test func aHelperModuleNextToTheScriptIsUsedOnANode() throws {
+    @Test func aHelperModuleAndPackageNextToTheScriptAreUsedOnANode() throws {
         let node = try NodeProcess(secret: Self.secret)
         defer { node.stop() }
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         try dir.write("helper.py", "FACTOR = 7\n\ndef scale(x):\n    return x * FACTOR\n")
+        try FileManager.default.createDirectory(atPath: dir.path + "/tools", withIntermediateDirectories: true)
+        try dir.write("tools/__init__.py", "from .plus import plus\n")
+        try dir.write("tools/plus.py", "def plus(x):\n    return x + 1\n")
         let r = try runPython(
             """
-            import os, sys
+            import os, shutil, sys
             import helper
+            import tools
             from parallelpython import Executor
 
             def job(x):
-                return helper.scale(x), os.getpid()
+                return tools.plus(helper.scale(x)) - 1, os.getpid()
 
             if __name__ == "__main__":
                 with Executor(workers=0, nodes=[sys.argv[1]], discover=False) as ex:
                     # The helper is gone from disk: the node can only use the source that
                     # travelled with the job.
                     os.remove(helper.__file__)
+                    shutil.rmtree(os.path.dirname(tools.__file__))
                     results = list(ex.map(job, range(20)))
                     print([v for v, _ in results])
                     print(sorted(ex.nodes()))
@@ -72,6 +77,51 @@ struct PythonPackageNodeTests {
         let expected: String = "[" + (0..<20).map { String($0 * 7) }.joined(separator: ", ") + "]"
         #expect(r.lines.first == expected, "\(r.stdout)")
         #expect(r.lines.dropFirst().first == "['\(node.address)']", "\(r.stdout)")
+    }
+
+    @Test func cancellingARunningJobStopsItOnTheNode() throws {
+        let node = try NodeProcess(secret: Self.secret)
+        defer { node.stop() }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let r = try runPython(
+            """
+            import os, sys, time
+
+            def announce_then_sleep(path):
+                with open(path + ".tmp", "w") as f:
+                    f.write(str(os.getpid()))
+                os.rename(path + ".tmp", path)
+                time.sleep(60)
+
+            def alive(pid):
+                try:
+                    with open("/proc/%d/stat" % pid) as f:
+                        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+                except OSError:
+                    return False
+
+            if __name__ == "__main__":
+                from parallelpython import Executor
+                path = os.path.abspath("started")
+                with Executor(workers=0, nodes=[sys.argv[1]], discover=False) as ex:
+                    future = ex.submit(announce_then_sleep, path)
+                    deadline = time.monotonic() + 30
+                    while not os.path.exists(path) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    worker = int(open(path).read())
+                    print("cancelled", future.cancel())
+                    deadline = time.monotonic() + 20
+                    while alive(worker) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    print("worker alive", alive(worker))
+                    print("next", ex.submit(abs, -5).result())
+            """,
+            in: dir,
+            arguments: [node.address]
+        )
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines == ["cancelled True", "worker alive False", "next 5"], "\(r.stdout) \(r.stderr)")
     }
 
     @Test func numpyArraysAndUserClassesTravelThroughANode() throws {

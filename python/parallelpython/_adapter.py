@@ -18,22 +18,23 @@ _main_module = None
 
 
 class _ShippedModules(object):
-    """Imports the caller's own modules from the sources that came with the bundle
-    (LOCAL_MODULES: name -> (filename, source)), before anything on this machine's
-    path: on a node, a helper module next to the caller's script is not on disk."""
+    """Imports the caller's own modules and packages from the sources that came with
+    the bundle (LOCAL_MODULES: name -> (filename, source, is_package)), before anything
+    on this machine's path: on a node, a helper module next to the caller's script is
+    not on disk."""
 
     def find_spec(self, name, path=None, target=None):
         entry = LOCAL_MODULES.get(name)  # noqa: F821 (set above)
         if entry is None:
             return None
         import importlib.util
-        return importlib.util.spec_from_loader(name, self, origin=entry[0], is_package=False)
+        return importlib.util.spec_from_loader(name, self, origin=entry[0], is_package=bool(entry[2]))
 
     def create_module(self, spec):
         return None
 
     def exec_module(self, module):
-        filename, source = LOCAL_MODULES[module.__name__]  # noqa: F821
+        filename, source = LOCAL_MODULES[module.__name__][:2]  # noqa: F821
         module.__file__ = filename
         exec(compile(source, filename, "exec"), module.__dict__)
 

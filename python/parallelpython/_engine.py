@@ -184,7 +184,16 @@ class Engine(object):
         """Resizes the local worker pool while jobs run."""
         self._send(b"W", struct.pack(">I", n))
 
+    def stop(self, job_id):
+        """Stops a job wherever it is, running included (its worker is replaced)."""
+        if not self._closed:
+            try:
+                self._send(b"K", struct.pack(">Q", job_id))
+            except EngineError:
+                pass
+
     def cancel(self, job_id):
+        """Cancels a job that has not started (it ends with status 7)."""
         if not self._closed:
             try:
                 self._send(b"X", struct.pack(">Q", job_id))

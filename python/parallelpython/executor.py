@@ -138,14 +138,16 @@ def _is_local(module, main_dir):
 
 
 def _local_modules(main_dir):
-    """name -> (filename, source) of the caller's own modules imported so far."""
+    """name -> (filename, source, is_package) of the caller's own modules and packages
+    (and their submodules) imported so far."""
     out = {}
     for name, module in list(sys.modules.items()):
-        if "." in name or not _is_local(module, main_dir):
+        if not _is_local(module, main_dir):
             continue
         try:
             with open(module.__file__, encoding="utf-8") as f:
-                out[name] = (os.path.abspath(module.__file__), f.read())
+                is_package = os.path.basename(module.__file__) == "__init__.py"
+                out[name] = (os.path.abspath(module.__file__), f.read(), is_package)
         except OSError:
             continue
     return out
@@ -194,7 +196,8 @@ class _OrderedResults(object):
 
 
 class _Future(_cf.Future):
-    """A future whose cancel() also cancels the job in the engine while it is queued."""
+    """A future whose cancel() stops its job wherever it is: queued, or running (its
+    worker is killed and replaced). ProcessPoolExecutor's cannot cancel a running job."""
 
     def __init__(self, executor):
         super().__init__()
@@ -204,7 +207,7 @@ class _Future(_cf.Future):
     def cancel(self):
         cancelled = super().cancel()
         if cancelled and self._job_id is not None:
-            self._executor._engine.cancel(self._job_id)
+            self._executor._engine.stop(self._job_id)
         return cancelled
 
 
@@ -336,6 +339,9 @@ class Executor(_cf.Executor):
         def done(status, ns, out, err, payload):
             with self._lock:
                 self._futures.discard(future)
+            if status == 7 and not future.done():
+                # Cancelled before it started (shutdown with cancel_futures).
+                _cf.Future.cancel(future)
             if not future.set_running_or_notify_cancel():
                 return
             if out:
@@ -403,8 +409,10 @@ class Executor(_cf.Executor):
         with self._lock:
             futures = list(self._futures)
         if cancel_futures:
+            # As ProcessPoolExecutor: jobs not started are cancelled, running ones finish.
             for f in futures:
-                f.cancel()
+                if f._job_id is not None:
+                    self._engine.cancel(f._job_id)
         if wait:
             _cf.wait(futures)
 

@@ -59,6 +59,14 @@ def pid(_):
     return os.getpid()
 
 
+def announce_then_sleep(path, seconds):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    time.sleep(seconds)
+    return "finished"
+
+
 class SameAsProcessPool(unittest.TestCase):
     """Each check runs the same calls on ProcessPoolExecutor and on ours."""
 
@@ -109,6 +117,33 @@ class SameAsProcessPool(unittest.TestCase):
         order = [f.result() for f in cf.as_completed(futures)]
         self.assertEqual(sorted(order), [0, 1, 2])
 
+    def test_shutdown_refuses_new_work(self):
+        for ex in (cf.ProcessPoolExecutor(2), Executor(workers=2, discover=False)):
+            self.assertEqual(ex.submit(square, 2).result(), 4)
+            ex.shutdown(wait=True)
+            with self.assertRaises(RuntimeError):
+                ex.submit(square, 1)
+
+    def test_shutdown_cancel_futures_cancels_only_what_has_not_started(self):
+        import tempfile
+        for ex in (cf.ProcessPoolExecutor(2), Executor(workers=2, discover=False)):
+            folder = tempfile.mkdtemp()
+            paths = [os.path.join(folder, str(i)) for i in range(2)]
+            running = [ex.submit(announce_then_sleep, p, 1) for p in paths]
+            deadline = time.monotonic() + 30
+            while not all(os.path.exists(p) for p in paths) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            queued = [ex.submit(square, i) for i in range(50)]
+            ex.shutdown(wait=True, cancel_futures=True)
+            for f in running:
+                self.assertEqual(f.result(), "finished")
+            for p in paths:
+                os.remove(p)
+            os.rmdir(folder)
+            for i, f in enumerate(queued):
+                self.assertTrue(f.cancelled() or f.result() == i * i, (type(ex).__name__, i))
+            self.assertTrue(any(f.cancelled() for f in queued), type(ex).__name__)
+
     def test_workers_are_other_processes(self):
         pids = set(self.ours.map(pid, range(50)))
         self.assertNotIn(os.getpid(), pids)
@@ -126,6 +161,25 @@ class Extras(unittest.TestCase):
             self.ex.apply(sleep_then, (1, 30), timeout=1).result()
         self.assertLess(time.monotonic() - started, 25)
         self.assertEqual(self.ex.submit(square, 7).result(), 49)
+
+    def test_cancel_stops_a_running_job(self):
+        import tempfile
+        path = os.path.join(tempfile.mkdtemp(), "started")
+        future = self.ex.submit(announce_then_sleep, path, 60)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        worker = int(open(path).read())
+        self.assertTrue(future.cancel())
+        self.assertTrue(future.cancelled())
+        # Its worker is killed (and replaced), well before the job's 60 s.
+        deadline = time.monotonic() + 20
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertFalse(_alive(worker), "the worker running the cancelled job still runs")
+        self.assertEqual(self.ex.submit(square, 3).result(), 9)
+        os.remove(path)
+        os.rmdir(os.path.dirname(path))
 
     def test_imap_unordered(self):
         self.assertEqual(sorted(self.ex.imap_unordered(square, range(20))), [i * i for i in range(20)])
