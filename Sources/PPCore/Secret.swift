@@ -33,18 +33,6 @@ public struct ClusterSecret: Sendable {
     /// one is in docs/SECURITY.md.
     public var keyID: String { self.keys.keyID }
 
-    /// HMAC-SHA256 of `message` under the secret.
-    public func hmac(_ message: [UInt8]) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: 32)
-        var length: UInt32 = 32
-        self.bytes.withUnsafeBufferPointer { key in
-            message.withUnsafeBufferPointer { msg in
-                _ = HMAC(EVP_sha256(), key.baseAddress, Int32(key.count), msg.baseAddress, msg.count, &out, &length)
-            }
-        }
-        return out
-    }
-
     // MARK: Loading
 
     /// The implicit default secret file: `$XDG_CONFIG_HOME/ppnode/secret`, else

@@ -369,11 +369,3 @@ final class PPCompatService: @unchecked Sendable {
 
     func cached(md5: String) -> FunctionBundle? { self.bundles[md5] }
 }
-
-/// Constant-time comparison of two byte strings.
-func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    guard a.count == b.count else { return false }
-    var diff: UInt8 = 0
-    for i in a.indices { diff |= a[i] ^ b[i] }
-    return diff == 0
-}

@@ -49,6 +49,17 @@ func processInFile(_ file: String) -> ProcessIdentity? {
     return ProcessIdentity(pid: pid)
 }
 
+/// Waits (60 s at most) until `run` has `count` child processes (its workers), and
+/// returns them, read from /proc before anything is signalled.
+func workersOf(_ run: BackgroundProcess, count: Int) -> [ProcessIdentity] {
+    var workers: [ProcessIdentity] = []
+    _ = waitFor(seconds: 60) {
+        workers = childProcesses(of: run.pid)
+        return workers.count == count
+    }
+    return workers
+}
+
 @Suite("pprun leaves no process behind")
 struct ProcessSafetyTests {
     @Test func sigtermKillsEveryWorker() throws {
@@ -56,16 +67,12 @@ struct ProcessSafetyTests {
         defer { dir.remove() }
         let file = try dir.write("life.py", lifeCycle)
         let run = try BackgroundProcess(pprun, ["map", file + ":nap", "60", "60", "60", "--workers", "2", "--no-discover"])
-        var workers: [ProcessIdentity] = []
+        // Both workers started (read from /proc before the signal).
+        let workers = workersOf(run, count: 2)
         defer {
             run.stop()
             for w in workers { w.killIfRunning() }
         }
-        // Both workers started (read from /proc before the signal).
-        #expect(waitFor(seconds: 60) {
-            workers = childProcesses(of: run.pid)
-            return workers.count == 2
-        })
         #expect(workers.count == 2)
         run.signal(SIGTERM)
         #expect(run.wait() == 143)
@@ -80,15 +87,12 @@ struct ProcessSafetyTests {
         let file = try dir.write("life.py", lifeCycle)
         for (signal, status) in [(SIGINT, Int32(130)), (SIGHUP, Int32(129))] {
             let run = try BackgroundProcess(pprun, ["map", file + ":nap", "60", "--workers", "1", "--no-discover"])
-            var workers: [ProcessIdentity] = []
+            let workers = workersOf(run, count: 1)
             defer {
                 run.stop()
                 for w in workers { w.killIfRunning() }
             }
-            #expect(waitFor(seconds: 60) {
-                workers = childProcesses(of: run.pid)
-                return workers.count == 1
-            })
+            #expect(workers.count == 1)
             run.signal(signal)
             #expect(run.wait() == status)
             #expect(run.stderr.contains("interrupted: 0 of 1 done"), "\(run.stderr)")
