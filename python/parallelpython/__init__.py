@@ -2,8 +2,9 @@
 every ppnode of the LAN, through the Swift engine (`pprun engine`).
 
     from parallelpython import Executor
-    with Executor() as ex:
-        print(list(ex.map(pow, range(10), range(10))))
+    if __name__ == "__main__":
+        with Executor() as ex:
+            print(list(ex.map(pow, range(10), range(10))))
 
 Arguments, values and exceptions are pickled; the engine carries them as opaque
 bytes. See docs/PYTHON.md.

@@ -53,6 +53,9 @@ def _load_main():
     """The caller's main script as the module __pp_main__ (its `if __name__ ==
     "__main__":` block does not run), made once per worker and bundle."""
     global _main_module
+    # Code of the caller's that runs here must not start an engine of its own (a
+    # script without an `if __name__ == "__main__":` guard would, in every worker).
+    __import__("os").environ["PP_IN_WORKER"] = "1"
     if _main_module is None and MAIN_SOURCE is not None:  # noqa: F821 (set above)
         module = _types.ModuleType("__pp_main__")
         module.__file__ = MAIN_FILE  # noqa: F821

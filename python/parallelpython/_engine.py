@@ -236,6 +236,11 @@ _engine_lock = threading.Lock()
 def get_engine(config):
     """The process's engine, started with `config` on first use."""
     global _engine
+    if os.environ.get("PP_IN_WORKER"):
+        raise EngineError(
+            "a parallelpython job tried to start an engine: the program's top-level code ran "
+            "in a worker; put it under `if __name__ == \"__main__\":`, as with multiprocessing"
+        )
     with _engine_lock:
         if _engine is None or _engine._closed:
             _engine = Engine(config)
