@@ -24,16 +24,24 @@ struct Placement: Hashable {
 
 /// Python: where a job ran (its host's address on the lab network and its node's pid).
 /// Jobs from `gate_from` on wait (at most 60 s) for the file `gate` to exist.
-func placementSource(gate: String = "/nonexistent", gateFrom: Int = Int.max, seconds: Double = 0) -> String {
-    """
+/// A job `where(i)` that returns `[i, its host's lab address, its worker's parent pid]`
+/// after `seconds`. `gates` hold jobs back: job `i` first waits (at most 60 s) until the
+/// file of the gate with the largest `from` at or below `i` exists.
+func placementSource(gates: [(from: Int, path: String)] = [], seconds: Double = 0) -> String {
+    let list = gates.sorted { $0.from > $1.from }.map { "(\($0.from), \"\($0.path)\")" }.joined(separator: ", ")
+    return """
     import os, socket, time
 
+    GATES = [\(list)]
+
     def where(i):
-        if i >= \(gateFrom == Int.max ? 1 << 62 : gateFrom):
-            for _ in range(6000):
-                if os.path.exists("\(gate)"):
-                    break
-                time.sleep(0.01)
+        for start, path in GATES:
+            if i >= start:
+                for _ in range(6000):
+                    if os.path.exists(path):
+                        break
+                    time.sleep(0.01)
+                break
         time.sleep(\(seconds))
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.connect(("10.88.0.254", 9))
@@ -116,9 +124,12 @@ struct NetLabTests {
         defer { lab.down() }
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let gate = dir.path + "/gate"
+        // Gates make each node's share certain: jobs 50-99 wait for `middle`, opened only
+        // once the first node is dead, so the second runs them; jobs 100-199 wait for
+        // `last`, opened once the second is dead, so only the restarted first runs them.
+        let middle = dir.path + "/middle", last = dir.path + "/last"
         let total = 200
-        let file = try dir.write("where.py", placementSource(gate: gate, gateFrom: 100, seconds: 0.02))
+        let file = try dir.write("where.py", placementSource(gates: [(50, middle), (100, last)], seconds: 0.01))
         // pprun starts with no node anywhere: its jobs wait.
         let run = try WatchedProcess(
             lab.launcher(3) + [builtCommand("pprun"), "map", file + ":where", "--range", "0:\(total)", "--workers", "0"],
@@ -131,31 +142,32 @@ struct NetLabTests {
         }
         usleep(500_000)
         #expect(run.lines.isEmpty)
-        // A node starts half-way through pprun's wait and is used.
+        // A node starts half-way through pprun's wait and is used: it runs jobs 0-49,
+        // then holds jobs that wait for `middle`.
         let first = try lab.node(1, ["--name", "first", "--workers", "2"], secret: labSecret)
         nodes.append(first)
-        #expect(run.wait(seconds: 30) { $0.count >= 20 }, "\(run.stderr)")
+        #expect(run.wait(seconds: 30) { $0.count >= 50 }, "\(run.stderr)")
+        // A second node joins; the first dies with jobs running: they go to the second.
         let second = try lab.node(2, ["--name", "second", "--workers", "2"], secret: labSecret)
         nodes.append(second)
-        // The first dies half-way: its jobs go to the second.
-        #expect(run.wait(seconds: 30) { $0.count >= 50 }, "\(run.stderr)")
         first.signal(SIGKILL)
+        FileManager.default.createFile(atPath: middle, contents: nil)
         #expect(run.wait(seconds: 30) { $0.count >= 100 }, "\(run.stderr)")
-        // It comes back; then the second dies while it holds the gated jobs: only the
+        // The first comes back; then the second dies while it holds gated jobs: only the
         // restarted node can finish them.
         let again = try lab.node(1, ["--name", "first", "--workers", "2"], secret: labSecret)
         nodes.append(again)
         second.signal(SIGKILL)
-        FileManager.default.createFile(atPath: gate, contents: nil)
+        FileManager.default.createFile(atPath: last, contents: nil)
         let status = run.finish(seconds: 60)
         #expect(status == 0, "\(run.stderr)")
         let placed = run.lines.compactMap(Placement.init)
         #expect(placed.count == total, "\(run.stderr)")
         #expect(placed.map(\.index).sorted() == Array(0..<total))
-        let byNode = Dictionary(grouping: placed, by: \.node)
-        #expect(byNode[first.process.processIdentifier]?.isEmpty == false)
-        #expect(byNode[second.process.processIdentifier]?.isEmpty == false)
-        #expect(placed.filter { $0.index >= 100 }.allSatisfy { $0.node == again.process.processIdentifier })
+        let node = Dictionary(uniqueKeysWithValues: placed.map { ($0.index, $0.node) })
+        #expect((0..<50).allSatisfy { node[$0] == first.process.processIdentifier })
+        #expect((50..<100).allSatisfy { node[$0] == second.process.processIdentifier })
+        #expect((100..<total).allSatisfy { node[$0] == again.process.processIdentifier })
     }
 
     @Test func aNodeOfAnotherClusterIsListedAndGetsNoJobs() throws {
