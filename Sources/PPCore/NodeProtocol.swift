@@ -72,39 +72,6 @@ public struct WireJob: Sendable {
     }
 }
 
-/// One result as RESULTS carries it.
-public struct WireResult: Sendable {
-    /// The client's job id.
-    public var id: UInt64
-    /// 0 ok, else a `JobError.Code` wire value.
-    public var status: UInt8
-    /// Nanoseconds the function ran.
-    public var nanoseconds: UInt64
-    /// Captured stdout.
-    public var stdout: [UInt8]
-    /// Captured stderr.
-    public var stderr: [UInt8]
-    /// Value JSON, or error JSON `{"type","message","traceback"}`.
-    public var payload: [UInt8]
-
-    /// Creates a result.
-    public init(id: UInt64, status: UInt8, nanoseconds: UInt64, stdout: [UInt8], stderr: [UInt8], payload: [UInt8]) {
-        self.id = id
-        self.status = status
-        self.nanoseconds = nanoseconds
-        self.stdout = stdout
-        self.stderr = stderr
-        self.payload = payload
-    }
-}
-
-extension WireResult {
-    /// The bytes `result` takes inside a RESULTS body.
-    public static func encodedSize(_ result: WireResult) -> Int {
-        29 + result.stdout.count + result.stderr.count + result.payload.count
-    }
-}
-
 /// A decoded frame of the native protocol.
 public enum NodeMessage: Sendable {
     /// Client → node, first (inside TLS): versions spoken, the largest frame the client
@@ -133,7 +100,7 @@ public enum NodeMessage: Sendable {
     /// Either way: the sender is leaving (a node: draining).
     case goodbye(reason: String)
     /// Node → client: a batch of results.
-    case results([WireResult])
+    case results([JobResult])
     /// Node → client: send the bundle with this digest.
     case need(SHA256Digest)
     /// Node → client: the new job window.
@@ -241,8 +208,8 @@ extension NodeMessage {
     public static let resultFrameOverhead = 9
 
     /// Appends `results` as as many RESULTS frames as needed so that none is larger
-    /// than `maxFrame` (each result alone must fit: see `WireResult.encodedSize`).
-    public static func writeResults(_ results: [WireResult], maxFrame: Int, to buffer: inout ByteBuffer) {
+    /// than `maxFrame` (each result alone must fit: see `JobResult.encodedSize`).
+    public static func writeResults(_ results: [JobResult], maxFrame: Int, to buffer: inout ByteBuffer) {
         var index = 0
         while index < results.count {
             let start = buffer.writerIndex
@@ -253,7 +220,7 @@ extension NodeMessage {
             var size = Self.resultFrameOverhead
             var count: UInt32 = 0
             while index < results.count {
-                let next = WireResult.encodedSize(results[index])
+                let next = results[index].encodedSize
                 if count > 0, size + next > maxFrame { break }
                 Self.writeResult(results[index], to: &buffer)
                 size += next
@@ -266,9 +233,9 @@ extension NodeMessage {
     }
 
     /// Appends one result of a RESULTS body.
-    public static func writeResult(_ r: WireResult, to buffer: inout ByteBuffer) {
+    public static func writeResult(_ r: JobResult, to buffer: inout ByteBuffer) {
         buffer.writeInteger(r.id)
-        buffer.writeInteger(r.status)
+        buffer.writeInteger(r.code?.wireStatus ?? 0)
         buffer.writeInteger(r.nanoseconds)
         buffer.writeInteger(UInt32(r.stdout.count))
         buffer.writeBytes(r.stdout)
@@ -398,14 +365,19 @@ public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
             return .goodbye(reason: String(buffer: body))
         case .results:
             guard let count = body.readInteger(as: UInt32.self), Int(count) <= body.readableBytes / 29 else { return nil }
-            var results = [WireResult]()
+            var results = [JobResult]()
             results.reserveCapacity(Int(count))
             for _ in 0..<count {
                 guard let id = body.readInteger(as: UInt64.self), let status = body.readInteger(as: UInt8.self),
                     let ns = body.readInteger(as: UInt64.self),
                     let out = body.readLengthPrefixed(), let err = body.readLengthPrefixed(), let payload = body.readLengthPrefixed()
                 else { return nil }
-                results.append(WireResult(id: id, status: status, nanoseconds: ns, stdout: out, stderr: err, payload: payload))
+                results.append(
+                    JobResult(
+                        id: id, code: status == 0 ? nil : JobError.Code(wireStatus: status), nanoseconds: ns,
+                        stdout: out, stderr: err, payload: payload, executor: ""
+                    )
+                )
             }
             guard body.readableBytes == 0 else { return nil }
             return .results(results)

@@ -42,37 +42,13 @@ public enum WorkerFrame {
     }
 }
 
-/// A job result as the worker reports it.
-public struct WorkerResult: Sendable {
-    /// Result status bytes, as the worker writes them.
-    public enum Status: UInt8, Sendable {
-        case ok = 0
-        case raised = 1
-        case notJSON = 2
-        case bundleError = 3
-        case badArguments = 4
-    }
-
-    /// The job id the pool gave.
-    public var jobID: UInt64
-    /// How the call ended.
-    public var status: Status
-    /// Nanoseconds the function ran.
-    public var nanoseconds: UInt64
-    /// Captured stdout.
-    public var stdout: ByteBuffer
-    /// Captured stderr.
-    public var stderr: ByteBuffer
-    /// The value's JSON (status ok) or the error JSON `{"type","message","traceback"}`.
-    public var payload: ByteBuffer
-}
-
 /// A message from a worker process.
 public enum WorkerMessage: Sendable {
     /// Sent once at start: JSON with `pid`, `python`, `implementation`, `executable`.
     case hello(ByteBuffer)
-    /// One job's result.
-    case result(WorkerResult)
+    /// One job's result (its status byte is a RESULTS status: 0 to 4; its executor
+    /// is empty until the pool sets it).
+    case result(JobResult)
     /// The answer to a check: `nil` when the bundle loaded, else its error JSON.
     case checkReply(id: UInt64, error: ByteBuffer?)
     /// The worker runs no more jobs and exits (after a MemoryError, for example).
@@ -113,10 +89,17 @@ public struct WorkerMessageDecoder: NIOSingleStepByteToMessageDecoder {
                 let errLen = body.readInteger(as: UInt32.self),
                 let err = body.readSlice(length: Int(errLen))
             else { throw WorkerProtocolError(message: "truncated result frame") }
-            guard let status = WorkerResult.Status(rawValue: rawStatus) else {
+            // The worker's statuses are the RESULTS statuses 0-4: ok, raised, result not
+            // JSON, bundle error, bad arguments.
+            guard rawStatus <= 4 else {
                 throw WorkerProtocolError(message: "unknown result status \(rawStatus)")
             }
-            return .result(WorkerResult(jobID: id, status: status, nanoseconds: ns, stdout: out, stderr: err, payload: body))
+            return .result(
+                JobResult(
+                    id: id, code: rawStatus == 0 ? nil : JobError.Code(wireStatus: rawStatus), nanoseconds: ns,
+                    stdout: Array(out.readableBytesView), stderr: Array(err.readableBytesView), payload: Array(body.readableBytesView), executor: ""
+                )
+            )
         case UInt8(ascii: "H"):
             return .hello(body)
         case UInt8(ascii: "C"):

@@ -377,10 +377,9 @@ public enum ParallelPythonVersion {
 /// `@unchecked Sendable` is safe because every access happens on that loop (sessions'
 /// handlers run there; `NodeServer` hops there with `loop.submit`).
 final class NodeState: @unchecked Sendable {
-    let cache: BundleCache
+    var cache: BundleCache
     var sessions: [ObjectIdentifier: NodeSession] = [:]
     var draining = false
-    var nextJobID: UInt64 = 1
     var sessionsAccepted = 0
     var authFailures = 0
     var refusedConnections = 0

@@ -44,9 +44,9 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     private var inflight = 0
     private var nodeJobIDs: [UInt64: UInt64] = [:]  // client job id -> pool job id
     private var parked: [SHA256Digest: [WireJob]] = [:]
-    private var pendingResults: [WireResult] = []
+    private var pendingResults: [JobResult] = []
     private var flushScheduled = false
-    private var meanJobNanos: Double = 10_000_000
+    private var jobTime = JobTimeEstimator()
     private var draining = false
 
     // Liveness
@@ -253,10 +253,10 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         self.state.jobsReceived += jobs.count
         self.inflight += jobs.count
         if self.draining {
-            for job in jobs { self.finished(job.id, .failure(JobError(code: .shutdown, message: "node shutting down"), executor: self.node.configuration.name)) }
+            for job in jobs { self.finished(job.id, JobResult(id: job.id, error: JobError(code: .shutdown, message: "node shutting down"), executor: self.node.configuration.name)) }
             return
         }
-        var ready: [PoolJob] = []
+        var ready: [Job] = []
         ready.reserveCapacity(jobs.count)
         for job in jobs {
             if let bundle = self.state.cache.get(job.digest) {
@@ -271,34 +271,28 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         if !ready.isEmpty { self.node.pool.submit(contentsOf: ready) }
     }
 
-    private func poolJob(_ job: WireJob, _ bundle: FunctionBundle) -> PoolJob {
-        let poolID = self.state.nextJobID
-        self.state.nextJobID += 1
+    private func poolJob(_ job: WireJob, _ bundle: FunctionBundle) -> Job {
+        let poolID = self.node.pool.jobIDs.next()
         self.nodeJobIDs[job.id] = poolID
         let clientID = job.id
-        return PoolJob(
+        return Job(
             id: poolID,
             bundle: bundle,
             arguments: job.arguments,
             timeout: job.timeoutMilliseconds > 0 ? .milliseconds(Int64(job.timeoutMilliseconds)) : nil
-        ) { [self] outcome in
-            self.finished(clientID, outcome)
+        ) { [self] result in
+            self.finished(clientID, result)
         }
     }
 
-    private func finished(_ clientID: UInt64, _ outcome: JobOutcome) {
+    private func finished(_ clientID: UInt64, _ result: JobResult) {
         self.inflight -= 1
         self.nodeJobIDs.removeValue(forKey: clientID)
         guard self.channel != nil else { return }
-        let result: WireResult
-        switch outcome.result {
-        case .success(let bytes):
-            result = WireResult(id: clientID, status: 0, nanoseconds: UInt64(max(0, outcome.duration.nanosecondsInt64)), stdout: Array(outcome.stdout.utf8), stderr: Array(outcome.stderr.utf8), payload: bytes)
-        case .failure(let error):
-            result = WireResult(id: clientID, status: error.code.wireStatus, nanoseconds: UInt64(max(0, outcome.duration.nanosecondsInt64)), stdout: Array(error.stdout.utf8), stderr: Array(error.stderr.utf8), payload: error.wireJSON)
-        }
+        var result = result
+        result.id = clientID
         self.pendingResults.append(self.fitted(result))
-        self.meanJobNanos = self.meanJobNanos * 0.9 + Double(result.nanoseconds) * 0.1
+        self.jobTime.add(nanoseconds: result.nanoseconds)
         if !self.flushScheduled {
             self.flushScheduled = true
             self.node.loop.execute { self.flush() }
@@ -307,15 +301,17 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
 
     /// `result`, or, when it cannot fit in one frame the client accepts, an error that
     /// says so: only this job fails, and the others still travel.
-    private func fitted(_ result: WireResult) -> WireResult {
-        let size = NodeMessage.resultFrameOverhead + WireResult.encodedSize(result)
+    private func fitted(_ result: JobResult) -> JobResult {
+        let size = NodeMessage.resultFrameOverhead + result.encodedSize
         guard size > self.clientMaxFrame else { return result }
         let error = JobError(
             code: .resultTooLarge,
             message: "result too large (\(size) bytes, limit \(self.clientMaxFrame)): return less, or write large data to a file and return its path"
         )
         self.logger.warning("result too large for the client", metadata: ["job.id": "\(result.id)", "bytes": "\(size)", "limit": "\(self.clientMaxFrame)"])
-        return WireResult(id: result.id, status: error.code.wireStatus, nanoseconds: result.nanoseconds, stdout: [], stderr: [], payload: error.wireJSON)
+        var failed = JobResult(id: result.id, error: error, executor: result.executor)
+        failed.nanoseconds = result.nanoseconds
+        return failed
     }
 
     private func flush() {
@@ -328,7 +324,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         // client does not park work here that its other executors could run.
         if !self.draining {
             let workers = max(1, self.node.workers)
-            let wanted = self.meanJobNanos < 2_000_000 ? workers * 64 : max(2, workers * 2)
+            let wanted = self.jobTime.jobsAreShort ? workers * 64 : max(2, workers * 2)
             if wanted != self.window {
                 self.window = wanted
                 self.maxWindow = max(self.maxWindow, wanted)
@@ -350,7 +346,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         let parked = self.parked.values.flatMap { $0 }
         self.parked.removeAll()
         for job in parked {
-            self.finished(job.id, .failure(JobError(code: .shutdown, message: "node shutting down"), executor: self.node.configuration.name))
+            self.finished(job.id, JobResult(id: job.id, error: JobError(code: .shutdown, message: "node shutting down"), executor: self.node.configuration.name))
         }
     }
 

@@ -282,10 +282,10 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
         self.running = true
         let started = ContinuousClock.now
         let argument = "[\"" + Data(sargs).base64EncodedString() + "\"]"
-        let id = self.compat.nextJobID()
+        let id = self.node.pool.jobIDs.next()
         self.node.pool.submit(
-            PoolJob(id: id, bundle: bundle, arguments: JobArguments(jsonArray: Array(argument.utf8)), timeout: nil) { [self] outcome in
-                self.node.loop.execute { self.finished(outcome, started: started) }
+            Job(id: id, bundle: bundle, arguments: JobArguments(jsonArray: Array(argument.utf8)), timeout: nil) { [self] result in
+                self.node.loop.execute { self.finished(result.outcome, started: started) }
             }
         )
     }
@@ -343,29 +343,20 @@ final class PPCompatService: @unchecked Sendable {
     var jobsDone = 0
     var jobsFailed = 0
     var jobSeconds = 0.0
-    private var bundles: [String: FunctionBundle] = [:]
-    private var order: [String] = []
-    private var jobIDs: UInt64 = 1 << 62  // apart from native jobs' ids
-    private let maxFunctions = 512
+    /// Functions by the md5 ppft names them with, bounded in bytes.
+    private var bundles = BoundedCache<String, FunctionBundle>(capacity: 64 << 20)
 
     init(version: String) {
         self.version = version
     }
 
-    func nextJobID() -> UInt64 {
-        self.jobIDs += 1
-        return self.jobIDs
-    }
-
     /// The bundle for a function message, shared by all pp connections (bounded).
     func bundle(md5: String, sfunc: [UInt8]) -> FunctionBundle {
-        if let b = self.bundles[md5] { return b }
+        if let b = self.bundles.get(md5) { return b }
         let b = PPAdapter.bundle(sfunc: sfunc)
-        self.bundles[md5] = b
-        self.order.append(md5)
-        if self.order.count > self.maxFunctions { self.bundles[self.order.removeFirst()] = nil }
+        self.bundles.insert(md5, b, cost: b.spec.count)
         return b
     }
 
-    func cached(md5: String) -> FunctionBundle? { self.bundles[md5] }
+    func cached(md5: String) -> FunctionBundle? { self.bundles.get(md5) }
 }

@@ -19,12 +19,12 @@ final class PoolCore: @unchecked Sendable {
     var logger: Logger { self.configuration.logger }
 
     private(set) var target: Int = 0
-    private var queue = Deque<PoolJob>()
+    private var queue = Deque<Job>()
     private var workers: [Int: WorkerSlot] = [:]
     private var gone: [WorkerStatistics] = []
     private var nextIndex = 1
-    /// Exponential moving average of job run time, which sets the pipeline depth.
-    private var meanJobNanos: Double = 2_000_000
+    /// How long jobs take lately, which sets the pipeline depth.
+    private var jobTime = JobTimeEstimator()
     /// Worker starts that failed in a row (spawn error, or exit before hello).
     private var startFailures = 0
     private var lastStartError = ""
@@ -38,8 +38,8 @@ final class PoolCore: @unchecked Sendable {
     /// Callers of `whenReady`, answered once a worker is ready or none can start.
     private var readyWaiters: [(WorkerStartError?) -> Void] = []
 
-    /// A job runs at most this long before the pipeline holds only one job per worker.
-    private static let pipelineTargetNanos: Double = 1_000_000
+    /// The work a worker's pipe holds: as many jobs as run in this time (at least one).
+    private static let pipelineTarget: Duration = .milliseconds(1)
     private static let maxStartFailures = 3
     /// How long an ended worker's pipe may stay open (held by a process its job forked)
     /// before the pool stops waiting for the results in it.
@@ -84,7 +84,7 @@ final class PoolCore: @unchecked Sendable {
         let queued = self.queue
         self.queue.removeAll()
         for job in queued {
-            job.completion(.failure(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"), executor: self.configuration.name))
+            job.fail(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"), executor: self.configuration.name)
         }
         self.retryTask?.cancel()
         self.retryTask = nil
@@ -165,7 +165,7 @@ final class PoolCore: @unchecked Sendable {
             self.startFailed("\(error)")
             return false
         }
-        let slot = WorkerSlot(index: index, process: process, startedAt: .now())
+        let slot = WorkerSlot(index: index, process: process, startedAt: .now(), bundleCacheBytes: self.configuration.bundleCacheBytes)
         self.workers[index] = slot
         self.logger.debug("worker starting", metadata: ["pool": "\(self.configuration.name)", "worker.pid": "\(process.pid)"])
         NIOPipeBootstrap(group: self.eventLoop)
@@ -306,7 +306,7 @@ final class PoolCore: @unchecked Sendable {
                 "worker ended during a job",
                 metadata: ["pool": "\(self.configuration.name)", "worker.pid": "\(slot.process.pid)", "job.id": "\(head.job.id)", "reason": "\(error.message)"]
             )
-            head.job.completion(.failure(error, executor: self.configuration.name))
+            head.job.fail(error, executor: self.configuration.name)
         }
         // Jobs behind the head never started: run them elsewhere (cancelled ones ended).
         for item in inflight.reversed() where !item.cancelled { self.queue.prepend(item.job) }
@@ -319,7 +319,7 @@ final class PoolCore: @unchecked Sendable {
         self.dispatch()
     }
 
-    private func deathError(of slot: WorkerSlot, status: ExitStatus, job: PoolJob) -> JobError {
+    private func deathError(of slot: WorkerSlot, status: ExitStatus, job: Job) -> JobError {
         let pid = slot.process.pid
         switch slot.killReason {
         case .timeout(let limit):
@@ -353,17 +353,18 @@ final class PoolCore: @unchecked Sendable {
             if self.pythonVersion == nil { self.pythonVersion = HelloJSON.pythonVersion(body) }
             self.logger.debug("worker ready", metadata: ["pool": "\(self.configuration.name)", "worker.pid": "\(slot.process.pid)"])
             self.answerReadyWaiters(nil)
-        case .result(let result):
-            guard let head = slot.inflight.first, head.job.id == result.jobID, head.job.kind == .call else {
-                self.protocolFailure(index: index, message: "result for job \(result.jobID) it was not running")
+        case .result(var result):
+            guard let head = slot.inflight.first, head.job.id == result.id, head.job.kind == .call else {
+                self.protocolFailure(index: index, message: "result for job \(result.id) it was not running")
                 return
             }
             slot.inflight.removeFirst()
             slot.headStartedAt = .now()
             slot.jobsDone += 1
             slot.busyNanos += result.nanoseconds
-            self.meanJobNanos = self.meanJobNanos * 0.8 + Double(result.nanoseconds) * 0.2
-            if !head.cancelled { head.job.completion(self.outcome(of: result)) }
+            self.jobTime.add(nanoseconds: result.nanoseconds)
+            result.executor = self.configuration.name
+            if !head.cancelled { head.job.completion(result) }
         case .checkReply(let id, let error):
             guard let head = slot.inflight.first, head.job.id == id, head.job.kind == .check else {
                 self.protocolFailure(index: index, message: "check reply \(id) it was not asked for")
@@ -371,9 +372,11 @@ final class PoolCore: @unchecked Sendable {
             }
             slot.inflight.removeFirst()
             slot.headStartedAt = .now()
-            let result: Result<[UInt8], JobError> =
-                error.map { .failure(JobError(code: .functionUnavailable, workerJSON: $0)) } ?? .success([])
-            if !head.cancelled { head.job.completion(JobOutcome(result: result, executor: self.configuration.name)) }
+            let result = JobResult(
+                id: id, code: error == nil ? nil : .functionUnavailable, payload: error.map { Array($0.readableBytesView) } ?? [],
+                executor: self.configuration.name
+            )
+            if !head.cancelled { head.job.completion(result) }
         case .retiring:
             // The worker exits after this (it hit a MemoryError). Nothing behind the job
             // it just answered has started: run those elsewhere.
@@ -395,38 +398,12 @@ final class PoolCore: @unchecked Sendable {
         self.kill(slot, reason: .protocolError(message))
     }
 
-    private func outcome(of r: WorkerResult) -> JobOutcome {
-        let name = self.configuration.name
-        let stdout = r.stdout.readableBytes == 0 ? "" : String(buffer: r.stdout)
-        let stderr = r.stderr.readableBytes == 0 ? "" : String(buffer: r.stderr)
-        let duration = Duration.nanoseconds(Int64(clamping: r.nanoseconds))
-        let result: Result<[UInt8], JobError>
-        switch r.status {
-        case .ok:
-            result = .success(Array(r.payload.readableBytesView))
-        case .raised, .notJSON, .bundleError, .badArguments:
-            let code: JobError.Code =
-                switch r.status {
-                case .raised: .pythonException
-                case .notJSON: .resultNotJSON
-                case .bundleError: .functionUnavailable
-                default: .badArguments
-                }
-            var error = JobError(code: code, workerJSON: r.payload)
-            error.stdout = stdout
-            error.stderr = stderr
-            error.executor = name
-            result = .failure(error)
-        }
-        return JobOutcome(result: result, stdout: stdout, stderr: stderr, duration: duration, executor: name)
-    }
-
     // MARK: Jobs
 
-    func enqueue(_ jobs: some Collection<PoolJob>) {
+    func enqueue(_ jobs: some Collection<Job>) {
         if self.shuttingDown {
             for job in jobs {
-                job.completion(.failure(JobError(code: .shutdown, message: "the worker pool is shutting down"), executor: self.configuration.name))
+                job.fail(JobError(code: .shutdown, message: "the worker pool is shutting down"), executor: self.configuration.name)
             }
             return
         }
@@ -446,7 +423,7 @@ final class PoolCore: @unchecked Sendable {
     func cancel(jobID: UInt64) -> Bool {
         guard let i = self.queue.firstIndex(where: { $0.id == jobID }) else { return false }
         let job = self.queue.remove(at: i)
-        job.completion(.failure(JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: self.configuration.name))
+        job.fail(JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: self.configuration.name)
         return true
     }
 
@@ -463,10 +440,10 @@ final class PoolCore: @unchecked Sendable {
             slot.inflight[i].cancelled = true
             let job = slot.inflight[i].job
             if i == 0 {
-                job.completion(.failure(Self.cancelledWhileRunning(pid: slot.process.pid), executor: self.configuration.name))
+                job.fail(Self.cancelledWhileRunning(pid: slot.process.pid), executor: self.configuration.name)
                 self.kill(slot, reason: .cancelled)
             } else {
-                job.completion(.failure(JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: self.configuration.name))
+                job.fail(JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: self.configuration.name)
             }
             return true
         }
@@ -480,13 +457,13 @@ final class PoolCore: @unchecked Sendable {
     private func failQueue(_ error: JobError) {
         let queued = self.queue
         self.queue.removeAll()
-        for job in queued { job.completion(.failure(error, executor: self.configuration.name)) }
+        for job in queued { job.fail(error, executor: self.configuration.name) }
     }
 
     /// Hands queued jobs to ready workers, least loaded first, one write per worker.
     private func dispatch() {
         guard !self.queue.isEmpty else { return }
-        let depth = max(1, min(self.configuration.maxPipelineDepth, Int(Self.pipelineTargetNanos / max(self.meanJobNanos, 1))))
+        let depth = self.jobTime.jobs(fittingIn: Self.pipelineTarget, limit: self.configuration.maxPipelineDepth)
         var ready = self.workers.values.filter {
             $0.state == .ready && $0.channel != nil && $0.killReason == nil && !$0.stdoutClosed && $0.inflight.count < depth
         }
@@ -518,22 +495,12 @@ final class PoolCore: @unchecked Sendable {
     /// Writes a bundle frame unless the worker has the bundle, dropping least recently
     /// used bundles past the cache limit.
     private func load(_ bundle: FunctionBundle, on slot: WorkerSlot, into buffer: inout ByteBuffer) {
-        slot.useTick &+= 1
-        if slot.loaded[bundle.digest] != nil {
-            slot.loaded[bundle.digest]!.lastUse = slot.useTick
-            return
+        if slot.loaded.get(bundle.digest) != nil { return }
+        // A bundle that a job in the pipe still needs stays.
+        let evicted = slot.loaded.insert(bundle.digest, (), cost: bundle.spec.count) { digest in
+            slot.inflight.contains { $0.job.bundle.digest == digest }
         }
-        let size = bundle.spec.count
-        while slot.loadedBytes + size > self.configuration.bundleCacheBytes, !slot.loaded.isEmpty {
-            let oldest = slot.loaded.min { $0.value.lastUse < $1.value.lastUse }!
-            // A bundle that a job in the pipe still needs stays.
-            if slot.inflight.contains(where: { $0.job.bundle.digest == oldest.key }) { break }
-            slot.loaded.removeValue(forKey: oldest.key)
-            slot.loadedBytes -= oldest.value.size
-            WorkerFrame.writeDrop(oldest.key, to: &buffer)
-        }
-        slot.loaded[bundle.digest] = LoadedBundle(size: size, lastUse: slot.useTick)
-        slot.loadedBytes += size
+        for (digest, _) in evicted { WorkerFrame.writeDrop(digest, to: &buffer) }
         WorkerFrame.writeBundle(bundle, to: &buffer)
     }
 
@@ -588,13 +555,13 @@ final class WorkerSlot: @unchecked Sendable {
     var killReason: KillReason?
     /// EOF (or an error) on its stdout was seen.
     var stdoutClosed = false
-    var loaded: [SHA256Digest: LoadedBundle] = [:]
-    var loadedBytes = 0
-    var useTick: UInt64 = 0
+    /// The bundles the worker has loaded, bounded in bytes by the pool's configuration.
+    var loaded: BoundedCache<SHA256Digest, Void>
     var jobsDone = 0
     var busyNanos: UInt64 = 0
 
-    init(index: Int, process: ChildProcess, startedAt: NIODeadline) {
+    init(index: Int, process: ChildProcess, startedAt: NIODeadline, bundleCacheBytes: Int) {
+        self.loaded = BoundedCache(capacity: bundleCacheBytes)
         self.index = index
         self.process = process
         self.startedAt = startedAt
@@ -614,15 +581,11 @@ final class WorkerSlot: @unchecked Sendable {
 }
 
 struct InFlight {
-    var job: PoolJob
+    var job: Job
     /// The job was stopped and has ended already: its result, if one comes, is dropped.
     var cancelled = false
 }
 
-struct LoadedBundle {
-    var size: Int
-    var lastUse: UInt64
-}
 
 extension Duration {
     /// Seconds as a short decimal text.

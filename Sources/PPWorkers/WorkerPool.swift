@@ -78,6 +78,8 @@ public final class WorkerPool: Sendable {
 
     /// The configuration the pool was created with.
     public let configuration: Configuration
+    /// The ids of this pool's jobs: everyone who submits to the pool takes ids here.
+    public let jobIDs = IDAllocator()
 
     /// Starts a pool.
     ///
@@ -106,12 +108,12 @@ public final class WorkerPool: Sendable {
     // MARK: Jobs
 
     /// Queues one job.
-    public func submit(_ job: PoolJob) {
+    public func submit(_ job: Job) {
         self.eventLoop.execute { self.core.enqueue(CollectionOfOne(job)) }
     }
 
     /// Queues many jobs with one hop to the pool's loop.
-    public func submit(contentsOf jobs: [PoolJob]) {
+    public func submit(contentsOf jobs: [Job]) {
         guard !jobs.isEmpty else { return }
         if self.eventLoop.inEventLoop {
             self.core.enqueue(jobs)
@@ -161,8 +163,8 @@ public final class WorkerPool: Sendable {
     ///   missing function name).
     public func check(_ bundle: FunctionBundle) async -> JobError? {
         await withCheckedContinuation { (continuation: CheckedContinuation<JobError?, Never>) in
-            let job = PoolJob(id: PoolJob.nextCheckID(), bundle: bundle, kind: .check) { outcome in
-                switch outcome.result {
+            let job = Job(id: self.jobIDs.next(), bundle: bundle, kind: .check) { result in
+                switch result.outcome.result {
                 case .success: continuation.resume(returning: nil)
                 case .failure(let error): continuation.resume(returning: error)
                 }
@@ -268,51 +270,6 @@ enum StopState {
     case running
     case stopping([CheckedContinuation<Bool, Never>])
     case stopped
-}
-
-/// One call for the pool to run.
-public struct PoolJob: Sendable {
-    /// What the job asks of the worker.
-    public enum Kind: Sendable {
-        /// Call the function with the arguments.
-        case call
-        /// Only load the bundle and report whether it loaded.
-        case check
-    }
-
-    /// A caller-chosen id, unique among the jobs the pool holds at once.
-    public var id: UInt64
-    /// The function to call.
-    public var bundle: FunctionBundle
-    /// Its positional arguments.
-    public var arguments: JobArguments
-    /// The longest the call may run before its worker is killed, or `nil`.
-    public var timeout: Duration?
-    /// Call or check.
-    public var kind: Kind
-    /// Called once, on the pool's event loop, when the job ends.
-    public var completion: @Sendable (JobOutcome) -> Void
-
-    /// Creates a job.
-    public init(
-        id: UInt64,
-        bundle: FunctionBundle,
-        arguments: JobArguments = .none,
-        timeout: Duration? = nil,
-        kind: Kind = .call,
-        completion: @escaping @Sendable (JobOutcome) -> Void
-    ) {
-        self.id = id
-        self.bundle = bundle
-        self.arguments = arguments
-        self.timeout = timeout
-        self.kind = kind
-        self.completion = completion
-    }
-
-    private static let checkIDs = ManagedAtomicCounter(start: 1 << 62)
-
-    static func nextCheckID() -> UInt64 { Self.checkIDs.next() }
 }
 
 /// Counters of one pool.

@@ -101,7 +101,8 @@ public final class JobServer: Sendable {
     let resources: ResourceManager  // touched only on `loop`
     let beacons: BeaconListener?  // touched only on `loop`
     let browser: DNSSDListener?  // touched only on `loop`
-    private let ids = ManagedAtomicCounter(start: 1)
+    /// Job ids: the local pool's id space, since local jobs keep their ids there.
+    private var ids: IDAllocator { self.pool.jobIDs }
     private let book = Mutex(Book())
     private let started = ContinuousClock.now
     /// Set by `shutdown()`. Submissions check it under the same lock in which they hand
@@ -214,12 +215,14 @@ public final class JobServer: Sendable {
         let id = self.ids.next()
         let handle = JobHandle<T>(id: id, server: self)
         self.book.withLock { $0.begin(group: group) }
-        let job = ClientJob(
+        let job = Job(
             id: id,
             bundle: function.bundle,
             arguments: arguments,
             timeout: timeout ?? self.configuration.timeout
-        ) { [self] outcome in
+        ) { [self] result in
+            // The edge: bytes become text and a parsed error here, once.
+            let outcome = result.outcome
             self.record(outcome)
             handle.complete(outcome)
             callback?(decodeResult(T.self, outcome))
@@ -301,11 +304,12 @@ public final class JobServer: Sendable {
     ) -> [UInt64] {
         let timeout = timeout ?? self.configuration.timeout
         self.book.withLock { $0.begin(group: "default", count: arguments.count) }
-        var jobs = [ClientJob]()
+        var jobs = [Job]()
         jobs.reserveCapacity(arguments.count)
         for (index, args) in arguments.enumerated() {
             jobs.append(
-                ClientJob(id: self.ids.next(), bundle: function.bundle, arguments: args, timeout: timeout) { [self] outcome in
+                Job(id: self.ids.next(), bundle: function.bundle, arguments: args, timeout: timeout) { [self] result in
+                    let outcome = result.outcome
                     self.record(outcome)
                     completion(index, outcome)
                     self.finish(group: "default")
@@ -464,7 +468,7 @@ public final class JobServer: Sendable {
 
     // MARK: Bookkeeping
 
-    private func enqueue(_ jobs: [ClientJob]) {
+    private func enqueue(_ jobs: [Job]) {
         let accepted = self.stopped.withLock { stopped -> Bool in
             guard !stopped else { return false }
             self.loop.execute { self.scheduler.enqueue(jobs) }
@@ -472,7 +476,7 @@ public final class JobServer: Sendable {
         }
         guard !accepted else { return }
         for job in jobs {
-            job.completion(.failure(JobError(code: .shutdown, message: "the job server is shut down"), executor: "none"))
+            job.fail(JobError(code: .shutdown, message: "the job server is shut down"), executor: "none")
         }
     }
 

@@ -237,7 +237,7 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     private var channel: (any Channel)?
     private var phase = Phase.handshaking
     private var window = 0
-    private var inflight: [UInt64: ClientJob] = [:]
+    private var inflight: [UInt64: Job] = [:]
     private var bundles: [SHA256Digest: FunctionBundle] = [:]
     private var bundlesSent: Set<SHA256Digest> = []
     /// Jobs with a timeout: when the client stops waiting for them.
@@ -273,7 +273,7 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     // MARK: Executor
 
-    func send(_ jobs: [ClientJob]) {
+    func send(_ jobs: [Job]) {
         guard let channel = self.channel else {
             self.link.scheduler.requeue(jobs, lost: nil, from: self.name)
             return
@@ -307,7 +307,7 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     }
 
     /// Removes and returns the jobs the node still held.
-    func takeInflight() -> [ClientJob] {
+    func takeInflight() -> [Job] {
         let jobs = self.inflight.values.sorted { $0.id < $1.id }
         self.inflight.removeAll()
         self.deadlines.removeAll()
@@ -442,40 +442,28 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
         return promise.futureResult
     }
 
-    private func received(_ results: [WireResult]) {
-        var handedBack: [ClientJob] = []
-        for r in results {
+    private func received(_ results: [JobResult]) {
+        var handedBack: [Job] = []
+        for var r in results {
             guard let job = self.inflight.removeValue(forKey: r.id) else { continue }
             self.deadlines.removeValue(forKey: r.id)
-            let stdout = String(decoding: r.stdout, as: UTF8.self)
-            let stderr = String(decoding: r.stderr, as: UTF8.self)
-            let duration = Duration.nanoseconds(Int64(clamping: r.nanoseconds))
-            if r.status == 0 {
-                // A JSON job's value must be one JSON value; an opaque job's is bytes.
-                guard job.arguments.isOpaque || JSONCheck.isSingleValue(r.payload) else {
-                    let error = JobError(
-                        code: .protocolError,
-                        message: "the node sent a result that is not one JSON value (\(r.payload.count) bytes); the job's value was dropped",
-                        executor: self.name
-                    )
-                    job.completion(.failure(error, executor: self.name))
-                    continue
-                }
-                job.completion(JobOutcome(result: .success(r.payload), stdout: stdout, stderr: stderr, duration: duration, executor: self.name))
+            r.executor = self.name
+            // A JSON job's value must be one JSON value; an opaque job's is bytes.
+            if r.succeeded, !job.arguments.isOpaque, !JSONCheck.isSingleValue(r.payload) {
+                let error = JobError(
+                    code: .protocolError,
+                    message: "the node sent a result that is not one JSON value (\(r.payload.count) bytes); the job's value was dropped"
+                )
+                job.fail(error, executor: self.name)
                 continue
             }
-            let code = JobError.Code(wireStatus: r.status)
-            if code == .shutdown {
+            if r.code == .shutdown {
                 // The node is draining: run the job elsewhere, and send it nothing more.
                 self.phase = .draining
                 handedBack.append(job)
                 continue
             }
-            var error = JobError(code: code, wireJSON: r.payload)
-            error.stdout = stdout
-            error.stderr = stderr
-            error.executor = self.name
-            job.completion(JobOutcome(result: .failure(error), stdout: stdout, stderr: stderr, duration: duration, executor: self.name))
+            job.completion(r)
         }
         if !handedBack.isEmpty { self.link.scheduler.requeue(handedBack, lost: nil, from: self.name) }
         self.link.scheduler.dispatchSoon()
@@ -490,14 +478,12 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
             guard let job = self.inflight.removeValue(forKey: id) else { continue }
             self.write(.cancel(id: id))
             let limit = job.timeout.map { "\(Double($0.nanosecondsInt64) / 1e9)" } ?? "?"
-            job.completion(
-                .failure(
-                    JobError(
-                        code: .timeout,
-                        message: "no result from node \(self.name) within twice the job's timeout of \(limit) s plus \(Self.deadlineGrace.nanoseconds / 1_000_000_000) s; the client stopped waiting"
-                    ),
-                    executor: self.name
-                )
+            job.fail(
+                JobError(
+                    code: .timeout,
+                    message: "no result from node \(self.name) within twice the job's timeout of \(limit) s plus \(Self.deadlineGrace.nanoseconds / 1_000_000_000) s; the client stopped waiting"
+                ),
+                executor: self.name
             )
         }
         if !overdue.isEmpty { self.link.scheduler.dispatchSoon() }

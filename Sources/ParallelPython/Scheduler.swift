@@ -4,19 +4,6 @@ import NIOCore
 import PPCore
 import PPWorkers
 
-/// A job as the client's scheduler holds it.
-struct ClientJob: Sendable {
-    var id: UInt64
-    var bundle: FunctionBundle
-    var arguments: JobArguments
-    var timeout: Duration?
-    /// Times a node running it was lost.
-    var attempts = 0
-    /// Times a node handed it back unrun (draining, or closed before it was sent).
-    var handBacks = 0
-    var completion: @Sendable (JobOutcome) -> Void
-}
-
 /// Something that runs jobs: the local worker pool or a remote node.
 protocol Executor: AnyObject {
     /// The name in statistics: `"local"` or `"host:port"`.
@@ -24,7 +11,7 @@ protocol Executor: AnyObject {
     /// How many more jobs it takes now.
     var freeSlots: Int { get }
     /// Hands it jobs (at most `freeSlots`).
-    func send(_ jobs: [ClientJob])
+    func send(_ jobs: [Job])
     /// Asks it to cancel a job it holds, if that job has not started (best effort; the
     /// job's completion says what happened).
     func cancel(jobID: UInt64)
@@ -41,7 +28,7 @@ protocol Executor: AnyObject {
 final class Scheduler: @unchecked Sendable {
     let loop: any EventLoop
     let logger: Logger
-    private var queue = Deque<ClientJob>()
+    private var queue = Deque<Job>()
     private(set) var executors: [any Executor] = []
     private var dispatchScheduled = false
     private var noExecutorSince: NIODeadline?
@@ -75,34 +62,34 @@ final class Scheduler: @unchecked Sendable {
         self.failShutdown(queued)
     }
 
-    private func failShutdown(_ jobs: some Sequence<ClientJob>) {
+    private func failShutdown(_ jobs: some Sequence<Job>) {
         for job in jobs {
-            job.completion(.failure(JobError(code: .shutdown, message: "the job server shut down before the job ran"), executor: "none"))
+            job.fail(JobError(code: .shutdown, message: "the job server shut down before the job ran"), executor: "none")
         }
     }
 
     // MARK: Jobs
 
-    func enqueue(_ jobs: some Sequence<ClientJob>) {
+    func enqueue(_ jobs: some Sequence<Job>) {
         guard !self.stopped else { return self.failShutdown(jobs) }
         self.queue.append(contentsOf: jobs)
         self.dispatch()
     }
 
     /// Puts jobs back at the front (their executor was lost or is draining).
-    func requeue(_ jobs: [ClientJob], lost reason: String?, from executor: String) {
+    func requeue(_ jobs: [Job], lost reason: String?, from executor: String) {
         guard !self.stopped else { return self.failShutdown(jobs) }
         for var job in jobs.reversed() {
             if let reason {
                 job.attempts += 1
                 if job.attempts >= Self.maxAttempts {
-                    job.completion(.failure(JobError(code: .nodeLost, message: "lost \(job.attempts) executors while running the job; the last, \(executor): \(reason)"), executor: executor))
+                    job.fail(JobError(code: .nodeLost, message: "lost \(job.attempts) executors while running the job; the last, \(executor): \(reason)"), executor: executor)
                     continue
                 }
             } else {
                 job.handBacks += 1
                 if job.handBacks > Self.maxHandBacks {
-                    job.completion(.failure(JobError(code: .nodeLost, message: "nodes handed the job back \(job.handBacks) times without running it; the last, \(executor)"), executor: executor))
+                    job.fail(JobError(code: .nodeLost, message: "nodes handed the job back \(job.handBacks) times without running it; the last, \(executor)"), executor: executor)
                     continue
                 }
             }
@@ -114,7 +101,7 @@ final class Scheduler: @unchecked Sendable {
     func cancel(jobID: UInt64) -> Bool {
         if let i = self.queue.firstIndex(where: { $0.id == jobID }) {
             let job = self.queue.remove(at: i)
-            job.completion(.failure(JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: "none"))
+            job.fail(JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: "none")
             return true
         }
         for e in self.executors { e.cancel(jobID: jobID) }
@@ -169,7 +156,7 @@ final class Scheduler: @unchecked Sendable {
             guard let executor = best else { return }
             // Share the queue among executors in proportion to their free slots.
             let n = min(bestFree, self.queue.count, Self.maxBatch)
-            var batch: [ClientJob] = []
+            var batch: [Job] = []
             batch.reserveCapacity(n)
             for _ in 0..<n { batch.append(self.queue.removeFirst()) }
             executor.send(batch)
@@ -202,7 +189,7 @@ final class Scheduler: @unchecked Sendable {
         let error = JobError(code: .noExecutor, message: "nothing could run the job for \(self.noExecutorTimeout): \(why)")
         let queued = self.queue
         self.queue.removeAll()
-        for job in queued { job.completion(.failure(error, executor: "none")) }
+        for job in queued { job.fail(error, executor: "none") }
         self.noExecutorSince = nil
     }
 }
@@ -219,7 +206,7 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     let pool: WorkerPool
     private unowned let scheduler: Scheduler
     private var inflight: Set<UInt64> = []
-    private var meanNanos: Double = 10_000_000
+    private var jobTime = JobTimeEstimator()
     /// The pool's size as last set.
     var size: Int
 
@@ -230,23 +217,24 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     }
 
     var freeSlots: Int {
-        let window = self.meanNanos < 1_000_000 ? self.size * 64 : self.size
+        let window = self.jobTime.jobsAreShort ? self.size * 64 : self.size
         return max(0, window - self.inflight.count)
     }
 
-    func send(_ jobs: [ClientJob]) {
-        var poolJobs: [PoolJob] = []
+    func send(_ jobs: [Job]) {
+        var poolJobs: [Job] = []
         poolJobs.reserveCapacity(jobs.count)
-        for job in jobs {
+        for var job in jobs {
             self.inflight.insert(job.id)
             let completion = job.completion
             let id = job.id
-            poolJobs.append(PoolJob(id: job.id, bundle: job.bundle, arguments: job.arguments, timeout: job.timeout) { [self] outcome in
+            job.completion = { [self] result in
                 self.inflight.remove(id)
-                self.meanNanos = self.meanNanos * 0.9 + Double(outcome.duration.nanosecondsInt64) * 0.1
-                completion(outcome)
+                self.jobTime.add(nanoseconds: result.nanoseconds)
+                completion(result)
                 self.scheduler.dispatchSoon()
-            })
+            }
+            poolJobs.append(job)
         }
         self.pool.submit(contentsOf: poolJobs)
     }

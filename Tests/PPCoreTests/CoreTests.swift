@@ -72,11 +72,11 @@ struct WorkerFrameTests {
         let messages = try self.decodeAll(self.resultFrame(id: 7, status: 0, out: "hi\n", err: "", payload: "42"))
         #expect(messages.count == 1)
         guard case .result(let r) = messages[0] else { Issue.record("not a result"); return }
-        #expect(r.jobID == 7)
-        #expect(r.status == .ok)
+        #expect(r.id == 7)
+        #expect(r.succeeded)
         #expect(r.nanoseconds == 1234)
-        #expect(String(buffer: r.stdout) == "hi\n")
-        #expect(String(buffer: r.payload) == "42")
+        #expect(r.stdout == Array("hi\n".utf8))
+        #expect(r.payload == Array("42".utf8))
     }
 
     @Test func partialFrameWaits() throws {

@@ -28,11 +28,11 @@ struct NodeProtocolTests {
             return
         }
         #expect(jobs.count == 1 && jobs[0].id == 9 && jobs[0].digest == digest && jobs[0].timeoutMilliseconds == 5 && jobs[0].arguments.json == Array("[1]".utf8))
-        guard case .results(let results) = try roundTrip(.results([WireResult(id: 3, status: 1, nanoseconds: 42, stdout: [65], stderr: [], payload: Array("{}".utf8))])) else {
+        guard case .results(let results) = try roundTrip(.results([JobResult(id: 3, code: .pythonException, nanoseconds: 42, stdout: [65], stderr: [], payload: Array("{}".utf8), executor: "")])) else {
             Issue.record("results")
             return
         }
-        #expect(results[0].id == 3 && results[0].status == 1 && results[0].nanoseconds == 42 && results[0].stdout == [65] && results[0].payload == Array("{}".utf8))
+        #expect(results[0].id == 3 && results[0].code == .pythonException && results[0].nanoseconds == 42 && results[0].stdout == [65] && results[0].payload == Array("{}".utf8))
         guard case .window(64) = try roundTrip(.window(64)) else { Issue.record("window"); return }
         guard case .stop(id: 77) = try roundTrip(.stop(id: 77)) else { Issue.record("stop"); return }
         guard case .error(4, "too big") = try roundTrip(.error(code: 4, message: "too big")) else { Issue.record("error"); return }
@@ -121,7 +121,7 @@ struct NodeProtocolTests {
     }
 
     @Test func resultsAreSplitSoNoFrameExceedsTheLimit() throws {
-        let results = (0..<50).map { WireResult(id: UInt64($0), status: 0, nanoseconds: 1, stdout: [], stderr: [], payload: Array(repeating: UInt8(ascii: "1"), count: 100)) }
+        let results = (0..<50).map { JobResult(id: UInt64($0), code: nil, nanoseconds: 1, stdout: [], stderr: [], payload: Array(repeating: UInt8(ascii: "1"), count: 100), executor: "") }
         var buffer = ByteBuffer()
         NodeMessage.writeResults(results, maxFrame: 1000, to: &buffer)
         var decoder = NodeMessageDecoder(maxFrame: 1000)

@@ -5,7 +5,7 @@ import PPWorkers
 import Synchronization
 import Testing
 
-private let ids = ManagedAtomicCounter(start: 1 << 40)
+private let ids = IDAllocator(start: 1 << 40)
 
 let processFunctions = """
     import os, signal, time
@@ -55,8 +55,8 @@ final class Outcomes: Sendable {
     /// Submits a call and returns its id.
     func submit(_ pool: WorkerPool, _ name: String, _ args: String) -> UInt64 {
         let id = ids.next()
-        pool.submit(PoolJob(id: id, bundle: processBundle(name), arguments: JobArguments(jsonArray: Array(args.utf8))) { [self] o in
-            self.all.withLock { $0[id, default: []].append(o) }
+        pool.submit(Job(id: id, bundle: processBundle(name), arguments: JobArguments(jsonArray: Array(args.utf8))) { [self] o in
+            self.all.withLock { $0[id, default: []].append(o.outcome) }
         })
         return id
     }

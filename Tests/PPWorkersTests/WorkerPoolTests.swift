@@ -4,13 +4,13 @@ import PPTesting
 import PPWorkers
 import Testing
 
-private let ids = ManagedAtomicCounter()
+private let ids = IDAllocator()
 
 /// Runs one call on `pool` and returns how it ended.
 func run(_ pool: WorkerPool, _ bundle: FunctionBundle, _ args: String, timeout: Duration? = nil) async -> JobOutcome {
     await withCheckedContinuation { c in
-        pool.submit(PoolJob(id: ids.next(), bundle: bundle, arguments: JobArguments(jsonArray: Array(args.utf8)), timeout: timeout) {
-            c.resume(returning: $0)
+        pool.submit(Job(id: ids.next(), bundle: bundle, arguments: JobArguments(jsonArray: Array(args.utf8)), timeout: timeout) {
+            c.resume(returning: $0.outcome)
         })
     }
 }
@@ -201,7 +201,7 @@ struct WorkerPoolTests {
         let input: [UInt8] = [0, 1, 2, 0xff, 10, 13]  // not JSON, not UTF-8
         func call(_ b: FunctionBundle) async -> JobOutcome {
             await withCheckedContinuation { c in
-                pool.submit(PoolJob(id: ids.next(), bundle: b, arguments: JobArguments(opaque: input)) { c.resume(returning: $0) })
+                pool.submit(Job(id: ids.next(), bundle: b, arguments: JobArguments(opaque: input)) { c.resume(returning: $0.outcome) })
             }
         }
         guard case .success(let bytes) = (await call(reverse)).result else { Issue.record("opaque job failed"); return }

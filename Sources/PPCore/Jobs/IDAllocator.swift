@@ -1,0 +1,23 @@
+import Synchronization
+
+/// Hands out the ids of one id space (the jobs of one worker pool, say), from any
+/// thread. Every user of that space takes its ids from the same allocator, so two ids
+/// never collide by convention alone.
+public final class IDAllocator: Sendable {
+    private let value: Atomic<UInt64>
+
+    /// Creates an allocator whose first `next()` returns `start`.
+    public init(start: UInt64 = 1) {
+        self.value = Atomic(start)
+    }
+
+    /// Returns the next id.
+    public func next() -> UInt64 {
+        self.value.wrappingAdd(1, ordering: .relaxed).oldValue
+    }
+
+    /// Reserves `count` consecutive ids and returns the first.
+    public func next(_ count: Int) -> UInt64 {
+        self.value.wrappingAdd(UInt64(count), ordering: .relaxed).oldValue
+    }
+}
