@@ -93,7 +93,7 @@ final class ResourceManager: @unchecked Sendable {
         if !link.connected {
             link.stop()
             self.links[key] = nil
-            self.scheduler.nodeProblems[key] = nil
+            self.scheduler.nodeProblem(nil, node: key)
         }
     }
 
@@ -105,11 +105,12 @@ final class ResourceManager: @unchecked Sendable {
             scheduler: self.scheduler,
             clientName: self.clientName,
             heartbeatTimeout: self.heartbeatTimeout,
+            logger: self.scheduler.logger,
             discovered: discovered
         )
         link.onGiveUp = { [self] in
             self.links[address.description] = nil
-            self.scheduler.nodeProblems[address.description] = nil
+            self.scheduler.nodeProblem(nil, node: address.description)
         }
         self.links[address.description] = link
         link.start()

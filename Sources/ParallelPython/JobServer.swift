@@ -126,7 +126,7 @@ public final class JobServer: Sendable {
         self.pool = WorkerPool(configuration: poolConfiguration, eventLoop: self.loop)
         let scheduler = Scheduler(loop: self.loop, noExecutorTimeout: configuration.noExecutorTimeout, logger: configuration.logger)
         self.scheduler = scheduler
-        self.local = LocalExecutor(pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: scheduler)
+        self.local = LocalExecutor(id: scheduler.makeExecutorID(), pool: self.pool, size: self.pool.configuration.workers ?? 0, events: scheduler)
         var secret = configuration.secret
         if secret == nil, !configuration.nodes.isEmpty || configuration.discover {
             do {
@@ -399,7 +399,7 @@ public final class JobServer: Sendable {
         let start = ContinuousClock.now
         let futures: [(String, EventLoopFuture<[UInt8]>)] =
             (try? await self.loop.submit {
-                self.scheduler.executors.compactMap { $0 as? RemoteExecutor }.map { ($0.name, $0.requestStatistics(on: self.loop)) }
+                self.scheduler.executors.compactMap { e in e.requestStatistics(on: self.loop).map { (e.name, $0) } }
             }.get()) ?? []
         var out: [String: JSONValue] = [:]
         for (name, future) in futures {
@@ -420,10 +420,7 @@ public final class JobServer: Sendable {
     /// addresses of connected nodes.
     public func activeExecutors() async -> [String] {
         (try? await self.loop.submit {
-            self.scheduler.executors.filter { e in
-                if let l = e as? LocalExecutor { return l.size > 0 }
-                return (e as? RemoteExecutor)?.isUsable ?? true
-            }.map(\.name)
+            self.scheduler.executors.filter(\.canRun).map(\.name)
         }.get()) ?? []
     }
 

@@ -1,4 +1,3 @@
-import DequeModule
 import Logging
 import NIOCore
 import PPCore
@@ -6,10 +5,15 @@ import PPWorkers
 
 /// Something that runs jobs: the local worker pool or a remote node.
 protocol Executor: AnyObject {
+    /// The scheduler's number for it.
+    var id: ExecutorID { get }
     /// The name in statistics: `"local"` or `"host:port"`.
     var name: String { get }
     /// How many more jobs it takes now.
     var freeSlots: Int { get }
+    /// Whether it can run jobs at all now (a pool with workers, a node that is
+    /// connected and not draining).
+    var canRun: Bool { get }
     /// Hands it jobs (at most `freeSlots`).
     func send(_ jobs: [Job])
     /// Asks it to cancel a job it holds, if that job has not started (best effort; the
@@ -18,90 +22,73 @@ protocol Executor: AnyObject {
     /// Asks it to stop a job it holds, queued or running (the worker running it is
     /// killed and replaced); the job's completion says what happened.
     func stop(jobID: UInt64)
+    /// Its counters (a node's STATS JSON), or nil when it has none to ask for.
+    func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]>?
 }
 
-/// The client's scheduler: one queue, balanced over executors by free capacity.
+/// What executors tell the scheduler, the one way they talk back to it.
+protocol ExecutorEvents: AnyObject {
+    /// The executor has room again (jobs ended, its window grew): dispatch soon.
+    func executorHasRoom()
+    /// Jobs come back: lost with their executor (`lost` says why) or handed back unrun.
+    func requeue(_ jobs: [Job], lost reason: String?, from executor: String)
+    /// A node became usable (`problem` nil) or could not be used, and why.
+    func nodeProblem(_ problem: String?, node: String)
+}
+
+/// The client's scheduler: the driver of `SchedulerStateMachine`. It owns the executors
+/// (by id), runs the machine's periodic check, sends the batches the machine chooses and
+/// completes the jobs the machine ends.
 ///
 /// Confined to the job server's event loop; `@unchecked Sendable` is safe because
 /// `JobServer` reaches it only through `loop.execute`/`loop.submit`, and executors
 /// call back on that loop.
-final class Scheduler: @unchecked Sendable {
+final class Scheduler: ExecutorEvents, @unchecked Sendable {
     let loop: any EventLoop
     let logger: Logger
-    private var queue = Deque<Job>()
+    private var machine: SchedulerStateMachine
     private(set) var executors: [any Executor] = []
+    private var nextExecutorID = 1
     private var dispatchScheduled = false
-    private var noExecutorSince: NIODeadline?
-    private let noExecutorTimeout: Duration
     private var sweeper: RepeatedTask?
-    private var stopped = false
-    /// Why nodes are unavailable, by address, for the no-executor message.
-    var nodeProblems: [String: String] = [:]
-    static let maxAttempts = 3
-    /// A job handed back more often than this ends with an error instead of looping.
-    static let maxHandBacks = 16
-    private static let maxBatch = 512
 
     init(loop: any EventLoop, noExecutorTimeout: Duration, logger: Logger) {
         self.loop = loop
-        self.noExecutorTimeout = noExecutorTimeout
+        self.machine = SchedulerStateMachine(noExecutorTimeout: .nanoseconds(noExecutorTimeout.nanosecondsInt64))
         self.logger = logger
     }
 
     func start() {
         self.sweeper = self.loop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) { [self] _ in
-            self.sweep()
+            let canRun = self.executors.contains { $0.canRun }
+            Self.fail(self.machine.tick(now: .now(), anyExecutorCanRun: canRun))
         }
     }
 
     func stop() {
-        self.stopped = true
         self.sweeper?.cancel()
-        let queued = self.queue
-        self.queue.removeAll()
-        self.failShutdown(queued)
+        Self.fail(self.machine.stop())
     }
 
-    private func failShutdown(_ jobs: some Sequence<Job>) {
-        for job in jobs {
-            job.fail(JobError(code: .shutdown, message: "the job server shut down before the job ran"), executor: "none")
-        }
+    private static func fail(_ failures: [SchedulerStateMachine.Failure]) {
+        for f in failures { f.job.fail(f.error, executor: f.executor) }
     }
 
     // MARK: Jobs
 
     func enqueue(_ jobs: some Sequence<Job>) {
-        guard !self.stopped else { return self.failShutdown(jobs) }
-        self.queue.append(contentsOf: jobs)
+        Self.fail(self.machine.enqueue(jobs))
         self.dispatch()
     }
 
-    /// Puts jobs back at the front (their executor was lost or is draining).
     func requeue(_ jobs: [Job], lost reason: String?, from executor: String) {
-        guard !self.stopped else { return self.failShutdown(jobs) }
-        for var job in jobs.reversed() {
-            if let reason {
-                job.attempts += 1
-                if job.attempts >= Self.maxAttempts {
-                    job.fail(JobError(code: .nodeLost, message: "lost \(job.attempts) executors while running the job; the last, \(executor): \(reason)"), executor: executor)
-                    continue
-                }
-            } else {
-                job.handBacks += 1
-                if job.handBacks > Self.maxHandBacks {
-                    job.fail(JobError(code: .nodeLost, message: "nodes handed the job back \(job.handBacks) times without running it; the last, \(executor)"), executor: executor)
-                    continue
-                }
-            }
-            self.queue.prepend(job)
-        }
+        Self.fail(self.machine.requeue(jobs, lost: reason, from: executor))
         self.dispatchSoon()
     }
 
     func cancel(jobID: UInt64) -> Bool {
-        if let i = self.queue.firstIndex(where: { $0.id == jobID }) {
-            let job = self.queue.remove(at: i)
-            job.fail(JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: "none")
+        if let f = self.machine.cancelQueued(jobID: jobID) {
+            f.job.fail(f.error, executor: f.executor)
             return true
         }
         for e in self.executors { e.cancel(jobID: jobID) }
@@ -111,24 +98,41 @@ final class Scheduler: @unchecked Sendable {
     /// Stops a job wherever it is: queued here, it ends now with `cancelled`; on an
     /// executor, that executor stops it (running or not) and it ends with `cancelled`.
     func stop(jobID: UInt64) -> Bool {
-        if self.cancel(jobID: jobID) { return true }
+        if let f = self.machine.cancelQueued(jobID: jobID) {
+            f.job.fail(f.error, executor: f.executor)
+            return true
+        }
         for e in self.executors { e.stop(jobID: jobID) }
         return false
     }
 
-    var queued: Int { self.queue.count }
+    var queued: Int { self.machine.queued }
 
     // MARK: Executors
 
+    /// A number for a new executor.
+    func makeExecutorID() -> ExecutorID {
+        defer { self.nextExecutorID += 1 }
+        return ExecutorID(self.nextExecutorID)
+    }
+
     func add(_ executor: any Executor) {
         self.executors.append(executor)
-        self.nodeProblems[executor.name] = nil
-        self.logger.info("executor added", metadata: ["executor": "\(executor.name)"])
+        self.machine.setProblem(nil, node: executor.name)
+        self.logger.info("executor added", metadata: [LogKey.executor: "\(executor.name)"])
         self.dispatch()
     }
 
     func remove(_ executor: any Executor) {
-        self.executors.removeAll { $0 === executor }
+        self.executors.removeAll { $0.id == executor.id }
+    }
+
+    func nodeProblem(_ problem: String?, node: String) {
+        self.machine.setProblem(problem, node: node)
+    }
+
+    func executorHasRoom() {
+        self.dispatchSoon()
     }
 
     /// Runs a dispatch after the current batch of events (coalesces many completions).
@@ -143,54 +147,12 @@ final class Scheduler: @unchecked Sendable {
 
     /// Hands queued jobs to the executors with the most free slots.
     func dispatch() {
-        while !self.queue.isEmpty {
-            var best: (any Executor)?
-            var bestFree = 0
-            for e in self.executors {
-                let free = e.freeSlots
-                if free > bestFree {
-                    best = e
-                    bestFree = free
-                }
-            }
-            guard let executor = best else { return }
-            // Share the queue among executors in proportion to their free slots.
-            let n = min(bestFree, self.queue.count, Self.maxBatch)
-            var batch: [Job] = []
-            batch.reserveCapacity(n)
-            for _ in 0..<n { batch.append(self.queue.removeFirst()) }
-            executor.send(batch)
+        guard self.machine.queued > 0 else { return }
+        let batches = self.machine.dispatch(freeSlots: self.executors.map { ($0.id, $0.freeSlots) })
+        for (id, jobs) in batches {
+            guard let executor = self.executors.first(where: { $0.id == id }) else { continue }
+            executor.send(jobs)
         }
-    }
-
-    /// Fails queued jobs when nothing at all can run them for `noExecutorTimeout`.
-    private func sweep() {
-        let canRun = self.executors.contains { e in
-            if let local = e as? LocalExecutor { return local.size > 0 }
-            if let remote = e as? RemoteExecutor { return remote.isUsable }
-            return true
-        }
-        guard !self.queue.isEmpty, !canRun else {
-            self.noExecutorSince = nil
-            return
-        }
-        let now = NIODeadline.now()
-        guard let since = self.noExecutorSince else {
-            self.noExecutorSince = now
-            return
-        }
-        guard now - since >= .nanoseconds(self.noExecutorTimeout.nanosecondsInt64) else { return }
-        var why = "no local workers"
-        if !self.nodeProblems.isEmpty {
-            why += " and no node reachable (" + self.nodeProblems.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ") + ")"
-        } else {
-            why += " and no nodes"
-        }
-        let error = JobError(code: .noExecutor, message: "nothing could run the job for \(self.noExecutorTimeout): \(why)")
-        let queued = self.queue
-        self.queue.removeAll()
-        for job in queued { job.fail(error, executor: "none") }
-        self.noExecutorSince = nil
     }
 }
 
@@ -202,24 +164,28 @@ final class Scheduler: @unchecked Sendable {
 /// `@unchecked Sendable`: confined to the job server's loop, where the pool (sharing
 /// that loop) calls its completions.
 final class LocalExecutor: Executor, @unchecked Sendable {
+    let id: ExecutorID
     let name = "local"
     let pool: WorkerPool
-    private unowned let scheduler: Scheduler
+    private unowned let events: any ExecutorEvents
     private var inflight: Set<UInt64> = []
     private var jobTime = JobTimeEstimator()
     /// The pool's size as last set.
     var size: Int
 
-    init(pool: WorkerPool, size: Int, scheduler: Scheduler) {
+    init(id: ExecutorID, pool: WorkerPool, size: Int, events: any ExecutorEvents) {
+        self.id = id
         self.pool = pool
         self.size = size
-        self.scheduler = scheduler
+        self.events = events
     }
 
     var freeSlots: Int {
         let window = self.jobTime.jobsAreShort ? self.size * 64 : self.size
         return max(0, window - self.inflight.count)
     }
+
+    var canRun: Bool { self.size > 0 }
 
     func send(_ jobs: [Job]) {
         var poolJobs: [Job] = []
@@ -232,7 +198,7 @@ final class LocalExecutor: Executor, @unchecked Sendable {
                 self.inflight.remove(id)
                 self.jobTime.add(nanoseconds: result.nanoseconds)
                 completion(result)
-                self.scheduler.dispatchSoon()
+                self.events.executorHasRoom()
             }
             poolJobs.append(job)
         }
@@ -246,4 +212,6 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     func stop(jobID: UInt64) {
         if self.inflight.contains(jobID) { self.pool.stop(jobIDs: [jobID]) }
     }
+
+    func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]>? { nil }
 }

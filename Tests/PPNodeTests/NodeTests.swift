@@ -130,7 +130,7 @@ struct NodeTests {
         let padding = (0..<3_300).map { "# padding line \($0) " + String(repeating: "x", count: 40) }.joined(separator: "\n")
         let f = PythonFunction(name: "inc", source: padding + "\ndef inc(x):\n    return x + 1\n")
         #expect(f.bundle.spec.count > 200_000)
-        let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: a.address), try NodeAddress(parsing: b.address)], secret: try ClusterSecret(text: secret, origin: "test")))
+        let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: a.address), try NodeAddress(parsing: b.address)], secret: try ClusterSecret(text: secret, origin: "test"), discover: false))
         // Two rounds, so the second finds the bundle cached.
         for _ in 0..<2 {
             #expect(try await server.map(f, Array(0..<500), as: Int.self) == (1...500).map { $0 })
@@ -152,7 +152,7 @@ struct NodeTests {
         let node = try NodeProcess(["--handshake-timeout", "1"], secret: secret)
         defer { node.stop() }
         let f = PythonFunction(name: "slow_square", source: work)
-        let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: secret, origin: "test")))
+        let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: secret, origin: "test"), discover: false))
         async let good = server.map(f, Array(0..<100), as: Int.self)
 
         // Strangers without the key get no frame at all: everything before the TLS
@@ -238,7 +238,7 @@ struct NodeTests {
         // after the shutdown: however slowly this test is scheduled, the shutdown finds
         // 10 jobs done and 90 on the node or queued.
         let f = PythonFunction(name: "gated_square", source: work)
-        let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: secret, origin: "test")))
+        let server = JobServer(configuration: .init(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: secret, origin: "test"), discover: false))
         let ended = Mutex<[Int: Result<[UInt8], JobError>]>([:])
         server.submitBatch(f, arguments: try (0..<100).map { try JobArguments([$0, gate]) }) { i, outcome in
             ended.withLock { $0[i] = outcome.result }

@@ -1,0 +1,270 @@
+public import NIOCore
+
+/// One client connection to a node, as a value: TLS, then HELLO and WELCOME, then jobs
+/// under the node's window, bundles on request, results, heartbeats, a node's drain.
+///
+/// Everything the node sends is checked here: a WINDOW is capped, a NEED is answered
+/// once per bundle and only for bundles of jobs sent on this connection, a result must
+/// be for a job in flight and (for a JSON job) carry one JSON value, and a job with a
+/// timeout that gets no result within twice its timeout plus `deadlineGrace` fails,
+/// whatever the node does. The driver (`RemoteExecutor`) turns channel events into
+/// calls and executes the actions; it encodes and writes the frames.
+public struct NodeConnectionStateMachine: Sendable {
+    /// What the driver does.
+    public enum Action: Sendable {
+        /// Write these frames.
+        case send([NodeMessage])
+        /// The handshake is done: the node takes jobs (its WELCOME info JSON).
+        case ready(info: [UInt8])
+        /// Results to deliver (their executor is set), jobs that failed here, jobs the
+        /// node handed back unrun (draining) for the scheduler to run elsewhere.
+        case deliver(results: [(Job, JobResult)], failed: [(Job, JobError)], handedBack: [Job], send: [NodeMessage])
+        /// Close the connection; the reason is kept for `closed()`.
+        case close
+    }
+
+    private enum Phase: Sendable, Equatable {
+        case connecting, handshaking, awaitingWelcome, ready, draining, closed
+    }
+
+    /// The largest window a node may give (jobs in flight on one connection).
+    public static let maxWindow = 16_384
+    /// Added to twice a job's timeout before the client gives up on its result.
+    public static let deadlineGrace: TimeAmount = .seconds(5)
+    /// The TLS handshake and WELCOME must be done within this time.
+    public static let handshakeTimeout: TimeAmount = .seconds(5)
+
+    /// The node's name in messages and results (`host:port`).
+    public let name: String
+    private let clientName: String
+    private var phase = Phase.connecting
+    private var window = 0
+    private var inflight: [UInt64: Job] = [:]
+    /// The bundles of jobs in flight, with how many jobs use each: what a NEED may ask for.
+    private var bundles: [SHA256Digest: (bundle: FunctionBundle, jobs: Int)] = [:]
+    private var bundlesSent: Set<SHA256Digest> = []
+    private var deadlines: [UInt64: NIODeadline] = [:]
+    private var heartbeat: Heartbeat
+    /// Why the connection ends (the first reason wins).
+    public private(set) var closeReason: String?
+    /// How long the link should wait before it connects again, when not its backoff.
+    public private(set) var retryAfter: TimeAmount?
+    /// The handshake completed once on this connection.
+    public private(set) var wasReady = false
+    /// The frame limit the decoder should apply now: a few KiB until WELCOME.
+    public private(set) var maxFrame = NodeProtocol.preambleMaxFrame
+
+    /// Creates the machine for a new connection.
+    public init(name: String, clientName: String, heartbeatTimeout: TimeAmount, now: NIODeadline) {
+        self.name = name
+        self.clientName = clientName
+        self.heartbeat = Heartbeat(timeout: heartbeatTimeout, interval: .seconds(1), now: now)
+    }
+
+    // MARK: State
+
+    /// Whether the node takes jobs (authenticated, not draining).
+    public var isUsable: Bool { self.phase == .ready }
+
+    /// How many more jobs the node takes now.
+    public var freeSlots: Int { self.phase == .ready ? max(0, self.window - self.inflight.count) : 0 }
+
+    /// Whether the node holds the job.
+    public func holds(_ jobID: UInt64) -> Bool { self.inflight[jobID] != nil }
+
+    // MARK: Handshake
+
+    /// TCP is up: TLS starts (the driver runs the handshake timer).
+    public mutating func connected() {
+        if self.phase == .connecting { self.phase = .handshaking }
+    }
+
+    /// TLS is up: say HELLO.
+    public mutating func tlsEstablished() -> Action {
+        guard self.phase == .handshaking else { return .send([]) }
+        self.phase = .awaitingWelcome
+        return .send([.hello(minVersion: NodeProtocol.minimumVersion, maxVersion: NodeProtocol.version, maxFrame: UInt32(NodeProtocol.defaultMaxFrame), name: self.clientName)])
+    }
+
+    /// The handshake timer fired.
+    public mutating func handshakeTimerFired() -> Action {
+        switch self.phase {
+        case .connecting, .handshaking, .awaitingWelcome:
+            return self.abort("no TLS handshake and WELCOME from the node within \(Self.handshakeTimeout.nanoseconds / 1_000_000_000) s")
+        default:
+            return .send([])
+        }
+    }
+
+    // MARK: Jobs
+
+    /// Sends jobs (at most `freeSlots`). Returns the SUBMIT frame, or, when the
+    /// connection cannot take them, nil: the driver hands them back.
+    public mutating func submit(_ jobs: [Job], now: NIODeadline) -> NodeMessage? {
+        guard self.phase == .ready || self.phase == .draining, !jobs.isEmpty else { return nil }
+        var wire: [WireJob] = []
+        wire.reserveCapacity(jobs.count)
+        for job in jobs {
+            self.inflight[job.id] = job
+            self.bundles[job.bundle.digest, default: (job.bundle, 0)].jobs += 1
+            var timeout: UInt32 = 0
+            if let limit = job.timeout {
+                timeout = UInt32(clamping: max(1, limit.nanosecondsInt64 / 1_000_000))
+                self.deadlines[job.id] = now + .nanoseconds(limit.nanosecondsInt64 &* 2) + Self.deadlineGrace
+            }
+            wire.append(WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments))
+        }
+        return .submit(wire)
+    }
+
+    /// CANCEL for a job the node holds (it ends there if it has not started).
+    public func cancel(jobID: UInt64) -> NodeMessage? {
+        self.inflight[jobID] == nil ? nil : .cancel(id: jobID)
+    }
+
+    /// STOP for a job the node holds (queued or running, it ends `cancelled`).
+    public func stop(jobID: UInt64) -> NodeMessage? {
+        self.inflight[jobID] == nil ? nil : .stop(id: jobID)
+    }
+
+    // MARK: Frames from the node
+
+    /// A frame from the node arrived.
+    public mutating func received(_ message: NodeMessage, now: NIODeadline) -> Action {
+        self.heartbeat.heard(at: now)
+        switch (self.phase, message) {
+        case (_, .error(let code, let text)):
+            if code == NodeErrorCode.versionMismatch.rawValue { self.retryAfter = .seconds(10) }
+            return self.abort("the node refused us: \(PeerText.cut(text))")
+        case (.awaitingWelcome, .welcome(let version, let window, _, let info)):
+            guard version >= NodeProtocol.minimumVersion, version <= NodeProtocol.version else {
+                self.retryAfter = .seconds(10)
+                return self.abort("the node chose protocol version \(version), which this client does not speak")
+            }
+            self.window = min(Int(window), Self.maxWindow)
+            self.maxFrame = NodeProtocol.defaultMaxFrame
+            self.phase = .ready
+            self.wasReady = true
+            return .ready(info: info)
+        case (.ready, .results(let results)), (.draining, .results(let results)):
+            return self.results(results)
+        case (.ready, .need(let digest)), (.draining, .need(let digest)):
+            guard let entry = self.bundles[digest] else {
+                if self.bundlesSent.contains(digest) {
+                    return self.abort("the node asked again for function bundle \(digest), which it was sent on this connection")
+                }
+                return self.abort("the node asked for a function bundle \(digest) this client never sent")
+            }
+            guard self.bundlesSent.insert(digest).inserted else {
+                return self.abort("the node asked again for function bundle \(digest), which it was sent on this connection")
+            }
+            return .send([.bundle(digest: digest, spec: entry.bundle.spec)])
+        case (.ready, .window(let w)), (.draining, .window(let w)):
+            self.window = min(Int(w), Self.maxWindow)
+            return .send([])
+        case (.ready, .ping(let token)), (.draining, .ping(let token)):
+            return .send([.pong(token)])
+        case (_, .pong), (_, .stats):
+            // Stats answers are matched to their requests by the driver.
+            return .send([])
+        case (.ready, .goodbye(let reason)), (.draining, .goodbye(let reason)):
+            self.phase = .draining
+            self.closeReason = self.closeReason ?? "the node said goodbye: \(PeerText.cut(reason))"
+            return .send([])
+        default:
+            return self.abort("unexpected \(PeerText.cut("\(message)", limit: 80)) from the node")
+        }
+    }
+
+    private mutating func results(_ results: [JobResult]) -> Action {
+        var delivered: [(Job, JobResult)] = []
+        var failed: [(Job, JobError)] = []
+        var handedBack: [Job] = []
+        for var r in results {
+            guard let job = self.finish(r.id) else { continue }
+            r.executor = self.name
+            // A JSON job's value must be one JSON value; an opaque job's is bytes.
+            if r.succeeded, !job.arguments.isOpaque, !JSONCheck.isSingleValue(r.payload) {
+                let message = "the node sent a result that is not one JSON value (\(r.payload.count) bytes); the job's value was dropped"
+                failed.append((job, JobError(code: .protocolError, message: message)))
+            } else if r.code == .shutdown {
+                // The node is draining: run the job elsewhere, and send it nothing more.
+                self.phase = .draining
+                handedBack.append(job)
+            } else {
+                delivered.append((job, r))
+            }
+        }
+        return .deliver(results: delivered, failed: failed, handedBack: handedBack, send: [])
+    }
+
+    /// Removes a job from the books.
+    private mutating func finish(_ id: UInt64) -> Job? {
+        guard let job = self.inflight.removeValue(forKey: id) else { return nil }
+        self.deadlines.removeValue(forKey: id)
+        let digest = job.bundle.digest
+        if let entry = self.bundles[digest] {
+            self.bundles[digest] = entry.jobs > 1 ? (entry.bundle, entry.jobs - 1) : nil
+        }
+        return job
+    }
+
+    // MARK: Time
+
+    /// The periodic timer (four times a second): heartbeat, and jobs past their deadline
+    /// fail here (the node is asked to cancel them).
+    public mutating func tick(now: NIODeadline) -> Action {
+        guard self.wasReady, self.phase != .closed else { return .send([]) }
+        var frames: [NodeMessage] = []
+        switch self.heartbeat.tick(at: now) {
+        case .timedOut:
+            return self.abort("no heartbeat for \(Duration.nanoseconds(self.heartbeat.timeout.nanoseconds))")
+        case .ping:
+            frames.append(.ping(0))
+        case .none:
+            break
+        }
+        var failed: [(Job, JobError)] = []
+        for (id, deadline) in self.deadlines where deadline <= now {
+            guard let job = self.finish(id) else { continue }
+            frames.append(.cancel(id: id))
+            let limit = job.timeout.map { "\(Double($0.nanosecondsInt64) / 1e9)" } ?? "?"
+            let message = "no result from node \(self.name) within twice the job's timeout of \(limit) s plus \(Self.deadlineGrace.nanoseconds / 1_000_000_000) s; the client stopped waiting"
+            failed.append((job, JobError(code: .timeout, message: message)))
+        }
+        if failed.isEmpty { return .send(frames) }
+        return .deliver(results: [], failed: failed, handedBack: [], send: frames)
+    }
+
+    // MARK: Ending
+
+    /// A transport error: TLS (a failed handshake means another key; it will not work in
+    /// 200 ms) or a frame that broke the protocol.
+    public mutating func errorCaught(_ reason: String, keyRejected: Bool = false) -> Action {
+        if keyRejected { self.retryAfter = .seconds(10) }
+        self.closeReason = self.closeReason ?? reason
+        return .close
+    }
+
+    /// The client closes the connection; with `goodbye` it says so first.
+    public mutating func close(goodbye: Bool) -> Action {
+        self.closeReason = self.closeReason ?? "closed by the client"
+        return goodbye && self.wasReady && self.phase != .closed ? .send([.goodbye(reason: "client done")]) : .send([])
+    }
+
+    /// The connection is gone: returns the jobs the node still held (oldest first), for
+    /// the scheduler to run elsewhere, and why it ended.
+    public mutating func closed() -> (jobs: [Job], reason: String) {
+        self.phase = .closed
+        let jobs = self.inflight.values.sorted { $0.id < $1.id }
+        self.inflight.removeAll()
+        self.deadlines.removeAll()
+        self.bundles.removeAll()
+        return (jobs, self.closeReason ?? "the node closed the connection")
+    }
+
+    private mutating func abort(_ reason: String) -> Action {
+        self.closeReason = reason
+        return .close
+    }
+}
