@@ -2,8 +2,9 @@ public import Logging
 public import PPCore
 import PPWorkers
 import Foundation
-import NIOCore
-import NIOPosix
+public import NIOCore
+public import NIOPosix
+public import ServiceLifecycle
 import Synchronization
 
 /// Runs Python functions in parallel on local worker processes and on `ppnode`s.
@@ -21,7 +22,11 @@ import Synchronization
 /// jobs run elsewhere. Every job ends exactly once, with a value or a `JobError`.
 /// Call `shutdown()` when done: it ends the worker processes and node connections;
 /// jobs not finished by then end with `shutdown`.
-public final class JobServer: Sendable {
+///
+/// Creating a server starts nothing: the first submission (or `start()`, or `run()`)
+/// starts its workers, node links and discovery. It is a `Service`: in a
+/// `ServiceGroup`, `run()` serves until graceful shutdown, then shuts the server down.
+public final class JobServer: Service, Sendable {
     /// How a job server is set up.
     public struct Configuration: Sendable {
         /// Local worker processes; `nil` means the cores this process may use, 0 none.
@@ -94,7 +99,6 @@ public final class JobServer: Sendable {
     /// The configuration the server was created with.
     public let configuration: Configuration
     let pool: WorkerPool
-    let group: MultiThreadedEventLoopGroup
     let loop: any EventLoop
     let scheduler: Scheduler  // touched only on `loop`
     let local: LocalExecutor  // touched only on `loop`
@@ -104,19 +108,24 @@ public final class JobServer: Sendable {
     /// Job ids: the local pool's id space, since local jobs keep their ids there.
     private var ids: IDAllocator { self.pool.jobIDs }
     private let book = Mutex(Book())
-    private let started = ContinuousClock.now
+    private let startedAt = ContinuousClock.now
     /// Set by `shutdown()`. Submissions check it under the same lock in which they hand
     /// jobs to the loop, so every job either reaches the scheduler before it stops or
     /// ends at once with `shutdown`.
     private let stopped = Mutex(false)
+    /// Set by the first `start()`: the work `init` does not do.
+    private let started = Atomic(false)
 
-    /// Starts a job server and its local workers.
+    /// Creates a job server; its workers start with the first job (or `start()`).
     ///
-    /// - Parameter configuration: worker count, interpreter, default timeout.
-    public init(configuration: Configuration = .init()) {
+    /// - Parameters:
+    ///   - configuration: worker count, interpreter, default timeout, nodes.
+    ///   - eventLoopGroup: where its one event loop comes from (the scheduler, the
+    ///     local pool and the node connections share that loop); NIO's shared group
+    ///     by default.
+    public init(configuration: Configuration = .init(), eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.configuration = configuration
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        self.loop = self.group.next()
+        self.loop = eventLoopGroup.next()
         let poolConfiguration = WorkerPool.Configuration(
             workers: configuration.workers,
             python: configuration.python,
@@ -149,8 +158,14 @@ public final class JobServer: Sendable {
         self.beacons = beacons
         let browser = configuration.discover && configuration.dnssd ? DNSSDListener(manager: resources) : nil
         self.browser = browser
-        let local = self.local
-        let loop = self.loop
+    }
+
+    /// Starts the workers, node links and discovery, once; later calls do nothing.
+    /// Every submission calls it, so a program need not.
+    public func start() {
+        guard self.started.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        let configuration = self.configuration
+        let (scheduler, local, resources, beacons, browser, loop) = (self.scheduler, self.local, self.resources, self.beacons, self.browser, self.loop)
         self.loop.execute {
             scheduler.start()
             scheduler.add(local)
@@ -161,6 +176,14 @@ public final class JobServer: Sendable {
                 configuration.logger.notice("DNS-SD off (PP_DNSSD=off); finding nodes by broadcast beacons and given addresses only")
             }
         }
+    }
+
+    /// Serves until graceful shutdown (or cancellation) of the task, then shuts down:
+    /// `JobServer` as a `Service` of a `ServiceGroup`.
+    public func run() async throws {
+        self.start()
+        try? await gracefulShutdown()
+        await self.shutdown()
     }
 
     /// Starts a job server with `workers` local workers (`nil`: one per usable core).
@@ -382,6 +405,7 @@ public final class JobServer: Sendable {
     ///
     /// - Parameter count: the new number, 0 or more.
     public func setWorkers(_ count: Int) {
+        self.start()
         let n = max(0, count)
         self.stopped.withLock { stopped in
             guard !stopped else { return }
@@ -396,6 +420,7 @@ public final class JobServer: Sendable {
     /// The counters of every connected node (its STATS reply: workers, jobs done,
     /// bundles received, cache size...), by node address.
     public func nodeStatistics() async -> [String: JSONValue] {
+        self.start()
         let start = ContinuousClock.now
         let futures: [(String, EventLoopFuture<[UInt8]>)] =
             (try? await self.loop.submit {
@@ -419,7 +444,8 @@ public final class JobServer: Sendable {
     /// The executors that take jobs now: `"local"` (when it has workers) and the
     /// addresses of connected nodes.
     public func activeExecutors() async -> [String] {
-        (try? await self.loop.submit {
+        self.start()
+        return (try? await self.loop.submit {
             self.scheduler.executors.filter(\.canRun).map(\.name)
         }.get()) ?? []
     }
@@ -433,7 +459,7 @@ public final class JobServer: Sendable {
         return JobServerStatistics(
             queued: queued,
             executors: executors.keys.sorted().map { ExecutorStatistics(name: $0, jobs: executors[$0]!.jobs, totalTime: executors[$0]!.time) },
-            elapsed: ContinuousClock.now - self.started,
+            elapsed: ContinuousClock.now - self.startedAt,
             localPool: await self.pool.statistics()
         )
     }
@@ -460,12 +486,12 @@ public final class JobServer: Sendable {
             self.scheduler.stop()
         }.get()
         await self.pool.shutdown()
-        try? await self.group.shutdownGracefully()
     }
 
     // MARK: Bookkeeping
 
     private func enqueue(_ jobs: [Job]) {
+        self.start()
         let accepted = self.stopped.withLock { stopped -> Bool in
             guard !stopped else { return false }
             self.loop.execute { self.scheduler.enqueue(jobs) }

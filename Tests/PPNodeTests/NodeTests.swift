@@ -89,14 +89,15 @@ func signalWhenBusy(_ node: NodeProcess, _ signal: Int32) {
     }.start()
 }
 
-/// Runs 200 slow squares with pprun on nodes `a` and `b` only and checks every result.
+/// Runs 200 slow squares with pprun on nodes `a` and `b` only (no discovery: nodes of
+/// tests running at the same time share the secret) and checks every result.
 func runTwoHundredOn(_ a: NodeProcess, _ b: NodeProcess) throws -> ProcessResult {
     let dir = try TemporaryDirectory()
     defer { dir.remove() }
     let file = try dir.write("work.py", work)
     let r = try runProcess(
         builtCommand("pprun"),
-        ["map", file + ":slow_square", "--range", "0:200", "--workers", "0", "--node", a.address, "--node", b.address, "--stats"],
+        ["map", file + ":slow_square", "--range", "0:200", "--workers", "0", "--node", a.address, "--node", b.address, "--stats", "--no-discover"],
         environment: ["PP_SECRET": secret]
     )
     #expect(r.status == 0, "\(r.stderr)")
@@ -114,7 +115,7 @@ struct NodeTests {
         let file = try dir.write("work.py", work)
         let r = try runProcess(
             builtCommand("pprun"),
-            ["map", file + ":slow_square", "--range", "0:60", "--workers", "0", "--node", a.address, "--node", b.address, "--stats"],
+            ["map", file + ":slow_square", "--range", "0:60", "--workers", "0", "--node", a.address, "--node", b.address, "--stats", "--no-discover"],
             environment: ["PP_SECRET": secret]
         )
         #expect(r.status == 0, "\(r.stderr)")
