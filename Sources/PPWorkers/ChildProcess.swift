@@ -7,6 +7,7 @@ import Darwin
 #endif
 
 import CPPSpawn
+package import PPCore
 
 /// A worker process: the leader of its own process group, with pipes on its stdin and
 /// stdout.
@@ -100,38 +101,6 @@ package struct ChildProcess: Sendable {
         if status < 0 { return .exited(-1) }
         let signal = status & 0x7f
         return signal == 0 ? .exited((status >> 8) & 0xff) : .signaled(signal)
-    }
-}
-
-/// How a process ended.
-public enum ExitStatus: Sendable, Hashable, CustomStringConvertible {
-    /// It exited with this status.
-    case exited(CInt)
-    /// A signal killed it.
-    case signaled(CInt)
-
-    public var description: String {
-        switch self {
-        case .exited(let code): return "exited with status \(code)"
-        case .signaled(let signal): return "was killed by signal \(signal) (\(Self.signalName(signal)))"
-        }
-    }
-
-    /// The conventional name of a signal number.
-    public static func signalName(_ signal: CInt) -> String {
-        switch signal {
-        case SIGKILL: return "SIGKILL"
-        case SIGSEGV: return "SIGSEGV, a crash in native code"
-        case SIGABRT: return "SIGABRT"
-        case SIGTERM: return "SIGTERM"
-        case SIGINT: return "SIGINT"
-        case SIGBUS: return "SIGBUS"
-        case SIGFPE: return "SIGFPE"
-        case SIGILL: return "SIGILL"
-        case SIGHUP: return "SIGHUP"
-        case SIGPIPE: return "SIGPIPE"
-        default: return "signal \(signal)"
-        }
     }
 }
 

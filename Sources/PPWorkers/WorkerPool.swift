@@ -70,7 +70,7 @@ public final class WorkerPool: Sendable {
 
     /// The event loop that owns the pool's state and its workers' pipes.
     public let eventLoop: any EventLoop
-    let core: PoolCore  // touched only inside eventLoop closures
+    let driver: PoolDriver  // touched only inside eventLoop closures
     let ownedGroup: MultiThreadedEventLoopGroup?
     let stopState = Mutex(StopState.running)
     /// The last statistics, taken before the pool's own loop stops (it runs nothing after).
@@ -100,25 +100,25 @@ public final class WorkerPool: Sendable {
             self.eventLoop = group.next()
             self.ownedGroup = group
         }
-        let core = PoolCore(configuration: configuration, eventLoop: self.eventLoop)
-        self.core = core
-        self.eventLoop.execute { core.start(target: size) }
+        let driver = PoolDriver(configuration: configuration, eventLoop: self.eventLoop)
+        self.driver = driver
+        self.eventLoop.execute { driver.start(target: size) }
     }
 
     // MARK: Jobs
 
     /// Queues one job.
     public func submit(_ job: Job) {
-        self.eventLoop.execute { self.core.enqueue(CollectionOfOne(job)) }
+        self.eventLoop.execute { self.driver.enqueue(CollectionOfOne(job)) }
     }
 
     /// Queues many jobs with one hop to the pool's loop.
     public func submit(contentsOf jobs: [Job]) {
         guard !jobs.isEmpty else { return }
         if self.eventLoop.inEventLoop {
-            self.core.enqueue(jobs)
+            self.driver.enqueue(jobs)
         } else {
-            self.eventLoop.execute { self.core.enqueue(jobs) }
+            self.eventLoop.execute { self.driver.enqueue(jobs) }
         }
     }
 
@@ -126,14 +126,14 @@ public final class WorkerPool: Sendable {
     ///
     /// - Returns: `true` when the job was still queued; it then ends with `cancelled`.
     public func cancel(jobID: UInt64) async -> Bool {
-        (try? await self.eventLoop.submit { self.core.cancel(jobID: jobID) }.get()) ?? false
+        (try? await self.eventLoop.submit { self.driver.cancel(jobID: jobID) }.get()) ?? false
     }
 
     /// Cancels queued jobs without waiting; each one that had not started ends with
     /// `cancelled`.
     public func cancel(jobIDs: [UInt64]) {
         self.eventLoop.execute {
-            for id in jobIDs { _ = self.core.cancel(jobID: id) }
+            for id in jobIDs { _ = self.driver.cancel(jobID: id) }
         }
     }
 
@@ -146,13 +146,13 @@ public final class WorkerPool: Sendable {
     ///
     /// - Returns: `true` when the pool held the job (it has then ended with `cancelled`).
     public func stop(jobID: UInt64) async -> Bool {
-        (try? await self.eventLoop.submit { self.core.stop(jobID: jobID) }.get()) ?? false
+        (try? await self.eventLoop.submit { self.driver.stop(jobID: jobID) }.get()) ?? false
     }
 
     /// Stops jobs, queued or running, without waiting (see `stop(jobID:)`).
     public func stop(jobIDs: [UInt64]) {
         self.eventLoop.execute {
-            for id in jobIDs { _ = self.core.stop(jobID: id) }
+            for id in jobIDs { _ = self.driver.stop(jobID: id) }
         }
     }
 
@@ -177,7 +177,7 @@ public final class WorkerPool: Sendable {
 
     /// The number of workers the pool keeps running.
     public func size() async -> Int {
-        (try? await self.eventLoop.submit { self.core.target }.get()) ?? 0
+        (try? await self.eventLoop.submit { self.driver.target }.get()) ?? 0
     }
 
     /// Changes the number of workers while jobs run. New workers start at once; extra
@@ -186,7 +186,7 @@ public final class WorkerPool: Sendable {
     /// - Parameter workers: the new size (0 or more).
     public func resize(to workers: Int) {
         let n = max(0, workers)
-        self.eventLoop.execute { self.core.resize(to: n) }
+        self.eventLoop.execute { self.driver.resize(to: n) }
     }
 
     /// Returns once a worker has started and said hello (at once for a pool of 0
@@ -200,7 +200,7 @@ public final class WorkerPool: Sendable {
         let running = self.stopState.withLock { if case .running = $0 { true } else { false } }
         guard running else { throw WorkerStartError(reason: "the worker pool shut down") }
         let error: WorkerStartError? = await withCheckedContinuation { continuation in
-            self.eventLoop.execute { self.core.whenReady { continuation.resume(returning: $0) } }
+            self.eventLoop.execute { self.driver.whenReady { continuation.resume(returning: $0) } }
         }
         if let error { throw error }
     }
@@ -210,7 +210,7 @@ public final class WorkerPool: Sendable {
     /// A snapshot of the pool's counters.
     public func statistics() async -> PoolStatistics {
         if let last = self.finalStatistics.withLock({ $0 }) { return last }
-        return (try? await self.eventLoop.submit { self.core.statistics() }.get())
+        return (try? await self.eventLoop.submit { self.driver.statistics() }.get())
             ?? PoolStatistics(name: self.configuration.name, targetWorkers: 0, queued: 0, running: 0, workers: [], pythonVersion: nil)
     }
 
@@ -238,10 +238,10 @@ public final class WorkerPool: Sendable {
         }
         guard first else { return }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            self.eventLoop.execute { self.core.shutdown { continuation.resume() } }
+            self.eventLoop.execute { self.driver.shutdown { continuation.resume() } }
         }
         if let group = self.ownedGroup {
-            let last = try? await self.eventLoop.submit { self.core.statistics() }.get()
+            let last = try? await self.eventLoop.submit { self.driver.statistics() }.get()
             self.finalStatistics.withLock { $0 = last }
             try? await group.shutdownGracefully()
         }

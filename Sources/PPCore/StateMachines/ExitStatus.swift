@@ -1,0 +1,42 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// How a process ended: what `waitpid` said, as a value. The worker pool's driver
+/// reads it from the system; the pool's state machine turns it into the text of a
+/// `workerDied` error ("exited with status 3", "was killed by signal 11 (SIGSEGV, a
+/// crash in native code)").
+public enum ExitStatus: Sendable, Hashable, CustomStringConvertible {
+    /// It exited with this status.
+    case exited(CInt)
+    /// A signal killed it.
+    case signaled(CInt)
+
+    public var description: String {
+        switch self {
+        case .exited(let code): return "exited with status \(code)"
+        case .signaled(let signal): return "was killed by signal \(signal) (\(Self.signalName(signal)))"
+        }
+    }
+
+    /// The conventional name of a signal number.
+    public static func signalName(_ signal: CInt) -> String {
+        switch signal {
+        case SIGKILL: return "SIGKILL"
+        case SIGSEGV: return "SIGSEGV, a crash in native code"
+        case SIGABRT: return "SIGABRT"
+        case SIGTERM: return "SIGTERM"
+        case SIGINT: return "SIGINT"
+        case SIGBUS: return "SIGBUS"
+        case SIGFPE: return "SIGFPE"
+        case SIGILL: return "SIGILL"
+        case SIGHUP: return "SIGHUP"
+        case SIGPIPE: return "SIGPIPE"
+        default: return "signal \(signal)"
+        }
+    }
+}

@@ -1,0 +1,737 @@
+public import NIOCore
+import DequeModule
+
+/// The worker pool's logic as a value: the job queue, the worker slots and their
+/// pipes, pipelining, bundle loading, start failures and their backoff, timeouts,
+/// stops, deaths, reaping and shutdown. No processes, pipes or timers live here.
+///
+/// A driver (`PPWorkers`' pool driver) owns the processes and channels and feeds the
+/// machine what happens (`workerSpawned`, `received`, `processEnded`, `tick`, ...);
+/// each event returns the `Action`s to carry out, in order. A worker is named by its
+/// index (1, 2, ... never reused); its pid is known once it has been spawned.
+///
+/// Jobs end exactly once: every path that takes a job out of the queue or out of a
+/// worker's pipe either hands it back to the queue or returns one `complete` action
+/// for it (a stopped job that already ended is remembered, so its late result is
+/// dropped).
+///
+/// docs/WORKER-PROTOCOL.md describes the frames, the pipelining, the reaping and the
+/// deaths that this machine decides.
+public struct WorkerPoolStateMachine: Sendable {
+    // MARK: Configuration
+
+    /// What the machine needs to know of the pool's setup.
+    public struct Configuration: Sendable {
+        /// The pool's label: the executor of its results, and in its log metadata.
+        public var name: String
+        /// The interpreter, as the pool was told (named in start failure messages).
+        public var python: String
+        /// The most jobs kept in one worker's pipe when jobs are short.
+        public var maxPipelineDepth: Int
+        /// Bytes of bundles each worker keeps loaded before it drops the least
+        /// recently used one.
+        public var bundleCacheBytes: Int
+        /// How long `shutdown` lets running jobs finish before it kills their workers.
+        public var shutdownGrace: TimeAmount
+
+        /// Creates a configuration.
+        ///
+        /// - Parameters:
+        ///   - name: the pool's label.
+        ///   - python: the interpreter's name or path.
+        ///   - maxPipelineDepth: the most jobs in one worker's pipe.
+        ///   - bundleCacheBytes: bytes of loaded bundles per worker.
+        ///   - shutdownGrace: the time running jobs get at shutdown.
+        public init(name: String, python: String, maxPipelineDepth: Int = 32, bundleCacheBytes: Int = 64 << 20, shutdownGrace: TimeAmount = .seconds(5)) {
+            self.name = name
+            self.python = python
+            self.maxPipelineDepth = maxPipelineDepth
+            self.bundleCacheBytes = bundleCacheBytes
+            self.shutdownGrace = shutdownGrace
+        }
+    }
+
+    /// The work a worker's pipe holds: as many jobs as run in this time (at least one).
+    public static let pipelineTarget: Duration = .milliseconds(1)
+    /// Failed starts in a row, with no worker ready, after which queued jobs fail.
+    public static let maxStartFailures = 3
+    /// The first wait before a failed start is tried again; it doubles each time.
+    public static let firstRetryDelay: TimeAmount = .milliseconds(100)
+    /// The longest wait between start attempts.
+    public static let maxRetryDelay: TimeAmount = .seconds(5)
+    /// How long an ended worker's stdout may stay open (held by a process its job
+    /// forked) before the pool stops waiting for the results in it.
+    public static let pipeDrainGrace: TimeAmount = .milliseconds(300)
+    /// A killed process takes a moment to become a zombie: look again this soon (the
+    /// 50 ms tick looks anyway).
+    public static let killRecheckDelay: TimeAmount = .milliseconds(2)
+
+    // MARK: Actions
+
+    /// A log line's level.
+    public enum LogLevel: Sendable, Hashable {
+        /// Routine: a worker starts, a worker is ready.
+        case debug
+        /// Worth knowing: starts work again after failures.
+        case notice
+        /// A job was hurt: a worker ended during it.
+        case warning
+        /// Something is broken: a start failed, a worker broke the protocol.
+        case error
+    }
+
+    /// What the driver does, in the order the machine returns them.
+    public enum Action: Sendable {
+        /// Start worker `index` (on the pool's own thread), then report
+        /// `workerSpawned(index:pid:)` or `spawnFailed(index:reason:)`; attach its pipes
+        /// and report `workerAttached(index:)`.
+        case spawnWorker(index: Int)
+        /// Write these frames to the worker's stdin (one write for the batch).
+        case write(worker: Int, ByteBuffer)
+        /// Close the worker's stdin: it finishes the jobs in its pipe and exits.
+        case closeStdin(worker: Int)
+        /// Send SIGKILL to the worker's process group.
+        case killProcessGroup(worker: Int)
+        /// After `after` (at once when zero), look whether the worker's process has
+        /// ended, without reaping it (`waitid` with `WNOWAIT`); if so report
+        /// `processEnded(worker:now:)`.
+        case checkProcess(worker: Int, after: TimeAmount)
+        /// Reap the worker (kill its group once more, `waitpid`), report
+        /// `workerReaped(worker:status:now:)`, then close its pipes.
+        case reap(worker: Int)
+        /// Call `retryTimerFired(now:)` after this delay.
+        case scheduleRetry(after: TimeAmount)
+        /// Cancel the pending retry timer.
+        case cancelRetry
+        /// End the job with this result: call its completion.
+        case complete(Job, JobResult)
+        /// Answer every caller waiting for a ready worker: `nil` when one is ready,
+        /// else the reason none can start.
+        case answerReadyWaiters(failure: String?)
+        /// Call `shutdownGraceElapsed()` after this delay.
+        case scheduleShutdownKill(after: TimeAmount)
+        /// Every worker is reaped after `shutdown()`: stop the timers and answer the
+        /// callers of shutdown.
+        case finishShutdown
+        /// Log a line; metadata keys are dotted (`"worker.pid"`).
+        case log(LogLevel, String, metadata: [String: String])
+    }
+
+    /// The answer to `whenReady()`.
+    public enum Readiness: Sendable, Hashable {
+        /// A worker is ready (or the pool has none to wait for).
+        case ready
+        /// No worker can start, for this reason; or the pool shut down.
+        case failed(reason: String)
+        /// Wait: an `answerReadyWaiters` action will come.
+        case waiting
+    }
+
+    /// One worker's counters, live or gone.
+    public struct WorkerSummary: Sendable, Hashable {
+        /// The worker's number in its pool, from 1.
+        public var index: Int
+        /// Its process id.
+        public var pid: Int32
+        /// Calls it finished (with a value or a Python error).
+        public var jobsDone: Int
+        /// Nanoseconds it spent running functions.
+        public var busyNanoseconds: UInt64
+        /// How it ended; `nil` while it lives.
+        public var exit: ExitStatus?
+    }
+
+    // MARK: State
+
+    /// One worker as the machine sees it.
+    struct Slot: Sendable {
+        enum State: Sendable { case spawning, starting, ready, retiring }
+        enum KillReason: Sendable { case timeout(Duration), protocolError(String), shutdown, cancelled }
+
+        let index: Int
+        /// 0 until the process exists.
+        var pid: Int32 = 0
+        var state = State.spawning
+        /// Its pipes are attached: frames can be written.
+        var attached = false
+        /// The jobs in its pipe, in order; the head is running.
+        var inflight = Deque<InFlight>()
+        /// When the head job started: when it was written to an idle worker, or when
+        /// the result before it arrived.
+        var headStartedAt = NIODeadline.uptimeNanoseconds(0)
+        /// When the process was first seen ended while its stdout was still open.
+        var endSeenAt: NIODeadline?
+        var killReason: KillReason?
+        /// EOF (or an error) on its stdout was seen.
+        var stdoutClosed = false
+        /// A `reap` action was returned: nothing more happens to it until it is reaped.
+        var reaping = false
+        /// The bundles it has loaded, bounded in bytes.
+        var loaded: BoundedCache<SHA256Digest, Void>
+        var jobsDone = 0
+        var busyNanoseconds: UInt64 = 0
+
+        init(index: Int, bundleCacheBytes: Int) {
+            self.index = index
+            self.loaded = BoundedCache(capacity: bundleCacheBytes)
+        }
+
+        /// Spawning, or waiting for its hello.
+        var isStarting: Bool { self.state == .spawning || self.state == .starting }
+
+        func summary(exit: ExitStatus?) -> WorkerSummary {
+            WorkerSummary(index: self.index, pid: self.pid, jobsDone: self.jobsDone, busyNanoseconds: self.busyNanoseconds, exit: exit)
+        }
+    }
+
+    struct InFlight: Sendable {
+        var job: Job
+        /// The job was stopped and has ended already: its result, if one comes, is dropped.
+        var cancelled = false
+    }
+
+    /// The setup this machine was created with.
+    public let configuration: Configuration
+    /// The number of workers the pool keeps.
+    public private(set) var target = 0
+    /// The Python version the first ready worker reported.
+    public private(set) var pythonVersion: String?
+    /// `shutdown()` was called.
+    public private(set) var isShuttingDown = false
+    private var queue = Deque<Job>()
+    private var workers: [Int: Slot] = [:]
+    private var gone: [WorkerSummary] = []
+    private var nextIndex = 1
+    /// How long jobs take lately, which sets the pipeline depth.
+    private var jobTime = JobTimeEstimator()
+    /// Worker starts that failed in a row (spawn error, or exit before hello).
+    private var startFailures = 0
+    private var lastStartError = ""
+    /// A retry timer is scheduled; `retryDelay` is the wait before the one after it.
+    private var retryPending = false
+    private var retryDelay = WorkerPoolStateMachine.firstRetryDelay
+    private var shutdownFinished = false
+
+    /// Creates a machine with no workers; `start(target:)` starts them.
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    // MARK: Queries
+
+    /// Jobs waiting for a worker.
+    public var queuedCount: Int { self.queue.count }
+    /// Jobs in workers' pipes (running or behind the running one).
+    public var runningCount: Int { self.workers.values.reduce(0) { $0 + $1.inflight.count } }
+    /// Every worker the pool has run, gone ones first (in the order they ended), then
+    /// the live ones by index.
+    public var workerSummaries: [WorkerSummary] {
+        self.gone + self.workers.values.filter { $0.state != .spawning }.sorted { $0.index < $1.index }.map { $0.summary(exit: nil) }
+    }
+
+    /// The pid of worker `index`, or `nil` when it is not a live process.
+    public func pid(of index: Int) -> Int32? {
+        guard let slot = self.workers[index], slot.pid != 0 else { return nil }
+        return slot.pid
+    }
+
+    // MARK: Life cycle
+
+    /// The pool starts: keep `target` workers.
+    public mutating func start(target: Int) -> [Action] {
+        self.target = target
+        var actions: [Action] = []
+        self.maintain(&actions)
+        return actions
+    }
+
+    /// Keep `n` workers from now on: extra ones are retired, least busy first
+    /// (starting workers, then those with the fewest jobs in their pipes); they finish
+    /// the jobs in their pipes and exit. Missing ones start.
+    public mutating func resize(to n: Int, now: NIODeadline) -> [Action] {
+        guard !self.isShuttingDown else { return [] }
+        self.target = n
+        var actions: [Action] = []
+        let live = self.workers.values.filter { $0.state != .retiring }
+        if live.count > n {
+            func busyness(_ slot: Slot) -> Int { slot.isStarting ? -1 : slot.inflight.count }
+            let retired = live.sorted { (busyness($0), $0.index) < (busyness($1), $1.index) }.prefix(live.count - n)
+            for slot in retired { self.retire(slot.index, &actions) }
+        }
+        self.maintain(&actions)
+        self.dispatch(now: now, &actions)
+        return actions
+    }
+
+    /// Stop the pool: queued jobs end with `shutdown`, workers are retired (they finish
+    /// the jobs in their pipes), and after the grace period the survivors are killed.
+    /// `finishShutdown` comes once every worker is reaped; calling again after that
+    /// returns it again.
+    public mutating func shutdown() -> [Action] {
+        guard !self.isShuttingDown else { return self.shutdownFinished ? [.finishShutdown] : [] }
+        self.isShuttingDown = true
+        self.target = 0
+        var actions: [Action] = [.answerReadyWaiters(failure: "the worker pool shut down")]
+        self.failQueue(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"), &actions)
+        self.cancelRetry(&actions)
+        for index in self.workers.keys.sorted() { self.retire(index, &actions) }
+        if !self.workers.isEmpty { actions.append(.scheduleShutdownKill(after: self.configuration.shutdownGrace)) }
+        self.finishShutdownIfDone(&actions)
+        return actions
+    }
+
+    /// The shutdown grace period is over: kill the workers that are still running.
+    public mutating func shutdownGraceElapsed() -> [Action] {
+        var actions: [Action] = []
+        for index in self.workers.keys.sorted() { self.kill(index, reason: .shutdown, &actions) }
+        return actions
+    }
+
+    /// Whether a caller of `waitUntilReady` is answered now or waits.
+    ///
+    /// - Returns: `ready` once a worker is ready (at once for a pool of 0 workers);
+    ///   `failed` when the start failures reached their limit with no worker ready, or
+    ///   the pool is shutting down; else `waiting`.
+    public func whenReady() -> Readiness {
+        if self.isShuttingDown { return .failed(reason: "the worker pool shut down") }
+        if self.target == 0 || self.workers.values.contains(where: { $0.state == .ready }) { return .ready }
+        if self.startFailures >= Self.maxStartFailures { return .failed(reason: self.lastStartError) }
+        return .waiting
+    }
+
+    // MARK: Starting workers
+
+    /// Worker `index` was spawned as process `pid`.
+    public mutating func workerSpawned(index: Int, pid: Int32) -> [Action] {
+        guard self.workers[index]?.pid == 0 else { return [] }
+        self.workers[index]!.pid = pid
+        if self.workers[index]!.state == .spawning { self.workers[index]!.state = .starting }
+        var actions: [Action] = [.log(.debug, "worker starting", metadata: ["pool": self.configuration.name, "worker.pid": "\(pid)"])]
+        self.maintain(&actions)  // the next one, if more are missing
+        return actions
+    }
+
+    /// Worker `index` could not be spawned (the interpreter is missing, no pipes).
+    public mutating func spawnFailed(index: Int, reason: String) -> [Action] {
+        guard self.workers[index]?.pid == 0 else { return [] }
+        self.workers.removeValue(forKey: index)
+        var actions: [Action] = []
+        self.startFailed(reason, &actions)
+        return actions
+    }
+
+    /// Worker `index`'s pipes are attached: frames can be written to it.
+    public mutating func workerAttached(index: Int) -> [Action] {
+        guard self.workers[index] != nil else { return [] }
+        self.workers[index]!.attached = true
+        // Retired before its pipes were ready: let it exit as soon as it can.
+        return self.workers[index]!.state == .retiring ? [.closeStdin(worker: index)] : []
+    }
+
+    /// The retry timer fired: try again to reach the target.
+    public mutating func retryTimerFired(now: NIODeadline) -> [Action] {
+        guard self.retryPending else { return [] }
+        self.retryPending = false
+        var actions: [Action] = []
+        self.maintain(&actions)
+        self.dispatch(now: now, &actions)
+        return actions
+    }
+
+    /// Starts workers until `target` are alive, one at a time: the next is asked for
+    /// when this one has spawned (`workerSpawned`), so a failed start ends the round and
+    /// the next attempt waits for the backoff.
+    private mutating func maintain(_ actions: inout [Action]) {
+        guard !self.isShuttingDown else { return }
+        self.failQueueIfNoWorkerCanStart(&actions)
+        let live = self.workers.values.filter { $0.state != .retiring }.count
+        guard live < self.target, !self.retryPending else { return }
+        let index = self.nextIndex
+        self.nextIndex += 1
+        // The slot exists before the process does, so that a `maintain` between this
+        // action and its `workerSpawned` does not start a second worker for it.
+        self.workers[index] = Slot(index: index, bundleCacheBytes: self.configuration.bundleCacheBytes)
+        actions.append(.spawnWorker(index: index))
+    }
+
+    /// Queued jobs cannot run when no worker is ready and starts keep failing: they end
+    /// with the reason (new jobs start the attempts over, see `submit`).
+    private mutating func failQueueIfNoWorkerCanStart(_ actions: inout [Action]) {
+        guard self.startFailures >= Self.maxStartFailures, !self.workers.values.contains(where: { $0.state == .ready }) else { return }
+        actions.append(.answerReadyWaiters(failure: self.lastStartError))
+        self.failQueue(JobError(code: .workerDied, message: "no Python worker could start: \(self.lastStartError)"), &actions)
+    }
+
+    /// Counts a failed start, logs a reason not seen before in this run of failures,
+    /// ends the queue when nothing can run it, and schedules the next attempt.
+    private mutating func startFailed(_ reason: String, _ actions: inout [Action]) {
+        self.startFailures += 1
+        if self.lastStartError != reason {  // once per distinct reason, not per retry
+            actions.append(.log(.error, "cannot start worker", metadata: ["pool": self.configuration.name, "error": reason]))
+            self.lastStartError = reason
+        }
+        self.failQueueIfNoWorkerCanStart(&actions)
+        self.retryStart(&actions)
+    }
+
+    /// Tries again to reach `target` workers after the backoff delay (100 ms, doubling
+    /// up to 5 s).
+    private mutating func retryStart(_ actions: inout [Action]) {
+        guard !self.retryPending, !self.isShuttingDown else { return }
+        let delay = self.retryDelay
+        self.retryDelay = min(.nanoseconds(delay.nanoseconds * 2), Self.maxRetryDelay)
+        self.retryPending = true
+        actions.append(.scheduleRetry(after: delay))
+    }
+
+    private mutating func cancelRetry(_ actions: inout [Action]) {
+        guard self.retryPending else { return }
+        self.retryPending = false
+        actions.append(.cancelRetry)
+    }
+
+    /// Starts go well again: reset the backoff.
+    private mutating func startSucceeded(_ actions: inout [Action]) {
+        if !self.lastStartError.isEmpty {
+            actions.append(.log(.notice, "workers start again", metadata: ["pool": self.configuration.name]))
+        }
+        self.startFailures = 0
+        self.lastStartError = ""
+        self.retryDelay = Self.firstRetryDelay
+    }
+
+    private mutating func retire(_ index: Int, _ actions: inout [Action]) {
+        guard let slot = self.workers[index], slot.state != .retiring else { return }
+        self.workers[index]!.state = .retiring
+        // Closing the worker's stdin lets it finish the jobs already in its pipe, then exit.
+        if slot.attached { actions.append(.closeStdin(worker: index)) }
+    }
+
+    // MARK: Killing and reaping
+    //
+    // A worker's end is learnt from its process (`processEnded`, after `checkProcess`),
+    // not from EOF on its stdout: a process its job forked may hold the pipes long
+    // after the worker is gone. The tick looks at every worker every 50 ms, and a kill
+    // or an EOF makes the driver look at once and shortly after.
+
+    /// Kills the worker's process group for `reason` (once) and looks for its end soon.
+    private mutating func kill(_ index: Int, reason: Slot.KillReason, _ actions: inout [Action]) {
+        guard let slot = self.workers[index], slot.killReason == nil else { return }
+        self.workers[index]!.killReason = reason
+        actions.append(.killProcessGroup(worker: index))
+        actions.append(.checkProcess(worker: index, after: Self.killRecheckDelay))
+    }
+
+    /// The worker's stdout closed (EOF or an error): it is exiting or broken. SIGKILL
+    /// does not change the status of a process already exiting, and ends one that is
+    /// stuck.
+    public mutating func stdoutClosed(worker index: Int) -> [Action] {
+        guard let slot = self.workers[index], !slot.stdoutClosed else { return [] }
+        self.workers[index]!.stdoutClosed = true
+        return [
+            .killProcessGroup(worker: index),
+            .checkProcess(worker: index, after: .zero),
+            .checkProcess(worker: index, after: Self.killRecheckDelay),
+        ]
+    }
+
+    /// The worker's process has ended (it is not reaped yet). It is reaped now when its
+    /// stdout has closed; else results it wrote just before it ended may still be in
+    /// the pipe, ahead of the EOF: wait for the EOF, or, when something else holds the
+    /// pipe open (a process its job forked), for `pipeDrainGrace`.
+    public mutating func processEnded(worker index: Int, now: NIODeadline) -> [Action] {
+        guard let slot = self.workers[index], slot.pid != 0, !slot.reaping else { return [] }
+        if !slot.stdoutClosed {
+            guard let seen = slot.endSeenAt else {
+                self.workers[index]!.endSeenAt = now
+                return [.checkProcess(worker: index, after: Self.pipeDrainGrace)]
+            }
+            guard now - seen >= Self.pipeDrainGrace else { return [] }
+        }
+        self.workers[index]!.reaping = true
+        return [.reap(worker: index)]
+    }
+
+    /// The worker was reaped with `status`: its running job ends (how depends on why
+    /// it ended), the jobs behind it go back to the front of the queue, and a
+    /// replacement starts.
+    public mutating func workerReaped(worker index: Int, status: ExitStatus, now: NIODeadline) -> [Action] {
+        guard let slot = self.workers.removeValue(forKey: index) else { return [] }
+        var actions: [Action] = []
+        self.gone.append(slot.summary(exit: status))
+        if slot.state == .starting, slot.killReason == nil, !self.isShuttingDown {
+            self.startFailed("'\(self.configuration.python)' \(status) before it was ready", &actions)
+        }
+        var inflight = slot.inflight
+        if let head = inflight.popFirst(), !head.cancelled {
+            let error = self.deathError(of: slot, status: status)
+            actions.append(
+                .log(
+                    .warning, "worker ended during a job",
+                    metadata: ["pool": self.configuration.name, "worker.pid": "\(slot.pid)", "job.id": "\(head.job.id)", "reason": error.message]
+                )
+            )
+            actions.append(self.completion(head.job, error))
+        }
+        // Jobs behind the head never started: run them elsewhere (stopped ones ended).
+        for item in inflight.reversed() where !item.cancelled { self.queue.prepend(item.job) }
+        if self.isShuttingDown {
+            self.failQueue(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"), &actions)
+            self.finishShutdownIfDone(&actions)
+            return actions
+        }
+        self.maintain(&actions)
+        self.dispatch(now: now, &actions)
+        return actions
+    }
+
+    private func deathError(of slot: Slot, status: ExitStatus) -> JobError {
+        let pid = slot.pid
+        switch slot.killReason {
+        case .timeout(let limit):
+            return JobError(
+                code: .timeout,
+                message: "the job ran longer than its timeout of \(limit.shortSeconds) s; its worker (pid \(pid)) was killed and replaced"
+            )
+        case .protocolError(let message):
+            return JobError(code: .protocolError, message: "worker (pid \(pid)) broke the worker protocol: \(message)")
+        case .shutdown:
+            return JobError(code: .shutdown, message: "the worker pool shut down and killed the worker (pid \(pid)) after the grace period")
+        case .cancelled:
+            return Self.cancelledWhileRunning(pid: pid)
+        case nil:
+            return JobError(code: .workerDied, message: "the worker process (pid \(pid)) \(status) while running this job; it was replaced")
+        }
+    }
+
+    private mutating func finishShutdownIfDone(_ actions: inout [Action]) {
+        guard self.isShuttingDown, !self.shutdownFinished, self.workers.isEmpty else { return }
+        self.shutdownFinished = true
+        actions.append(.finishShutdown)
+    }
+
+    /// Every 50 ms: kills workers whose running job passed its timeout, and asks the
+    /// driver to look at every worker's process (reaping those that ended, even when
+    /// something else still holds their pipes).
+    public mutating func tick(now: NIODeadline) -> [Action] {
+        var actions: [Action] = []
+        for index in self.workers.keys.sorted() {
+            let slot = self.workers[index]!
+            if slot.killReason == nil, let head = slot.inflight.first, let limit = head.job.timeout,
+                now - slot.headStartedAt > .nanoseconds(limit.nanosecondsInt64)
+            {
+                self.kill(index, reason: .timeout(limit), &actions)
+            }
+            if slot.pid != 0 { actions.append(.checkProcess(worker: index, after: .zero)) }
+        }
+        return actions
+    }
+
+    // MARK: Messages from workers
+
+    /// A frame arrived from worker `index`. Queued jobs are handed out at
+    /// `readComplete`, once per batch of reads.
+    public mutating func received(_ message: WorkerMessage, from index: Int, now: NIODeadline) -> [Action] {
+        // No copy of the slot is held here: the in-place changes to its pipe below
+        // would copy the whole pipe for every result.
+        guard let state = self.workers[index]?.state else { return [] }
+        var actions: [Action] = []
+        switch message {
+        case .hello(let body):
+            guard state == .starting else { return [] }
+            self.workers[index]!.state = .ready
+            self.startSucceeded(&actions)
+            if self.pythonVersion == nil { self.pythonVersion = Self.pythonVersion(hello: body) }
+            actions.append(.log(.debug, "worker ready", metadata: ["pool": self.configuration.name, "worker.pid": "\(self.workers[index]!.pid)"]))
+            actions.append(.answerReadyWaiters(failure: nil))
+        case .result(var result):
+            guard let head = self.finishHead(of: index, id: result.id, kind: .call, now: now) else {
+                return self.protocolError("result for job \(result.id) it was not running", worker: index)
+            }
+            self.workers[index]!.jobsDone += 1
+            self.workers[index]!.busyNanoseconds += result.nanoseconds
+            self.jobTime.add(nanoseconds: result.nanoseconds)
+            result.executor = self.configuration.name
+            if !head.cancelled { actions.append(.complete(head.job, result)) }
+        case .checkReply(let id, let error):
+            guard let head = self.finishHead(of: index, id: id, kind: .check, now: now) else {
+                return self.protocolError("check reply \(id) it was not asked for", worker: index)
+            }
+            let result = JobResult(
+                id: id, code: error == nil ? nil : .functionUnavailable, payload: error.map { Array($0.readableBytesView) } ?? [],
+                executor: self.configuration.name
+            )
+            if !head.cancelled { actions.append(.complete(head.job, result)) }
+        case .retiring:
+            // The worker exits after this (it hit a MemoryError). Nothing behind the job
+            // it just answered has started: run those elsewhere.
+            self.retire(index, &actions)
+            let behind = self.workers[index]!.inflight
+            self.workers[index]!.inflight.removeAll()
+            for item in behind.reversed() where !item.cancelled { self.queue.prepend(item.job) }
+            self.maintain(&actions)
+        }
+        return actions
+    }
+
+    /// Takes worker `index`'s running job off its pipe when it is job `id` of `kind`
+    /// (what a result or a check reply must answer); the next job starts `now`.
+    ///
+    /// - Returns: the job, or `nil` when the worker was not running that job.
+    private mutating func finishHead(of index: Int, id: UInt64, kind: Job.Kind, now: NIODeadline) -> InFlight? {
+        guard let head = self.workers[index]?.inflight.first, head.job.id == id, head.job.kind == kind else { return nil }
+        self.workers[index]!.inflight.removeFirst()
+        self.workers[index]!.headStartedAt = now
+        return head
+    }
+
+    /// The reads of one batch are done: refill workers' pipes, one write each.
+    public mutating func readComplete(now: NIODeadline) -> [Action] {
+        var actions: [Action] = []
+        self.dispatch(now: now, &actions)
+        return actions
+    }
+
+    /// Worker `index` broke the worker protocol (a bad frame, an unexpected reply): it
+    /// is killed, and its running job ends with `protocolError`.
+    public mutating func protocolError(_ message: String, worker index: Int) -> [Action] {
+        guard let slot = self.workers[index], slot.killReason == nil else { return [] }
+        var actions: [Action] = [.log(.error, "worker protocol error", metadata: ["worker.pid": "\(slot.pid)", "error": message])]
+        self.kill(index, reason: .protocolError(message), &actions)
+        return actions
+    }
+
+    /// The Python version in a hello body `{"pid":123,"python":"3.11.7",...}`: a tiny
+    /// scan, which avoids a JSON parser here.
+    static func pythonVersion(hello body: ByteBuffer) -> String? {
+        let bytes = Array(body.readableBytesView)
+        let key = Array(#""python":""#.utf8)
+        guard bytes.count >= key.count,
+            let start = (0...(bytes.count - key.count)).first(where: { bytes[$0..<($0 + key.count)].elementsEqual(key) })
+        else { return nil }
+        let rest = bytes[(start + key.count)...]
+        guard let end = rest.firstIndex(of: UInt8(ascii: "\"")) else { return nil }
+        return String(decoding: rest[..<end], as: UTF8.self)
+    }
+
+    // MARK: Jobs
+
+    /// Queues jobs and hands them to ready workers. When starts had failed for good,
+    /// new work tries again at once (the interpreter may have been installed
+    /// meanwhile); the jobs fail if the next attempts fail too.
+    public mutating func submit(_ jobs: some Collection<Job>, now: NIODeadline) -> [Action] {
+        if self.isShuttingDown {
+            return jobs.map { self.completion($0, JobError(code: .shutdown, message: "the worker pool is shutting down")) }
+        }
+        var actions: [Action] = []
+        self.queue.append(contentsOf: jobs)
+        if self.startFailures >= Self.maxStartFailures, !self.workers.values.contains(where: { $0.state == .ready }) {
+            self.startFailures = 0
+            self.retryDelay = Self.firstRetryDelay
+            self.cancelRetry(&actions)
+        }
+        self.maintain(&actions)
+        self.dispatch(now: now, &actions)
+        return actions
+    }
+
+    /// Cancels a job that is still queued: it ends with `cancelled`.
+    ///
+    /// - Returns: whether the job was queued, and its completion.
+    public mutating func cancel(jobID: UInt64) -> (found: Bool, actions: [Action]) {
+        guard let i = self.queue.firstIndex(where: { $0.id == jobID }) else { return (false, []) }
+        let job = self.queue.remove(at: i)
+        return (true, [self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran"))])
+    }
+
+    /// Stops a job wherever it is: queued, it is removed; in a worker's pipe behind the
+    /// running one, it ends now and its later result is dropped; running, it ends now
+    /// and its worker's process group is killed (the worker is replaced, the jobs
+    /// behind it run elsewhere). The job ends `cancelled`, once.
+    ///
+    /// - Returns: whether the pool held the job (it has then ended), and the actions.
+    public mutating func stop(jobID: UInt64) -> (found: Bool, actions: [Action]) {
+        let queued = self.cancel(jobID: jobID)
+        if queued.found { return queued }
+        for index in self.workers.keys.sorted() {
+            guard let i = self.workers[index]!.inflight.firstIndex(where: { $0.job.id == jobID && !$0.cancelled }) else { continue }
+            self.workers[index]!.inflight[i].cancelled = true
+            let job = self.workers[index]!.inflight[i].job
+            var actions: [Action] = []
+            if i == 0 {
+                actions.append(self.completion(job, Self.cancelledWhileRunning(pid: self.workers[index]!.pid)))
+                self.kill(index, reason: .cancelled, &actions)
+            } else {
+                actions.append(self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran")))
+            }
+            return (true, actions)
+        }
+        return (false, [])
+    }
+
+    private static func cancelledWhileRunning(pid: Int32) -> JobError {
+        JobError(code: .cancelled, message: "the job was cancelled while it ran; its worker (pid \(pid)) was killed and replaced")
+    }
+
+    private func completion(_ job: Job, _ error: JobError) -> Action {
+        .complete(job, JobResult(id: job.id, error: error, executor: self.configuration.name))
+    }
+
+    private mutating func failQueue(_ error: JobError, _ actions: inout [Action]) {
+        let queued = self.queue
+        self.queue.removeAll()
+        for job in queued { actions.append(self.completion(job, error)) }
+    }
+
+    /// Hands queued jobs to ready workers, least loaded first, one write per worker.
+    /// A worker's pipe holds up to as many jobs as run in `pipelineTarget` by the
+    /// moving average of job times (at least one, at most `maxPipelineDepth`).
+    private mutating func dispatch(now: NIODeadline, _ actions: inout [Action]) {
+        guard !self.queue.isEmpty else { return }
+        let depth = self.jobTime.jobs(fittingIn: Self.pipelineTarget, limit: self.configuration.maxPipelineDepth)
+        let ready = self.workers.values.filter {
+            $0.state == .ready && $0.attached && $0.killReason == nil && !$0.stdoutClosed && $0.inflight.count < depth
+        }
+        .sorted { ($0.inflight.count, $0.index) < ($1.inflight.count, $1.index) }
+        .map(\.index)
+        guard !ready.isEmpty else { return }
+        var buffers = [ByteBuffer](repeating: ByteBuffer(), count: ready.count)
+        var progress = true
+        while progress, !self.queue.isEmpty {
+            progress = false
+            for (i, index) in ready.enumerated() where self.workers[index]!.inflight.count < depth {
+                guard let job = self.queue.popFirst() else { break }
+                if buffers[i].capacity == 0 { buffers[i] = ByteBufferAllocator().buffer(capacity: 4096) }
+                self.load(job.bundle, on: index, into: &buffers[i])
+                switch job.kind {
+                case .call: WorkerFrame.writeJob(id: job.id, bundle: job.bundle.digest, arguments: job.arguments, to: &buffers[i])
+                case .check: WorkerFrame.writeCheck(id: job.id, bundle: job.bundle.digest, to: &buffers[i])
+                }
+                if self.workers[index]!.inflight.isEmpty { self.workers[index]!.headStartedAt = now }
+                self.workers[index]!.inflight.append(InFlight(job: job))
+                progress = true
+            }
+        }
+        for (i, index) in ready.enumerated() where buffers[i].readableBytes > 0 {
+            actions.append(.write(worker: index, buffers[i]))
+        }
+    }
+
+    /// Writes a bundle frame unless the worker has the bundle, dropping least recently
+    /// used bundles past the cache limit (never one a job in its pipe still needs).
+    private mutating func load(_ bundle: FunctionBundle, on index: Int, into buffer: inout ByteBuffer) {
+        if self.workers[index]!.loaded.get(bundle.digest) != nil { return }
+        let needed = Set(self.workers[index]!.inflight.map(\.job.bundle.digest))
+        let evicted = self.workers[index]!.loaded.insert(bundle.digest, (), cost: bundle.spec.count) { needed.contains($0) }
+        for (digest, _) in evicted { WorkerFrame.writeDrop(digest, to: &buffer) }
+        WorkerFrame.writeBundle(bundle, to: &buffer)
+    }
+}
+
+extension Duration {
+    /// Seconds as a short decimal text ("2", "0.3").
+    var shortSeconds: String {
+        let s = Double(self.nanosecondsInt64) / 1e9
+        return s == s.rounded() ? String(Int(s)) : String(s)
+    }
+}
