@@ -1,7 +1,8 @@
 public import Logging
 public import NIOCore
 public import PPCore
-import NIOPosix
+public import NIOPosix
+public import ServiceLifecycle
 import Synchronization
 
 #if canImport(Glibc)
@@ -20,7 +21,7 @@ import Glibc
 ///
 /// All state lives on one event loop; every public method may be called from any thread.
 /// Completion handlers run on that event loop and must return quickly.
-public final class WorkerPool: Sendable {
+public final class WorkerPool: Service, Sendable {
     /// How a pool is set up.
     public struct Configuration: Sendable {
         /// The number of worker processes; `nil` means the cores this process may use.
@@ -71,7 +72,8 @@ public final class WorkerPool: Sendable {
     /// The event loop that owns the pool's state and its workers' pipes.
     public let eventLoop: any EventLoop
     let driver: PoolDriver  // touched only inside eventLoop closures
-    let ownedGroup: MultiThreadedEventLoopGroup?
+    /// Set by the first `start()`.
+    private let started = Atomic(false)
     let stopState = Mutex(StopState.running)
     /// The last statistics, taken before the pool's own loop stops (it runs nothing after).
     let finalStatistics = Mutex<PoolStatistics?>(nil)
@@ -81,39 +83,54 @@ public final class WorkerPool: Sendable {
     /// The ids of this pool's jobs: everyone who submits to the pool takes ids here.
     public let jobIDs = IDAllocator()
 
-    /// Starts a pool.
+    /// Creates a pool. It starts nothing: its workers start with `start()`, which the
+    /// first submission (or any other use but `shutdown()`) calls.
     ///
     /// - Parameters:
     ///   - configuration: size, interpreter, label.
-    ///   - eventLoop: the loop to run on; `nil` creates a private one-thread loop.
+    ///   - eventLoop: the loop to run on; `nil` takes one of NIO's shared group. The
+    ///     loop's thread must outlive the pool: workers die with the thread that
+    ///     started them (their parent-death signal).
     public init(configuration: Configuration = .init(), eventLoop: (any EventLoop)? = nil) {
         ignoreSIGPIPE()
         var configuration = configuration
         let size = max(0, configuration.workers ?? System.coreCount)
         configuration.workers = size
         self.configuration = configuration
-        if let eventLoop {
-            self.eventLoop = eventLoop
-            self.ownedGroup = nil
+        self.eventLoop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
+        self.driver = PoolDriver(configuration: configuration, eventLoop: self.eventLoop)
+    }
+
+    /// Starts the workers, once; later calls do nothing.
+    public func start() {
+        guard self.started.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        let (driver, size) = (self.driver, self.configuration.workers ?? 0)
+        if self.eventLoop.inEventLoop {
+            driver.start(target: size)
         } else {
-            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-            self.eventLoop = group.next()
-            self.ownedGroup = group
+            self.eventLoop.execute { driver.start(target: size) }
         }
-        let driver = PoolDriver(configuration: configuration, eventLoop: self.eventLoop)
-        self.driver = driver
-        self.eventLoop.execute { driver.start(target: size) }
+    }
+
+    /// Runs the pool as a `Service`: starts it, serves until graceful shutdown (or
+    /// cancellation), then shuts it down.
+    public func run() async throws {
+        self.start()
+        try? await gracefulShutdown()
+        await self.shutdown()
     }
 
     // MARK: Jobs
 
     /// Queues one job.
     public func submit(_ job: Job) {
+        self.start()
         self.eventLoop.execute { self.driver.enqueue(CollectionOfOne(job)) }
     }
 
     /// Queues many jobs with one hop to the pool's loop.
     public func submit(contentsOf jobs: [Job]) {
+        self.start()
         guard !jobs.isEmpty else { return }
         if self.eventLoop.inEventLoop {
             self.driver.enqueue(jobs)
@@ -126,12 +143,14 @@ public final class WorkerPool: Sendable {
     ///
     /// - Returns: `true` when the job was still queued; it then ends with `cancelled`.
     public func cancel(jobID: UInt64) async -> Bool {
-        (try? await self.eventLoop.submit { self.driver.cancel(jobID: jobID) }.get()) ?? false
+        self.start()
+        return (try? await self.eventLoop.submit { self.driver.cancel(jobID: jobID) }.get()) ?? false
     }
 
     /// Cancels queued jobs without waiting; each one that had not started ends with
     /// `cancelled`.
     public func cancel(jobIDs: [UInt64]) {
+        self.start()
         self.eventLoop.execute {
             for id in jobIDs { _ = self.driver.cancel(jobID: id) }
         }
@@ -146,11 +165,13 @@ public final class WorkerPool: Sendable {
     ///
     /// - Returns: `true` when the pool held the job (it has then ended with `cancelled`).
     public func stop(jobID: UInt64) async -> Bool {
-        (try? await self.eventLoop.submit { self.driver.stop(jobID: jobID) }.get()) ?? false
+        self.start()
+        return (try? await self.eventLoop.submit { self.driver.stop(jobID: jobID) }.get()) ?? false
     }
 
     /// Stops jobs, queued or running, without waiting (see `stop(jobID:)`).
     public func stop(jobIDs: [UInt64]) {
+        self.start()
         self.eventLoop.execute {
             for id in jobIDs { _ = self.driver.stop(jobID: id) }
         }
@@ -162,7 +183,8 @@ public final class WorkerPool: Sendable {
     ///   `functionUnavailable` with the Python traceback: syntax error, failing import,
     ///   missing function name).
     public func check(_ bundle: FunctionBundle) async -> JobError? {
-        await withCheckedContinuation { (continuation: CheckedContinuation<JobError?, Never>) in
+        self.start()
+        return await withCheckedContinuation { (continuation: CheckedContinuation<JobError?, Never>) in
             let job = Job(id: self.jobIDs.next(), bundle: bundle, kind: .check) { result in
                 switch result.outcome.result {
                 case .success: continuation.resume(returning: nil)
@@ -177,7 +199,8 @@ public final class WorkerPool: Sendable {
 
     /// The number of workers the pool keeps running.
     public func size() async -> Int {
-        (try? await self.eventLoop.submit { self.driver.target }.get()) ?? 0
+        self.start()
+        return (try? await self.eventLoop.submit { self.driver.target }.get()) ?? 0
     }
 
     /// Changes the number of workers while jobs run. New workers start at once; extra
@@ -185,6 +208,7 @@ public final class WorkerPool: Sendable {
     ///
     /// - Parameter workers: the new size (0 or more).
     public func resize(to workers: Int) {
+        self.start()
         let n = max(0, workers)
         self.eventLoop.execute { self.driver.resize(to: n) }
     }
@@ -196,6 +220,7 @@ public final class WorkerPool: Sendable {
     ///   reached their limit (3 in a row) with no worker ready, for instance because the
     ///   interpreter does not exist or exits at once; or the pool shut down first.
     public func waitUntilReady() async throws(WorkerStartError) {
+        self.start()
         // After shutdown() the pool's own loop may be gone: answer without it.
         let running = self.stopState.withLock { if case .running = $0 { true } else { false } }
         guard running else { throw WorkerStartError(reason: "the worker pool shut down") }
@@ -209,6 +234,7 @@ public final class WorkerPool: Sendable {
 
     /// A snapshot of the pool's counters.
     public func statistics() async -> PoolStatistics {
+        self.start()
         if let last = self.finalStatistics.withLock({ $0 }) { return last }
         return (try? await self.eventLoop.submit { self.driver.statistics() }.get())
             ?? PoolStatistics(name: self.configuration.name, targetWorkers: 0, queued: 0, running: 0, workers: [], pythonVersion: nil)
@@ -219,6 +245,8 @@ public final class WorkerPool: Sendable {
     /// Stops the pool: queued jobs end with `shutdown`, running jobs finish within the
     /// configured grace period (then their workers are killed), and workers exit.
     public func shutdown() async {
+        // A pool shut down before it started never starts.
+        self.started.store(true, ordering: .relaxed)
         // Only the first call stops the pool; later calls wait for it to finish.
         let first: Bool = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let action: Bool? = self.stopState.withLock { state in
@@ -240,11 +268,8 @@ public final class WorkerPool: Sendable {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             self.eventLoop.execute { self.driver.shutdown { continuation.resume() } }
         }
-        if let group = self.ownedGroup {
-            let last = try? await self.eventLoop.submit { self.driver.statistics() }.get()
-            self.finalStatistics.withLock { $0 = last }
-            try? await group.shutdownGracefully()
-        }
+        let last = try? await self.eventLoop.submit { self.driver.statistics() }.get()
+        self.finalStatistics.withLock { $0 = last }
         let waiters: [CheckedContinuation<Bool, Never>] = self.stopState.withLock { state in
             defer { state = .stopped }
             if case .stopping(let waiters) = state { return waiters }

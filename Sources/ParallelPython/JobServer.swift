@@ -166,6 +166,7 @@ public final class JobServer: Service, Sendable {
         guard self.started.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
         let configuration = self.configuration
         let (scheduler, local, resources, beacons, browser, loop) = (self.scheduler, self.local, self.resources, self.beacons, self.browser, self.loop)
+        self.pool.start()
         self.loop.execute {
             scheduler.start()
             scheduler.add(local)
