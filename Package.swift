@@ -59,6 +59,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: The runtime around the core: secret files, environment settings,
+        // interfaces, host info, random bytes
+        .target(
+            name: "PPRuntime",
+            dependencies: [
+                "COpenSSL",
+                "PPCore",
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: TLS 1.3 keyed by the cluster secret (system OpenSSL, memory BIOs)
         .target(
             name: "PPTLS",
@@ -91,6 +102,7 @@ let package = Package(
             dependencies: [
                 "PPCore",
                 "PPDNSSD",
+                "PPRuntime",
                 "PPTLS",
                 "PPWorkers",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -106,6 +118,7 @@ let package = Package(
             dependencies: [
                 "PPCore",
                 "PPDNSSD",
+                "PPRuntime",
                 "PPTLS",
                 "PPWorkers",
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -122,6 +135,7 @@ let package = Package(
             dependencies: [
                 "ParallelPython",
                 "PPCore",
+                "PPRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -132,6 +146,7 @@ let package = Package(
             dependencies: [
                 "PPNode",
                 "PPCore",
+                "PPRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -142,7 +157,9 @@ let package = Package(
             name: "ppnodes",
             dependencies: [
                 "ParallelPython",
+                "PPCore",
                 "PPDNSSD",
+                "PPRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -159,6 +176,7 @@ let package = Package(
             dependencies: [
                 "ParallelPython",
                 "PPCore",
+                "PPRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -169,6 +187,15 @@ let package = Package(
         // MARK: Tests
         .target(name: "PPTesting", swiftSettings: swiftSettings),
         .testTarget(name: "PPCoreTests", dependencies: ["PPCore", .product(name: "NIOCore", package: "swift-nio")], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "PPRuntimeTests",
+            dependencies: [
+                "PPRuntime",
+                "PPCore",
+                "PPTesting",
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "PPTLSTests",
             dependencies: [

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PPCore
+import PPRuntime
 
 #if canImport(Glibc)
 import Glibc
@@ -72,7 +73,7 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
             let channel: any Channel
             if ["0.0.0.0", "", "::", "*"].contains(self.host) {
                 channel = try await bootstrap.bind(host: "0.0.0.0", port: self.port).get()
-            } else if let interface = BroadcastTarget.interfaceName(owning: self.host) {
+            } else if let interface = NetworkInterfaces.name(owning: self.host) {
                 // Broadcasts reach only wildcard-bound sockets: bind the wildcard, but on
                 // the interface of --host alone, so other networks cannot probe us.
                 channel = try await bootstrap.withBoundSocket(try Self.socket(port: self.port, interface: interface)).get()

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import PPCore
 import PPNode
+import PPRuntime
 
 /// `ppnode`: the daemon that runs jobs for clients of its cluster.
 @main

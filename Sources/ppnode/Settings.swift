@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import PPCore
 import PPNode
+import PPRuntime
 
 /// ppnode's settings after merging flag > environment > config file > default.
 struct Settings {

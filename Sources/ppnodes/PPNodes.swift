@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPCore
 import PPDNSSD
+import PPRuntime
 import ParallelPython
 import Synchronization
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPRuntime
 import ParallelPython
 import Synchronization
 

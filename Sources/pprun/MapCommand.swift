@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPRuntime
 import ParallelPython
 
 /// `pprun map FILE.py:FUNC ...`: one job per input.
@@ -121,10 +122,9 @@ struct MapCommand: AsyncParsableCommand {
             // Discovered nodes need the secret; without one they are only reported. A
             // secret the user named (PP_SECRET, PP_SECRET_FILE) that cannot be used is
             // an error, not a reason to run without nodes.
-            let environment = ProcessInfo.processInfo.environment
             do {
                 secret = try ClusterSecret.load(file: nil, create: false).secret
-            } catch where !(environment["PP_SECRET"] ?? "").isEmpty || !(environment["PP_SECRET_FILE"] ?? "").isEmpty {
+            } catch where ClusterSecret.isNamedByEnvironment {
                 Console.error("pprun: \(error)")
                 throw ExitCode(ExitCodes.cannotStart)
             } catch {
