@@ -60,12 +60,14 @@ let package = Package(
         ),
 
         // MARK: The runtime around the core: secret files, environment settings,
-        // interfaces, host info, random bytes
+        // interfaces, host info, random bytes, the discovery socket
         .target(
             name: "PPRuntime",
             dependencies: [
                 "COpenSSL",
                 "PPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -162,6 +164,8 @@ let package = Package(
                 "PPRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -193,6 +197,8 @@ let package = Package(
                 "PPRuntime",
                 "PPCore",
                 "PPTesting",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

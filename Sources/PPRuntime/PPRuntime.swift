@@ -10,7 +10,9 @@
 // - `randomBytes(_:)`: cryptographically random bytes;
 // - environment settings: `BroadcastTarget.fromEnvironment` (`PP_BROADCAST`),
 //   `NodeBeacon.discoveryPort(fromEnvironment:)` (`PP_DISCOVERY_PORT`);
-// - the machine: `NetworkInterfaces` (getifaddrs), `HostInfo` (uname).
+// - the machine: `NetworkInterfaces` (getifaddrs), `HostInfo` (uname);
+// - `DiscoverySocket`: the one UDP socket implementation of broadcast discovery,
+//   shared by ppnode's beacons, the client's listener and ppnodes.
 //
 // Rules: messages name the problem and its fix, and tests compare them, so change
 // them with the tests. Nothing here keeps global state beyond values computed once.

@@ -1,4 +1,6 @@
 import Foundation
+import NIOCore
+import NIOPosix
 import PPCore
 import PPRuntime
 import PPTesting
@@ -65,5 +67,75 @@ import Testing
         chmod(file, 0o640)
         let error = #expect(throws: SecretError.self) { try ClusterSecret.load(file: file, create: false) }
         #expect(error?.message == "the secret file \(file) has mode 0640: group or others may read or change it; run chmod 600 \(file)")
+    }
+}
+
+@Suite struct DiscoverySocketTests {
+    /// Opens a socket whose datagrams go to the returned stream.
+    private func open(port: Int, binding: DiscoverySocket.Binding = .wildcard) async throws -> (DiscoverySocket, AsyncStream<DiscoverySocket.Datagram>) {
+        let (stream, continuation) = AsyncStream.makeStream(of: DiscoverySocket.Datagram.self)
+        let socket = try await DiscoverySocket.open(port: port, binding: binding, on: MultiThreadedEventLoopGroup.singleton.next()) { _, datagram in
+            continuation.yield(datagram)
+        }.get()
+        return (socket, stream)
+    }
+
+    /// The first datagram of `stream`, or `nil` after two seconds.
+    private func first(_ stream: AsyncStream<DiscoverySocket.Datagram>) async -> DiscoverySocket.Datagram? {
+        await withTaskGroup(of: DiscoverySocket.Datagram?.self) { group in
+            group.addTask { await stream.first { _ in true } }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(2))
+                return nil
+            }
+            let result = await group.next() ?? nil
+            group.cancelAll()
+            return result
+        }
+    }
+
+    @Test func datagramsArriveWithTheirSource() async throws {
+        let (a, _) = try await self.open(port: 0)
+        let (b, received) = try await self.open(port: 0)
+        defer {
+            a.close()
+            b.close()
+        }
+        let portB = try #require(b.localAddress?.port)
+        try await a.send(NodeBeacon.probe, to: SocketAddress(ipAddress: "127.0.0.1", port: portB)).get()
+        let datagram = try #require(await self.first(received))
+        #expect(datagram.bytes == NodeBeacon.probe)
+        #expect(datagram.source.ipAddress == "127.0.0.1" && datagram.source.port == a.localAddress?.port)
+    }
+
+    @Test func socketsShareThePortAndAllHearABroadcast() async throws {
+        let (first, heardFirst) = try await self.open(port: 0)
+        let port = try #require(first.localAddress?.port)
+        let (second, heardSecond) = try await self.open(port: port)
+        let (sender, _) = try await self.open(port: 0)
+        defer {
+            for socket in [first, second, sender] { socket.close() }
+        }
+        try await sender.send(Array("hello".utf8), to: SocketAddress(ipAddress: "127.255.255.255", port: port)).get()
+        #expect(await self.first(heardFirst)?.bytes == Array("hello".utf8))
+        #expect(await self.first(heardSecond)?.bytes == Array("hello".utf8))
+    }
+
+    @Test func aNodeBindsTheWildcardOnItsHostsInterface() async throws {
+        #expect(DiscoverySocket.Binding(listeningOn: "0.0.0.0") == .wildcard)
+        #expect(DiscoverySocket.Binding(listeningOn: "127.0.0.1") == .wildcardOnInterface("lo"))
+        #expect(DiscoverySocket.Binding(listeningOn: "192.0.2.1") == .address("192.0.2.1"))
+        let (onLoopback, received) = try await self.open(port: 0, binding: .wildcardOnInterface("lo"))
+        let (sender, _) = try await self.open(port: 0)
+        defer {
+            onLoopback.close()
+            sender.close()
+        }
+        let port = try #require(onLoopback.localAddress?.port)
+        try await sender.send(Array("probe".utf8), to: SocketAddress(ipAddress: "127.0.0.1", port: port)).get()
+        #expect(await self.first(received)?.bytes == Array("probe".utf8))
+        await #expect(throws: IOError.self) {
+            try await self.open(port: 0, binding: .wildcardOnInterface("no-such-interface"))
+        }
     }
 }
