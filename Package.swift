@@ -131,11 +131,23 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: Options the commands share
+        .target(
+            name: "PPCommandLine",
+            dependencies: [
+                "PPCore",
+                "PPRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Commands
         .executableTarget(
             name: "pprun",
             dependencies: [
                 "ParallelPython",
+                "PPCommandLine",
                 "PPCore",
                 "PPRuntime",
                 .product(name: "Logging", package: "swift-log"),
@@ -147,6 +159,7 @@ let package = Package(
             name: "ppnode",
             dependencies: [
                 "PPNode",
+                "PPCommandLine",
                 "PPCore",
                 "PPRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -159,6 +172,7 @@ let package = Package(
             name: "ppnodes",
             dependencies: [
                 "ParallelPython",
+                "PPCommandLine",
                 "PPCore",
                 "PPDNSSD",
                 "PPRuntime",

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPCommandLine
 import PPCore
 import PPNode
 import PPRuntime
@@ -76,7 +77,7 @@ struct Settings {
             self.workers = v
         }
         if let (v, _) = pick(c.python, "PP_PYTHON", "python") { self.python = v }
-        if let v = c.secretFile {
+        if let v = c.secretOptions.secretFile {
             self.secretFile = v
         } else if let v = file["secret-file"] {
             self.secretFile = v.value

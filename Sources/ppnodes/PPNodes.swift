@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import PPCommandLine
 import PPCore
 import PPDNSSD
 import PPRuntime
@@ -43,8 +44,7 @@ struct PPNodes: AsyncParsableCommand {
     @Flag(help: "Refresh the list every --timeout seconds until interrupted.")
     var watch = false
 
-    @Option(name: .customLong("secret-file"), help: ArgumentHelp("The cluster secret (default: $PP_SECRET, then ~/.config/ppnode/secret).", valueName: "PATH"))
-    var secretFile: String?
+    @OptionGroup var secretOptions: SecretOptions
 
     func validate() throws {
         guard self.timeout > 0, self.timeout <= 60, self.timeout.isFinite else {
@@ -64,9 +64,9 @@ struct PPNodes: AsyncParsableCommand {
         }
         var secret: ClusterSecret?
         do {
-            secret = try ClusterSecret.load(file: self.secretFile, create: false).secret
+            secret = try self.secretOptions.load().secret
         } catch {
-            if self.secretFile != nil {
+            if self.secretOptions.secretFile != nil {
                 FileHandle.standardError.write(Data("ppnodes: \(error)\n".utf8))
                 throw ExitCode(2)
             }

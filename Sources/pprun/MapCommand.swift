@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPCommandLine
 import PPRuntime
 import ParallelPython
 
@@ -41,8 +42,7 @@ struct MapCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-discover"), help: "Use only local workers and --node addresses: do not look for nodes by broadcast.")
     var noDiscover = false
 
-    @Option(name: .customLong("secret-file"), help: ArgumentHelp("The cluster secret for nodes (default: $PP_SECRET, then ~/.config/ppnode/secret).", valueName: "PATH"))
-    var secretFile: String?
+    @OptionGroup var secretOptions: SecretOptions
 
     @Option(name: .long, help: ArgumentHelp("Kill a job (and replace its worker) after this long.", valueName: "SECONDS"))
     var timeout: Double?
@@ -111,9 +111,9 @@ struct MapCommand: AsyncParsableCommand {
         defer { withExtendedLifetime(signalSources) {} }
 
         var secret: ClusterSecret?
-        if !self.nodes.isEmpty || self.secretFile != nil {
+        if !self.nodes.isEmpty || self.secretOptions.secretFile != nil {
             do {
-                secret = try ClusterSecret.load(file: self.secretFile, create: false).secret
+                secret = try self.secretOptions.load().secret
             } catch {
                 Console.error("pprun: \(error)")
                 throw ExitCode(ExitCodes.cannotStart)
