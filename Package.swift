@@ -150,6 +150,7 @@ let package = Package(
                 "PPCommandLine",
                 "PPCore",
                 "PPRuntime",
+                "PPWorkers",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

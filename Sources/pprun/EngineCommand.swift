@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPCore
 import PPRuntime
 import ParallelPython
 import Synchronization

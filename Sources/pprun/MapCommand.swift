@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PPCommandLine
+import PPCore
 import PPRuntime
 import ParallelPython
 
