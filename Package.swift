@@ -61,6 +61,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: The runtime around the core: secret files, environment settings,
+        // interfaces, host info, random bytes, the discovery socket
+        .target(
+            name: "PPRuntime",
+            dependencies: [
+                "COpenSSL",
+                "PPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: TLS 1.3 keyed by the cluster secret (system OpenSSL, memory BIOs)
         .target(
             name: "PPTLS",
@@ -94,6 +107,7 @@ let package = Package(
             dependencies: [
                 "PPCore",
                 "PPDNSSD",
+                "PPRuntime",
                 "PPTLS",
                 "PPWorkers",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -109,6 +123,7 @@ let package = Package(
             dependencies: [
                 "PPCore",
                 "PPDNSSD",
+                "PPRuntime",
                 "PPTLS",
                 "PPWorkers",
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -120,12 +135,26 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: Options the commands share
+        .target(
+            name: "PPCommandLine",
+            dependencies: [
+                "PPCore",
+                "PPRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Commands
         .executableTarget(
             name: "pprun",
             dependencies: [
                 "ParallelPython",
+                "PPCommandLine",
                 "PPCore",
+                "PPRuntime",
+                "PPWorkers",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -135,7 +164,9 @@ let package = Package(
             name: "ppnode",
             dependencies: [
                 "PPNode",
+                "PPCommandLine",
                 "PPCore",
+                "PPRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -146,9 +177,14 @@ let package = Package(
             name: "ppnodes",
             dependencies: [
                 "ParallelPython",
+                "PPCommandLine",
+                "PPCore",
                 "PPDNSSD",
+                "PPRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -163,6 +199,7 @@ let package = Package(
             dependencies: [
                 "ParallelPython",
                 "PPCore",
+                "PPRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -173,6 +210,17 @@ let package = Package(
         // MARK: Tests
         .target(name: "PPTesting", swiftSettings: swiftSettings),
         .testTarget(name: "PPCoreTests", dependencies: ["PPCore", .product(name: "NIOCore", package: "swift-nio")], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "PPRuntimeTests",
+            dependencies: [
+                "PPRuntime",
+                "PPCore",
+                "PPTesting",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "PPTLSTests",
             dependencies: [

@@ -22,6 +22,7 @@
 import Foundation
 import Logging
 import PPCore
+import PPRuntime
 import ParallelPython
 import Synchronization
 

@@ -1,4 +1,4 @@
-import Foundation
+internal import Foundation  // JSONEncoder, JSONDecoder, Data: the beacon's JSON
 
 /// What a node announces in its UDP broadcast beacons, and how a client asks for them.
 ///
@@ -36,10 +36,27 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     /// The TCP port of its Parallel Python (ppft) compatible listener, when that is on.
     public var pp: Int?
 
-    /// Creates a beacon; `arch` and `os` are this machine's.
-    public init(id: String, name: String, port: Int, keyid: String, protocol: Int, cores: Int, workers: Int, version: String, python: String? = nil, pp: Int? = nil) {
-        self.python = python
-        self.pp = pp
+    /// Creates a beacon.
+    ///
+    /// - Parameters:
+    ///   - arch: the machine architecture, `HostInfo.architecture` (PPRuntime) for this one.
+    ///   - os: the operating system, `HostInfo.operatingSystem` (PPRuntime) for this one.
+    ///   - python: the workers' Python version, once known.
+    ///   - pp: the TCP port of the pp-compatible listener, when it is on.
+    public init(
+        id: String,
+        name: String,
+        port: Int,
+        keyid: String,
+        protocol: Int,
+        cores: Int,
+        workers: Int,
+        version: String,
+        arch: String? = nil,
+        os: String? = nil,
+        python: String? = nil,
+        pp: Int? = nil
+    ) {
         self.id = id
         self.name = name
         self.port = port
@@ -48,13 +65,10 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         self.cores = cores
         self.workers = workers
         self.version = version
-        var u = utsname()
-        uname(&u)
-        func text<T>(_ field: T) -> String {
-            withUnsafeBytes(of: field) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        }
-        self.arch = text(u.machine)
-        self.os = text(u.sysname) + " " + text(u.release)
+        self.arch = arch
+        self.os = os
+        self.python = python
+        self.pp = pp
     }
 
     /// The default UDP port of beacons and probes.
@@ -83,20 +97,6 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
             (1...65535).contains(beacon.port)
         else { return nil }
         self = beacon
-    }
-
-    /// Reads `PP_DISCOVERY_PORT`; unset or empty means `defaultPort`.
-    ///
-    /// - Throws: `BroadcastError` naming the value and the fix when it is not a port.
-    public static func discoveryPort(fromEnvironment environment: [String: String]? = nil) throws -> Int {
-        let environment = environment ?? ProcessInfo.processInfo.environment
-        guard let text = environment["PP_DISCOVERY_PORT"]?.trimmingCharacters(in: .whitespaces), !text.isEmpty else {
-            return Self.defaultPort
-        }
-        guard let port = Int(text), (1...65535).contains(port) else {
-            throw BroadcastError(message: "PP_DISCOVERY_PORT='\(text)' is not a UDP port (1-65535); unset it for the default \(Self.defaultPort)")
-        }
-        return port
     }
 
     /// The DNS-SD service type nodes register.
@@ -140,83 +140,11 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     }
 }
 
-/// Where beacons and probes go, from `PP_BROADCAST`.
+/// Where beacons and probes go. PPRuntime reads it from `PP_BROADCAST` or a flag
+/// (`BroadcastTarget.fromEnvironment`, `BroadcastTarget.parse(_:origin:)`).
 public enum BroadcastTarget: Sendable, Equatable {
     /// Broadcast is off (`PP_BROADCAST=off`).
     case off
     /// Send to this IPv4 address (a broadcast address such as 10.88.0.255 or 127.255.255.255).
     case address(String)
-
-    /// Reads `PP_BROADCAST` (see `parse`); unset means 255.255.255.255 (the LAN).
-    ///
-    /// - Throws: `BroadcastError` when the value does not parse.
-    public static func fromEnvironment(_ environment: [String: String]? = nil) throws -> BroadcastTarget {
-        let environment = environment ?? ProcessInfo.processInfo.environment
-        guard let value = environment["PP_BROADCAST"]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else {
-            return .address("255.255.255.255")
-        }
-        return try Self.parse(value, origin: "PP_BROADCAST")
-    }
-
-    /// Parses `off`, an IPv4 address, or the name of a network interface (its
-    /// broadcast address is used, so beacons stay on that interface's subnet).
-    ///
-    /// - Parameter origin: where the value came from, for the error message.
-    /// - Throws: `BroadcastError` naming the value and the fix.
-    public static func parse(_ value: String, origin: String) throws -> BroadcastTarget {
-        if value.lowercased() == "off" { return .off }
-        var addr = in_addr()
-        if inet_pton(AF_INET, value, &addr) == 1 { return .address(value) }
-        if let broadcast = Self.broadcastAddress(ofInterface: value) { return .address(broadcast) }
-        throw BroadcastError(
-            message: "\(origin)='\(value)' is neither 'off', an IPv4 address nor an interface with an IPv4 broadcast address; use e.g. 192.168.1.255, eth0, 127.255.255.255 or off"
-        )
-    }
-
-    /// The name of the interface that holds the IPv4 address `address`, if any.
-    public static func interfaceName(owning address: String) -> String? {
-        var wanted = in_addr()
-        guard inet_pton(AF_INET, address, &wanted) == 1 else { return nil }
-        return Self.firstIPv4Interface { entry, sin in
-            sin.sin_addr.s_addr == wanted.s_addr ? String(cString: entry.ifa_name) : nil
-        }
-    }
-
-    /// The IPv4 broadcast address of a network interface, if it has one.
-    static func broadcastAddress(ofInterface name: String) -> String? {
-        Self.firstIPv4Interface { entry, _ in
-            guard String(cString: entry.ifa_name) == name, Int32(entry.ifa_flags) & Int32(IFF_BROADCAST) != 0,
-                let broadcast = entry.ifa_ifu.ifu_broadaddr
-            else { return nil }
-            return broadcast.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
-                var a = sin.pointee.sin_addr
-                var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-                inet_ntop(AF_INET, &a, &text, socklen_t(INET_ADDRSTRLEN))
-                return String(cString: text)
-            }
-        }
-    }
-
-    /// The first non-nil `match` over the IPv4 addresses of this machine's interfaces.
-    private static func firstIPv4Interface(_ match: (ifaddrs, sockaddr_in) -> String?) -> String? {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return nil }
-        defer { freeifaddrs(list) }
-        var cursor: UnsafeMutablePointer<ifaddrs>? = first
-        while let entry = cursor {
-            defer { cursor = entry.pointee.ifa_next }
-            guard let a = entry.pointee.ifa_addr, a.pointee.sa_family == sa_family_t(AF_INET) else { continue }
-            let sin = a.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
-            if let found = match(entry.pointee, sin) { return found }
-        }
-        return nil
-    }
-}
-
-/// `PP_BROADCAST` does not parse.
-public struct BroadcastError: Error, Sendable, CustomStringConvertible {
-    /// What is wrong and the fix.
-    public var message: String
-
-    public var description: String { self.message }
 }

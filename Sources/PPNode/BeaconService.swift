@@ -1,27 +1,21 @@
 import Logging
 import NIOCore
-import NIOPosix
 import PPCore
-
-#if canImport(Glibc)
-import Glibc
-#endif
+import PPRuntime
 
 /// The broadcast half of a node's discovery: a beacon every `interval` to the
 /// broadcast target, and an immediate answer to every probe. (DNS-SD is the other
 /// half.) Lives on the node's loop.
 ///
-/// `@unchecked Sendable` is safe because every method runs on that loop: channel
-/// callbacks and the repeated task are scheduled there, and `NodeServer` hops there.
-final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = AddressedEnvelope<ByteBuffer>
-
+/// `@unchecked Sendable` is safe because every method runs on that loop: the discovery
+/// socket's callbacks and the repeated task run there, and `NodeServer` hops there.
+final class BeaconService: @unchecked Sendable {
     private var beacon: [UInt8]
     private let target: BroadcastTarget
     private let port: Int
     private let interval: Duration
     private let logger: Logger
-    private var channel: (any Channel)?
+    private var socket: DiscoverySocket?
     private var timer: RepeatedTask?
     private var lastSendError: String?
     /// Probes answered since start.
@@ -62,26 +56,19 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     /// starts the beacons. A failure turns broadcast discovery off with a log line; the
     /// node keeps serving.
     func start(group: any EventLoopGroup) async {
+        let loop = group.next()
+        let logger = self.logger
         do {
-            let bootstrap = DatagramBootstrap(group: group)
-                .channelOption(.socketOption(.so_reuseaddr), value: 1)
-                .channelOption(.socketOption(.so_broadcast), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(self) }
-                }
-            let channel: any Channel
-            if ["0.0.0.0", "", "::", "*"].contains(self.host) {
-                channel = try await bootstrap.bind(host: "0.0.0.0", port: self.port).get()
-            } else if let interface = BroadcastTarget.interfaceName(owning: self.host) {
-                // Broadcasts reach only wildcard-bound sockets: bind the wildcard, but on
-                // the interface of --host alone, so other networks cannot probe us.
-                channel = try await bootstrap.withBoundSocket(try Self.socket(port: self.port, interface: interface)).get()
-            } else {
-                channel = try await bootstrap.bind(host: self.host, port: self.port).get()
-            }
-            try await channel.eventLoop.submit {
-                self.channel = channel
-                self.startBeacons(on: channel)
+            let socket = try await DiscoverySocket.open(
+                port: self.port,
+                binding: DiscoverySocket.Binding(listeningOn: self.host),
+                on: loop,
+                receive: { [self] socket, datagram in self.received(datagram, on: socket) },
+                onError: { error in logger.debug("discovery socket error", metadata: ["error": "\(error)"]) }
+            ).get()
+            try await loop.submit {
+                self.socket = socket
+                self.startBeacons(on: socket)
             }.get()
         } catch {
             self.logger.warning(
@@ -91,29 +78,7 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// A UDP socket bound to the wildcard address and `port` on `interface` only.
-    static func socket(port: Int, interface: String) throws -> CInt {
-        let fd = Glibc.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
-        var one: CInt = 1
-        var name = Array(interface.utf8CString)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = INADDR_ANY
-        let ok = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size)) == 0
-            && setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, socklen_t(MemoryLayout<CInt>.size)) == 0
-            && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, &name, socklen_t(name.count)) == 0
-            && withUnsafePointer(to: &address, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }) == 0
-        guard ok else {
-            let e = errno
-            close(fd)
-            throw IOError(errnoCode: e, reason: "discovery socket on \(interface)")
-        }
-        return fd
-    }
-
-    private func startBeacons(on channel: any Channel) {
+    private func startBeacons(on socket: DiscoverySocket) {
         guard case .address(let host) = self.target else {
             self.logger.notice("broadcast beacons off (PP_BROADCAST=off); answering probes only", metadata: ["discovery.port": "\(self.port)"])
             return
@@ -122,19 +87,18 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
         self.logger.info("broadcast beacons on", metadata: ["broadcast": "\(host):\(self.port)", "interval": "\(self.interval)"])
         self.send(to: destination)
         let ms = Int64(self.interval.components.seconds * 1000 + self.interval.components.attoseconds / 1_000_000_000_000_000)
-        self.timer = channel.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(ms), delay: .milliseconds(ms)) { [self] _ in
+        self.timer = socket.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(ms), delay: .milliseconds(ms)) { [self] _ in
             self.send(to: destination)
         }
     }
 
     private func send(to destination: SocketAddress) {
-        guard let channel = self.channel else { return }
-        self.send(self.style == .parallelPython ? Self.ppAnnouncement : self.beacon, to: destination, on: channel)
+        guard let socket = self.socket else { return }
+        self.send(self.style == .parallelPython ? Self.ppAnnouncement : self.beacon, to: destination, on: socket)
     }
 
-    private func send(_ bytes: [UInt8], to destination: SocketAddress, on channel: any Channel) {
-        let envelope = AddressedEnvelope(remoteAddress: destination, data: channel.allocator.buffer(bytes: bytes))
-        channel.writeAndFlush(envelope).whenComplete { [self] result in
+    private func send(_ bytes: [UInt8], to destination: SocketAddress, on socket: DiscoverySocket) {
+        socket.send(bytes, to: destination).whenComplete { [self] result in
             switch result {
             case .success:
                 if self.lastSendError != nil { self.logger.notice("broadcast beacons sent again", metadata: ["broadcast": "\(destination)"]) }
@@ -149,19 +113,19 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let envelope = Self.unwrapInboundIn(data)
-        let bytes = Array(envelope.data.readableBytesView)
-        let destination = envelope.remoteAddress
+    /// Answers a probe (ours, or ppft's "C" on the pp-compatible port); ignores
+    /// everything else.
+    private func received(_ datagram: DiscoverySocket.Datagram, on socket: DiscoverySocket) {
+        let bytes = datagram.bytes
         if self.style == .parallelPython, bytes.first == UInt8(ascii: "C") {
             // A ppft client listens on the pp port of the wildcard address, not on the
             // port it sent from: answer there, by broadcast as ppft's server does (a
             // unicast would reach only one of several sockets sharing the port).
             let host: String
-            if case .address(let broadcast) = self.target { host = broadcast } else { host = envelope.remoteAddress.ipAddress ?? "127.0.0.1" }
+            if case .address(let broadcast) = self.target { host = broadcast } else { host = datagram.source.ipAddress ?? "127.0.0.1" }
             guard let to = try? SocketAddress(ipAddress: host, port: self.port) else { return }
             self.probesAnswered += 1
-            self.send(Self.ppAnnouncement, to: to, on: context.channel)
+            self.send(Self.ppAnnouncement, to: to, on: socket)
             return
         } else if !NodeBeacon.isProbe(bytes) || bytes.count < self.beacon.count {
             // Not a probe, or one smaller than the answer (an old client, or a forged
@@ -169,15 +133,7 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         self.probesAnswered += 1
-        let reply = AddressedEnvelope(remoteAddress: destination, data: context.channel.allocator.buffer(bytes: self.beacon))
-        context.writeAndFlush(Self.wrapOutboundOut(reply), promise: nil)
-    }
-
-    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A bad datagram or an ICMP error must not stop discovery.
-        self.logger.debug("discovery socket error", metadata: ["error": "\(error)"])
+        socket.send(self.beacon, to: datagram.source)
     }
 
     /// Sends `beacon` from now on (its fields changed).
@@ -188,7 +144,7 @@ final class BeaconService: ChannelInboundHandler, @unchecked Sendable {
     /// Stops advertising (first step of a graceful shutdown).
     func stop() {
         self.timer?.cancel()
-        self.channel?.close(promise: nil)
-        self.channel = nil
+        self.socket?.close()
+        self.socket = nil
     }
 }

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOPosix
 import PPDNSSD
+import PPRuntime
 import PPTLS
 import PPWorkers
 import Synchronization
@@ -254,6 +255,8 @@ public final class NodeServer: Sendable {
             cores: System.coreCount,
             workers: self.workers,
             version: ParallelPythonVersion.string,
+            arch: HostInfo.architecture,
+            os: HostInfo.operatingSystem,
             python: self.pythonVersion.withLock { $0 },
             pp: self.ppAddress?.port
         )

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PPCore
+import PPRuntime
 import PPWorkers
 
 // The pp-compatible listener: speaks Parallel Python's (ppft 1.7.8) wire protocol so

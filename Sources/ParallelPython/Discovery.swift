@@ -1,8 +1,8 @@
 import Logging
 import NIOCore
-import NIOPosix
 import PPCore
 import PPDNSSD
+import PPRuntime
 import PPTLS
 
 /// Turns node addresses, static and discovered, into `NodeLink`s for the scheduler.
@@ -134,7 +134,7 @@ final class BeaconListener: @unchecked Sendable {
     private let manager: ResourceManager
     private let port: Int
     private let target: BroadcastTarget
-    private var channels: [any Channel] = []
+    private var sockets: [DiscoverySocket] = []
 
     init(manager: ResourceManager, port: Int, target: BroadcastTarget) {
         self.manager = manager
@@ -146,18 +146,16 @@ final class BeaconListener: @unchecked Sendable {
     /// then probes. Failures turn broadcast discovery off with one log line.
     func start(loop: any EventLoop) {
         let logger = self.manager.scheduler.logger
-        func bind(_ port: Int) -> EventLoopFuture<any Channel> {
-            DatagramBootstrap(group: loop)
-                .channelOption(.socketOption(.so_reuseaddr), value: 1)
-                .channelOption(.socketOption(.so_broadcast), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(BeaconHandler(manager: self.manager)) }
-                }
-                .bind(host: "0.0.0.0", port: port)
+        let manager = self.manager
+        // Both sockets hand beacons to the resource manager; errors (an ICMP error, a
+        // bad datagram) must not stop discovery and are ignored.
+        let receive: @Sendable (DiscoverySocket, DiscoverySocket.Datagram) -> Void = { _, datagram in
+            guard let beacon = NodeBeacon(datagram: datagram.bytes), let host = datagram.source.ipAddress else { return }
+            manager.discovered(beacon, host: host, via: "broadcast")
         }
-        bind(self.port).whenComplete { [self] result in
+        DiscoverySocket.open(port: self.port, on: loop, receive: receive).whenComplete { [self] result in
             switch result {
-            case .success(let channel): self.channels.append(channel)
+            case .success(let socket): self.sockets.append(socket)
             case .failure(let error):
                 logger.warning("broadcast discovery off: cannot listen for beacons", metadata: ["discovery.port": "\(self.port)", "error": "\(error)"])
             }
@@ -166,44 +164,21 @@ final class BeaconListener: @unchecked Sendable {
             logger.notice("broadcast probes off (PP_BROADCAST=off); listening for beacons only")
             return
         }
-        bind(0).whenComplete { [self] result in
-            guard case .success(let channel) = result, let destination = try? SocketAddress(ipAddress: host, port: self.port) else {
+        DiscoverySocket.open(port: 0, on: loop, receive: receive).whenComplete { [self] result in
+            guard case .success(let socket) = result, let destination = try? SocketAddress(ipAddress: host, port: self.port) else {
                 logger.warning("broadcast discovery: cannot send probes", metadata: ["broadcast": "\(host):\(self.port)"])
                 return
             }
-            self.channels.append(channel)
-            let probe = AddressedEnvelope(remoteAddress: destination, data: channel.allocator.buffer(bytes: NodeBeacon.probe))
-            channel.writeAndFlush(probe).whenFailure { error in
+            self.sockets.append(socket)
+            socket.send(NodeBeacon.probe, to: destination).whenFailure { error in
                 logger.warning("broadcast discovery: cannot send a probe", metadata: ["broadcast": "\(destination)", "error": "\(error)"])
             }
         }
     }
 
     func stop() {
-        for c in self.channels { c.close(promise: nil) }
-        self.channels.removeAll()
-    }
-}
-
-/// Hands beacons read on one discovery socket to the resource manager.
-final class BeaconHandler: ChannelInboundHandler, @unchecked Sendable {
-    // Runs on the job server's loop, like the manager it calls.
-    typealias InboundIn = AddressedEnvelope<ByteBuffer>
-
-    private let manager: ResourceManager
-
-    init(manager: ResourceManager) {
-        self.manager = manager
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let envelope = Self.unwrapInboundIn(data)
-        guard let beacon = NodeBeacon(datagram: Array(envelope.data.readableBytesView)), let host = envelope.remoteAddress.ipAddress else { return }
-        self.manager.discovered(beacon, host: host, via: "broadcast")
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // An ICMP error or a bad datagram must not stop discovery.
+        for socket in self.sockets { socket.close() }
+        self.sockets.removeAll()
     }
 }
 

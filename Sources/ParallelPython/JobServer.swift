@@ -1,5 +1,6 @@
 public import Logging
 public import PPCore
+import PPRuntime
 import PPWorkers
 import Foundation
 public import NIOCore
@@ -142,8 +143,7 @@ public final class JobServer: Service, Sendable {
                 secret = try ClusterSecret.load(file: nil, create: false).secret
             } catch {
                 // Quiet when there is simply no secret and nodes would only be discovered.
-                let environment = ProcessInfo.processInfo.environment
-                if !configuration.nodes.isEmpty || !(environment["PP_SECRET"] ?? "").isEmpty || !(environment["PP_SECRET_FILE"] ?? "").isEmpty {
+                if !configuration.nodes.isEmpty || ClusterSecret.isNamedByEnvironment {
                     configuration.logger.warning("no cluster secret: nodes cannot be used", metadata: ["reason": "\(error)"])
                 }
             }

@@ -3,8 +3,10 @@ import Dispatch
 import Foundation
 import Logging
 import NIOCore
+import PPCommandLine
 import PPCore
 import PPNode
+import PPRuntime
 
 /// `ppnode`: the daemon that runs jobs for clients of its cluster.
 @main
@@ -51,8 +53,7 @@ struct PPNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Python interpreter for workers (env PP_PYTHON; default python3).", valueName: "PATH"))
     var python: String?
 
-    @Option(name: .customLong("secret-file"), help: ArgumentHelp("File holding the cluster secret; it must exist (env PP_SECRET_FILE).", valueName: "PATH"))
-    var secretFile: String?
+    @OptionGroup var secretOptions: SecretOptions
 
     @Option(help: ArgumentHelp("Name shown to clients (env PP_NODE_NAME; default: host name).", valueName: "NAME"))
     var name: String?

@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPCommandLine
 import PPCore
 import PPNode
+import PPRuntime
 
 /// ppnode's settings after merging flag > environment > config file > default.
 struct Settings {
@@ -75,7 +77,7 @@ struct Settings {
             self.workers = v
         }
         if let (v, _) = pick(c.python, "PP_PYTHON", "python") { self.python = v }
-        if let v = c.secretFile {
+        if let v = c.secretOptions.secretFile {
             self.secretFile = v
         } else if let v = file["secret-file"] {
             self.secretFile = v.value

@@ -1,7 +1,12 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
+import PPCommandLine
+import PPCore
 import PPDNSSD
+import PPRuntime
 import ParallelPython
 import Synchronization
 
@@ -39,8 +44,7 @@ struct PPNodes: AsyncParsableCommand {
     @Flag(help: "Refresh the list every --timeout seconds until interrupted.")
     var watch = false
 
-    @Option(name: .customLong("secret-file"), help: ArgumentHelp("The cluster secret (default: $PP_SECRET, then ~/.config/ppnode/secret).", valueName: "PATH"))
-    var secretFile: String?
+    @OptionGroup var secretOptions: SecretOptions
 
     func validate() throws {
         guard self.timeout > 0, self.timeout <= 60, self.timeout.isFinite else {
@@ -60,9 +64,9 @@ struct PPNodes: AsyncParsableCommand {
         }
         var secret: ClusterSecret?
         do {
-            secret = try ClusterSecret.load(file: self.secretFile, create: false).secret
+            secret = try self.secretOptions.load().secret
         } catch {
-            if self.secretFile != nil {
+            if self.secretOptions.secretFile != nil {
                 FileHandle.standardError.write(Data("ppnodes: \(error)\n".utf8))
                 throw ExitCode(2)
             }
@@ -108,7 +112,7 @@ struct PPNodes: AsyncParsableCommand {
     }
 
     static func survey(target: BroadcastTarget, port: Int, window: Double, secret: ClusterSecret?, browse: DNSSDCollector?) async -> [Row] {
-        let beacons = Self.collectBeacons(target: target, port: port, window: window)
+        let beacons = await Self.collectBeacons(target: target, port: port, window: window)
         let services = browse?.finish() ?? [:]
         var rows: [Row] = []
         for key in Set(beacons.keys).union(services.keys) {
@@ -140,55 +144,30 @@ struct PPNodes: AsyncParsableCommand {
     }
 
     /// Probes once, then gathers beacons (answers and periodic ones) for `window` seconds.
-    static func collectBeacons(target: BroadcastTarget, port: Int, window: Double) -> [String: NodeBeacon] {
-        var found: [String: NodeBeacon] = [:]
-        func udpSocket(bindPort: Int) -> Int32 {
-            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            var one: Int32 = 1
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, socklen_t(MemoryLayout<Int32>.size))
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = UInt16(bindPort).bigEndian
-            addr.sin_addr.s_addr = INADDR_ANY
-            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            if ok != 0 {
-                close(fd)
-                return -1
-            }
-            return fd
+    ///
+    /// Two discovery sockets: one on the shared discovery port (periodic beacons) and
+    /// one on a free port, which sends the probe and hears the answers. A socket that
+    /// cannot be opened is left out without a word, as is the probe when broadcast is off.
+    static func collectBeacons(target: BroadcastTarget, port: Int, window: Double) async -> [String: NodeBeacon] {
+        let found = Found()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let receive: @Sendable (DiscoverySocket, DiscoverySocket.Datagram) -> Void = { _, datagram in
+            guard let beacon = NodeBeacon(datagram: datagram.bytes), let host = datagram.source.ipAddress else { return }
+            found.byAddress.withLock { $0[NodeAddress(host: host, port: beacon.port).description] = beacon }
         }
-        let listener = udpSocket(bindPort: port)
-        let prober = udpSocket(bindPort: 0)
-        defer {
-            if listener >= 0 { close(listener) }
-            if prober >= 0 { close(prober) }
+        let listener = try? await DiscoverySocket.open(port: port, on: loop, receive: receive).get()
+        let prober = try? await DiscoverySocket.open(port: 0, on: loop, receive: receive).get()
+        if case .address(let host) = target, let prober, let destination = try? SocketAddress(ipAddress: host, port: port) {
+            _ = try? await prober.send(NodeBeacon.probe, to: destination).get()
         }
-        if case .address(let host) = target, prober >= 0 {
-            var to = sockaddr_in()
-            to.sin_family = sa_family_t(AF_INET)
-            to.sin_port = UInt16(port).bigEndian
-            to.sin_addr.s_addr = inet_addr(host)
-            _ = NodeBeacon.probe.withUnsafeBytes { probe in
-                withUnsafePointer(to: &to) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(prober, probe.baseAddress, probe.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            }
-        }
-        let deadline = Date().addingTimeInterval(window)
-        var fds = [listener, prober].filter { $0 >= 0 }.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        var buffer = [UInt8](repeating: 0, count: 2048)
-        while !fds.isEmpty {
-            let left = Int32(max(0, deadline.timeIntervalSinceNow * 1000))
-            guard left > 0, poll(&fds, nfds_t(fds.count), left) > 0 else { break }
-            for i in fds.indices where fds[i].revents & Int16(POLLIN) != 0 {
-                var from = sockaddr_in()
-                var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-                let n = withUnsafeMutablePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fds[i].fd, &buffer, buffer.count, 0, $0, &length) } }
-                guard n > 0, let beacon = NodeBeacon(datagram: Array(buffer[0..<n])) else { continue }
-                let host = String(cString: inet_ntoa(from.sin_addr))
-                found[NodeAddress(host: host, port: beacon.port).description] = beacon
-            }
-        }
-        return found
+        try? await Task.sleep(for: .milliseconds(Int64(window * 1000)))
+        for socket in [listener, prober].compactMap({ $0 }) { _ = try? await socket.close().get() }
+        return found.byAddress.withLock { $0 }
+    }
+
+    /// Beacons gathered by address, written on the sockets' event loop.
+    final class Found: Sendable {
+        let byAddress = Mutex<[String: NodeBeacon]>([:])
     }
 
     // MARK: Output

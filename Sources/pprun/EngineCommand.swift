@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPCore
+import PPRuntime
 import ParallelPython
 import Synchronization
 

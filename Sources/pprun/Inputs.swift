@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PPCore
 import ParallelPython
 
 /// Where `pprun map` reads its inputs.

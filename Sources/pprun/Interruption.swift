@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import PPWorkers
 import ParallelPython
 import Synchronization
 

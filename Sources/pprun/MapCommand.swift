@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PPCommandLine
+import PPCore
+import PPRuntime
 import ParallelPython
 
 /// `pprun map FILE.py:FUNC ...`: one job per input.
@@ -40,8 +43,7 @@ struct MapCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-discover"), help: "Use only local workers and --node addresses: do not look for nodes by broadcast.")
     var noDiscover = false
 
-    @Option(name: .customLong("secret-file"), help: ArgumentHelp("The cluster secret for nodes (default: $PP_SECRET, then ~/.config/ppnode/secret).", valueName: "PATH"))
-    var secretFile: String?
+    @OptionGroup var secretOptions: SecretOptions
 
     @Option(name: .long, help: ArgumentHelp("Kill a job (and replace its worker) after this long.", valueName: "SECONDS"))
     var timeout: Double?
@@ -110,9 +112,9 @@ struct MapCommand: AsyncParsableCommand {
         defer { withExtendedLifetime(signalSources) {} }
 
         var secret: ClusterSecret?
-        if !self.nodes.isEmpty || self.secretFile != nil {
+        if !self.nodes.isEmpty || self.secretOptions.secretFile != nil {
             do {
-                secret = try ClusterSecret.load(file: self.secretFile, create: false).secret
+                secret = try self.secretOptions.load().secret
             } catch {
                 Console.error("pprun: \(error)")
                 throw ExitCode(ExitCodes.cannotStart)
@@ -121,10 +123,9 @@ struct MapCommand: AsyncParsableCommand {
             // Discovered nodes need the secret; without one they are only reported. A
             // secret the user named (PP_SECRET, PP_SECRET_FILE) that cannot be used is
             // an error, not a reason to run without nodes.
-            let environment = ProcessInfo.processInfo.environment
             do {
                 secret = try ClusterSecret.load(file: nil, create: false).secret
-            } catch where !(environment["PP_SECRET"] ?? "").isEmpty || !(environment["PP_SECRET_FILE"] ?? "").isEmpty {
+            } catch where ClusterSecret.isNamedByEnvironment {
                 Console.error("pprun: \(error)")
                 throw ExitCode(ExitCodes.cannotStart)
             } catch {

@@ -75,7 +75,7 @@ struct NodeStartTests {
         // The node waited for its workers before it exited (they may not have started).
         #expect(python.survivors.isEmpty, "workers left: \(python.survivors)")
         // The first node still serves.
-        let check = try runProcess(builtCommand("pprun"), ["map", try dir.write("w.py", work) + ":square", "3", "--workers", "0", "--node", first.address], environment: ["PP_SECRET": secret])
+        let check = try runProcess(builtCommand("pprun"), ["map", try dir.write("w.py", work) + ":square", "3", "--workers", "0", "--node", first.address, "--no-discover"], environment: ["PP_SECRET": secret])
         #expect(check.status == 0 && check.lines == ["9"], "\(check.stderr)")
     }
 
@@ -129,7 +129,7 @@ struct NodeStartTests {
         // crash it at its first client).
         let node = try NodeProcess(["--max-frame", "1GiB", "--workers", "1"], secret: secret)
         defer { node.stop() }
-        let r = try runProcess(builtCommand("pprun"), ["map", try dir.write("w.py", work) + ":square", "4", "--workers", "0", "--node", node.address], environment: ["PP_SECRET": secret])
+        let r = try runProcess(builtCommand("pprun"), ["map", try dir.write("w.py", work) + ":square", "4", "--workers", "0", "--node", node.address, "--no-discover"], environment: ["PP_SECRET": secret])
         #expect(r.status == 0 && r.lines == ["16"], "\(r.stderr)")
     }
 

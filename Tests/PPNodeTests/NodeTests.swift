@@ -1,4 +1,5 @@
 import Foundation
+import PPCore
 import PPTesting
 import ParallelPython
 import Synchronization
