@@ -4,7 +4,7 @@
 // Exports.swift does), so that a program needs no other import.
 //
 // Not exported, on purpose: the wire and worker protocols (NodeProtocol, WireJob,
-// WireResult, WorkerFrames, PoolJob...), NodeBeacon, the JSON writer, digests, keys,
+// Job, JobResult, WorkerFrames...), NodeBeacon, the JSON writer, digests, keys,
 // and PPRuntime (secret files, environment, discovery socket). Commands, tests and
 // benchmarks that need them import PPCore or PPRuntime themselves.
 
@@ -26,4 +26,4 @@
 // MARK: Statistics of the local pool (`JobServerStatistics.localPool`)
 @_exported public import struct PPWorkers.PoolStatistics
 @_exported public import struct PPWorkers.WorkerStatistics
-@_exported public import enum PPWorkers.ExitStatus
+@_exported public import enum PPCore.ExitStatus
