@@ -109,7 +109,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let action = self.machine.received(
             Self.unwrapInboundIn(data),
-            now: .now(),
+            now: context.eventLoop.now,
             bundle: { self.state.cache.get($0) },
             poolJobID: { self.node.pool.jobIDs.next() }
         )
@@ -161,9 +161,10 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             self.node.pool.stop(jobIDs: ids)
         case .gatherStatistics(let token):
             let node = self.node
+            let loop = self.channel?.eventLoop ?? node.loop
             Task {
                 let json = await node.statisticsJSON()
-                node.loop.execute { self.execute(self.machine.statisticsReady(token: token, json: json)) }
+                loop.execute { self.execute(self.machine.statisticsReady(token: token, json: json)) }
             }
         case .scheduleFlush:
             self.scheduleFlush()
@@ -220,8 +221,11 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     private func startHeartbeat() {
         guard let channel = self.channel else { return }
         let interval = TimeAmount(self.machine.configuration.heartbeatInterval)
-        self.heartbeat = channel.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [self] _ in
-            self.execute(self.machine.tick(now: .now()))
+        let loop = channel.eventLoop
+        // The loop's clock, not the wall's: the same in production, and a test's
+        // EmbeddedEventLoop can move it.
+        self.heartbeat = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [self] _ in
+            self.execute(self.machine.tick(now: loop.now))
         }
     }
 
