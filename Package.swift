@@ -169,7 +169,16 @@ let package = Package(
 
         // MARK: Tests
         .target(name: "PPTesting", swiftSettings: swiftSettings),
-        .testTarget(name: "PPCoreTests", dependencies: ["PPCore", .product(name: "NIOCore", package: "swift-nio")], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "PPCoreTests",
+            dependencies: [
+                "PPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "PPTLSTests",
             dependencies: [
@@ -193,7 +202,17 @@ let package = Package(
         ),
         .testTarget(
             name: "PPNodeTests",
-            dependencies: ["ParallelPython", "PPCore", "PPTesting"],
+            dependencies: [
+                "ParallelPython",
+                "PPCore",
+                "PPNode",
+                "PPTLS",
+                "PPWorkers",
+                "PPTesting",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

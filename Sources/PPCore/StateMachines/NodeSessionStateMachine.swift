@@ -105,6 +105,14 @@ public struct NodeSessionStateMachine: Sendable {
         public var maxFrame: UInt32
         /// The client's name, cut and escaped for logs.
         public var clientName: String
+
+        /// Creates a handshake outcome.
+        public init(version: UInt16, window: UInt32, maxFrame: UInt32, clientName: String) {
+            self.version = version
+            self.window = window
+            self.maxFrame = maxFrame
+            self.clientName = clientName
+        }
     }
 
     /// What to do with an accepted SUBMIT.
@@ -153,6 +161,13 @@ public struct NodeSessionStateMachine: Sendable {
         public var bytes: Int
         /// The client's frame limit.
         public var limit: Int
+
+        /// Creates a record of a result too large.
+        public init(jobID: UInt64, bytes: Int, limit: Int) {
+            self.jobID = jobID
+            self.bytes = bytes
+            self.limit = limit
+        }
     }
 
     /// Why the session closes with an error.
