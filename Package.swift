@@ -209,7 +209,16 @@ let package = Package(
 
         // MARK: Tests
         .target(name: "PPTesting", swiftSettings: swiftSettings),
-        .testTarget(name: "PPCoreTests", dependencies: ["PPCore", .product(name: "NIOCore", package: "swift-nio")], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "PPCoreTests",
+            dependencies: [
+                "PPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "PPRuntimeTests",
             dependencies: [
@@ -244,7 +253,17 @@ let package = Package(
         ),
         .testTarget(
             name: "PPNodeTests",
-            dependencies: ["ParallelPython", "PPCore", "PPTesting"],
+            dependencies: [
+                "ParallelPython",
+                "PPCore",
+                "PPNode",
+                "PPTLS",
+                "PPWorkers",
+                "PPTesting",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

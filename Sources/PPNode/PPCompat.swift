@@ -137,66 +137,123 @@ final class QuickAckHandler: ChannelOutboundHandler, Sendable {
     }
 }
 
-/// One ppft connection. Confined to the node's loop (`@unchecked Sendable` for that).
+/// One ppft connection: the driver of a `PPSessionStateMachine`, which holds the
+/// protocol. This handler passes frames and pool results to the machine and executes
+/// its actions: writes, pool jobs, the handshake timer, the listener's counters and
+/// logs.
+///
+/// `@unchecked Sendable` is safe because it is confined to the node's loop (its
+/// channel's loop; pool completions hop there).
 final class PPSession: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = [UInt8]
-
-    private enum Phase {
-        case awaitingAnswer
-        case awaitingType
-        case stat
-        case exec
-        case closed
-    }
+    typealias OutboundOut = ByteBuffer
 
     private let node: NodeServer
     private let compat: PPCompatService
     private let logger: Logger
-    private var phase = Phase.awaitingAnswer
-    private let challenge: [UInt8]
+    private var machine: PPSessionStateMachine
     private var context: ChannelHandlerContext?
     private var handshakeTimer: Scheduled<Void>?
-    /// Function messages seen on this connection, by MD5 (ppft's "H" messages).
-    private var functions: [String: FunctionBundle] = [:]
-    private var pendingFunction: FunctionBundle?
-    /// Jobs received, run one after another (ppft waits for each result anyway).
-    private var queue: [(FunctionBundle, [UInt8])] = []
-    private var running = false
-    private let peer: String
 
     init(node: NodeServer, compat: PPCompatService, peer: String) {
         self.node = node
         self.compat = compat
-        self.peer = peer
         var logger = node.configuration.logger
         logger[metadataKey: "pp.peer"] = "\(peer)"
         self.logger = logger
-        let letters = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
-        self.challenge = randomBytes(16).map { letters[Int($0) % letters.count] }
+        self.machine = PPSessionStateMachine(
+            version: compat.version,
+            challenge: PPSessionStateMachine.makeChallenge(),
+            secret: node.configuration.secret.bytes,
+            workers: node.workers
+        )
     }
 
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
         self.compat.connections += 1
-        self.send([Array(self.compat.version.utf8), self.challenge])
-        // A peer that does not authenticate and name its connection type in time is
-        // closed: idle unauthenticated connections must not pile up.
+        self.execute(self.machine.connected())
         let limit = self.node.configuration.handshakeTimeout
-        self.handshakeTimer = context.eventLoop.scheduleTask(in: .nanoseconds(limit.nanosecondsInt64)) { [self] in
-            guard self.phase == .awaitingAnswer || self.phase == .awaitingType else { return }
-            self.compat.protocolErrors += 1
-            self.logger.notice("pp client did not authenticate within \(limit) (--handshake-timeout); closing")
-            self.close()
+        self.handshakeTimer = context.eventLoop.scheduleTask(in: TimeAmount(limit)) { [self] in
+            self.execute(self.machine.handshakeTimedOut())
         }
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.phase = .closed
+        self.machine.closed()
         self.context = nil
         self.handshakeTimer?.cancel()
         self.compat.connections -= 1
         context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let action = self.machine.received(
+            Self.unwrapInboundIn(data),
+            bundle: { self.compat.bundle(md5: $0, sfunc: $1) },
+            cachedBundle: { self.compat.cached(md5: $0) }
+        )
+        self.execute(action)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is PPCompatError || error is ByteToMessageDecoderError {
+            self.compat.protocolErrors += 1
+            self.logger.warning("pp client error; closing its connection", metadata: ["error": "\(error)"])
+        }
+        self.machine.closed()
+        self.context?.close(promise: nil)
+    }
+
+    // MARK: Actions
+
+    private func execute(_ action: PPSessionStateMachine.Action) {
+        switch action {
+        case .none:
+            break
+        case .send(let payloads):
+            self.send(payloads)
+        case .sendJobTime:
+            self.send([Array(String(self.compat.jobSeconds).utf8)])
+        case .run(let run):
+            self.run(run)
+        case .reply(let payload, let failed, let next):
+            if failed { self.compat.jobsFailed += 1 }
+            self.send([payload])
+            if let next { self.run(next) }
+        case .close(let why):
+            switch why {
+            case .wrongSecret:
+                self.compat.authFailures += 1
+                self.logger.warning("pp client refused: wrong secret (the pp secret is the text of this node's secret file)")
+                self.send([Array("FAILED".utf8)])
+            case .handshakeTimeout:
+                self.compat.protocolErrors += 1
+                self.logger.notice("pp client did not authenticate within \(self.node.configuration.handshakeTimeout) (--handshake-timeout); closing")
+            case .unknownConnectionType(let type):
+                self.logger.warning("pp client sent an unknown connection type; closing", metadata: ["type": "\(type)"])
+            case .protocolError(let what):
+                self.compat.protocolErrors += 1
+                self.logger.warning("pp client sent \(what); closing its connection")
+            }
+            self.context?.close(promise: nil)
+        }
+    }
+
+    private func run(_ run: PPSessionStateMachine.Run) {
+        let started = ContinuousClock.now
+        let loop = self.node.loop
+        self.node.pool.submit(
+            Job(id: self.node.pool.jobIDs.next(), bundle: run.bundle, arguments: run.arguments, timeout: nil) { [self] result in
+                loop.execute {
+                    let elapsed = ContinuousClock.now - started
+                    self.compat.jobsDone += 1
+                    self.compat.jobSeconds += Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                    self.execute(self.machine.jobFinished(result))
+                }
+            }
+        )
     }
 
     /// Writes frames with one write and one flush.
@@ -208,129 +265,6 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
             buffer.writeBytes(p)
         }
         context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
-    }
-
-    typealias OutboundOut = ByteBuffer
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = Self.unwrapInboundIn(data)
-        switch self.phase {
-        case .awaitingAnswer:
-            let expected = PPWire.answer(challenge: self.challenge, secret: self.node.configuration.secret.bytes)
-            guard constantTimeEqual(Array(expected.utf8), frame) else {
-                self.compat.authFailures += 1
-                self.logger.warning("pp client refused: wrong secret (the pp secret is the text of this node's secret file)")
-                self.send([Array("FAILED".utf8)])
-                self.close()
-                return
-            }
-            self.send([Array("OK".utf8)])
-            self.phase = .awaitingType
-        case .awaitingType:
-            switch String(decoding: frame, as: UTF8.self) {
-            case "STAT":
-                self.phase = .stat
-                self.send([Array(String(self.node.workers).utf8)])
-            case "EXEC":
-                self.phase = .exec
-            default:
-                self.logger.warning("pp client sent an unknown connection type; closing", metadata: ["type": "\(PeerText.cut(String(decoding: frame.prefix(16), as: UTF8.self), limit: 16))"])
-                self.close()
-            }
-        case .stat:
-            // ppft sends "TIME" and expects the job time sum (seconds) as text.
-            self.send([Array(String(self.compat.jobSeconds).utf8)])
-        case .exec:
-            if let function = self.pendingFunction {
-                self.pendingFunction = nil
-                self.queue.append((function, frame))
-                self.runNext()
-            } else {
-                self.receiveFunction(frame)
-            }
-        case .closed:
-            break
-        }
-    }
-
-    private func receiveFunction(_ frame: [UInt8]) {
-        guard let kind = frame.first else {
-            self.protocolError("an empty function message")
-            return
-        }
-        switch kind {
-        case UInt8(ascii: "N"):
-            let sfunc = Array(frame.dropFirst())
-            let md5 = PPWire.md5Hex(sfunc)
-            let bundle = self.compat.bundle(md5: md5, sfunc: sfunc)
-            self.functions[md5] = bundle
-            self.pendingFunction = bundle
-        case UInt8(ascii: "H"):
-            let md5 = String(decoding: frame.dropFirst(), as: UTF8.self)
-            guard let bundle = self.functions[md5] ?? self.compat.cached(md5: md5) else {
-                self.protocolError("a function named by a hash it never sent (H\(md5.prefix(32)))")
-                return
-            }
-            self.pendingFunction = bundle
-        default:
-            self.protocolError("a function message that starts with neither N nor H")
-        }
-    }
-
-    private func runNext() {
-        guard !self.running, !self.queue.isEmpty, self.phase == .exec else { return }
-        let (bundle, sargs) = self.queue.removeFirst()
-        self.running = true
-        let started = ContinuousClock.now
-        let argument = "[\"" + Data(sargs).base64EncodedString() + "\"]"
-        let id = self.node.pool.jobIDs.next()
-        self.node.pool.submit(
-            Job(id: id, bundle: bundle, arguments: JobArguments(jsonArray: Array(argument.utf8)), timeout: nil) { [self] result in
-                self.node.loop.execute { self.finished(result.outcome, started: started) }
-            }
-        )
-    }
-
-    private func finished(_ outcome: JobOutcome, started: ContinuousClock.Instant) {
-        self.running = false
-        let elapsed = ContinuousClock.now - started
-        self.compat.jobsDone += 1
-        self.compat.jobSeconds += Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        guard self.phase == .exec else { return }
-        let payload: [UInt8]
-        switch outcome.result {
-        case .success(let json):
-            // The adapter returns a JSON string of base64.
-            if json.count >= 2, let decoded = Data(base64Encoded: Data(json.dropFirst().dropLast())) {
-                payload = Array(decoded)
-            } else {
-                payload = PPWire.pickledNoneResult(output: "ppnode: the pp worker returned something unreadable\n")
-            }
-        case .failure(let error):
-            self.compat.jobsFailed += 1
-            payload = PPWire.pickledNoneResult(output: "An error has occured during the function execution\nppnode: \(error)\n")
-        }
-        self.send([payload])
-        self.runNext()
-    }
-
-    private func protocolError(_ what: String) {
-        self.compat.protocolErrors += 1
-        self.logger.warning("pp client sent \(what); closing its connection")
-        self.close()
-    }
-
-    private func close() {
-        self.phase = .closed
-        self.context?.close(promise: nil)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is PPCompatError || error is ByteToMessageDecoderError {
-            self.compat.protocolErrors += 1
-            self.logger.warning("pp client error; closing its connection", metadata: ["error": "\(error)"])
-        }
-        self.close()
     }
 }
 

@@ -5,6 +5,12 @@ import ParallelPython
 import Synchronization
 import Testing
 
+// RawPeer's sockaddr_in: with NIO in this target (NodeSessionHandlerTests), its members
+// must come from an explicit Glibc import.
+#if canImport(Glibc)
+import Glibc
+#endif
+
 let secret = "test-secret-0123456789abcdef"
 let otherSecret = "another-cluster-secret-987654321"
 

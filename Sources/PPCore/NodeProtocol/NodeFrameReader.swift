@@ -1,0 +1,101 @@
+import NIOCore
+
+/// The body of one frame, read field by field. Every read names its field, so a body
+/// that does not parse throws a `NodeFrameError` that says which field of which frame
+/// (and which job or result in it) is wrong. Sizes are checked before anything is
+/// allocated.
+struct NodeFrameReader {
+    /// The frame type being read.
+    let frame: NodeProtocol.Kind
+    /// The bytes of the body not read yet.
+    private(set) var body: ByteBuffer
+    /// The item of a repeated part being read ("job 3 of 10"), for errors.
+    var item: String?
+    /// The last field read: a body with bytes after it names it.
+    private var lastField = "the frame type"
+
+    /// Creates a reader of `body` (the bytes after the type byte).
+    init(frame: NodeProtocol.Kind, body: ByteBuffer) {
+        self.frame = frame
+        self.body = body
+    }
+
+    /// Bytes not read yet.
+    var bytesLeft: Int { self.body.readableBytes }
+
+    /// The error `problem` of `field`, at the current item.
+    func error(_ field: String?, _ problem: NodeFrameError.Problem) -> NodeFrameError {
+        NodeFrameError(frame: self.frame, item: self.item, field: field, problem: problem)
+    }
+
+    /// Reads a big-endian integer.
+    mutating func integer<T: FixedWidthInteger>(_ field: String, as: T.Type = T.self) throws(NodeFrameError) -> T {
+        guard let value = self.body.readInteger(as: T.self) else {
+            throw self.error(field, .truncated(needed: MemoryLayout<T>.size, left: self.bytesLeft))
+        }
+        self.lastField = field
+        return value
+    }
+
+    /// Reads `count` bytes.
+    mutating func bytes(_ field: String, count: Int) throws(NodeFrameError) -> [UInt8] {
+        guard let bytes = self.body.readBytes(length: count) else {
+            throw self.error(field, .truncated(needed: count, left: self.bytesLeft))
+        }
+        self.lastField = field
+        return bytes
+    }
+
+    /// Reads a 32-byte SHA-256 digest.
+    mutating func digest(_ field: String = "digest") throws(NodeFrameError) -> SHA256Digest {
+        SHA256Digest(bytes: try self.bytes(field, count: 32))!
+    }
+
+    /// Reads a u32 length and that many bytes; the length is checked against the bytes
+    /// left before anything is read.
+    mutating func lengthPrefixed(_ field: String) throws(NodeFrameError) -> [UInt8] {
+        let length = Int(try self.integer("\(field) length", as: UInt32.self))
+        guard length <= self.bytesLeft else {
+            throw self.error(field, .lengthPastEnd(length: length, left: self.bytesLeft))
+        }
+        return try self.bytes(field, count: length)
+    }
+
+    /// Reads a *short* string: a u8 length and that many UTF-8 bytes.
+    mutating func shortString(_ field: String) throws(NodeFrameError) -> String {
+        let length = Int(try self.integer("\(field) length", as: UInt8.self))
+        guard length <= self.bytesLeft else {
+            throw self.error(field, .lengthPastEnd(length: length, left: self.bytesLeft))
+        }
+        return String(decoding: try self.bytes(field, count: length), as: UTF8.self)
+    }
+
+    /// Reads a u32 count of items that take at least `minimumItemSize` bytes each,
+    /// refusing a count that cannot fit in the bytes left (before anything is reserved
+    /// for it).
+    mutating func count(_ field: String = "count", minimumItemSize: Int) throws(NodeFrameError) -> Int {
+        let count = Int(try self.integer(field, as: UInt32.self))
+        guard count <= self.bytesLeft / minimumItemSize else {
+            throw self.error(field, .countCannotFit(count: count, bytes: self.bytesLeft))
+        }
+        return count
+    }
+
+    /// Reads the rest of the body.
+    mutating func rest() -> [UInt8] {
+        self.lastField = "the frame"
+        return self.body.readBytes(length: self.bytesLeft)!
+    }
+
+    /// Reads the rest of the body as UTF-8 text (invalid bytes are replaced).
+    mutating func restText() -> String {
+        String(decoding: self.rest(), as: UTF8.self)
+    }
+
+    /// Checks that the body has been read exactly: no bytes left over.
+    func end() throws(NodeFrameError) {
+        guard self.bytesLeft == 0 else {
+            throw self.error(self.lastField, .leftOver(self.bytesLeft))
+        }
+    }
+}

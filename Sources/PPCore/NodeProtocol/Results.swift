@@ -1,0 +1,117 @@
+public import NIOCore
+
+// RESULTS (0x20), node → client: a batch of results.
+// count u32 · count × result
+// result = id u64 · status u8 · ns u64 · outLen u32 · stdout · errLen u32 · stderr ·
+//          payloadLen u32 · payload
+// A result takes at least 29 bytes (`JobResult.encodedSize` counts them).
+
+extension NodeMessage {
+    /// The bytes a RESULTS frame takes besides its results: length, type, count.
+    public static let resultFrameOverhead = 9
+    /// The fewest bytes a result takes in a RESULTS body (no output, empty payload).
+    static let minimumResultSize = 29
+
+    static func writeResultsBody(_ results: [JobResult], to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(results.count))
+        for r in results { Self.writeResult(r, to: &buffer) }
+    }
+
+    /// Appends `results` as as many RESULTS frames as needed so that none is larger
+    /// than `maxFrame` (each result alone must fit: see `JobResult.encodedSize`).
+    public static func writeResults(_ results: [JobResult], maxFrame: Int, to buffer: inout ByteBuffer) {
+        var index = 0
+        while index < results.count {
+            let start = buffer.writerIndex
+            buffer.writeInteger(UInt32(0))
+            buffer.writeInteger(NodeProtocol.Kind.results.rawValue)
+            let countAt = buffer.writerIndex
+            buffer.writeInteger(UInt32(0))
+            var size = Self.resultFrameOverhead
+            var count: UInt32 = 0
+            while index < results.count {
+                let next = results[index].encodedSize
+                if count > 0, size + next > maxFrame { break }
+                Self.writeResult(results[index], to: &buffer)
+                size += next
+                count += 1
+                index += 1
+            }
+            buffer.setInteger(count, at: countAt)
+            buffer.setInteger(UInt32(buffer.writerIndex - start - 4), at: start)
+        }
+    }
+
+    /// Appends one result of a RESULTS body.
+    public static func writeResult(_ r: JobResult, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(r.id)
+        buffer.writeInteger(r.code?.wireStatus ?? 0)
+        buffer.writeInteger(r.nanoseconds)
+        buffer.writeInteger(UInt32(r.stdout.count))
+        buffer.writeBytes(r.stdout)
+        buffer.writeInteger(UInt32(r.stderr.count))
+        buffer.writeBytes(r.stderr)
+        buffer.writeInteger(UInt32(r.payload.count))
+        buffer.writeBytes(r.payload)
+    }
+
+    static func readResults(_ reader: inout NodeFrameReader) throws(NodeFrameError) -> NodeMessage {
+        let count = try reader.count(minimumItemSize: Self.minimumResultSize)
+        var results = [JobResult]()
+        results.reserveCapacity(count)
+        for index in 0..<count {
+            reader.item = "result \(index + 1) of \(count)"
+            let id = try reader.integer("job id", as: UInt64.self)
+            let status = try reader.integer("status", as: UInt8.self)
+            let nanoseconds = try reader.integer("run time", as: UInt64.self)
+            let stdout = try reader.lengthPrefixed("stdout")
+            let stderr = try reader.lengthPrefixed("stderr")
+            let payload = try reader.lengthPrefixed("payload")
+            results.append(
+                JobResult(
+                    id: id, code: status == 0 ? nil : JobError.Code(wireStatus: status), nanoseconds: nanoseconds,
+                    stdout: stdout, stderr: stderr, payload: payload, executor: ""
+                )
+            )
+        }
+        reader.item = nil
+        try reader.end()
+        return .results(results)
+    }
+}
+
+// MARK: - Result status on the wire
+
+extension JobError.Code {
+    /// The status byte RESULTS uses for this code.
+    public var wireStatus: UInt8 {
+        switch self {
+        case .pythonException: 1
+        case .resultNotJSON: 2
+        case .functionUnavailable: 3
+        case .badArguments: 4
+        case .timeout: 5
+        case .workerDied: 6
+        case .cancelled: 7
+        case .shutdown: 8
+        case .resultTooLarge: 10
+        default: 9
+        }
+    }
+
+    /// The code for a RESULTS status byte (never called with 0, which means success).
+    public init(wireStatus: UInt8) {
+        switch wireStatus {
+        case 1: self = .pythonException
+        case 2: self = .resultNotJSON
+        case 3: self = .functionUnavailable
+        case 4: self = .badArguments
+        case 5: self = .timeout
+        case 6: self = .workerDied
+        case 7: self = .cancelled
+        case 8: self = .shutdown
+        case 10: self = .resultTooLarge
+        default: self = .protocolError
+        }
+    }
+}

@@ -1,0 +1,539 @@
+public import NIOCore
+
+/// The node's side of one native-protocol session, as a value: the handshake (HELLO,
+/// version negotiation, WELCOME), credits, bundles that travel once, results batched
+/// per event-loop turn, the window that follows job length, drain, heartbeats, and
+/// the client's job ids mapped to the pool's.
+///
+/// It does no I/O and holds no channel, loop or class: the driver (`NodeSession` in
+/// PPNode) turns channel events into calls of its `mutating` events and executes the
+/// `Action` each returns (send frames, run or stop pool jobs, close with an ERROR).
+/// What is node-wide stays with the driver: the bundle cache and the pool's job ids
+/// (passed in as lookups when a frame needs them), counters (actions say what to
+/// count), and the caps on unauthenticated connections.
+///
+/// docs/PROTOCOL.md is the specification; the texts of the errors here are what
+/// clients and the node's log show.
+public struct NodeSessionStateMachine: Sendable {
+    // MARK: Configuration
+
+    /// What a session needs to know about its node.
+    public struct Configuration: Sendable {
+        /// The node's worker processes: windows are sized from them.
+        public var workers: Int
+        /// The largest frame the node accepts once HELLO has been read (WELCOME says so).
+        public var maxFrame: Int
+        /// The time a connection has for TLS and HELLO (named in the error when it passes).
+        public var handshakeTimeout: Duration
+        /// The longest silence tolerated from a client after the handshake.
+        public var heartbeatTimeout: Duration
+        /// How often the node pings its client.
+        public var heartbeatInterval: Duration
+        /// The node's name: the executor of the results the session makes itself.
+        public var nodeName: String
+
+        /// Creates a configuration.
+        public init(
+            workers: Int,
+            maxFrame: Int = NodeProtocol.defaultMaxFrame,
+            handshakeTimeout: Duration = .seconds(5),
+            heartbeatTimeout: Duration = .seconds(3),
+            heartbeatInterval: Duration = .seconds(1),
+            nodeName: String
+        ) {
+            self.workers = workers
+            self.maxFrame = maxFrame
+            self.handshakeTimeout = handshakeTimeout
+            self.heartbeatTimeout = heartbeatTimeout
+            self.heartbeatInterval = heartbeatInterval
+            self.nodeName = nodeName
+        }
+    }
+
+    // MARK: Actions
+
+    /// What the driver does after an event.
+    public enum Action: Sendable {
+        /// Nothing.
+        case none
+        /// Write these frames, in one write.
+        case send([NodeMessage])
+        /// HELLO was accepted: raise the decoder's frame limit to `maxFrame`, stop
+        /// counting the connection as unauthenticated, stop the handshake timer, send
+        /// WELCOME (with the node's info JSON), start the heartbeat timer.
+        case welcome(Welcome)
+        /// A SUBMIT within the window: count its jobs, send NEED for the digests, run
+        /// the jobs whose bundle is cached, and schedule a flush if jobs ended at once.
+        case submit(Submission)
+        /// A BUNDLE that hashes to its digest: store it in the node's cache and run the
+        /// jobs that waited for it.
+        case storeBundle(FunctionBundle, run: [JobToRun])
+        /// Cancel these pool jobs if they have not started (CANCEL).
+        case cancelPoolJobs([UInt64])
+        /// Stop these pool jobs, queued or running (STOP).
+        case stopPoolJobs([UInt64])
+        /// Gather the node's counters, then call `statisticsReady(token:json:)`.
+        case gatherStatistics(token: UInt64)
+        /// Results are waiting: call `flush()` once the current event-loop turn is over,
+        /// so the results of one turn travel in one write.
+        case scheduleFlush
+        /// Write these results (split so no RESULTS frame exceeds `maxFrame`) and the
+        /// WINDOW change, in one write.
+        case sendResults(ResultBatch)
+        /// The node drains: write these frames (WINDOW 0, GOODBYE) and, when jobs that
+        /// waited for a bundle ended with `shutdown`, schedule a flush.
+        case announceDrain([NodeMessage], scheduleFlush: Bool)
+        /// Close the connection for `error`, sending it in an ERROR frame first when
+        /// `sendErrorFrame`.
+        case closeWithError(Closing)
+        /// The client said goodbye: close.
+        case closeAfterGoodbye
+        /// The client was silent past the heartbeat timeout: close.
+        case closeSilentClient
+        /// The connection is gone: stop its pool jobs (a client that left does not
+        /// want them); `awaitingBundle` jobs were dropped before they reached the pool.
+        case clientLeft(stopPoolJobs: [UInt64], awaitingBundle: Int)
+    }
+
+    /// The handshake's outcome, for WELCOME.
+    public struct Welcome: Sendable, Equatable {
+        /// The protocol version chosen.
+        public var version: UInt16
+        /// The client's first window.
+        public var window: UInt32
+        /// The largest frame the node accepts from now on.
+        public var maxFrame: UInt32
+        /// The client's name, cut and escaped for logs.
+        public var clientName: String
+
+        /// Creates a handshake outcome.
+        public init(version: UInt16, window: UInt32, maxFrame: UInt32, clientName: String) {
+            self.version = version
+            self.window = window
+            self.maxFrame = maxFrame
+            self.clientName = clientName
+        }
+    }
+
+    /// What to do with an accepted SUBMIT.
+    public struct Submission: Sendable {
+        /// Jobs it carried (the node's `jobs_received` counter).
+        public var received: Int
+        /// Jobs whose bundle the node has: run them.
+        public var run: [JobToRun]
+        /// Bundles to ask the client for (NEED), each once while its jobs wait.
+        public var need: [SHA256Digest]
+        /// Jobs ended at once (the node drains): schedule a flush.
+        public var scheduleFlush: Bool
+    }
+
+    /// A job for the node's pool.
+    public struct JobToRun: Sendable {
+        /// The client's id of the job (its result goes back under it).
+        public var clientID: UInt64
+        /// The id the job has in the pool.
+        public var poolID: UInt64
+        /// The function.
+        public var bundle: FunctionBundle
+        /// Its arguments.
+        public var arguments: JobArguments
+        /// The longest it may run, or `nil`.
+        public var timeout: Duration?
+    }
+
+    /// Results to write.
+    public struct ResultBatch: Sendable {
+        /// The results, in the order they ended.
+        public var results: [JobResult]
+        /// The largest frame the client accepts: no RESULTS frame may be larger.
+        public var maxFrame: Int
+        /// A new window to send after the results, if it changed.
+        public var window: UInt32?
+        /// Results replaced by a `resultTooLarge` error (to log).
+        public var tooLarge: [TooLarge]
+    }
+
+    /// A result that could not fit in one frame the client accepts.
+    public struct TooLarge: Sendable, Equatable {
+        /// The client's job id.
+        public var jobID: UInt64
+        /// The RESULTS frame it would have needed.
+        public var bytes: Int
+        /// The client's frame limit.
+        public var limit: Int
+
+        /// Creates a record of a result too large.
+        public init(jobID: UInt64, bytes: Int, limit: Int) {
+            self.jobID = jobID
+            self.bytes = bytes
+            self.limit = limit
+        }
+    }
+
+    /// Why the session closes with an error.
+    public struct Closing: Sendable {
+        /// The code and message (sent in the ERROR frame, and logged).
+        public var error: NodeProtocolError
+        /// TLS is up, so there is someone to send the ERROR frame to.
+        public var sendErrorFrame: Bool
+        /// The node's `protocol_errors` counter counts it.
+        public var countsAsProtocolError: Bool
+    }
+
+    // MARK: State
+
+    private enum State: Sendable {
+        /// The TLS handshake and HELLO are not done.
+        case awaitingHello
+        /// HELLO accepted: jobs flow.
+        case ready(Ready)
+        /// Closing (after an error, a goodbye, a silence): nothing more is sent.
+        case closing
+        /// The connection is gone.
+        case closed
+    }
+
+    private struct Ready: Sendable {
+        /// The largest frame the client accepts (from its HELLO).
+        var clientMaxFrame: Int
+        var heartbeat: Heartbeat
+    }
+
+    /// The node's configuration.
+    public let configuration: Configuration
+    private var state = State.awaitingHello
+    /// TLS is up: ERROR frames can be sent (before, there is nobody to send them to).
+    private var tlsIsEstablished = false
+    /// The node drains: no new job runs here.
+    public private(set) var draining = false
+    /// The window the client was last given.
+    public private(set) var window: Int
+    /// The largest window the client was ever given: more jobs in flight is over credit.
+    public private(set) var maxWindow: Int
+    /// Jobs received and not answered yet.
+    public private(set) var inflight = 0
+    /// Client job id → pool job id, for CANCEL, STOP and a client that leaves.
+    private var poolJobIDs: [UInt64: UInt64] = [:]
+    /// Jobs waiting for their bundle, by digest (NEED was sent once for each digest).
+    private var parked: [SHA256Digest: [WireJob]] = [:]
+    /// Results of this event-loop turn, not written yet.
+    private var pendingResults: [JobResult] = []
+    private var flushScheduled = false
+    private var jobTime = JobTimeEstimator()
+
+    /// Creates the machine of a new connection, awaiting TLS and HELLO.
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+        self.window = Self.longJobWindow(workers: configuration.workers)
+        self.maxWindow = self.window
+    }
+
+    /// Whether HELLO was accepted and the session is not closing.
+    public var isReady: Bool {
+        if case .ready = self.state { return true }
+        return false
+    }
+
+    /// Jobs waiting for a bundle.
+    public var jobsAwaitingBundle: Int { self.parked.values.reduce(0) { $0 + $1.count } }
+
+    // MARK: Connection events
+
+    /// A connection was accepted (and passed the node's caps).
+    ///
+    /// - Parameter nodeDraining: the node is shutting down: the connection is closed.
+    public mutating func connected(nodeDraining: Bool) -> Action {
+        guard nodeDraining else { return .none }
+        return self.close(.shuttingDown, "node shutting down")
+    }
+
+    /// The TLS handshake finished: from now on an error is sent in an ERROR frame.
+    public mutating func tlsEstablished() {
+        self.tlsIsEstablished = true
+    }
+
+    /// The handshake timer fired: a connection still without HELLO is closed.
+    public mutating func handshakeTimedOut() -> Action {
+        guard case .awaitingHello = self.state else { return .none }
+        return self.close(.handshakeTimeout, "no TLS handshake and HELLO within \(self.configuration.handshakeTimeout); closing")
+    }
+
+    /// The connection failed to decode a frame (or broke the protocol below this
+    /// machine): close with `error`.
+    ///
+    /// - Parameters:
+    ///   - error: what to send in the ERROR frame.
+    ///   - countsAsProtocolError: whether the node's `protocol_errors` counts it.
+    public mutating func failed(_ error: NodeProtocolError, countsAsProtocolError: Bool = true) -> Action {
+        self.close(error.code, error.message, counted: countsAsProtocolError)
+    }
+
+    /// The connection is gone (closed by either side).
+    public mutating func closed() -> Action {
+        self.state = .closed
+        let awaitingBundle = self.jobsAwaitingBundle
+        self.parked.removeAll()
+        self.pendingResults.removeAll()
+        return .clientLeft(stopPoolJobs: Array(self.poolJobIDs.values), awaitingBundle: awaitingBundle)
+    }
+
+    // MARK: Frames
+
+    /// A frame arrived from the client.
+    ///
+    /// - Parameters:
+    ///   - message: the decoded frame.
+    ///   - now: when it arrived (a sign of life).
+    ///   - bundle: looks a digest up in the node's bundle cache.
+    ///   - poolJobID: hands out the next id of the node's pool.
+    public mutating func received(
+        _ message: NodeMessage,
+        now: NIODeadline,
+        bundle: (SHA256Digest) -> FunctionBundle?,
+        poolJobID: () -> UInt64
+    ) -> Action {
+        switch self.state {
+        case .awaitingHello:
+            return self.hello(message, now: now)
+        case .ready(var ready):
+            ready.heartbeat.heard(at: now)
+            self.state = .ready(ready)
+            return self.serve(message, bundle: bundle, poolJobID: poolJobID)
+        case .closing, .closed:
+            return .none
+        }
+    }
+
+    private mutating func hello(_ message: NodeMessage, now: NIODeadline) -> Action {
+        guard case .hello(let minVersion, let maxVersion, let clientMaxFrame, let name) = message else {
+            return self.close(.protocolViolation, "expected HELLO first; is this a ppnode client?", counted: true)
+        }
+        let version = min(maxVersion, NodeProtocol.version)
+        guard version >= max(minVersion, NodeProtocol.minimumVersion) else {
+            return self.close(
+                .versionMismatch,
+                "protocol versions do not overlap: client speaks \(minVersion)-\(maxVersion), node speaks \(NodeProtocol.minimumVersion)-\(NodeProtocol.version); upgrade the older side"
+            )
+        }
+        guard Int(clientMaxFrame) >= NodeProtocol.preambleMaxFrame else {
+            return self.close(.protocolViolation, "the client accepts frames of only \(clientMaxFrame) bytes", counted: true)
+        }
+        let heartbeat = Heartbeat(
+            timeout: TimeAmount(self.configuration.heartbeatTimeout),
+            interval: TimeAmount(self.configuration.heartbeatInterval),
+            now: now
+        )
+        self.state = .ready(Ready(clientMaxFrame: Int(clientMaxFrame), heartbeat: heartbeat))
+        return .welcome(
+            Welcome(
+                version: version,
+                window: UInt32(self.window),
+                maxFrame: UInt32(self.configuration.maxFrame),
+                clientName: PeerText.cut(name, limit: 64)
+            )
+        )
+    }
+
+    private mutating func serve(_ message: NodeMessage, bundle: (SHA256Digest) -> FunctionBundle?, poolJobID: () -> UInt64) -> Action {
+        switch message {
+        case .submit(let jobs):
+            return self.submit(jobs, bundle: bundle, poolJobID: poolJobID)
+        case .bundle(let digest, let spec):
+            let received = FunctionBundle(spec: spec)
+            guard received.digest == digest else {
+                return self.close(.protocolViolation, "bundle bytes do not hash to the digest they were sent for", counted: true)
+            }
+            let waiting = self.parked.removeValue(forKey: digest) ?? []
+            return .storeBundle(received, run: waiting.map { self.jobToRun($0, received, poolJobID: poolJobID) })
+        case .cancel(let id):
+            return self.poolJobIDs[id].map { .cancelPoolJobs([$0]) } ?? .none
+        case .stop(let id):
+            return self.poolJobIDs[id].map { .stopPoolJobs([$0]) } ?? .none
+        case .ping(let token):
+            return .send([.pong(token)])
+        case .pong:
+            return .none
+        case .statsRequest(let token):
+            return .gatherStatistics(token: token)
+        case .goodbye:
+            self.state = .closing
+            return .closeAfterGoodbye
+        case .hello, .welcome, .error, .results, .need, .window, .stats:
+            return self.close(.protocolViolation, "unexpected \(message.kind.name) from a client", counted: true)
+        }
+    }
+
+    private mutating func submit(_ jobs: [WireJob], bundle: (SHA256Digest) -> FunctionBundle?, poolJobID: () -> UInt64) -> Action {
+        // The window bounds the node's queue: a client past the largest window it was
+        // ever given is closed, so no client can flood the node.
+        guard self.inflight + jobs.count <= self.maxWindow else {
+            return self.close(
+                .overCredit,
+                "client sent \(jobs.count) jobs with \(self.inflight) in flight, past its window of \(self.maxWindow)",
+                counted: true
+            )
+        }
+        self.inflight += jobs.count
+        var submission = Submission(received: jobs.count, run: [], need: [], scheduleFlush: false)
+        if self.draining {
+            for job in jobs {
+                submission.scheduleFlush = self.finish(job.id, Self.shutdownResult(job.id, executor: self.configuration.nodeName)) || submission.scheduleFlush
+            }
+            return .submit(submission)
+        }
+        submission.run.reserveCapacity(jobs.count)
+        for job in jobs {
+            if let found = bundle(job.digest) {
+                submission.run.append(self.jobToRun(job, found, poolJobID: poolJobID))
+            } else if self.parked[job.digest] != nil {
+                self.parked[job.digest]!.append(job)
+            } else {
+                self.parked[job.digest] = [job]
+                submission.need.append(job.digest)
+            }
+        }
+        return .submit(submission)
+    }
+
+    private mutating func jobToRun(_ job: WireJob, _ bundle: FunctionBundle, poolJobID: () -> UInt64) -> JobToRun {
+        let poolID = poolJobID()
+        self.poolJobIDs[job.id] = poolID
+        return JobToRun(
+            clientID: job.id,
+            poolID: poolID,
+            bundle: bundle,
+            arguments: job.arguments,
+            timeout: job.timeoutMilliseconds > 0 ? .milliseconds(Int64(job.timeoutMilliseconds)) : nil
+        )
+    }
+
+    /// The node's counters, asked for by STATS_REQUEST `token`, are ready.
+    public mutating func statisticsReady(token: UInt64, json: [UInt8]) -> Action {
+        guard case .ready = self.state else { return .none }
+        return .send([.stats(token: token, json: json)])
+    }
+
+    // MARK: Results
+
+    /// A job of this session ended in the pool.
+    ///
+    /// - Parameters:
+    ///   - clientID: the client's id of the job.
+    ///   - result: how it ended (its id is replaced by `clientID`).
+    public mutating func jobFinished(clientID: UInt64, result: JobResult) -> Action {
+        self.finish(clientID, result) ? .scheduleFlush : .none
+    }
+
+    /// Ends a job: one credit back, the result queued for the next flush.
+    ///
+    /// - Returns: whether a flush must be scheduled (none was).
+    private mutating func finish(_ clientID: UInt64, _ result: JobResult) -> Bool {
+        self.inflight -= 1
+        self.poolJobIDs.removeValue(forKey: clientID)
+        guard case .ready = self.state else { return false }
+        var result = result
+        result.id = clientID
+        self.pendingResults.append(result)
+        self.jobTime.add(nanoseconds: result.nanoseconds)
+        guard !self.flushScheduled else { return false }
+        self.flushScheduled = true
+        return true
+    }
+
+    /// The event-loop turn is over (or the session closes): write what ended.
+    public mutating func flush() -> Action {
+        self.flushScheduled = false
+        guard case .ready(let ready) = self.state, !self.pendingResults.isEmpty else { return .none }
+        var batch = ResultBatch(results: [], maxFrame: ready.clientMaxFrame, window: nil, tooLarge: [])
+        batch.results.reserveCapacity(self.pendingResults.count)
+        for result in self.pendingResults {
+            // A result that cannot fit in one frame the client accepts fails alone; the
+            // others still travel.
+            let size = NodeMessage.resultFrameOverhead + result.encodedSize
+            guard size > ready.clientMaxFrame else {
+                batch.results.append(result)
+                continue
+            }
+            batch.tooLarge.append(TooLarge(jobID: result.id, bytes: size, limit: ready.clientMaxFrame))
+            let error = JobError(
+                code: .resultTooLarge,
+                message: "result too large (\(size) bytes, limit \(ready.clientMaxFrame)): return less, or write large data to a file and return its path"
+            )
+            var failed = JobResult(id: result.id, error: error, executor: result.executor)
+            failed.nanoseconds = result.nanoseconds
+            batch.results.append(failed)
+        }
+        self.pendingResults.removeAll(keepingCapacity: true)
+        // Short jobs get a deep window (pipelining); long ones a shallow one, so a
+        // client does not park work here that its other executors could run.
+        if !self.draining {
+            let wanted = self.jobTime.jobsAreShort ? Self.shortJobWindow(workers: self.configuration.workers) : Self.longJobWindow(workers: self.configuration.workers)
+            if wanted != self.window {
+                self.window = wanted
+                self.maxWindow = max(self.maxWindow, wanted)
+                batch.window = UInt32(wanted)
+            }
+        }
+        return .sendResults(batch)
+    }
+
+    /// The window while jobs are short (mean under 2 ms): deep pipelining.
+    public static func shortJobWindow(workers: Int) -> Int { max(1, workers) * 64 }
+
+    /// The window while jobs are long: a little more than the workers can run.
+    public static func longJobWindow(workers: Int) -> Int { max(2, max(1, workers) * 2) }
+
+    // MARK: Drain and heartbeat
+
+    /// The node shuts down: window 0 and GOODBYE; jobs still waiting for a bundle will
+    /// not run here and end with `shutdown` (the client runs them elsewhere), as will
+    /// jobs submitted from now on. Running and queued pool jobs are the pool's to end.
+    public mutating func drain() -> Action {
+        self.draining = true
+        guard case .ready = self.state else { return .none }
+        self.window = 0
+        let waiting = self.parked.values.flatMap { $0 }
+        self.parked.removeAll()
+        var scheduleFlush = false
+        for job in waiting {
+            scheduleFlush = self.finish(job.id, Self.shutdownResult(job.id, executor: self.configuration.nodeName)) || scheduleFlush
+        }
+        return .announceDrain([.window(0), .goodbye(reason: "node shutting down")], scheduleFlush: scheduleFlush)
+    }
+
+    /// The heartbeat timer fired: ping the client, or close if it has been silent past
+    /// the timeout.
+    public mutating func tick(now: NIODeadline) -> Action {
+        guard case .ready(var ready) = self.state else { return .none }
+        let action = ready.heartbeat.tick(at: now)
+        self.state = .ready(ready)
+        switch action {
+        case .none:
+            return .none
+        case .ping:
+            return .send([.ping(0)])
+        case .timedOut:
+            self.state = .closing
+            return .closeSilentClient
+        }
+    }
+
+    // MARK: Helpers
+
+    private static func shutdownResult(_ id: UInt64, executor: String) -> JobResult {
+        JobResult(id: id, error: JobError(code: .shutdown, message: "node shutting down"), executor: executor)
+    }
+
+    /// Moves to closing and says how; nothing once closing.
+    private mutating func close(_ code: NodeErrorCode, _ message: String, counted: Bool = false) -> Action {
+        switch self.state {
+        case .closing, .closed:
+            return .none
+        case .awaitingHello, .ready:
+            self.state = .closing
+            return .closeWithError(
+                Closing(error: NodeProtocolError(code, message), sendErrorFrame: self.tlsIsEstablished, countsAsProtocolError: counted)
+            )
+        }
+    }
+}
