@@ -163,7 +163,7 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
         self.logger = logger
         self.machine = PPSessionStateMachine(
             version: compat.version,
-            challenge: PPSessionStateMachine.makeChallenge(),
+            challenge: PPSessionStateMachine.challenge(from: randomBytes(16)),
             secret: node.configuration.secret.bytes,
             workers: node.workers
         )

@@ -1,7 +1,7 @@
 public import Logging
 public import NIOCore
 public import PPCore
-public import NIOPosix
+import NIOPosix
 public import ServiceLifecycle
 import Synchronization
 

@@ -4,7 +4,7 @@ import PPRuntime
 import PPWorkers
 import Foundation
 public import NIOCore
-public import NIOPosix
+import NIOPosix
 public import ServiceLifecycle
 import Synchronization
 
@@ -122,11 +122,11 @@ public final class JobServer: Service, Sendable {
     /// - Parameters:
     ///   - configuration: worker count, interpreter, default timeout, nodes.
     ///   - eventLoopGroup: where its one event loop comes from (the scheduler, the
-    ///     local pool and the node connections share that loop); NIO's shared group
-    ///     by default.
-    public init(configuration: Configuration = .init(), eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+    ///     local pool and the node connections share that loop); `nil` takes NIO's
+    ///     shared group.
+    public init(configuration: Configuration = .init(), eventLoopGroup: (any EventLoopGroup)? = nil) {
         self.configuration = configuration
-        self.loop = eventLoopGroup.next()
+        self.loop = (eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton).next()
         let poolConfiguration = WorkerPool.Configuration(
             workers: configuration.workers,
             python: configuration.python,

@@ -78,7 +78,7 @@ public struct PPSessionStateMachine: Sendable {
     ///
     /// - Parameters:
     ///   - version: the ppft version string to announce (clients require their own).
-    ///   - challenge: the challenge to send (`makeChallenge()`).
+    ///   - challenge: the challenge to send (`challenge(from:)` of random bytes).
     ///   - secret: the node's secret, which the answer must prove.
     ///   - workers: the node's workers (what a STAT connection is told first).
     public init(version: String, challenge: [UInt8], secret: [UInt8], workers: Int) {
@@ -88,10 +88,11 @@ public struct PPSessionStateMachine: Sendable {
         self.workers = workers
     }
 
-    /// A random challenge of 16 letters, as ppft's server makes.
-    public static func makeChallenge() -> [UInt8] {
+    /// A challenge of letters, as ppft's server makes, from random bytes the driver
+    /// draws (16 of them); the machine itself reads no randomness.
+    public static func challenge(from random: [UInt8]) -> [UInt8] {
         let letters = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
-        return randomBytes(16).map { letters[Int($0) % letters.count] }
+        return random.map { letters[Int($0) % letters.count] }
     }
 
     /// Whether the connection has not yet authenticated and named its type.
