@@ -7,6 +7,7 @@ import PPDNSSD
 import PPRuntime
 import PPTLS
 import PPWorkers
+public import ServiceLifecycle
 import Synchronization
 
 /// A `ppnode`: accepts authenticated clients over the native protocol and runs their
@@ -14,12 +15,16 @@ import Synchronization
 ///
 /// Everything (listener, sessions, bundle cache, pool) lives on one event loop, so a
 /// job's path through the node never crosses threads; the Python workers use the cores.
-public final class NodeServer: Sendable {
+///
+/// Creating a node opens nothing. It is a `Service`: `run()` starts it, serves until
+/// graceful shutdown (SIGTERM or SIGINT in ppnode's `ServiceGroup`), then drains and
+/// closes; `start()` and `shutdown()` do the same steps for callers that manage it
+/// themselves.
+public final class NodeServer: Service, Sendable {
     /// The configuration the node runs with.
     public let configuration: NodeConfiguration
     /// A random id of this node process, in its TXT record and CHALLENGE info.
     public let nodeID: String
-    let group: MultiThreadedEventLoopGroup
     let loop: any EventLoop
     let pool: WorkerPool
     let state: NodeState  // touched only on `loop`
@@ -34,15 +39,18 @@ public final class NodeServer: Sendable {
     /// The TLS context every client connection uses (server role, the cluster key).
     let tls: TLSContext
 
-    /// Creates a node; `start()` opens its port.
+    /// Creates a node; `start()` (or `run()`) opens its port.
     ///
+    /// - Parameters:
+    ///   - configuration: the node's settings.
+    ///   - eventLoopGroup: where its one event loop comes from (listener, sessions,
+    ///     cache and pool share it); `nil` takes NIO's shared group.
     /// - Throws: `TLSError` when OpenSSL cannot make a TLS 1.3 context.
-    public init(configuration: NodeConfiguration) throws {
+    public init(configuration: NodeConfiguration, eventLoopGroup: (any EventLoopGroup)? = nil) throws {
         self.tls = try TLSContext(keys: configuration.secret.keys, role: .server)
         self.configuration = configuration
         self.nodeID = Hex.encode(randomBytes(8))
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        self.loop = self.group.next()
+        self.loop = (eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton).next()
         var poolConfiguration = WorkerPool.Configuration(
             workers: configuration.workers,
             python: configuration.python,
@@ -76,7 +84,7 @@ public final class NodeServer: Sendable {
             await self.stopAfterFailedStart()
             throw NodeStartError(message: "max frame \(self.configuration.maxFrame) is out of range; \(NodeConfiguration.maxFrameAdvice)")
         }
-        let bootstrap = ServerBootstrap(group: self.group)
+        let bootstrap = ServerBootstrap(group: self.loop)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.autoRead, value: false)  // accepts once a worker is ready
@@ -164,7 +172,7 @@ public final class NodeServer: Sendable {
             }
             logger.warning("pp-compatible listener accepts Parallel Python's published default secret (--pp-allow-default-secret): anyone who has read ppft's source can run code on this node")
         }
-        let bootstrap = ServerBootstrap(group: self.group)
+        let bootstrap = ServerBootstrap(group: self.loop)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -298,12 +306,27 @@ public final class NodeServer: Sendable {
     /// the loop, and marks the node closed.
     private func stopAfterFailedStart() async {
         await self.pool.shutdown()
-        try? await self.group.shutdownGracefully()
         let waiters = self.closed.withLock { w -> [CheckedContinuation<Void, Never>] in
             defer { w = nil }
             return w ?? []
         }
         for w in waiters { w.resume() }
+    }
+
+    /// Runs the node as a `Service`: starts it (`ready` is told the bound address),
+    /// serves until graceful shutdown or cancellation, then drains and closes.
+    ///
+    /// - Throws: `NodeStartError` when it cannot start (see `start()`).
+    public func run(ready: @Sendable (SocketAddress) -> Void) async throws {
+        let address = try await self.start()
+        ready(address)
+        try? await gracefulShutdown()
+        await self.shutdown()
+    }
+
+    /// `run(ready:)` with nobody to tell.
+    public func run() async throws {
+        try await self.run { _ in }
     }
 
     /// Stops gracefully: stops accepting, tells every client the node is draining,
@@ -318,6 +341,9 @@ public final class NodeServer: Sendable {
             await self.waitUntilClosed()
             return
         }
+        let logger = self.configuration.logger
+        logger.info("shutting down", metadata: ["drain.timeout": "\(self.configuration.drainTimeout)"])
+        defer { logger.info("stopped") }
         // Stop advertising first: DNS-SD browsers see the service removed.
         self.registration.withLock { r -> DNSSDRegistration? in
             defer { r = nil }
@@ -331,7 +357,6 @@ public final class NodeServer: Sendable {
         try? await self.loop.submit { self.state.beginDrain() }.get()
         await self.pool.shutdown()
         try? await self.loop.submit { self.state.closeAll(on: self.loop) }.get().get()
-        try? await self.group.shutdownGracefully()
         let waiters = self.closed.withLock { w -> [CheckedContinuation<Void, Never>] in
             defer { w = nil }
             return w ?? []

@@ -1,7 +1,8 @@
 import ArgumentParser
-import Dispatch
 import Foundation
 import Logging
+import ServiceLifecycle
+import UnixSignals
 import NIOCore
 import PPCommandLine
 import PPCore
@@ -141,59 +142,46 @@ struct PPNodeCommand: AsyncParsableCommand {
         configuration.ppAllowDefaultSecret = settings.ppAllowDefaultSecret
 
         let node = try NodeServer(configuration: configuration)
-        let address: SocketAddress
+        let ready: @Sendable (SocketAddress) -> Void = { address in
+            logger.info(
+                "ppnode ready",
+                metadata: [
+                    "address": "\(address)",
+                    "node.id": "\(node.nodeID)",
+                    "node.name": "\(settings.name)",
+                    "workers": "\(node.workers)",
+                    "secret.file": "\(loaded.secret.origin)\(loaded.created ? " (created now)" : "")",
+                    "secret.keyid": "\(loaded.secret.keyID)",
+                    "protocol": "\(NodeProtocol.version)",
+                ]
+            )
+        }
+        // SIGTERM and SIGINT start a graceful shutdown: the node drains (window 0 and
+        // GOODBYE to clients, running jobs finish within --drain-timeout), then closes.
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: NodeService(node: node, ready: ready))],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
         do {
-            address = try await node.start()
+            try await group.run()
         } catch {
             // start() has stopped the workers and closed everything it opened.
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
             throw ExitCode(2)
         }
-        logger.info(
-            "ppnode ready",
-            metadata: [
-                "address": "\(address)",
-                "node.id": "\(node.nodeID)",
-                "node.name": "\(settings.name)",
-                "workers": "\(node.workers)",
-                "secret.file": "\(loaded.secret.origin)\(loaded.created ? " (created now)" : "")",
-                "secret.keyid": "\(loaded.secret.keyID)",
-                "protocol": "\(NodeProtocol.version)",
-            ]
-        )
-
-        let signals = SignalWatcher()
-        let signal = await signals.next()
-        logger.info("shutting down", metadata: ["signal": "\(signal)", "drain.timeout": "\(settings.drainTimeout)"])
-        await node.shutdown()
-        logger.info("stopped")
     }
 }
 
-/// Waits for SIGTERM or SIGINT.
-///
-/// `@unchecked Sendable`: `sources` is written once in `init` and only kept alive after.
-final class SignalWatcher: @unchecked Sendable {
-    private let stream: AsyncStream<String>
-    private let sources: [any DispatchSourceSignal]
+/// The node in ppnode's `ServiceGroup`, with the line that says it is ready.
+struct NodeService: Service {
+    let node: NodeServer
+    let ready: @Sendable (SocketAddress) -> Void
 
-    init() {
-        let (stream, continuation) = AsyncStream.makeStream(of: String.self)
-        self.stream = stream
-        var sources: [any DispatchSourceSignal] = []
-        for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { continuation.yield(name) }
-            source.resume()
-            sources.append(source)
-        }
-        self.sources = sources
-    }
-
-    func next() async -> String {
-        for await name in self.stream { return name }
-        return "end"
+    func run() async throws {
+        try await self.node.run(ready: self.ready)
     }
 }

@@ -64,7 +64,6 @@ struct NodeSessionHandlerTests {
         func stop() async throws {
             _ = try? self.channel.finish()
             await self.node.pool.shutdown()
-            try await self.node.group.shutdownGracefully()
         }
     }
 
