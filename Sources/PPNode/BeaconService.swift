@@ -64,7 +64,7 @@ final class BeaconService: @unchecked Sendable {
                 binding: DiscoverySocket.Binding(listeningOn: self.host),
                 on: loop,
                 receive: { [self] socket, datagram in self.received(datagram, on: socket) },
-                onError: { error in logger.debug("discovery socket error", metadata: ["error": "\(error)"]) }
+                onError: { error in logger.debug("discovery socket error", metadata: [LogKey.error: "\(error)"]) }
             ).get()
             try await loop.submit {
                 self.socket = socket
@@ -73,18 +73,18 @@ final class BeaconService: @unchecked Sendable {
         } catch {
             self.logger.warning(
                 "broadcast discovery off: cannot bind the UDP discovery port; clients can still use DNS-SD or the node's address",
-                metadata: ["discovery.port": "\(self.port)", "error": "\(error)"]
+                metadata: [LogKey.discoveryPort: "\(self.port)", LogKey.error: "\(error)"]
             )
         }
     }
 
     private func startBeacons(on socket: DiscoverySocket) {
         guard case .address(let host) = self.target else {
-            self.logger.notice("broadcast beacons off (PP_BROADCAST=off); answering probes only", metadata: ["discovery.port": "\(self.port)"])
+            self.logger.notice("broadcast beacons off (PP_BROADCAST=off); answering probes only", metadata: [LogKey.discoveryPort: "\(self.port)"])
             return
         }
         guard let destination = try? SocketAddress(ipAddress: host, port: self.port) else { return }
-        self.logger.info("broadcast beacons on", metadata: ["broadcast": "\(host):\(self.port)", "interval": "\(self.interval)"])
+        self.logger.info("broadcast beacons on", metadata: [LogKey.broadcast: "\(host):\(self.port)", LogKey.interval: "\(self.interval)"])
         self.send(to: destination)
         let ms = Int64(self.interval.components.seconds * 1000 + self.interval.components.attoseconds / 1_000_000_000_000_000)
         self.timer = socket.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(ms), delay: .milliseconds(ms)) { [self] _ in
@@ -101,12 +101,12 @@ final class BeaconService: @unchecked Sendable {
         socket.send(bytes, to: destination).whenComplete { [self] result in
             switch result {
             case .success:
-                if self.lastSendError != nil { self.logger.notice("broadcast beacons sent again", metadata: ["broadcast": "\(destination)"]) }
+                if self.lastSendError != nil { self.logger.notice("broadcast beacons sent again", metadata: [LogKey.broadcast: "\(destination)"]) }
                 self.lastSendError = nil
             case .failure(let error):
                 let text = "\(error)"
                 if self.lastSendError != text {
-                    self.logger.warning("cannot send a broadcast beacon; broadcast discovery is off until it works", metadata: ["broadcast": "\(destination)", "error": "\(text)"])
+                    self.logger.warning("cannot send a broadcast beacon; broadcast discovery is off until it works", metadata: [LogKey.broadcast: "\(destination)", LogKey.error: "\(text)"])
                 }
                 self.lastSendError = text
             }

@@ -192,7 +192,7 @@ public final class NodeServer: Service, Sendable {
             logger.warning(
                 "Parallel Python compatible port open (--pp-port): ppft's protocol is unencrypted and unauthenticated after its SHA-1 challenge, so anyone on the network path can read every job and result and can inject into or take over an authenticated connection; and anyone who knows the secret can run code as this user. Open it only on a network you trust."
             )
-            logger.info("pp-compatible listener ready", metadata: ["pp.address": "\(channel.localAddress!)", "pp.version": "\(self.configuration.ppVersion)"])
+            logger.info("pp-compatible listener ready", metadata: [LogKey.ppAddress: "\(channel.localAddress!)", LogKey.ppVersion: "\(self.configuration.ppVersion)"])
         } catch {
             throw NodeStartError(
                 message: "cannot listen on \(self.configuration.host):\(port) for Parallel Python clients: \(Self.listenProblem(error, host: self.configuration.host, portFlag: "--pp-port"))"
@@ -223,8 +223,8 @@ public final class NodeServer: Service, Sendable {
                 name: self.configuration.name, type: NodeBeacon.serviceType, port: port, txt: self.beacon(port: port).txt
             ) { event in
                 switch event {
-                case .registered(let name): logger.info("DNS-SD on: registered", metadata: ["service": "\(name).\(NodeBeacon.serviceType)", "port": "\(port)"])
-                case .failed(let error): logger.warning("DNS-SD registration failed; clients find this node by broadcast beacons or its address", metadata: ["error": "\(error)"])
+                case .registered(let name): logger.info("DNS-SD on: registered", metadata: [LogKey.service: "\(name).\(NodeBeacon.serviceType)", LogKey.port: "\(port)"])
+                case .failed(let error): logger.warning("DNS-SD registration failed; clients find this node by broadcast beacons or its address", metadata: [LogKey.error: "\(error)"])
                 }
             }
             self.registration.withLock { $0 = registration }
@@ -342,7 +342,7 @@ public final class NodeServer: Service, Sendable {
             return
         }
         let logger = self.configuration.logger
-        logger.info("shutting down", metadata: ["drain.timeout": "\(self.configuration.drainTimeout)"])
+        logger.info("shutting down", metadata: [LogKey.drainTimeout: "\(self.configuration.drainTimeout)"])
         defer { logger.info("stopped") }
         // Stop advertising first: DNS-SD browsers see the service removed.
         self.registration.withLock { r -> DNSSDRegistration? in

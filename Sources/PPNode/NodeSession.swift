@@ -37,7 +37,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         self.frameLimit = frameLimit
         self.peerHost = channel.remoteAddress?.ipAddress ?? "?"
         var logger = node.configuration.logger
-        logger[metadataKey: "peer"] = "\(channel.remoteAddress.map { PeerText.address($0) } ?? "?")"
+        logger[metadataKey: LogKey.peer] = "\(channel.remoteAddress.map { PeerText.address($0) } ?? "?")"
         self.logger = logger
         self.machine = NodeSessionStateMachine(
             configuration: .init(
@@ -59,7 +59,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         // TLS allocates anything for it.
         if let refusal = self.state.admitUnauthenticated(host: self.peerHost, caps: self.node.configuration.unauthenticatedCaps) {
             self.state.refusedConnections += 1
-            self.logger.debug("connection refused", metadata: ["reason": "\(refusal)"])
+            self.logger.debug("connection refused", metadata: [LogKey.reason: "\(refusal)"])
             _ = self.machine.closed()
             self.channel = nil
             context.close(promise: nil)
@@ -87,14 +87,14 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let e = error as? TLSError {
             if e.code == .handshakeFailed { self.state.authFailures += 1 } else { self.state.protocolErrors += 1 }
-            self.logger.notice("closing connection", metadata: ["reason": "\(PeerText.cut(e.message))"])
+            self.logger.notice("closing connection", metadata: [LogKey.reason: "\(PeerText.cut(e.message))"])
             context.close(promise: nil)
         } else if let e = error as? NodeProtocolError {
             self.execute(self.machine.failed(e))
         } else if let e = error as? ByteToMessageDecoderError.PayloadTooLargeError {
             self.execute(self.machine.failed(NodeProtocolError(.frameTooLarge, "\(e)"), countsAsProtocolError: false))
         } else {
-            self.logger.info("connection error", metadata: ["error": "\(PeerText.cut("\(error)"))"])
+            self.logger.info("connection error", metadata: [LogKey.error: "\(PeerText.cut("\(error)"))"])
             context.close(promise: nil)
         }
     }
@@ -102,7 +102,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted(let cipher) = event as? TLSHandler.Event {
             self.machine.tlsEstablished()
-            self.logger.debug("TLS established", metadata: ["tls.cipher": "\(cipher)"])
+            self.logger.debug("TLS established", metadata: [LogKey.tlsCipher: "\(cipher)"])
         }
     }
 
@@ -142,7 +142,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             self.leaveUnauthenticated()
             self.handshakeTimer?.cancel()
             self.frameLimit.value = Int(welcome.maxFrame)
-            self.logger[metadataKey: "client"] = "\(welcome.clientName)"
+            self.logger[metadataKey: LogKey.client] = "\(welcome.clientName)"
             self.logger.info("client authenticated")
             self.send([.welcome(version: welcome.version, window: welcome.window, maxFrame: welcome.maxFrame, info: self.node.infoJSON())])
             self.startHeartbeat()
@@ -153,7 +153,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             if submission.scheduleFlush { self.scheduleFlush() }
         case .storeBundle(let bundle, let jobs):
             self.state.cache.insert(bundle)
-            self.logger.debug("bundle received", metadata: ["bundle": "\(bundle.digest)", "bytes": "\(bundle.spec.count)"])
+            self.logger.debug("bundle received", metadata: [LogKey.bundle: "\(bundle.digest)", LogKey.bytes: "\(bundle.spec.count)"])
             self.run(jobs)
         case .cancelPoolJobs(let ids):
             self.node.pool.cancel(jobIDs: ids)
@@ -170,7 +170,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             self.scheduleFlush()
         case .sendResults(let batch):
             for r in batch.tooLarge {
-                self.logger.warning("result too large for the client", metadata: ["job.id": "\(r.jobID)", "bytes": "\(r.bytes)", "limit": "\(r.limit)"])
+                self.logger.warning("result too large for the client", metadata: [LogKey.jobID: "\(r.jobID)", LogKey.bytes: "\(r.bytes)", LogKey.limit: "\(r.limit)"])
             }
             guard let channel = self.channel else { return }
             var buffer = channel.allocator.buffer(capacity: 64 * batch.results.count)
@@ -193,7 +193,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             // Jobs of a client that left are not worth running: stop them, queued or
             // running (a running job's worker is killed and replaced).
             if !jobs.isEmpty || awaitingBundle > 0 {
-                self.logger.info("client left; stopping its jobs", metadata: ["jobs": "\(jobs.count)", "awaiting.bundle": "\(awaitingBundle)"])
+                self.logger.info("client left; stopping its jobs", metadata: [LogKey.jobs: "\(jobs.count)", LogKey.awaitingBundle: "\(awaitingBundle)"])
             }
             if !jobs.isEmpty { self.node.pool.stop(jobIDs: jobs) }
         }
@@ -253,7 +253,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             case .shuttingDown: .info
             default: .warning
             }
-        self.logger.log(level: level, "closing session", metadata: ["reason": "\(closing.error.message)"])
+        self.logger.log(level: level, "closing session", metadata: [LogKey.reason: "\(closing.error.message)"])
         guard closing.sendErrorFrame else {
             channel.close(promise: nil)
             return

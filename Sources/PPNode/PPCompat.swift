@@ -159,7 +159,7 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
         self.node = node
         self.compat = compat
         var logger = node.configuration.logger
-        logger[metadataKey: "pp.peer"] = "\(peer)"
+        logger[metadataKey: LogKey.ppPeer] = "\(peer)"
         self.logger = logger
         self.machine = PPSessionStateMachine(
             version: compat.version,
@@ -200,7 +200,7 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if error is PPCompatError || error is ByteToMessageDecoderError {
             self.compat.protocolErrors += 1
-            self.logger.warning("pp client error; closing its connection", metadata: ["error": "\(error)"])
+            self.logger.warning("pp client error; closing its connection", metadata: [LogKey.error: "\(error)"])
         }
         self.machine.closed()
         self.context?.close(promise: nil)
@@ -232,7 +232,7 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
                 self.compat.protocolErrors += 1
                 self.logger.notice("pp client did not authenticate within \(self.node.configuration.handshakeTimeout) (--handshake-timeout); closing")
             case .unknownConnectionType(let type):
-                self.logger.warning("pp client sent an unknown connection type; closing", metadata: ["type": "\(type)"])
+                self.logger.warning("pp client sent an unknown connection type; closing", metadata: [LogKey.connectionType: "\(type)"])
             case .protocolError(let what):
                 self.compat.protocolErrors += 1
                 self.logger.warning("pp client sent \(what); closing its connection")

@@ -236,7 +236,7 @@ final class PoolDriver: @unchecked Sendable {
                     self.workers[index]!.channel = channel
                     self.run(self.machine.workerAttached(index: index))
                 case .failure(let error):
-                    self.logger.error("cannot attach worker pipes", metadata: ["error": "\(error)"])
+                    self.logger.error("cannot attach worker pipes", metadata: [LogKey.error: "\(error)"])
                     self.channelClosed(index: index)
                 }
             }

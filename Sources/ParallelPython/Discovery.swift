@@ -60,7 +60,7 @@ final class ResourceManager: @unchecked Sendable {
             self.reportOnce(
                 address.description + "/keyid",
                 "node of another cluster ignored",
-                ["node": "\(address)", "node.keyid": "\(PeerText.cut(beacon.keyid, limit: 32))", "our.keyid": "\(self.secret?.keyID ?? "none (no secret)")"]
+                [LogKey.node: "\(address)", LogKey.nodeKeyID: "\(PeerText.cut(beacon.keyid, limit: 32))", LogKey.ourKeyID: "\(self.secret?.keyID ?? "none (no secret)")"]
             )
             return
         }
@@ -68,7 +68,7 @@ final class ResourceManager: @unchecked Sendable {
             self.reportOnce(
                 address.description + "/protocol",
                 "node with an incompatible protocol ignored",
-                ["node": "\(address)", "node.protocol": "\(beacon.protocol)", "our.protocol": "\(NodeProtocol.version)"]
+                [LogKey.node: "\(address)", LogKey.nodeProtocol: "\(beacon.protocol)", LogKey.ourProtocol: "\(NodeProtocol.version)"]
             )
             return
         }
@@ -76,11 +76,11 @@ final class ResourceManager: @unchecked Sendable {
             self.reportOnce(
                 address.description + "/cap",
                 "node ignored: the client already links the most discovered nodes it will",
-                ["node": "\(address)", "cap": "\(Self.maxDiscoveredLinks)"]
+                [LogKey.node: "\(address)", LogKey.cap: "\(Self.maxDiscoveredLinks)"]
             )
             return
         }
-        self.scheduler.logger.info("node discovered", metadata: ["node": "\(address)", "node.name": "\(PeerText.cut(beacon.name, limit: 64))", "via": "\(via)"])
+        self.scheduler.logger.info("node discovered", metadata: [LogKey.node: "\(address)", LogKey.nodeName: "\(PeerText.cut(beacon.name, limit: 64))", LogKey.via: "\(via)"])
         self.add(address, discovered: true)
     }
 
@@ -89,7 +89,7 @@ final class ResourceManager: @unchecked Sendable {
     /// until it is announced again.
     func withdrawn(serviceName: String) {
         guard !self.stopped, let key = self.services.removeValue(forKey: serviceName), let link = self.links[key], link.discovered else { return }
-        self.scheduler.logger.info("node withdrew its DNS-SD service", metadata: ["node": "\(key)", "node.name": "\(PeerText.cut(serviceName, limit: 64))"])
+        self.scheduler.logger.info("node withdrew its DNS-SD service", metadata: [LogKey.node: "\(key)", LogKey.nodeName: "\(PeerText.cut(serviceName, limit: 64))"])
         if !link.connected {
             link.stop()
             self.links[key] = nil
@@ -157,7 +157,7 @@ final class BeaconListener: @unchecked Sendable {
             switch result {
             case .success(let socket): self.sockets.append(socket)
             case .failure(let error):
-                logger.warning("broadcast discovery off: cannot listen for beacons", metadata: ["discovery.port": "\(self.port)", "error": "\(error)"])
+                logger.warning("broadcast discovery off: cannot listen for beacons", metadata: [LogKey.discoveryPort: "\(self.port)", LogKey.error: "\(error)"])
             }
         }
         guard case .address(let host) = self.target else {
@@ -166,12 +166,12 @@ final class BeaconListener: @unchecked Sendable {
         }
         DiscoverySocket.open(port: 0, on: loop, receive: receive).whenComplete { [self] result in
             guard case .success(let socket) = result, let destination = try? SocketAddress(ipAddress: host, port: self.port) else {
-                logger.warning("broadcast discovery: cannot send probes", metadata: ["broadcast": "\(host):\(self.port)"])
+                logger.warning("broadcast discovery: cannot send probes", metadata: [LogKey.broadcast: "\(host):\(self.port)"])
                 return
             }
             self.sockets.append(socket)
             socket.send(NodeBeacon.probe, to: destination).whenFailure { error in
-                logger.warning("broadcast discovery: cannot send a probe", metadata: ["broadcast": "\(destination)", "error": "\(error)"])
+                logger.warning("broadcast discovery: cannot send a probe", metadata: [LogKey.broadcast: "\(destination)", LogKey.error: "\(error)"])
             }
         }
     }
@@ -204,7 +204,7 @@ final class DNSSDListener: @unchecked Sendable {
                     switch event {
                     case .found(let service):
                         guard let beacon = NodeBeacon(txt: service.txt, port: service.port, serviceName: service.name) else {
-                            logger.debug("DNS-SD service without a ppnode TXT record ignored", metadata: ["service": "\(service.name)"])
+                            logger.debug("DNS-SD service without a ppnode TXT record ignored", metadata: [LogKey.service: "\(service.name)"])
                             return
                         }
                         manager.discovered(beacon, host: service.address, via: "DNS-SD")

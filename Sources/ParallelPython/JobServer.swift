@@ -144,7 +144,7 @@ public final class JobServer: Service, Sendable {
             } catch {
                 // Quiet when there is simply no secret and nodes would only be discovered.
                 if !configuration.nodes.isEmpty || ClusterSecret.isNamedByEnvironment {
-                    configuration.logger.warning("no cluster secret: nodes cannot be used", metadata: ["reason": "\(error)"])
+                    configuration.logger.warning("no cluster secret: nodes cannot be used", metadata: [LogKey.reason: "\(error)"])
                 }
             }
         }

@@ -187,7 +187,7 @@ final class NodeLink: @unchecked Sendable {
             return
         }
         if !jobs.isEmpty || wasReady {
-            self.logger.warning("node lost", metadata: [LogKey.reason: "\(reason)", "jobs.rescheduled": "\(jobs.count)"])
+            self.logger.warning("node lost", metadata: [LogKey.reason: "\(reason)", LogKey.jobsRescheduled: "\(jobs.count)"])
         }
         self.scheduler.requeue(jobs, lost: reason, from: self.name)
         self.failed(reason, retryAfter: retryAfter)

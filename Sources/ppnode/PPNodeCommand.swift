@@ -119,7 +119,7 @@ struct PPNodeCommand: AsyncParsableCommand {
         do {
             loaded = try ClusterSecret.load(file: settings.secretFile, origin: settings.secretFileOrigin, create: true)
         } catch {
-            logger.critical("no usable secret", metadata: ["error": "\(error)"])
+            logger.critical("no usable secret", metadata: [LogKey.error: "\(error)"])
             FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
             throw ExitCode(2)
         }
@@ -146,13 +146,13 @@ struct PPNodeCommand: AsyncParsableCommand {
             logger.info(
                 "ppnode ready",
                 metadata: [
-                    "address": "\(address)",
-                    "node.id": "\(node.nodeID)",
-                    "node.name": "\(settings.name)",
-                    "workers": "\(node.workers)",
-                    "secret.file": "\(loaded.secret.origin)\(loaded.created ? " (created now)" : "")",
-                    "secret.keyid": "\(loaded.secret.keyID)",
-                    "protocol": "\(NodeProtocol.version)",
+                    LogKey.address: "\(address)",
+                    LogKey.nodeID: "\(node.nodeID)",
+                    LogKey.nodeName: "\(settings.name)",
+                    LogKey.workers: "\(node.workers)",
+                    LogKey.secretFile: "\(loaded.secret.origin)\(loaded.created ? " (created now)" : "")",
+                    LogKey.secretKeyID: "\(loaded.secret.keyID)",
+                    LogKey.protocolVersion: "\(NodeProtocol.version)",
                 ]
             )
         }
@@ -169,7 +169,7 @@ struct PPNodeCommand: AsyncParsableCommand {
             try await group.run()
         } catch {
             // start() has stopped the workers and closed everything it opened.
-            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            logger.critical("cannot start", metadata: [LogKey.error: "\(error)"])
             FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
             throw ExitCode(2)
         }

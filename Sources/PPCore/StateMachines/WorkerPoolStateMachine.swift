@@ -306,7 +306,7 @@ public struct WorkerPoolStateMachine: Sendable {
         guard self.workers[index]?.pid == 0 else { return [] }
         self.workers[index]!.pid = pid
         if self.workers[index]!.state == .spawning { self.workers[index]!.state = .starting }
-        var actions: [Action] = [.log(.debug, "worker starting", metadata: ["pool": self.configuration.name, "worker.pid": "\(pid)"])]
+        var actions: [Action] = [.log(.debug, "worker starting", metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(pid)"])]
         self.maintain(&actions)  // the next one, if more are missing
         return actions
     }
@@ -367,7 +367,7 @@ public struct WorkerPoolStateMachine: Sendable {
     private mutating func startFailed(_ reason: String, _ actions: inout [Action]) {
         self.startFailures += 1
         if self.lastStartError != reason {  // once per distinct reason, not per retry
-            actions.append(.log(.error, "cannot start worker", metadata: ["pool": self.configuration.name, "error": reason]))
+            actions.append(.log(.error, "cannot start worker", metadata: [LogKey.pool: self.configuration.name, LogKey.error: reason]))
             self.lastStartError = reason
         }
         self.failQueueIfNoWorkerCanStart(&actions)
@@ -393,7 +393,7 @@ public struct WorkerPoolStateMachine: Sendable {
     /// Starts go well again: reset the backoff.
     private mutating func startSucceeded(_ actions: inout [Action]) {
         if !self.lastStartError.isEmpty {
-            actions.append(.log(.notice, "workers start again", metadata: ["pool": self.configuration.name]))
+            actions.append(.log(.notice, "workers start again", metadata: [LogKey.pool: self.configuration.name]))
         }
         self.startFailures = 0
         self.lastStartError = ""
@@ -468,7 +468,7 @@ public struct WorkerPoolStateMachine: Sendable {
             actions.append(
                 .log(
                     .warning, "worker ended during a job",
-                    metadata: ["pool": self.configuration.name, "worker.pid": "\(slot.pid)", "job.id": "\(head.job.id)", "reason": error.message]
+                    metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(slot.pid)", LogKey.jobID: "\(head.job.id)", LogKey.reason: error.message]
                 )
             )
             actions.append(self.completion(head.job, error))
@@ -542,7 +542,7 @@ public struct WorkerPoolStateMachine: Sendable {
             self.workers[index]!.state = .ready
             self.startSucceeded(&actions)
             if self.pythonVersion == nil { self.pythonVersion = Self.pythonVersion(hello: body) }
-            actions.append(.log(.debug, "worker ready", metadata: ["pool": self.configuration.name, "worker.pid": "\(self.workers[index]!.pid)"]))
+            actions.append(.log(.debug, "worker ready", metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(self.workers[index]!.pid)"]))
             actions.append(.answerReadyWaiters(failure: nil))
         case .result(var result):
             guard let head = self.finishHead(of: index, id: result.id, kind: .call, now: now) else {
@@ -596,7 +596,7 @@ public struct WorkerPoolStateMachine: Sendable {
     /// is killed, and its running job ends with `protocolError`.
     public mutating func protocolError(_ message: String, worker index: Int) -> [Action] {
         guard let slot = self.workers[index], slot.killReason == nil else { return [] }
-        var actions: [Action] = [.log(.error, "worker protocol error", metadata: ["worker.pid": "\(slot.pid)", "error": message])]
+        var actions: [Action] = [.log(.error, "worker protocol error", metadata: [LogKey.workerPID: "\(slot.pid)", LogKey.error: message])]
         self.kill(index, reason: .protocolError(message), &actions)
         return actions
     }
