@@ -1,12 +1,11 @@
 import Foundation
+import NIOCore
 import PPCore
 import PPTesting
 import ParallelPython
 import Synchronization
 import Testing
 
-// RawPeer's sockaddr_in: with NIO in this target (NodeSessionHandlerTests), its members
-// must come from an explicit Glibc import.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -42,14 +41,14 @@ struct RawPeer {
 
     init(port: Int) throws {
         self.fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(port).bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        // NIO's SocketAddress builds the sockaddr: with NIO in this target, the C
+        // structs' members resolve through NIO's C module, which this file cannot name.
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: port)
+        let rc = address.withSockAddr { connect(self.fd, $0, socklen_t($1)) }
         guard rc == 0 else { throw CocoaError(.fileReadUnknown) }
-        var tv = timeval(tv_sec: 15, tv_usec: 0)
-        setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        // SO_RCVTIMEO of 15 s, as a timeval's two 64-bit fields.
+        var tv: (Int, Int) = (15, 0)
+        setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<(Int, Int)>.size))
     }
 
     func send(_ bytes: [UInt8]) {
