@@ -71,7 +71,11 @@ func fail(_ message: String) -> Never {
 func python(_ code: String, _ options: Options, interpreter: String? = nil) -> [Double] {
     // From a file, not -c: ppft (with dill) needs the functions' source file.
     let script = NSTemporaryDirectory() + "/ppbench-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).py"
-    guard FileManager.default.createFile(atPath: script, contents: Data(code.utf8)) else { fail("cannot write \(script)") }
+    // Foundation's Process passes on the calling thread's signal mask, and this may run
+    // on a NIO thread, which blocks nearly every signal: the script unblocks them first,
+    // or multiprocessing.Pool's terminate() (SIGTERM) could wait for its workers forever.
+    let unblock = "import signal as _pp_signal; _pp_signal.pthread_sigmask(_pp_signal.SIG_SETMASK, [])\n"
+    guard FileManager.default.createFile(atPath: script, contents: Data((unblock + code).utf8)) else { fail("cannot write \(script)") }
     defer { try? FileManager.default.removeItem(atPath: script) }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
