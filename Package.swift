@@ -46,7 +46,7 @@ let package = Package(
         // MARK: DNS-SD (register, browse, resolve) over avahi's dns_sd compat library
         .target(
             name: "PPDNSSD",
-            dependencies: ["CDNSSD"],
+            dependencies: ["CDNSSD", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             swiftSettings: swiftSettings
         ),
 

@@ -1,11 +1,16 @@
 import CDNSSD
 import Dispatch
+public import ServiceLifecycle
 
-/// A service published with DNS-SD (`DNSServiceRegister`) until `cancel()`.
+/// A service to publish with DNS-SD (`DNSServiceRegister`).
+///
+/// Creating one publishes nothing. It is a `Service`: `run()` publishes it, keeps it
+/// published until graceful shutdown or cancellation, then withdraws it (peers see it
+/// removed).
 ///
 /// Thread safety: every call to the dns_sd ref happens on the private serial queue, so
 /// the type is `@unchecked Sendable`.
-public final class DNSSDRegistration: @unchecked Sendable {
+public final class DNSSDRegistration: Service, @unchecked Sendable {
     /// What happened to the registration.
     public enum Event: Sendable {
         /// Published under this name (it may differ from the one asked for after a conflict).
@@ -18,29 +23,38 @@ public final class DNSSDRegistration: @unchecked Sendable {
     private let handler: @Sendable (Event) -> Void
     private let type: String
     private let port: Int
+    private let txt: [String: String]
     // Touched only on `queue`.
     private let baseName: String
     private var name: String
-    private var txt: [String: String]
-    private var ref: DNSServiceRef?
     private var pump: ServiceRefPump?
     private var conflicts = 0
 
-    /// Publishes `name` (of `type`, e.g. `_ppnode._tcp`) on `port` with a TXT record.
+    /// A service `name` (of `type`, e.g. `_ppnode._tcp`) on `port` with a TXT record;
+    /// `handler` hears how its registration goes.
     ///
     /// A name taken by another service is retried as `name (2)`, `name (3)`, ...
-    ///
-    /// - Throws: `DNSSDError` at once when the daemon cannot be reached.
-    public init(name: String, type: String, port: Int, txt: [String: String], handler: @escaping @Sendable (Event) -> Void) throws(DNSSDError) {
-        quietAvahi()
+    public init(name: String, type: String, port: Int, txt: [String: String], handler: @escaping @Sendable (Event) -> Void) {
         self.baseName = name
         self.name = name
         self.type = type
         self.port = port
         self.txt = txt
         self.handler = handler
-        let result: Result<Void, DNSSDError> = self.queue.sync { self.register() }
-        try result.get()
+    }
+
+    /// Publishes the service until graceful shutdown or cancellation, then withdraws it
+    /// and waits until that is done.
+    ///
+    /// - Throws: `DNSSDError` at once when the daemon cannot be reached.
+    public func run() async throws(DNSSDError) {
+        quietAvahi()
+        try self.queue.sync { self.register() }.get()
+        try? await gracefulShutdown()
+        self.queue.sync {
+            self.pump?.cancel()
+            self.pump = nil
+        }
     }
 
     private func register() -> Result<Void, DNSSDError> {
@@ -57,7 +71,6 @@ public final class DNSSDRegistration: @unchecked Sendable {
             Unmanaged<DNSSDRegistration>.fromOpaque(context).release()
             return .failure(DNSSDError(code: err, operation: "DNSServiceRegister"))
         }
-        self.ref = ref
         self.pump = ServiceRefPump(ref: ref, queue: self.queue) { [context = UnsafeSendable(context)] in
             Unmanaged<DNSSDRegistration>.fromOpaque(context.value).release()
         }
@@ -70,34 +83,10 @@ public final class DNSSDRegistration: @unchecked Sendable {
         } else if error == Int32(kDNSServiceErr_NameConflict), self.conflicts < 8 {
             self.conflicts += 1
             self.pump?.cancel()
-            self.ref = nil
             self.name = "\(self.baseName) (\(self.conflicts + 1))"
             if case .failure(let e) = self.register() { self.handler(.failed(e)) }
         } else {
             self.handler(.failed(DNSSDError(code: error, operation: "DNSServiceRegister")))
-        }
-    }
-
-    /// Replaces the TXT record (peers browsing see the new values when they resolve).
-    public func update(txt: [String: String]) {
-        self.queue.async {
-            guard txt != self.txt else { return }
-            self.txt = txt
-            guard let ref = self.ref else { return }
-            let record = DNSSDTXT.encode(txt)
-            let err = record.withUnsafeBytes { DNSServiceUpdateRecord(ref, nil, 0, UInt16($0.count), $0.baseAddress, 0) }
-            if err != Int32(kDNSServiceErr_NoError) {
-                self.handler(.failed(DNSSDError(code: err, operation: "DNSServiceUpdateRecord")))
-            }
-        }
-    }
-
-    /// Withdraws the service (peers see it removed) and waits until it is done.
-    public func cancel() {
-        self.queue.sync {
-            self.pump?.cancel()
-            self.pump = nil
-            self.ref = nil
         }
     }
 }

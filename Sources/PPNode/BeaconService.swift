@@ -2,15 +2,20 @@ import Logging
 import NIOCore
 import PPCore
 import PPRuntime
+import ServiceLifecycle
 
 /// The broadcast half of a node's discovery: a beacon every `interval` to the
 /// broadcast target, and an immediate answer to every probe. (DNS-SD is the other
 /// half.) Lives on the node's loop.
 ///
-/// `@unchecked Sendable` is safe because every method runs on that loop: the discovery
-/// socket's callbacks and the repeated task run there, and `NodeServer` hops there.
-final class BeaconService: @unchecked Sendable {
-    private var beacon: [UInt8]
+/// Creating one opens nothing. It is a `Service`: `run()` binds the discovery port and
+/// advertises until graceful shutdown or cancellation, then stops.
+///
+/// `@unchecked Sendable` is safe because its state is touched only on that loop: the
+/// discovery socket's callbacks and the repeated task run there, and `run()` hops there.
+final class BeaconService: Service, @unchecked Sendable {
+    private let loop: any EventLoop
+    private let beacon: [UInt8]
     private let target: BroadcastTarget
     private let port: Int
     private let interval: Duration
@@ -18,8 +23,6 @@ final class BeaconService: @unchecked Sendable {
     private var socket: DiscoverySocket?
     private var timer: RepeatedTask?
     private var lastSendError: String?
-    /// Probes answered since start.
-    private(set) var probesAnswered = 0
 
     /// What the service speaks on its port.
     enum Style {
@@ -42,7 +45,8 @@ final class BeaconService: @unchecked Sendable {
     /// The node's --host: the discovery socket listens on the interface that holds it.
     private let host: String
 
-    init(beacon: NodeBeacon, host: String, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger, style: Style = .native) {
+    init(beacon: NodeBeacon, host: String, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger, style: Style, loop: any EventLoop) {
+        self.loop = loop
         self.style = style
         self.host = host
         self.beacon = beacon.datagram
@@ -52,11 +56,29 @@ final class BeaconService: @unchecked Sendable {
         self.logger = logger
     }
 
+    /// Advertises until graceful shutdown or cancellation, then stops.
+    func run() async {
+        await self.run(opened: {})
+    }
+
+    /// `run()`, calling `opened` once the discovery port is bound (or could not be), so
+    /// a probe sent from then on is answered.
+    func run(opened: () -> Void) async {
+        await self.open()
+        opened()
+        try? await gracefulShutdown()
+        try? await self.loop.submit {
+            self.timer?.cancel()
+            self.socket?.close()
+            self.socket = nil
+        }.get()
+    }
+
     /// Binds the discovery port (shared with other nodes and clients on this host) and
     /// starts the beacons. A failure turns broadcast discovery off with a log line; the
     /// node keeps serving.
-    func start(group: any EventLoopGroup) async {
-        let loop = group.next()
+    private func open() async {
+        let loop = self.loop
         let logger = self.logger
         do {
             let socket = try await DiscoverySocket.open(
@@ -124,7 +146,6 @@ final class BeaconService: @unchecked Sendable {
             let host: String
             if case .address(let broadcast) = self.target { host = broadcast } else { host = datagram.source.ipAddress ?? "127.0.0.1" }
             guard let to = try? SocketAddress(ipAddress: host, port: self.port) else { return }
-            self.probesAnswered += 1
             self.send(Self.ppAnnouncement, to: to, on: socket)
             return
         } else if !NodeBeacon.isProbe(bytes) || bytes.count < self.beacon.count {
@@ -132,19 +153,6 @@ final class BeaconService: @unchecked Sendable {
             // source address hoping for amplification).
             return
         }
-        self.probesAnswered += 1
         socket.send(self.beacon, to: datagram.source)
-    }
-
-    /// Sends `beacon` from now on (its fields changed).
-    func update(beacon: NodeBeacon) {
-        self.beacon = beacon.datagram
-    }
-
-    /// Stops advertising (first step of a graceful shutdown).
-    func stop() {
-        self.timer?.cancel()
-        self.socket?.close()
-        self.socket = nil
     }
 }

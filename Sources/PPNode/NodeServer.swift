@@ -1,5 +1,5 @@
 public import NIOCore
-public import PPCore
+import PPCore
 import Foundation
 import Logging
 import NIOPosix
@@ -29,10 +29,9 @@ public final class NodeServer: Service, Sendable {
     let pool: WorkerPool
     let state: NodeState  // touched only on `loop`
     private let serverChannel = Mutex<(any Channel)?>(nil)
-    private let beacons = Mutex<BeaconService?>(nil)
-    private let registration = Mutex<DNSSDRegistration?>(nil)
     private let ppChannel = Mutex<(any Channel)?>(nil)
-    private let ppBeacons = Mutex<BeaconService?>(nil)
+    /// The task that runs the advertisers, once a worker is ready.
+    private let advertising = Mutex<Task<Void, Never>?>(nil)
     let pp: PPCompatService
     private let pythonVersion = Mutex<String?>(nil)
     private let closed = Mutex<[CheckedContinuation<Void, Never>]?>([])
@@ -84,82 +83,116 @@ public final class NodeServer: Service, Sendable {
             await self.stopAfterFailedStart()
             throw NodeStartError(message: "max frame \(self.configuration.maxFrame) is out of range; \(NodeConfiguration.maxFrameAdvice)")
         }
-        let bootstrap = ServerBootstrap(group: self.loop)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelOption(.autoRead, value: false)  // accepts once a worker is ready
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    // TLS first: the decoder and the session see only the plaintext of
-                    // a peer that proved it holds the cluster key, and until its HELLO
-                    // only frames of a few KiB.
-                    let limit = FrameLimit(NodeProtocol.preambleMaxFrame)
-                    let session = NodeSession(node: self, channel: channel, frameLimit: limit)
-                    try channel.pipeline.syncOperations.addHandlers(
-                        TLSHandler(context: self.tls),
-                        ByteToMessageHandler(NodeMessageDecoder(limit: limit)),
-                        session
-                    )
-                }
-            }
+        // autoRead off: it accepts once a worker is ready.
+        let bootstrap = self.bootstrap(autoRead: false) { [self] channel in
+            // TLS first: the decoder and the session see only the plaintext of a peer
+            // that proved it holds the cluster key, and until its HELLO only frames of
+            // a few KiB.
+            let limit = FrameLimit(NodeProtocol.preambleMaxFrame)
+            let session = NodeSession(node: self, channel: channel, frameLimit: limit)
+            try channel.pipeline.syncOperations.addHandlers(
+                TLSHandler(context: self.tls),
+                ByteToMessageHandler(NodeMessageDecoder(limit: limit)),
+                session
+            )
+        }
         let channel: any Channel
         do {
-            channel = try await bootstrap.bind(host: host, port: port).get()
+            channel = try await bootstrap.childChannelOption(.maxMessagesPerRead, value: 16).bind(host: host, port: port).get()
         } catch {
             await self.stopAfterFailedStart()
             throw NodeStartError(message: "cannot listen on \(host):\(port): \(Self.listenProblem(error, host: host, portFlag: "--port"))")
         }
         self.serverChannel.withLock { $0 = channel }
-        let address = channel.localAddress!
+        do {
+            try await self.serve(channel)
+        } catch {
+            await self.shutdown()
+            throw error
+        }
+        return channel.localAddress!
+    }
+
+    /// Once a worker is ready: opens the pp listener when configured (first, so the
+    /// beacon and the TXT record carry its port), accepts clients, and advertises.
+    private func serve(_ channel: any Channel) async throws(NodeStartError) {
         if self.workers > 0 {
             do {
                 try await self.pool.waitUntilReady()
             } catch {
-                await self.shutdown()
                 throw NodeStartError(message: "no Python worker could start: \(Self.trimmedFix(error.reason)); install python3 or point --python / PP_PYTHON at an interpreter")
             }
+            // The worker that is ready said which Python it runs.
+            let version = await self.pool.statistics().pythonVersion
+            self.pythonVersion.withLock { $0 = version }
         }
-        // The pp listener first, so the beacon and the TXT record carry its port.
         if let ppPort = self.configuration.ppPort {
-            do {
-                try await self.startPPCompat(port: ppPort)
-            } catch {
-                await self.shutdown()
-                throw error
-            }
+            try await self.startPPCompat(port: ppPort)
         }
         do {
             try await channel.setOption(.autoRead, value: true).get()
         } catch {
-            await self.shutdown()
-            throw NodeStartError(message: "cannot accept on \(host):\(port): \(error)")
+            throw NodeStartError(message: "cannot accept on \(self.configuration.host):\(self.configuration.port): \(error)")
         }
-        let beacons = BeaconService(
-            beacon: self.beacon(port: address.port ?? self.configuration.port),
-            host: self.configuration.host,
-            target: self.configuration.broadcast,
-            port: self.configuration.discoveryPort,
-            interval: self.configuration.beaconInterval,
-            logger: self.configuration.logger
-        )
-        await beacons.start(group: self.loop)
-        self.beacons.withLock { $0 = beacons }
-        if self.configuration.dnssd {
-            self.register(port: address.port ?? self.configuration.port)
-        } else {
-            self.configuration.logger.notice("DNS-SD off (--no-dnssd); clients find this node by broadcast beacons or its address")
+        await self.advertise(port: channel.localAddress?.port ?? self.configuration.port)
+    }
+
+    /// A listener on the node's loop whose connections `child` sets up.
+    private func bootstrap(autoRead: Bool, child: @escaping @Sendable (any Channel) throws -> Void) -> ServerBootstrap {
+        ServerBootstrap(group: self.loop)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.autoRead, value: autoRead)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in channel.eventLoop.makeCompletedFuture { try child(channel) } }
+    }
+
+    /// Runs the advertisers, `Service`s all: beacons, ppft's autodiscovery when the pp
+    /// listener is open, and DNS-SD, in one task that `shutdown()` cancels first.
+    /// Returns once the beacons' ports are bound, so a probe is answered from then on.
+    private func advertise(port: Int) async {
+        let configuration = self.configuration, logger = configuration.logger, loop = self.loop
+        let beacon = self.beacon(port: port)
+        let beacons = { (port: Int, style: BeaconService.Style) in
+            BeaconService(
+                beacon: beacon, host: configuration.host, target: configuration.broadcast, port: port,
+                interval: configuration.beaconInterval, logger: logger, style: style, loop: loop
+            )
         }
-        Task { await self.advertisePythonVersion() }
-        return address
+        var advertisers = [beacons(configuration.discoveryPort, .native)]
+        // ppft's autodiscovery listens on its server port and connects to whoever sends
+        // a datagram starting with "S", as this service does.
+        if let ppPort = self.ppAddress?.port { advertisers.append(beacons(ppPort, .parallelPython)) }
+        let registration = configuration.dnssd ? self.registration(port: port, txt: beacon.txt) : nil
+        if !configuration.dnssd {
+            logger.notice("DNS-SD off (--no-dnssd); clients find this node by broadcast beacons or its address")
+        }
+        let (opened, open) = AsyncStream.makeStream(of: Void.self)
+        let task = Task { [advertisers] in
+            await withDiscardingTaskGroup { group in
+                for advertiser in advertisers {
+                    group.addTask { await advertiser.run { open.yield() } }
+                }
+                if let registration {
+                    group.addTask {
+                        do {
+                            try await registration.run()
+                        } catch {
+                            logger.warning("DNS-SD off: \(error); clients find this node by broadcast beacons or its address")
+                        }
+                    }
+                }
+            }
+        }
+        self.advertising.withLock { $0 = task }
+        for await _ in opened.prefix(advertisers.count) {}
     }
 
     /// The pp-compatible listener's address, once it runs.
     public var ppAddress: SocketAddress? { self.ppChannel.withLock { $0?.localAddress } }
 
-    /// Opens the pp-compatible listener and its ppft-style autodiscovery, with a warning
-    /// of what ppft's protocol exposes. It was asked for, so a port that cannot be bound
+    /// Opens the pp-compatible listener (its ppft-style autodiscovery starts with the
+    /// other advertisers), with a warning of what ppft's protocol exposes. It was asked for, so a port that cannot be bound
     /// stops the node (`NodeStartError`). A node whose secret is ppft's published
     /// default secret keeps the listener closed (unless allowed) and says why; the
     /// native protocol keeps working.
@@ -172,20 +205,14 @@ public final class NodeServer: Service, Sendable {
             }
             logger.warning("pp-compatible listener accepts Parallel Python's published default secret (--pp-allow-default-secret): anyone who has read ppft's source can run code on this node")
         }
-        let bootstrap = ServerBootstrap(group: self.loop)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let peer = channel.remoteAddress.map { "\($0)" } ?? "?"
-                    try channel.pipeline.syncOperations.addHandlers(
-                        QuickAckHandler(),
-                        ByteToMessageHandler(PPFrameDecoder(maxFrame: self.configuration.maxFrame)),
-                        PPSession(node: self, compat: self.pp, peer: peer)
-                    )
-                }
-            }
+        let bootstrap = self.bootstrap(autoRead: true) { [self] channel in
+            let peer = channel.remoteAddress.map { "\($0)" } ?? "?"
+            try channel.pipeline.syncOperations.addHandlers(
+                QuickAckHandler(),
+                ByteToMessageHandler(PPFrameDecoder(maxFrame: self.configuration.maxFrame)),
+                PPSession(node: self, compat: self.pp, peer: peer)
+            )
+        }
         do {
             let channel = try await bootstrap.bind(host: self.configuration.host, port: port).get()
             self.ppChannel.withLock { $0 = channel }
@@ -198,57 +225,18 @@ public final class NodeServer: Service, Sendable {
                 message: "cannot listen on \(self.configuration.host):\(port) for Parallel Python clients: \(Self.listenProblem(error, host: self.configuration.host, portFlag: "--pp-port"))"
             )
         }
-        // ppft's autodiscovery listens on its server port and connects to whoever sends
-        // a datagram starting with "S", as this service does.
-        let boundPort = self.ppAddress?.port ?? port
-        let beacons = BeaconService(
-            beacon: self.beacon(port: self.serverChannel.withLock { $0?.localAddress?.port } ?? self.configuration.port),
-            host: self.configuration.host,
-            target: self.configuration.broadcast,
-            port: boundPort,
-            interval: self.configuration.beaconInterval,
-            logger: logger,
-            style: .parallelPython
-        )
-        await beacons.start(group: self.loop)
-        self.ppBeacons.withLock { $0 = beacons }
     }
 
-    /// Publishes `_ppnode._tcp` with the beacon's fields as TXT. Without avahi-daemon
-    /// the node says so once and goes on with beacons.
-    private func register(port: Int) {
+    /// The DNS-SD registration of `_ppnode._tcp` with the beacon's fields as TXT.
+    /// Without avahi-daemon its `run()` fails, and the node says so once and goes on
+    /// with beacons.
+    private func registration(port: Int, txt: [String: String]) -> DNSSDRegistration {
         let logger = self.configuration.logger
-        do {
-            let registration = try DNSSDRegistration(
-                name: self.configuration.name, type: NodeBeacon.serviceType, port: port, txt: self.beacon(port: port).txt
-            ) { event in
-                switch event {
-                case .registered(let name): logger.info("DNS-SD on: registered", metadata: [LogKey.service: "\(name).\(NodeBeacon.serviceType)", LogKey.port: "\(port)"])
-                case .failed(let error): logger.warning("DNS-SD registration failed; clients find this node by broadcast beacons or its address", metadata: [LogKey.error: "\(error)"])
-                }
+        return DNSSDRegistration(name: self.configuration.name, type: NodeBeacon.serviceType, port: port, txt: txt) { event in
+            switch event {
+            case .registered(let name): logger.info("DNS-SD on: registered", metadata: [LogKey.service: "\(name).\(NodeBeacon.serviceType)", LogKey.port: "\(port)"])
+            case .failed(let error): logger.warning("DNS-SD registration failed; clients find this node by broadcast beacons or its address", metadata: [LogKey.error: "\(error)"])
             }
-            self.registration.withLock { $0 = registration }
-        } catch {
-            logger.warning("DNS-SD off: \(error); clients find this node by broadcast beacons or its address")
-        }
-    }
-
-    /// Once the first worker said which Python it runs, puts that in the beacon and the
-    /// TXT record (both are advertised before any worker is up).
-    private func advertisePythonVersion() async {
-        for _ in 0..<400 {
-            if let version = await self.pool.statistics().pythonVersion {
-                self.pythonVersion.withLock { $0 = version }
-                let port = self.serverChannel.withLock { $0?.localAddress?.port } ?? self.configuration.port
-                let beacon = self.beacon(port: port)
-                if let beacons = self.beacons.withLock({ $0 }) {
-                    try? await self.loop.submit { beacons.update(beacon: beacon) }.get()
-                }
-                self.registration.withLock { $0 }?.update(txt: beacon.txt)
-                return
-            }
-            if self.serverChannel.withLock({ $0 == nil }) { return }
-            try? await Task.sleep(for: .milliseconds(50))
         }
     }
 
@@ -306,6 +294,11 @@ public final class NodeServer: Service, Sendable {
     /// the loop, and marks the node closed.
     private func stopAfterFailedStart() async {
         await self.pool.shutdown()
+        self.markClosed()
+    }
+
+    /// Marks the node closed: `waitUntilClosed()` returns.
+    private func markClosed() {
         let waiters = self.closed.withLock { w -> [CheckedContinuation<Void, Never>] in
             defer { w = nil }
             return w ?? []
@@ -344,24 +337,17 @@ public final class NodeServer: Service, Sendable {
         let logger = self.configuration.logger
         logger.info("shutting down", metadata: [LogKey.drainTimeout: "\(self.configuration.drainTimeout)"])
         defer { logger.info("stopped") }
-        // Stop advertising first: DNS-SD browsers see the service removed.
-        self.registration.withLock { r -> DNSSDRegistration? in
-            defer { r = nil }
-            return r
-        }?.cancel()
-        for beacons in [self.beacons.withLock({ $0 }), self.ppBeacons.withLock({ $0 })].compactMap({ $0 }) {
-            try? await self.loop.submit { beacons.stop() }.get()
+        // Stop advertising first: DNS-SD browsers see the service removed, beacons stop.
+        if let advertising = self.advertising.withLock({ $0 }) {
+            advertising.cancel()
+            await advertising.value
         }
         if let pp = self.ppChannel.withLock({ $0 }) { try? await pp.close() }
         try? await channel.close()
         try? await self.loop.submit { self.state.beginDrain() }.get()
         await self.pool.shutdown()
         try? await self.loop.submit { self.state.closeAll(on: self.loop) }.get().get()
-        let waiters = self.closed.withLock { w -> [CheckedContinuation<Void, Never>] in
-            defer { w = nil }
-            return w ?? []
-        }
-        for w in waiters { w.resume() }
+        self.markClosed()
     }
 
     /// Returns when `shutdown()` has finished.
@@ -405,7 +391,10 @@ public enum ParallelPythonVersion {
 /// `@unchecked Sendable` is safe because every access happens on that loop (sessions'
 /// handlers run there; `NodeServer` hops there with `loop.submit`).
 final class NodeState: @unchecked Sendable {
-    var cache: BundleCache
+    /// Function bundles by digest, bounded in bytes: a bundle travels once per node.
+    var cache: BoundedCache<SHA256Digest, FunctionBundle>
+    var bundlesReceived = 0
+    var bundleBytesReceived = 0
     var sessions: [ObjectIdentifier: NodeSession] = [:]
     var draining = false
     var sessionsAccepted = 0
@@ -418,7 +407,7 @@ final class NodeState: @unchecked Sendable {
     var jobsReceived = 0
 
     init(cacheBytes: Int) {
-        self.cache = BundleCache(capacityBytes: cacheBytes)
+        self.cache = BoundedCache(capacity: cacheBytes)
     }
 
     /// Counts a new connection against the caps, or says why it is refused.
@@ -452,53 +441,41 @@ final class NodeState: @unchecked Sendable {
     }
 
     func statisticsJSON(node: NodeServer, pool: PoolStatistics) -> [UInt8] {
-        var w = JSONWriter()
-        w.raw("{\"id\":")
-        w.string(node.nodeID)
-        w.raw(",\"name\":")
-        w.string(node.configuration.name)
-        w.raw(",\"workers\":")
-        w.int(pool.targetWorkers)
-        w.raw(",\"busy_workers\":")
-        w.int(min(pool.running, pool.targetWorkers))
-        w.raw(",\"queued\":")
-        w.int(pool.queued)
-        w.raw(",\"jobs_done\":")
-        w.int(pool.jobsDone)
-        w.raw(",\"jobs_received\":")
-        w.int(self.jobsReceived)
-        w.raw(",\"busy_seconds\":")
-        w.double(Double(pool.busyTime.components.seconds) + Double(pool.busyTime.components.attoseconds) / 1e18)
-        w.raw(",\"sessions\":")
-        w.int(self.sessions.count)
-        w.raw(",\"sessions_accepted\":")
-        w.int(self.sessionsAccepted)
-        w.raw(",\"auth_failures\":")
-        w.int(self.authFailures)
-        w.raw(",\"refused_connections\":")
-        w.int(self.refusedConnections)
-        w.raw(",\"protocol_errors\":")
-        w.int(self.protocolErrors)
-        w.raw(",\"bundles_received\":")
-        w.int(self.cache.received)
-        w.raw(",\"bundle_bytes_received\":")
-        w.int(self.cache.receivedBytes)
-        w.raw(",\"cache_entries\":")
-        w.int(self.cache.count)
-        w.raw(",\"cache_bytes\":")
-        w.int(self.cache.bytes)
-        w.raw(",\"python\":")
-        w.string(pool.pythonVersion ?? "")
-        w.raw(",\"pp_connections\":")
-        w.int(node.pp.connections)
-        w.raw(",\"pp_jobs_done\":")
-        w.int(node.pp.jobsDone)
-        w.raw(",\"pp_auth_failures\":")
-        w.int(node.pp.authFailures)
-        w.raw(",\"load_average\":")
         var loads = [Double](repeating: 0, count: 3)
         _ = getloadavg(&loads, 3)
-        w.double(loads[0])
+        let busy = pool.busyTime.components
+        let fields: [(String, JSONValue)] = [
+            ("id", .string(node.nodeID)),
+            ("name", .string(node.configuration.name)),
+            ("workers", .int(pool.targetWorkers)),
+            ("busy_workers", .int(min(pool.running, pool.targetWorkers))),
+            ("queued", .int(pool.queued)),
+            ("jobs_done", .int(pool.jobsDone)),
+            ("jobs_received", .int(self.jobsReceived)),
+            ("busy_seconds", .double(Double(busy.seconds) + Double(busy.attoseconds) / 1e18)),
+            ("sessions", .int(self.sessions.count)),
+            ("sessions_accepted", .int(self.sessionsAccepted)),
+            ("auth_failures", .int(self.authFailures)),
+            ("refused_connections", .int(self.refusedConnections)),
+            ("protocol_errors", .int(self.protocolErrors)),
+            ("bundles_received", .int(self.bundlesReceived)),
+            ("bundle_bytes_received", .int(self.bundleBytesReceived)),
+            ("cache_entries", .int(self.cache.count)),
+            ("cache_bytes", .int(self.cache.totalCost)),
+            ("python", .string(pool.pythonVersion ?? "")),
+            ("pp_connections", .int(node.pp.connections)),
+            ("pp_jobs_done", .int(node.pp.jobsDone)),
+            ("pp_auth_failures", .int(node.pp.authFailures)),
+            ("load_average", .double(loads[0])),
+        ]
+        // In this order (a JSONValue object would sort its keys).
+        var w = JSONWriter()
+        for (i, (key, value)) in fields.enumerated() {
+            w.raw(i == 0 ? "{" : ",")
+            w.string(key)
+            w.raw(":")
+            value.write(to: &w)
+        }
         w.raw("}")
         return w.bytes
     }

@@ -138,13 +138,13 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             break
         case .send(let messages):
             self.send(messages)
-        case .welcome(let welcome):
+        case .welcome(let version, let window, let maxFrame, let clientName):
             self.leaveUnauthenticated()
             self.handshakeTimer?.cancel()
-            self.frameLimit.value = Int(welcome.maxFrame)
-            self.logger[metadataKey: LogKey.client] = "\(welcome.clientName)"
+            self.frameLimit.value = Int(maxFrame)
+            self.logger[metadataKey: LogKey.client] = "\(clientName)"
             self.logger.info("client authenticated")
-            self.send([.welcome(version: welcome.version, window: welcome.window, maxFrame: welcome.maxFrame, info: self.node.infoJSON())])
+            self.send([.welcome(version: version, window: window, maxFrame: maxFrame, info: self.node.infoJSON())])
             self.startHeartbeat()
         case .submit(let submission):
             self.state.jobsReceived += submission.received
@@ -152,7 +152,9 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             self.run(submission.run)
             if submission.scheduleFlush { self.scheduleFlush() }
         case .storeBundle(let bundle, let jobs):
-            self.state.cache.insert(bundle)
+            self.state.cache.insert(bundle.digest, bundle, cost: bundle.spec.count)
+            self.state.bundlesReceived += 1
+            self.state.bundleBytesReceived += bundle.spec.count
             self.logger.debug("bundle received", metadata: [LogKey.bundle: "\(bundle.digest)", LogKey.bytes: "\(bundle.spec.count)"])
             self.run(jobs)
         case .cancelPoolJobs(let ids):
@@ -235,12 +237,13 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         self.state.releaseUnauthenticated(host: self.peerHost)
     }
 
-    /// Writes `messages` with one write and one flush.
-    private func send(_ messages: [NodeMessage]) {
-        guard let channel = self.channel, !messages.isEmpty else { return }
+    /// Writes `messages` with one write and one flush; the future says when it is written.
+    @discardableResult
+    private func send(_ messages: [NodeMessage]) -> EventLoopFuture<Void>? {
+        guard let channel = self.channel, !messages.isEmpty else { return nil }
         var buffer = channel.allocator.buffer(capacity: 64 * messages.count)
         for message in messages { message.write(to: &buffer) }
-        channel.writeAndFlush(buffer, promise: nil)
+        return channel.writeAndFlush(buffer)
     }
 
     /// Logs why, sends ERROR when TLS is up (before, there is nobody to send it to), and
@@ -258,8 +261,6 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             channel.close(promise: nil)
             return
         }
-        var buffer = channel.allocator.buffer(capacity: 64 + closing.error.message.utf8.count)
-        NodeMessage.error(code: closing.error.code.rawValue, message: closing.error.message).write(to: &buffer)
-        channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+        self.send([.error(code: closing.error.code.rawValue, message: closing.error.message)])?.whenComplete { _ in channel.close(promise: nil) }
     }
 }

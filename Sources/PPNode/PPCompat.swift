@@ -105,7 +105,9 @@ struct PPFrameDecoder: ByteToMessageDecoder {
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt64.self) else { return .needMoreData }
-        guard length <= UInt64(self.maxFrame) else { throw PPCompatError.frameTooLarge(length, max: self.maxFrame) }
+        guard length <= UInt64(self.maxFrame) else {
+            throw PPCompatError(description: "a pp frame of \(length) bytes is over the limit of \(self.maxFrame) (--max-frame)")
+        }
         guard buffer.readableBytes >= 8 + Int(length) else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: 8)
         context.fireChannelRead(Self.wrapInboundOut(buffer.readBytes(length: Int(length))!))
@@ -113,14 +115,9 @@ struct PPFrameDecoder: ByteToMessageDecoder {
     }
 }
 
-enum PPCompatError: Error, CustomStringConvertible {
-    case frameTooLarge(UInt64, max: Int)
-
-    var description: String {
-        switch self {
-        case .frameTooLarge(let n, let max): "a pp frame of \(n) bytes is over the limit of \(max) (--max-frame)"
-        }
-    }
+/// A pp frame too large.
+struct PPCompatError: Error, CustomStringConvertible {
+    let description: String
 }
 
 /// Re-arms `TCP_QUICKACK` before every read, so the kernel acknowledges at once. ppft

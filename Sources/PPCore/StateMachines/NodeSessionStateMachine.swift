@@ -58,10 +58,12 @@ public struct NodeSessionStateMachine: Sendable {
         case none
         /// Write these frames, in one write.
         case send([NodeMessage])
-        /// HELLO was accepted: raise the decoder's frame limit to `maxFrame`, stop
-        /// counting the connection as unauthenticated, stop the handshake timer, send
-        /// WELCOME (with the node's info JSON), start the heartbeat timer.
-        case welcome(Welcome)
+        /// HELLO was accepted: raise the decoder's frame limit to `maxFrame` (the largest
+        /// frame the node accepts from now on), stop counting the connection as
+        /// unauthenticated, stop the handshake timer, send WELCOME (the version chosen,
+        /// the client's first window, `maxFrame` and the node's info JSON), start the
+        /// heartbeat timer. `clientName` is cut and escaped for logs.
+        case welcome(version: UInt16, window: UInt32, maxFrame: UInt32, clientName: String)
         /// A SUBMIT within the window: count its jobs, send NEED for the digests, run
         /// the jobs whose bundle is cached, and schedule a flush if jobs ended at once.
         case submit(Submission)
@@ -93,26 +95,6 @@ public struct NodeSessionStateMachine: Sendable {
         /// The connection is gone: stop its pool jobs (a client that left does not
         /// want them); `awaitingBundle` jobs were dropped before they reached the pool.
         case clientLeft(stopPoolJobs: [UInt64], awaitingBundle: Int)
-    }
-
-    /// The handshake's outcome, for WELCOME.
-    public struct Welcome: Sendable, Equatable {
-        /// The protocol version chosen.
-        public var version: UInt16
-        /// The client's first window.
-        public var window: UInt32
-        /// The largest frame the node accepts from now on.
-        public var maxFrame: UInt32
-        /// The client's name, cut and escaped for logs.
-        public var clientName: String
-
-        /// Creates a handshake outcome.
-        public init(version: UInt16, window: UInt32, maxFrame: UInt32, clientName: String) {
-            self.version = version
-            self.window = window
-            self.maxFrame = maxFrame
-            self.clientName = clientName
-        }
     }
 
     /// What to do with an accepted SUBMIT.
@@ -325,12 +307,10 @@ public struct NodeSessionStateMachine: Sendable {
         )
         self.state = .ready(Ready(clientMaxFrame: Int(clientMaxFrame), heartbeat: heartbeat))
         return .welcome(
-            Welcome(
-                version: version,
-                window: UInt32(self.window),
-                maxFrame: UInt32(self.configuration.maxFrame),
-                clientName: PeerText.cut(name, limit: 64)
-            )
+            version: version,
+            window: UInt32(self.window),
+            maxFrame: UInt32(self.configuration.maxFrame),
+            clientName: PeerText.cut(name, limit: 64)
         )
     }
 
