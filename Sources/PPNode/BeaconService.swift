@@ -16,10 +16,11 @@ import ServiceLifecycle
 final class BeaconService: Service, @unchecked Sendable {
     private let loop: any EventLoop
     private let beacon: [UInt8]
-    private let target: BroadcastTarget
     private let port: Int
-    private let interval: Duration
-    private let logger: Logger
+    /// The node's: its --host (the discovery socket listens on the interface that holds
+    /// it), the broadcast target, the beacon interval and the logger.
+    private let configuration: NodeConfiguration
+    private var logger: Logger { self.configuration.logger }
     private var socket: DiscoverySocket?
     private var timer: RepeatedTask?
     private var lastSendError: String?
@@ -42,18 +43,12 @@ final class BeaconService: Service, @unchecked Sendable {
     /// would be missed when the node's name is not ASCII.
     static let ppAnnouncement: [UInt8] = Array("S".utf8)
 
-    /// The node's --host: the discovery socket listens on the interface that holds it.
-    private let host: String
-
-    init(beacon: NodeBeacon, host: String, target: BroadcastTarget, port: Int, interval: Duration, logger: Logger, style: Style, loop: any EventLoop) {
-        self.loop = loop
-        self.style = style
-        self.host = host
+    init(beacon: NodeBeacon, port: Int, style: Style, configuration: NodeConfiguration, loop: any EventLoop) {
         self.beacon = beacon.datagram
-        self.target = target
         self.port = port
-        self.interval = interval
-        self.logger = logger
+        self.style = style
+        self.configuration = configuration
+        self.loop = loop
     }
 
     /// Advertises until graceful shutdown or cancellation, then stops.
@@ -78,17 +73,16 @@ final class BeaconService: Service, @unchecked Sendable {
     /// starts the beacons. A failure turns broadcast discovery off with a log line; the
     /// node keeps serving.
     private func open() async {
-        let loop = self.loop
         let logger = self.logger
         do {
             let socket = try await DiscoverySocket.open(
                 port: self.port,
-                binding: DiscoverySocket.Binding(listeningOn: self.host),
-                on: loop,
+                binding: DiscoverySocket.Binding(listeningOn: self.configuration.host),
+                on: self.loop,
                 receive: { [self] socket, datagram in self.received(datagram, on: socket) },
                 onError: { error in logger.debug("discovery socket error", metadata: [LogKey.error: "\(error)"]) }
             ).get()
-            try await loop.submit {
+            try await self.loop.submit {
                 self.socket = socket
                 self.startBeacons(on: socket)
             }.get()
@@ -101,22 +95,18 @@ final class BeaconService: Service, @unchecked Sendable {
     }
 
     private func startBeacons(on socket: DiscoverySocket) {
-        guard case .address(let host) = self.target else {
+        guard case .address(let host) = self.configuration.broadcast else {
             self.logger.notice("broadcast beacons off (PP_BROADCAST=off); answering probes only", metadata: [LogKey.discoveryPort: "\(self.port)"])
             return
         }
         guard let destination = try? SocketAddress(ipAddress: host, port: self.port) else { return }
-        self.logger.info("broadcast beacons on", metadata: [LogKey.broadcast: "\(host):\(self.port)", LogKey.interval: "\(self.interval)"])
-        self.send(to: destination)
-        let ms = Int64(self.interval.components.seconds * 1000 + self.interval.components.attoseconds / 1_000_000_000_000_000)
-        self.timer = socket.eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(ms), delay: .milliseconds(ms)) { [self] _ in
-            self.send(to: destination)
+        self.logger.info("broadcast beacons on", metadata: [LogKey.broadcast: "\(host):\(self.port)", LogKey.interval: "\(self.configuration.beaconInterval)"])
+        let announcement = self.style == .parallelPython ? Self.ppAnnouncement : self.beacon
+        let interval = TimeAmount(self.configuration.beaconInterval)
+        // The first at once, then one every interval (until `run()` cancels the timer).
+        self.timer = socket.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: interval) { [self] _ in
+            self.send(announcement, to: destination, on: socket)
         }
-    }
-
-    private func send(to destination: SocketAddress) {
-        guard let socket = self.socket else { return }
-        self.send(self.style == .parallelPython ? Self.ppAnnouncement : self.beacon, to: destination, on: socket)
     }
 
     private func send(_ bytes: [UInt8], to destination: SocketAddress, on socket: DiscoverySocket) {
@@ -144,7 +134,7 @@ final class BeaconService: Service, @unchecked Sendable {
             // port it sent from: answer there, by broadcast as ppft's server does (a
             // unicast would reach only one of several sockets sharing the port).
             let host: String
-            if case .address(let broadcast) = self.target { host = broadcast } else { host = datagram.source.ipAddress ?? "127.0.0.1" }
+            if case .address(let broadcast) = self.configuration.broadcast { host = broadcast } else { host = datagram.source.ipAddress ?? "127.0.0.1" }
             guard let to = try? SocketAddress(ipAddress: host, port: self.port) else { return }
             self.send(Self.ppAnnouncement, to: to, on: socket)
             return

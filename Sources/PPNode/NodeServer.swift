@@ -151,18 +151,14 @@ public final class NodeServer: Service, Sendable {
     /// listener is open, and DNS-SD, in one task that `shutdown()` cancels first.
     /// Returns once the beacons' ports are bound, so a probe is answered from then on.
     private func advertise(port: Int) async {
-        let configuration = self.configuration, logger = configuration.logger, loop = self.loop
+        let configuration = self.configuration, logger = configuration.logger
         let beacon = self.beacon(port: port)
-        let beacons = { (port: Int, style: BeaconService.Style) in
-            BeaconService(
-                beacon: beacon, host: configuration.host, target: configuration.broadcast, port: port,
-                interval: configuration.beaconInterval, logger: logger, style: style, loop: loop
-            )
-        }
-        var advertisers = [beacons(configuration.discoveryPort, .native)]
+        var advertisers = [BeaconService(beacon: beacon, port: configuration.discoveryPort, style: .native, configuration: configuration, loop: self.loop)]
         // ppft's autodiscovery listens on its server port and connects to whoever sends
         // a datagram starting with "S", as this service does.
-        if let ppPort = self.ppAddress?.port { advertisers.append(beacons(ppPort, .parallelPython)) }
+        if let ppPort = self.ppAddress?.port {
+            advertisers.append(BeaconService(beacon: beacon, port: ppPort, style: .parallelPython, configuration: configuration, loop: self.loop))
+        }
         let registration = configuration.dnssd ? self.registration(port: port, txt: beacon.txt) : nil
         if !configuration.dnssd {
             logger.notice("DNS-SD off (--no-dnssd); clients find this node by broadcast beacons or its address")
