@@ -59,7 +59,7 @@ public final class NodeServer: Service, Sendable {
         poolConfiguration.shutdownGrace = configuration.drainTimeout
         self.pool = WorkerPool(configuration: poolConfiguration, eventLoop: self.loop)
         self.state = NodeState(cacheBytes: configuration.cacheBytes)
-        self.pp = PPCompatService(version: configuration.ppVersion)
+        self.pp = PPCompatService()
     }
 
     /// The number of workers the node runs.
@@ -206,7 +206,7 @@ public final class NodeServer: Service, Sendable {
             try channel.pipeline.syncOperations.addHandlers(
                 QuickAckHandler(),
                 ByteToMessageHandler(PPFrameDecoder(maxFrame: self.configuration.maxFrame)),
-                PPSession(node: self, compat: self.pp, peer: peer)
+                PPSession(node: self, peer: peer)
             )
         }
         do {

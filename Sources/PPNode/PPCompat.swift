@@ -146,20 +146,19 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
     typealias OutboundOut = ByteBuffer
 
     private let node: NodeServer
-    private let compat: PPCompatService
+    private var compat: PPCompatService { self.node.pp }
     private let logger: Logger
     private var machine: PPSessionStateMachine
     private var context: ChannelHandlerContext?
     private var handshakeTimer: Scheduled<Void>?
 
-    init(node: NodeServer, compat: PPCompatService, peer: String) {
+    init(node: NodeServer, peer: String) {
         self.node = node
-        self.compat = compat
         var logger = node.configuration.logger
         logger[metadataKey: LogKey.ppPeer] = "\(peer)"
         self.logger = logger
         self.machine = PPSessionStateMachine(
-            version: compat.version,
+            version: node.configuration.ppVersion,
             challenge: PPSessionStateMachine.challenge(from: randomBytes(16)),
             secret: node.configuration.secret.bytes,
             workers: node.workers
@@ -196,7 +195,6 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if error is PPCompatError || error is ByteToMessageDecoderError {
-            self.compat.protocolErrors += 1
             self.logger.warning("pp client error; closing its connection", metadata: [LogKey.error: "\(error)"])
         }
         self.machine.closed()
@@ -215,8 +213,7 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
             self.send([Array(String(self.compat.jobSeconds).utf8)])
         case .run(let run):
             self.run(run)
-        case .reply(let payload, let failed, let next):
-            if failed { self.compat.jobsFailed += 1 }
+        case .reply(let payload, let next):
             self.send([payload])
             if let next { self.run(next) }
         case .close(let why):
@@ -226,12 +223,10 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
                 self.logger.warning("pp client refused: wrong secret (the pp secret is the text of this node's secret file)")
                 self.send([Array("FAILED".utf8)])
             case .handshakeTimeout:
-                self.compat.protocolErrors += 1
                 self.logger.notice("pp client did not authenticate within \(self.node.configuration.handshakeTimeout) (--handshake-timeout); closing")
             case .unknownConnectionType(let type):
                 self.logger.warning("pp client sent an unknown connection type; closing", metadata: [LogKey.connectionType: "\(type)"])
             case .protocolError(let what):
-                self.compat.protocolErrors += 1
                 self.logger.warning("pp client sent \(what); closing its connection")
             }
             self.context?.close(promise: nil)
@@ -268,19 +263,12 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
 /// Shared state of the pp-compatible listener: counters and the function cache.
 /// Confined to the node's loop.
 final class PPCompatService: @unchecked Sendable {
-    let version: String
     var connections = 0
     var authFailures = 0
-    var protocolErrors = 0
     var jobsDone = 0
-    var jobsFailed = 0
     var jobSeconds = 0.0
     /// Functions by the md5 ppft names them with, bounded in bytes.
     private var bundles = BoundedCache<String, FunctionBundle>(capacity: 64 << 20)
-
-    init(version: String) {
-        self.version = version
-    }
 
     /// The bundle for a function message, shared by all pp connections (bounded).
     func bundle(md5: String, sfunc: [UInt8]) -> FunctionBundle {

@@ -130,7 +130,7 @@ struct PPSessionStateMachineTests {
 
         let answer = Array("pickled (result, output)".utf8)
         let reply = machine.jobFinished(Self.adapterResult(answer))
-        guard case .reply(let payload, failed: false, next: let next?) = reply else { throw Unexpected(reply) }
+        guard case .reply(let payload, next: let next?) = reply else { throw Unexpected(reply) }
         #expect(payload == answer)
         #expect(next.bundle.digest == first.bundle.digest)
         #expect(next.arguments.json == Array("[\"\(Data("args2".utf8).base64EncodedString())\"]".utf8))
@@ -138,7 +138,7 @@ struct PPSessionStateMachineTests {
         // A job that failed in the pool answers ppft with (None, output naming the error).
         let failure = JobResult(id: 2, error: JobError(code: .workerDied, message: "worker died (signal 9)"), executor: "n1")
         let failed = machine.jobFinished(failure)
-        guard case .reply(let none, failed: true, next: nil) = failed else { throw Unexpected(failed) }
+        guard case .reply(let none, next: nil) = failed else { throw Unexpected(failed) }
         let text = String(decoding: none, as: UTF8.self)
         #expect(none.starts(with: [0x80, 0x02, UInt8(ascii: "N")]))
         #expect(text.contains("An error has occured during the function execution\nppnode: ") && text.contains("worker died (signal 9)"), "\(text)")
@@ -151,7 +151,7 @@ struct PPSessionStateMachineTests {
         _ = Self.receive(&machine, [UInt8(ascii: "N")] + Self.sfunc, cache: &cache)
         _ = Self.receive(&machine, Array("args".utf8), cache: &cache)
         let reply = machine.jobFinished(JobResult(id: 1, code: nil, payload: Array("\"not base64!\"".utf8), executor: "n1"))
-        guard case .reply(let payload, failed: false, next: nil) = reply else { throw Unexpected(reply) }
+        guard case .reply(let payload, next: nil) = reply else { throw Unexpected(reply) }
         #expect(String(decoding: payload, as: UTF8.self).contains("ppnode: the pp worker returned something unreadable"))
     }
 

@@ -22,9 +22,8 @@ public struct PPSessionStateMachine: Sendable {
         case sendJobTime
         /// Run this job on the pool, then call `jobFinished(_:)`.
         case run(Run)
-        /// Send the payload of the job's answer (a failed job when `failed`, for the
-        /// counters), then run `next` if there is one.
-        case reply([UInt8], failed: Bool, next: Run?)
+        /// Send the payload of the job's answer, then run `next` if there is one.
+        case reply([UInt8], next: Run?)
         /// Close the connection.
         case close(Closing)
     }
@@ -196,20 +195,17 @@ public struct PPSessionStateMachine: Sendable {
         self.running = false
         guard case .exec = self.phase else { return .none }
         let payload: [UInt8]
-        let failed: Bool
         switch result.outcome.result {
         case .success(let json):
-            failed = false
             if json.count >= 2, let decoded = Data(base64Encoded: Data(json.dropFirst().dropLast())) {
                 payload = Array(decoded)
             } else {
                 payload = PPWire.pickledNoneResult(output: "ppnode: the pp worker returned something unreadable\n")
             }
         case .failure(let error):
-            failed = true
             payload = PPWire.pickledNoneResult(output: "An error has occured during the function execution\nppnode: \(error)\n")
         }
-        return .reply(payload, failed: failed, next: self.runNext())
+        return .reply(payload, next: self.runNext())
     }
 
     /// The connection is gone, or the driver closes it (a decoding error).
