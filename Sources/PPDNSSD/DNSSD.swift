@@ -9,10 +9,6 @@ public struct DNSSDError: Error, Sendable, CustomStringConvertible {
     /// The call that failed (`DNSServiceRegister`, ...).
     public var operation: String
 
-    /// Whether the error means "no avahi-daemon to talk to" (avahi's compat library
-    /// answers every call with `kDNSServiceErr_Unknown` then).
-    public var daemonUnavailable: Bool { self.code == Int32(kDNSServiceErr_Unknown) }
-
     public var description: String {
         switch Int(self.code) {
         case kDNSServiceErr_Unknown:
