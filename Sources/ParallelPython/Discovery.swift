@@ -10,7 +10,7 @@ import PPTLS
 /// Confined to the job server's loop (`@unchecked Sendable` for that reason).
 final class ResourceManager: @unchecked Sendable {
     let scheduler: Scheduler
-    let secret: ClusterSecret?
+    private let secret: ClusterSecret?
     /// The client's TLS context (the cluster key), shared by every link.
     let tls: TLSContext?
     let clientName: String
@@ -92,26 +92,19 @@ final class ResourceManager: @unchecked Sendable {
         self.scheduler.logger.info("node withdrew its DNS-SD service", metadata: [LogKey.node: "\(key)", LogKey.nodeName: "\(PeerText.cut(serviceName, limit: 64))"])
         if !link.connected {
             link.stop()
-            self.links[key] = nil
-            self.scheduler.nodeProblem(nil, node: key)
+            self.forget(link)
         }
+    }
+
+    /// Drops a link that was stopped or gave up (until its node is announced again).
+    func forget(_ link: NodeLink) {
+        self.links[link.name] = nil
+        self.scheduler.nodeProblem(nil, node: link.name)
     }
 
     private func add(_ address: NodeAddress, discovered: Bool) {
         guard !self.stopped, self.links[address.description] == nil else { return }
-        let link = NodeLink(
-            address: address,
-            tls: self.tls,
-            scheduler: self.scheduler,
-            clientName: self.clientName,
-            heartbeatTimeout: self.heartbeatTimeout,
-            logger: self.scheduler.logger,
-            discovered: discovered
-        )
-        link.onGiveUp = { [self] in
-            self.links[address.description] = nil
-            self.scheduler.nodeProblem(nil, node: address.description)
-        }
+        let link = NodeLink(address: address, manager: self, discovered: discovered)
         self.links[address.description] = link
         link.start()
     }

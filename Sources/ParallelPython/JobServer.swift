@@ -136,7 +136,7 @@ public final class JobServer: Service, Sendable {
         self.pool = WorkerPool(configuration: poolConfiguration, eventLoop: self.loop)
         let scheduler = Scheduler(loop: self.loop, noExecutorTimeout: configuration.noExecutorTimeout, logger: configuration.logger)
         self.scheduler = scheduler
-        self.local = LocalExecutor(id: scheduler.makeExecutorID(), pool: self.pool, size: self.pool.configuration.workers ?? 0, events: scheduler)
+        self.local = LocalExecutor(id: scheduler.makeExecutorID(), pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: scheduler)
         var secret = configuration.secret
         if secret == nil, !configuration.nodes.isEmpty || configuration.discover {
             do {
@@ -367,14 +367,14 @@ public final class JobServer: Service, Sendable {
     ///
     /// - Returns: `true` when the job was still queued here.
     public func stop(jobID: UInt64) async -> Bool {
-        (try? await self.loop.submit { self.scheduler.stop(jobID: jobID) }.get()) ?? false
+        (try? await self.loop.submit { self.scheduler.cancel(jobID: jobID, stop: true) }.get()) ?? false
     }
 
     /// Cancels a queued job by id.
     ///
     /// - Returns: `true` when the job had not started; it then ends with `cancelled`.
     public func cancel(jobID: UInt64) async -> Bool {
-        (try? await self.loop.submit { self.scheduler.cancel(jobID: jobID) }.get()) ?? false
+        (try? await self.loop.submit { self.scheduler.cancel(jobID: jobID, stop: false) }.get()) ?? false
     }
 
     // MARK: Waiting

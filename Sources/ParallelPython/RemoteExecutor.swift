@@ -59,27 +59,17 @@ public struct NodeAddressError: Error, Sendable, CustomStringConvertible {
 /// Confined to the job server's loop (`@unchecked Sendable` for that reason).
 final class NodeLink: @unchecked Sendable {
     let address: NodeAddress
-    /// The client's TLS context (the cluster key); `nil` when there is no secret.
-    let tls: TLSContext?
-    let loop: any EventLoop
-    private unowned let scheduler: Scheduler
-    let clientName: String
-    let heartbeatTimeout: Duration
+    /// Where the TLS context, the client's name and the heartbeat timeout come from.
+    unowned let manager: ResourceManager
     let logger: Logger
     private var machine: NodeLinkStateMachine
     private var executor: RemoteExecutor?
     private var pendingRetry: Scheduled<Void>?
-    /// Called when a discovered link gives up.
-    var onGiveUp: (() -> Void)?
 
-    init(address: NodeAddress, tls: TLSContext?, scheduler: Scheduler, clientName: String, heartbeatTimeout: Duration, logger: Logger, discovered: Bool = false) {
+    init(address: NodeAddress, manager: ResourceManager, discovered: Bool) {
         self.address = address
-        self.tls = tls
-        self.loop = scheduler.loop
-        self.scheduler = scheduler
-        self.clientName = clientName
-        self.heartbeatTimeout = heartbeatTimeout
-        var logger = logger
+        self.manager = manager
+        var logger = manager.scheduler.logger
         logger[metadataKey: LogKey.node] = "\(address)"
         self.logger = logger
         self.machine = NodeLinkStateMachine(discovered: discovered)
@@ -88,7 +78,7 @@ final class NodeLink: @unchecked Sendable {
     var name: String { self.address.description }
 
     /// Where its executors report back.
-    var events: any ExecutorEvents { self.scheduler }
+    var scheduler: Scheduler { self.manager.scheduler }
 
     /// Found by discovery (not given by address).
     var discovered: Bool { self.machine.discovered }
@@ -110,12 +100,7 @@ final class NodeLink: @unchecked Sendable {
     /// The node was announced again: if we are waiting to retry, retry now.
     func nudge() {
         guard self.executor == nil else { return }
-        let action = self.machine.nudge()
-        if case .connect = action {
-            self.pendingRetry?.cancel()
-            self.pendingRetry = nil
-        }
-        self.execute(action)
+        self.execute(self.machine.nudge())
     }
 
     private func execute(_ action: NodeLinkStateMachine.Action) {
@@ -123,25 +108,28 @@ final class NodeLink: @unchecked Sendable {
         case .none:
             break
         case .connect:
+            // A nudge cuts the wait short.
+            self.pendingRetry?.cancel()
+            self.pendingRetry = nil
             self.connect()
         case .retry(let delay):
-            self.pendingRetry = self.loop.scheduleTask(in: delay) { [self] in
+            self.pendingRetry = self.scheduler.loop.scheduleTask(in: delay) { [self] in
                 self.pendingRetry = nil
                 self.execute(self.machine.retryTimerFired())
             }
         case .giveUp:
             self.logger.info("discovered node given up until its next beacon")
-            self.onGiveUp?()
+            self.manager.forget(self)
         }
     }
 
-    private func report(_ report: NodeLinkStateMachine.Report) {
-        guard case .unavailable(let reason) = report else { return }
-        self.logger.warning("node unavailable", metadata: [LogKey.reason: "\(reason)"])
+    private func report(_ problem: String?) {
+        guard let problem else { return }
+        self.logger.warning("node unavailable", metadata: [LogKey.reason: "\(problem)"])
     }
 
     private func connect() {
-        guard let tls = self.tls else {
+        guard let tls = self.manager.tls else {
             let problem = "no cluster secret: give --secret-file or set PP_SECRET"
             self.scheduler.nodeProblem(problem, node: self.name)
             self.report(self.machine.problem(problem))
@@ -149,7 +137,7 @@ final class NodeLink: @unchecked Sendable {
         }
         let executor = RemoteExecutor(link: self, id: self.scheduler.makeExecutorID())
         self.executor = executor
-        ClientBootstrap(group: self.loop)
+        ClientBootstrap(group: self.scheduler.loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(3))
             .channelInitializer { channel in
@@ -195,8 +183,8 @@ final class NodeLink: @unchecked Sendable {
 
     private func failed(_ reason: String, retryAfter: TimeAmount?) {
         self.scheduler.nodeProblem(reason, node: self.name)
-        let (action, report) = self.machine.failed(reason, retryAfter: retryAfter)
-        self.report(report)
+        let (action, problem) = self.machine.failed(reason, retryAfter: retryAfter)
+        self.report(problem)
         self.execute(action)
     }
 
@@ -234,8 +222,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
         self.link = link
         self.id = id
         self.machine = NodeConnectionStateMachine(
-            name: link.name, clientName: link.clientName,
-            heartbeatTimeout: .nanoseconds(link.heartbeatTimeout.nanosecondsInt64), now: .now()
+            name: link.name, clientName: link.manager.clientName,
+            heartbeatTimeout: .nanoseconds(link.manager.heartbeatTimeout.nanosecondsInt64), now: .now()
         )
     }
 
@@ -247,18 +235,14 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     func send(_ jobs: [Job]) {
         guard self.channel != nil, let submit = self.machine.submit(jobs, now: .now()) else {
-            self.link.events.requeue(jobs, lost: nil, from: self.name)
+            self.link.scheduler.requeue(jobs, lost: nil, from: self.name)
             return
         }
         self.write([submit])
     }
 
-    func cancel(jobID: UInt64) {
-        if let frame = self.machine.cancel(jobID: jobID) { self.write([frame]) }
-    }
-
-    func stop(jobID: UInt64) {
-        if let frame = self.machine.stop(jobID: jobID) { self.write([frame]) }
+    func cancel(jobID: UInt64, stop: Bool) {
+        if let frame = self.machine.cancel(jobID: jobID, stop: stop) { self.write([frame]) }
     }
 
     func close(goodbye: Bool) {
@@ -287,7 +271,6 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     func channelActive(context: ChannelHandlerContext) {
         self.channel = context.channel
-        self.machine.connected()
         self.handshakeTimer = context.eventLoop.scheduleTask(in: NodeConnectionStateMachine.handshakeTimeout) { [self] in
             self.execute(self.machine.handshakeTimerFired())
         }
@@ -309,13 +292,10 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let e = error as? TLSError {
-            self.execute(self.machine.errorCaught(e.message, keyRejected: e.code == .handshakeFailed))
-        } else if let e = error as? NodeProtocolError {
-            self.execute(self.machine.errorCaught("protocol error from the node: \(e.message)"))
-        } else {
-            self.execute(self.machine.errorCaught(NodeLink.describe(error)))
-        }
+        // A failed TLS handshake means another key.
+        let keyRejected = (error as? TLSError)?.code == .handshakeFailed
+        let reason = (error as? NodeProtocolError).map { "protocol error from the node: \($0.message)" } ?? NodeLink.describe(error)
+        self.execute(self.machine.errorCaught(reason, keyRejected: keyRejected))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -348,8 +328,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
             self.write(frames)
             for (job, result) in results { job.completion(result) }
             for (job, error) in failed { job.fail(error, executor: self.name) }
-            if !handedBack.isEmpty { self.link.events.requeue(handedBack, lost: nil, from: self.name) }
-            self.link.events.executorHasRoom()
+            if !handedBack.isEmpty { self.link.scheduler.requeue(handedBack, lost: nil, from: self.name) }
+            self.link.scheduler.executorHasRoom()
         case .close:
             self.channel?.close(promise: nil)
         }

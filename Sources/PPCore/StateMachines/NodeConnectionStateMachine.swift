@@ -24,7 +24,7 @@ public struct NodeConnectionStateMachine: Sendable {
     }
 
     private enum Phase: Sendable, Equatable {
-        case connecting, handshaking, awaitingWelcome, ready, draining, closed
+        case handshaking, awaitingWelcome, ready, draining, closed
     }
 
     /// The largest window a node may give (jobs in flight on one connection).
@@ -37,7 +37,7 @@ public struct NodeConnectionStateMachine: Sendable {
     /// The node's name in messages and results (`host:port`).
     public let name: String
     private let clientName: String
-    private var phase = Phase.connecting
+    private var phase = Phase.handshaking
     private var window = 0
     private var inflight: [UInt64: Job] = [:]
     /// The bundles of jobs in flight, with how many jobs use each: what a NEED may ask for.
@@ -74,11 +74,6 @@ public struct NodeConnectionStateMachine: Sendable {
 
     // MARK: Handshake
 
-    /// TCP is up: TLS starts (the driver runs the handshake timer).
-    public mutating func connected() {
-        if self.phase == .connecting { self.phase = .handshaking }
-    }
-
     /// TLS is up: say HELLO.
     public mutating func tlsEstablished() -> Action {
         guard self.phase == .handshaking else { return .send([]) }
@@ -89,7 +84,7 @@ public struct NodeConnectionStateMachine: Sendable {
     /// The handshake timer fired.
     public mutating func handshakeTimerFired() -> Action {
         switch self.phase {
-        case .connecting, .handshaking, .awaitingWelcome:
+        case .handshaking, .awaitingWelcome:
             return self.abort("no TLS handshake and WELCOME from the node within \(Self.handshakeTimeout.nanoseconds / 1_000_000_000) s")
         default:
             return .send([])
@@ -117,14 +112,11 @@ public struct NodeConnectionStateMachine: Sendable {
         return .submit(wire)
     }
 
-    /// CANCEL for a job the node holds (it ends there if it has not started).
-    public func cancel(jobID: UInt64) -> NodeMessage? {
-        self.inflight[jobID] == nil ? nil : .cancel(id: jobID)
-    }
-
-    /// STOP for a job the node holds (queued or running, it ends `cancelled`).
-    public func stop(jobID: UInt64) -> NodeMessage? {
-        self.inflight[jobID] == nil ? nil : .stop(id: jobID)
+    /// For a job the node holds: CANCEL (it ends there if it has not started), or with
+    /// `stop`, STOP (queued or running, it ends `cancelled`).
+    public func cancel(jobID: UInt64, stop: Bool) -> NodeMessage? {
+        guard self.inflight[jobID] != nil else { return nil }
+        return stop ? .stop(id: jobID) : .cancel(id: jobID)
     }
 
     // MARK: Frames from the node
@@ -149,15 +141,13 @@ public struct NodeConnectionStateMachine: Sendable {
         case (.ready, .results(let results)), (.draining, .results(let results)):
             return self.results(results)
         case (.ready, .need(let digest)), (.draining, .need(let digest)):
-            guard let entry = self.bundles[digest] else {
-                if self.bundlesSent.contains(digest) {
-                    return self.abort("the node asked again for function bundle \(digest), which it was sent on this connection")
-                }
-                return self.abort("the node asked for a function bundle \(digest) this client never sent")
-            }
-            guard self.bundlesSent.insert(digest).inserted else {
+            guard !self.bundlesSent.contains(digest) else {
                 return self.abort("the node asked again for function bundle \(digest), which it was sent on this connection")
             }
+            guard let entry = self.bundles[digest] else {
+                return self.abort("the node asked for a function bundle \(digest) this client never sent")
+            }
+            self.bundlesSent.insert(digest)
             return .send([.bundle(digest: digest, spec: entry.bundle.spec)])
         case (.ready, .window(let w)), (.draining, .window(let w)):
             self.window = min(Int(w), Self.maxWindow)
