@@ -149,15 +149,12 @@ public final class JobServer: Service, Sendable {
             }
         }
         let name = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
-        let resources = ResourceManager(scheduler: scheduler, secret: secret, clientName: name, heartbeatTimeout: configuration.heartbeatTimeout)
-        self.resources = resources
+        self.resources = ResourceManager(scheduler: scheduler, secret: secret, clientName: name, heartbeatTimeout: configuration.heartbeatTimeout)
         if configuration.discover {
             for problem in configuration.environmentProblems { configuration.logger.warning("\(problem)") }
         }
-        let beacons = configuration.discover ? BeaconListener(manager: resources, port: configuration.discoveryPort, target: configuration.broadcast) : nil
-        self.beacons = beacons
-        let browser = configuration.discover && configuration.dnssd ? DNSSDListener(manager: resources) : nil
-        self.browser = browser
+        self.beacons = configuration.discover ? BeaconListener(manager: self.resources, port: configuration.discoveryPort, target: configuration.broadcast) : nil
+        self.browser = configuration.discover && configuration.dnssd ? DNSSDListener(manager: self.resources) : nil
     }
 
     /// Starts the workers, node links and discovery, once; later calls do nothing.
@@ -239,18 +236,9 @@ public final class JobServer: Service, Sendable {
         let id = self.ids.next()
         let handle = JobHandle<T>(id: id, server: self)
         self.book.withLock { $0.begin(group: group) }
-        let job = Job(
-            id: id,
-            bundle: function.bundle,
-            arguments: arguments,
-            timeout: timeout ?? self.configuration.timeout
-        ) { [self] result in
-            // The edge: bytes become text and a parsed error here, once.
-            let outcome = result.outcome
-            self.record(outcome)
+        let job = self.job(id, function, arguments, timeout: timeout ?? self.configuration.timeout, group: group) { outcome in
             handle.complete(outcome)
             callback?(decodeResult(T.self, outcome))
-            self.finish(group: group)
         }
         self.enqueue([job])
         return handle
@@ -306,11 +294,15 @@ public final class JobServer: Service, Sendable {
     /// Runs every call and returns the raw outcomes in input order.
     func runAll(_ function: PythonFunction, arguments: [JobArguments], timeout: Duration?) async -> [JobOutcome] {
         guard !arguments.isEmpty else { return [] }
-        let collector = Collector(count: arguments.count)
         return await withCheckedContinuation { continuation in
-            collector.setContinuation(continuation)
+            let state = Mutex((outcomes: [JobOutcome?](repeating: nil, count: arguments.count), remaining: arguments.count))
             self.submitBatch(function, arguments: arguments, timeout: timeout) { index, outcome in
-                collector.store(outcome, at: index)
+                let all: [JobOutcome]? = state.withLock { s in
+                    s.outcomes[index] = outcome
+                    s.remaining -= 1
+                    return s.remaining == 0 ? s.outcomes.map { $0! } : nil
+                }
+                if let all { continuation.resume(returning: all) }
             }
         }
     }
@@ -328,21 +320,23 @@ public final class JobServer: Service, Sendable {
     ) -> [UInt64] {
         let timeout = timeout ?? self.configuration.timeout
         self.book.withLock { $0.begin(group: "default", count: arguments.count) }
-        var jobs = [Job]()
-        jobs.reserveCapacity(arguments.count)
-        for (index, args) in arguments.enumerated() {
-            jobs.append(
-                Job(id: self.ids.next(), bundle: function.bundle, arguments: args, timeout: timeout) { [self] result in
-                    let outcome = result.outcome
-                    self.record(outcome)
-                    completion(index, outcome)
-                    self.finish(group: "default")
-                }
-            )
+        let jobs = arguments.enumerated().map { index, args in
+            self.job(self.ids.next(), function, args, timeout: timeout, group: "default") { completion(index, $0) }
         }
-        let ids = jobs.map(\.id)
         self.enqueue(jobs)
-        return ids
+        return jobs.map(\.id)
+    }
+
+    /// A job that, when it ends, is counted, tells `completion`, and leaves its group.
+    private func job(_ id: UInt64, _ function: PythonFunction, _ arguments: JobArguments, timeout: Duration?, group: String, completion: @escaping @Sendable (JobOutcome) -> Void) -> Job {
+        Job(id: id, bundle: function.bundle, arguments: arguments, timeout: timeout) { [self] result in
+            // The edge: bytes become text and a parsed error here, once.
+            let outcome = result.outcome
+            self.book.withLock { $0.record(outcome) }
+            completion(outcome)
+            let waiters = self.book.withLock { $0.end(group: group) }
+            for w in waiters { w.resume() }
+        }
     }
 
     /// Loads `function` on a worker without running it.
@@ -504,17 +498,10 @@ public final class JobServer: Service, Sendable {
         }
     }
 
-    private func record(_ outcome: JobOutcome) {
-        self.book.withLock { $0.record(outcome) }
-    }
-
-    private func finish(group: String) {
-        let waiters = self.book.withLock { $0.end(group: group) }
-        for w in waiters { w.resume() }
-    }
 }
 
-/// Counters, groups and waiters of a job server; lives under its mutex.
+/// Counters, groups and waiters of a job server; lives under its mutex. The group
+/// `nil` is every job.
 struct Book {
     struct Counters {
         var jobs = 0
@@ -522,14 +509,12 @@ struct Book {
     }
 
     var executors: [String: Counters] = [:]
-    var pending: [String: Int] = [:]
-    var totalPending = 0
-    var groupWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
-    var allWaiters: [CheckedContinuation<Void, Never>] = []
+    var pending: [String?: Int] = [:]
+    var waiters: [String?: [CheckedContinuation<Void, Never>]] = [:]
 
     mutating func begin(group: String, count: Int = 1) {
         self.pending[group, default: 0] += count
-        self.totalPending += count
+        self.pending[nil, default: 0] += count
     }
 
     mutating func record(_ outcome: JobOutcome) {
@@ -537,65 +522,23 @@ struct Book {
         self.executors[outcome.executor, default: Counters()].time += outcome.duration
     }
 
+    /// A job of `group` ended: returns the waiters to wake.
     mutating func end(group: String) -> [CheckedContinuation<Void, Never>] {
-        self.totalPending -= 1
-        self.pending[group, default: 1] -= 1
         var woken: [CheckedContinuation<Void, Never>] = []
-        if self.pending[group] == 0 {
-            self.pending[group] = nil
-            woken += self.groupWaiters.removeValue(forKey: group) ?? []
-        }
-        if self.totalPending == 0 {
-            woken += self.allWaiters
-            self.allWaiters = []
+        for key in [group, nil] {
+            self.pending[key, default: 1] -= 1
+            if self.pending[key] == 0 {
+                self.pending[key] = nil
+                woken += self.waiters.removeValue(forKey: key) ?? []
+            }
         }
         return woken
     }
 
     /// Adds a waiter unless its jobs are done; returns `true` when they are.
     mutating func addWaiter(_ c: CheckedContinuation<Void, Never>, group: String?) -> Bool {
-        if let group {
-            guard self.pending[group, default: 0] > 0 else { return true }
-            self.groupWaiters[group, default: []].append(c)
-        } else {
-            guard self.totalPending > 0 else { return true }
-            self.allWaiters.append(c)
-        }
+        guard self.pending[group, default: 0] > 0 else { return true }
+        self.waiters[group, default: []].append(c)
         return false
-    }
-}
-
-/// Collects the outcomes of a batch in input order, then resumes its waiter once.
-final class Collector: Sendable {
-    private struct State {
-        var outcomes: [JobOutcome?]
-        var remaining: Int
-        var continuation: CheckedContinuation<[JobOutcome], Never>?
-    }
-
-    private let state: Mutex<State>
-
-    init(count: Int) {
-        self.state = Mutex(State(outcomes: Array(repeating: nil, count: count), remaining: count))
-    }
-
-    func setContinuation(_ c: CheckedContinuation<[JobOutcome], Never>) {
-        let done: [JobOutcome]? = self.state.withLock { s in
-            if s.remaining == 0 { return s.outcomes.map { $0! } }
-            s.continuation = c
-            return nil
-        }
-        if let done { c.resume(returning: done) }
-    }
-
-    func store(_ outcome: JobOutcome, at index: Int) {
-        let resume: (CheckedContinuation<[JobOutcome], Never>, [JobOutcome])? = self.state.withLock { s in
-            s.outcomes[index] = outcome
-            s.remaining -= 1
-            guard s.remaining == 0, let c = s.continuation else { return nil }
-            s.continuation = nil
-            return (c, s.outcomes.map { $0! })
-        }
-        if let (c, all) = resume { c.resume(returning: all) }
     }
 }
