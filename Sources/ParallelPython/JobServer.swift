@@ -55,9 +55,9 @@ public final class JobServer: Service, Sendable {
         /// Why an environment setting was not taken, logged when the server starts.
         var environmentProblems: [String] = []
         /// A node silent for this long is dropped and its jobs run elsewhere.
-        public var heartbeatTimeout: Duration
+        public var heartbeatTimeout: Duration = .seconds(3)
         /// Queued jobs fail with `noExecutor` when nothing at all could run them for this long.
-        public var noExecutorTimeout: Duration
+        public var noExecutorTimeout: Duration = .seconds(30)
         /// Where the server logs.
         public var logger: Logger
 
@@ -91,8 +91,6 @@ public final class JobServer: Service, Sendable {
                 self.environmentProblems.append("\(error); broadcast probes are off")
             }
             self.dnssd = !["off", "no", "false", "0"].contains(env["PP_DNSSD"]?.lowercased() ?? "")
-            self.heartbeatTimeout = .seconds(3)
-            self.noExecutorTimeout = .seconds(30)
             self.logger = logger
         }
     }
@@ -104,8 +102,6 @@ public final class JobServer: Service, Sendable {
     let scheduler: Scheduler  // touched only on `loop`
     let local: LocalExecutor  // touched only on `loop`
     let resources: ResourceManager  // touched only on `loop`
-    let beacons: BeaconListener?  // touched only on `loop`
-    let browser: DNSSDListener?  // touched only on `loop`
     /// Job ids: the local pool's id space, since local jobs keep their ids there.
     private var ids: IDAllocator { self.pool.jobIDs }
     private let book = Mutex(Book())
@@ -148,31 +144,22 @@ public final class JobServer: Service, Sendable {
                 }
             }
         }
-        let name = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
-        self.resources = ResourceManager(scheduler: scheduler, secret: secret, clientName: name, heartbeatTimeout: configuration.heartbeatTimeout)
+        self.resources = ResourceManager(scheduler: scheduler, configuration: configuration, secret: secret)
         if configuration.discover {
             for problem in configuration.environmentProblems { configuration.logger.warning("\(problem)") }
         }
-        self.beacons = configuration.discover ? BeaconListener(manager: self.resources, port: configuration.discoveryPort, target: configuration.broadcast) : nil
-        self.browser = configuration.discover && configuration.dnssd ? DNSSDListener(manager: self.resources) : nil
     }
 
     /// Starts the workers, node links and discovery, once; later calls do nothing.
     /// Every submission calls it, so a program need not.
     public func start() {
         guard self.started.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
-        let configuration = self.configuration
-        let (scheduler, local, resources, beacons, browser, loop) = (self.scheduler, self.local, self.resources, self.beacons, self.browser, self.loop)
+        let (scheduler, local, resources) = (self.scheduler, self.local, self.resources)
         self.pool.start()
         self.loop.execute {
             scheduler.start()
             scheduler.add(local)
-            for address in configuration.nodes { resources.addStatic(address) }
-            beacons?.start(loop: loop)
-            browser?.start(loop: loop)
-            if configuration.discover, !configuration.dnssd {
-                configuration.logger.notice("DNS-SD off (PP_DNSSD=off); finding nodes by broadcast beacons and given addresses only")
-            }
+            resources.start()
         }
     }
 
@@ -453,7 +440,7 @@ public final class JobServer: Service, Sendable {
         let queued = (try? await self.loop.submit { self.scheduler.queued }.get()) ?? 0
         return JobServerStatistics(
             queued: queued,
-            executors: executors.keys.sorted().map { ExecutorStatistics(name: $0, jobs: executors[$0]!.jobs, totalTime: executors[$0]!.time) },
+            executors: executors.values.sorted { $0.name < $1.name },
             elapsed: ContinuousClock.now - self.startedAt,
             localPool: await self.pool.statistics()
         )
@@ -475,8 +462,6 @@ public final class JobServer: Service, Sendable {
         }
         guard first else { return }
         try? await self.loop.submit {
-            self.beacons?.stop()
-            self.browser?.stop()
             self.resources.stop()
             self.scheduler.stop()
         }.get()
@@ -503,12 +488,7 @@ public final class JobServer: Service, Sendable {
 /// Counters, groups and waiters of a job server; lives under its mutex. The group
 /// `nil` is every job.
 struct Book {
-    struct Counters {
-        var jobs = 0
-        var time: Duration = .zero
-    }
-
-    var executors: [String: Counters] = [:]
+    var executors: [String: ExecutorStatistics] = [:]
     var pending: [String?: Int] = [:]
     var waiters: [String?: [CheckedContinuation<Void, Never>]] = [:]
 
@@ -518,8 +498,8 @@ struct Book {
     }
 
     mutating func record(_ outcome: JobOutcome) {
-        self.executors[outcome.executor, default: Counters()].jobs += 1
-        self.executors[outcome.executor, default: Counters()].time += outcome.duration
+        self.executors[outcome.executor, default: ExecutorStatistics(name: outcome.executor, jobs: 0, totalTime: .zero)].jobs += 1
+        self.executors[outcome.executor]!.totalTime += outcome.duration
     }
 
     /// A job of `group` ended: returns the waiters to wake.

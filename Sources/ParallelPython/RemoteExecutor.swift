@@ -215,15 +215,13 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     private var handshakeTimer: Scheduled<Void>?
     private var statsWaiters: [UInt64: EventLoopPromise<[UInt8]>] = [:]
     private var nextStatsToken: UInt64 = 1
-    /// The node's WELCOME info JSON.
-    private(set) var info: [UInt8] = []
 
     init(link: NodeLink, id: ExecutorID) {
         self.link = link
         self.id = id
         self.machine = NodeConnectionStateMachine(
             name: link.name, clientName: link.manager.clientName,
-            heartbeatTimeout: .nanoseconds(link.manager.heartbeatTimeout.nanosecondsInt64), now: .now()
+            heartbeatTimeout: .nanoseconds(link.manager.configuration.heartbeatTimeout.nanosecondsInt64), now: .now()
         )
     }
 
@@ -252,11 +250,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     /// Asks the node for its counters (the STATS JSON).
     func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]>? {
+        guard self.channel != nil, self.machine.isUsable else { return loop.makeSucceededFuture([]) }
         let promise = loop.makePromise(of: [UInt8].self)
-        guard self.channel != nil, self.machine.isUsable else {
-            promise.succeed([])
-            return promise.futureResult
-        }
         let token = self.nextStatsToken
         self.nextStatsToken += 1
         self.statsWaiters[token] = promise
@@ -319,9 +314,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
         switch action {
         case .send(let frames):
             self.write(frames)
-        case .ready(let info):
+        case .ready:
             self.handshakeTimer?.cancel()
-            self.info = info
             self.frameLimit.value = self.machine.maxFrame
             self.link.ready(self)
         case .deliver(let results, let failed, let handedBack, let frames):

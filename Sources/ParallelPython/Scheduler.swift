@@ -134,8 +134,7 @@ final class Scheduler: @unchecked Sendable {
         guard self.machine.queued > 0 else { return }
         let batches = self.machine.dispatch(freeSlots: self.executors.map { ($0.id, $0.freeSlots) })
         for (id, jobs) in batches {
-            guard let executor = self.executors.first(where: { $0.id == id }) else { continue }
-            executor.send(jobs)
+            self.executors.first { $0.id == id }?.send(jobs)
         }
     }
 }
@@ -176,9 +175,7 @@ final class LocalExecutor: Executor, @unchecked Sendable {
         poolJobs.reserveCapacity(jobs.count)
         for var job in jobs {
             self.inflight.insert(job.id)
-            let completion = job.completion
-            let id = job.id
-            job.completion = { [self] result in
+            job.completion = { [self, id = job.id, completion = job.completion] result in
                 self.inflight.remove(id)
                 self.jobTime.add(nanoseconds: result.nanoseconds)
                 completion(result)

@@ -14,8 +14,8 @@ public struct NodeConnectionStateMachine: Sendable {
     public enum Action: Sendable {
         /// Write these frames.
         case send([NodeMessage])
-        /// The handshake is done: the node takes jobs (its WELCOME info JSON).
-        case ready(info: [UInt8])
+        /// The handshake is done: the node takes jobs.
+        case ready
         /// Results to deliver (their executor is set), jobs that failed here, jobs the
         /// node handed back unrun (draining) for the scheduler to run elsewhere.
         case deliver(results: [(Job, JobResult)], failed: [(Job, JobError)], handedBack: [Job], send: [NodeMessage])
@@ -69,9 +69,6 @@ public struct NodeConnectionStateMachine: Sendable {
     /// How many more jobs the node takes now.
     public var freeSlots: Int { self.phase == .ready ? max(0, self.window - self.inflight.count) : 0 }
 
-    /// Whether the node holds the job.
-    public func holds(_ jobID: UInt64) -> Bool { self.inflight[jobID] != nil }
-
     // MARK: Handshake
 
     /// TLS is up: say HELLO.
@@ -83,12 +80,8 @@ public struct NodeConnectionStateMachine: Sendable {
 
     /// The handshake timer fired.
     public mutating func handshakeTimerFired() -> Action {
-        switch self.phase {
-        case .handshaking, .awaitingWelcome:
-            return self.abort("no TLS handshake and WELCOME from the node within \(Self.handshakeTimeout.nanoseconds / 1_000_000_000) s")
-        default:
-            return .send([])
-        }
+        guard self.phase == .handshaking || self.phase == .awaitingWelcome else { return .send([]) }
+        return self.abort("no TLS handshake and WELCOME from the node within \(Self.handshakeTimeout.nanoseconds / 1_000_000_000) s")
     }
 
     // MARK: Jobs
@@ -97,9 +90,7 @@ public struct NodeConnectionStateMachine: Sendable {
     /// connection cannot take them, nil: the driver hands them back.
     public mutating func submit(_ jobs: [Job], now: NIODeadline) -> NodeMessage? {
         guard self.phase == .ready || self.phase == .draining, !jobs.isEmpty else { return nil }
-        var wire: [WireJob] = []
-        wire.reserveCapacity(jobs.count)
-        for job in jobs {
+        return .submit(jobs.map { job in
             self.inflight[job.id] = job
             self.bundles[job.bundle.digest, default: (job.bundle, 0)].jobs += 1
             var timeout: UInt32 = 0
@@ -107,9 +98,8 @@ public struct NodeConnectionStateMachine: Sendable {
                 timeout = UInt32(clamping: max(1, limit.nanosecondsInt64 / 1_000_000))
                 self.deadlines[job.id] = now + .nanoseconds(limit.nanosecondsInt64 &* 2) + Self.deadlineGrace
             }
-            wire.append(WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments))
-        }
-        return .submit(wire)
+            return WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments)
+        })
     }
 
     /// For a job the node holds: CANCEL (it ends there if it has not started), or with
@@ -128,7 +118,7 @@ public struct NodeConnectionStateMachine: Sendable {
         case (_, .error(let code, let text)):
             if code == NodeErrorCode.versionMismatch.rawValue { self.retryAfter = .seconds(10) }
             return self.abort("the node refused us: \(PeerText.cut(text))")
-        case (.awaitingWelcome, .welcome(let version, let window, _, let info)):
+        case (.awaitingWelcome, .welcome(let version, let window, _, _)):
             guard version >= NodeProtocol.minimumVersion, version <= NodeProtocol.version else {
                 self.retryAfter = .seconds(10)
                 return self.abort("the node chose protocol version \(version), which this client does not speak")
@@ -137,7 +127,7 @@ public struct NodeConnectionStateMachine: Sendable {
             self.maxFrame = NodeProtocol.defaultMaxFrame
             self.phase = .ready
             self.wasReady = true
-            return .ready(info: info)
+            return .ready
         case (.ready, .results(let results)), (.draining, .results(let results)):
             return self.results(results)
         case (.ready, .need(let digest)), (.draining, .need(let digest)):
@@ -205,15 +195,11 @@ public struct NodeConnectionStateMachine: Sendable {
     /// fail here (the node is asked to cancel them).
     public mutating func tick(now: NIODeadline) -> Action {
         guard self.wasReady, self.phase != .closed else { return .send([]) }
-        var frames: [NodeMessage] = []
-        switch self.heartbeat.tick(at: now) {
-        case .timedOut:
+        let beat = self.heartbeat.tick(at: now)
+        if beat == .timedOut {
             return self.abort("no heartbeat for \(Duration.nanoseconds(self.heartbeat.timeout.nanoseconds))")
-        case .ping:
-            frames.append(.ping(0))
-        case .none:
-            break
         }
+        var frames: [NodeMessage] = beat == .ping ? [.ping(0)] : []
         var failed: [(Job, JobError)] = []
         for (id, deadline) in self.deadlines where deadline <= now {
             guard let job = self.finish(id) else { continue }
