@@ -33,15 +33,30 @@ final class ResourceManager: @unchecked Sendable {
     private var browser: DNSSDBrowser?
     private var stopped = false
 
-    init(scheduler: Scheduler, configuration: JobServer.Configuration, secret: ClusterSecret?) {
+    /// Loads the cluster secret when `configuration` has none and may use nodes.
+    init(scheduler: Scheduler, configuration: JobServer.Configuration) {
         self.scheduler = scheduler
         self.configuration = configuration
+        var secret = configuration.secret
+        if secret == nil, !configuration.nodes.isEmpty || configuration.discover {
+            do {
+                secret = try ClusterSecret.load(file: nil, create: false).secret
+            } catch {
+                // Quiet when there is simply no secret and nodes would only be discovered.
+                if !configuration.nodes.isEmpty || ClusterSecret.isNamedByEnvironment {
+                    configuration.logger.warning("no cluster secret: nodes cannot be used", metadata: [LogKey.reason: "\(error)"])
+                }
+            }
+        }
         self.secret = secret
         do {
             self.tls = try secret.map { try TLSContext(keys: $0.keys, role: .client) }
         } catch {
             scheduler.logger.error("nodes unusable: \(error)")
             self.tls = nil
+        }
+        if configuration.discover {
+            for problem in configuration.environmentProblems { configuration.logger.warning("\(problem)") }
         }
     }
 

@@ -130,24 +130,9 @@ public final class JobServer: Service, Sendable {
             logger: configuration.logger
         )
         self.pool = WorkerPool(configuration: poolConfiguration, eventLoop: self.loop)
-        let scheduler = Scheduler(loop: self.loop, noExecutorTimeout: configuration.noExecutorTimeout, logger: configuration.logger)
-        self.scheduler = scheduler
-        self.local = LocalExecutor(id: scheduler.makeExecutorID(), pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: scheduler)
-        var secret = configuration.secret
-        if secret == nil, !configuration.nodes.isEmpty || configuration.discover {
-            do {
-                secret = try ClusterSecret.load(file: nil, create: false).secret
-            } catch {
-                // Quiet when there is simply no secret and nodes would only be discovered.
-                if !configuration.nodes.isEmpty || ClusterSecret.isNamedByEnvironment {
-                    configuration.logger.warning("no cluster secret: nodes cannot be used", metadata: [LogKey.reason: "\(error)"])
-                }
-            }
-        }
-        self.resources = ResourceManager(scheduler: scheduler, configuration: configuration, secret: secret)
-        if configuration.discover {
-            for problem in configuration.environmentProblems { configuration.logger.warning("\(problem)") }
-        }
+        self.scheduler = Scheduler(loop: self.loop, noExecutorTimeout: configuration.noExecutorTimeout, logger: configuration.logger)
+        self.local = LocalExecutor(id: self.scheduler.makeExecutorID(), pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: self.scheduler)
+        self.resources = ResourceManager(scheduler: self.scheduler, configuration: configuration)
     }
 
     /// Starts the workers, node links and discovery, once; later calls do nothing.
@@ -363,16 +348,14 @@ public final class JobServer: Service, Sendable {
     /// Waits until every job submitted to `group` so far has ended.
     public func wait(group: String) async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let ready = self.book.withLock { $0.addWaiter(c, group: group) }
-            if ready { c.resume() }
+            if self.book.withLock({ $0.addWaiter(c, group: group) }) { c.resume() }
         }
     }
 
     /// Waits until every job submitted so far has ended.
     public func waitAll() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let ready = self.book.withLock { $0.addWaiter(c, group: nil) }
-            if ready { c.resume() }
+            if self.book.withLock({ $0.addWaiter(c, group: nil) }) { c.resume() }
         }
     }
 

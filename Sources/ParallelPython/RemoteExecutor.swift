@@ -22,22 +22,20 @@ public struct NodeAddress: Sendable, Hashable, CustomStringConvertible {
     ///
     /// - Throws: `NodeAddressError` when the text is not an address.
     public init(parsing text: String) throws {
-        var host = text
-        var port = NodeProtocol.defaultPort
+        var host = Substring(text)
+        var portText: Substring?
         if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
-            host = String(text[text.index(after: text.startIndex)..<close])
+            host = text[text.index(after: text.startIndex)..<close]
             let rest = text[text.index(after: close)...]
-            if rest.hasPrefix(":") {
-                guard let p = Int(rest.dropFirst()), (1...65535).contains(p) else { throw NodeAddressError(text: text) }
-                port = p
-            }
+            if rest.hasPrefix(":") { portText = rest.dropFirst() }
         } else if let colon = text.lastIndex(of: ":") {
-            host = String(text[..<colon])
-            guard let p = Int(text[text.index(after: colon)...]), (1...65535).contains(p) else { throw NodeAddressError(text: text) }
-            port = p
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
         }
-        guard !host.isEmpty else { throw NodeAddressError(text: text) }
-        self.host = host
+        // A port given must be a number from 1 to 65535 (0 stands for "not a number").
+        let port = portText.map { Int($0) ?? 0 } ?? NodeProtocol.defaultPort
+        guard !host.isEmpty, (1...65535).contains(port) else { throw NodeAddressError(text: text) }
+        self.host = String(host)
         self.port = port
     }
 
@@ -170,10 +168,8 @@ final class NodeLink: @unchecked Sendable {
         guard self.executor === executor else { return }
         self.executor = nil
         self.scheduler.remove(executor)
-        if self.machine.isStopped {
-            self.scheduler.requeue(jobs, lost: nil, from: self.name)
-            return
-        }
+        // Stopped: the jobs go back unrun (the scheduler ends them if it stopped too).
+        guard !self.machine.isStopped else { return self.scheduler.requeue(jobs, lost: nil, from: self.name) }
         if !jobs.isEmpty || wasReady {
             self.logger.warning("node lost", metadata: [LogKey.reason: "\(reason)", LogKey.jobsRescheduled: "\(jobs.count)"])
         }
@@ -323,7 +319,7 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
             for (job, result) in results { job.completion(result) }
             for (job, error) in failed { job.fail(error, executor: self.name) }
             if !handedBack.isEmpty { self.link.scheduler.requeue(handedBack, lost: nil, from: self.name) }
-            self.link.scheduler.executorHasRoom()
+            self.link.scheduler.dispatchSoon()
         case .close:
             self.channel?.close(promise: nil)
         }

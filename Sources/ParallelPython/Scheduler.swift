@@ -27,7 +27,7 @@ protocol Executor: AnyObject {
 /// The client's scheduler: the driver of `SchedulerStateMachine`. It owns the executors
 /// (by id), runs the machine's periodic check, sends the batches the machine chooses and
 /// completes the jobs the machine ends. Executors talk back to it through
-/// `executorHasRoom`, `requeue` and `nodeProblem`.
+/// `dispatchSoon`, `requeue` and `nodeProblem`.
 ///
 /// Confined to the job server's event loop; `@unchecked Sendable` is safe because
 /// `JobServer` reaches it only through `loop.execute`/`loop.submit`, and executors
@@ -114,12 +114,8 @@ final class Scheduler: @unchecked Sendable {
         self.machine.setProblem(problem, node: node)
     }
 
-    /// An executor has room again (jobs ended, its window grew): dispatch soon.
-    func executorHasRoom() {
-        self.dispatchSoon()
-    }
-
-    /// Runs a dispatch after the current batch of events (coalesces many completions).
+    /// Runs a dispatch after the current batch of events (coalesces many completions):
+    /// what executors call when they have room again (jobs ended, a window grew).
     func dispatchSoon() {
         guard !self.dispatchScheduled else { return }
         self.dispatchScheduled = true
@@ -179,7 +175,7 @@ final class LocalExecutor: Executor, @unchecked Sendable {
                 self.inflight.remove(id)
                 self.jobTime.add(nanoseconds: result.nanoseconds)
                 completion(result)
-                self.scheduler.executorHasRoom()
+                self.scheduler.dispatchSoon()
             }
             poolJobs.append(job)
         }
