@@ -86,28 +86,16 @@ final class ResourceManager: @unchecked Sendable {
             return
         }
         guard let secret = self.secret, beacon.keyid == secret.keyID else {
-            self.reportOnce(
-                address.description + "/keyid",
-                "node of another cluster ignored",
-                [LogKey.node: "\(address)", LogKey.nodeKeyID: "\(PeerText.cut(beacon.keyid, limit: 32))", LogKey.ourKeyID: "\(self.secret?.keyID ?? "none (no secret)")"]
-            )
-            return
+            let ids: Logger.Metadata = [LogKey.nodeKeyID: "\(PeerText.cut(beacon.keyid, limit: 32))", LogKey.ourKeyID: "\(self.secret?.keyID ?? "none (no secret)")"]
+            return self.ignored(address, "keyid", "node of another cluster ignored", ids)
         }
         guard beacon.protocol >= Int(NodeProtocol.minimumVersion), beacon.protocol <= Int(NodeProtocol.version) else {
-            self.reportOnce(
-                address.description + "/protocol",
-                "node with an incompatible protocol ignored",
-                [LogKey.node: "\(address)", LogKey.nodeProtocol: "\(beacon.protocol)", LogKey.ourProtocol: "\(NodeProtocol.version)"]
-            )
-            return
+            let versions: Logger.Metadata = [LogKey.nodeProtocol: "\(beacon.protocol)", LogKey.ourProtocol: "\(NodeProtocol.version)"]
+            return self.ignored(address, "protocol", "node with an incompatible protocol ignored", versions)
         }
         guard self.links.values.filter(\.discovered).count < Self.maxDiscoveredLinks else {
-            self.reportOnce(
-                address.description + "/cap",
-                "node ignored: the client already links the most discovered nodes it will",
-                [LogKey.node: "\(address)", LogKey.cap: "\(Self.maxDiscoveredLinks)"]
-            )
-            return
+            let cap: Logger.Metadata = [LogKey.cap: "\(Self.maxDiscoveredLinks)"]
+            return self.ignored(address, "cap", "node ignored: the client already links the most discovered nodes it will", cap)
         }
         self.scheduler.logger.info("node discovered", metadata: [LogKey.node: "\(address)", LogKey.nodeName: "\(PeerText.cut(beacon.name, limit: 64))", LogKey.via: "\(via)"])
         self.add(address, discovered: true)
@@ -138,9 +126,10 @@ final class ResourceManager: @unchecked Sendable {
         link.start()
     }
 
-    private func reportOnce(_ key: String, _ message: Logger.Message, _ metadata: Logger.Metadata) {
-        guard self.reported.count < Self.maxReports, self.reported.insert(key).inserted else { return }
-        self.scheduler.logger.notice(message, metadata: metadata)
+    /// Reports once per node and reason (`what`) that a node is ignored.
+    private func ignored(_ address: NodeAddress, _ what: String, _ message: Logger.Message, _ metadata: Logger.Metadata) {
+        guard self.reported.count < Self.maxReports, self.reported.insert("\(address)/\(what)").inserted else { return }
+        self.scheduler.logger.notice(message, metadata: metadata.merging([LogKey.node: "\(address)"]) { old, _ in old })
     }
 
     func stop() {
