@@ -185,13 +185,7 @@ final class EngineOutput: Sendable {
             }
             return p.bytes
         }
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
-            if n < 0, errno == EINTR { continue }
-            guard n > 0 else { return }  // the Python side is gone
-            offset += n
-        }
+        Console.writeAll(fd: 1, bytes)
     }
 }
 
