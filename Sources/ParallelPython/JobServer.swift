@@ -241,7 +241,19 @@ public final class JobServer: Service, Sendable {
         as type: T.Type = JSONValue.self,
         timeout: Duration? = nil
     ) async -> [Result<T, JobError>] {
-        let outcomes = await self.runAll(function, arguments: arguments, timeout: timeout)
+        guard !arguments.isEmpty else { return [] }
+        let outcomes = await withCheckedContinuation { (continuation: CheckedContinuation<[JobOutcome], Never>) in
+            // The outcomes in input order, and how many are still to come.
+            let state = Mutex((outcomes: [JobOutcome?](repeating: nil, count: arguments.count), remaining: arguments.count))
+            self.submitBatch(function, arguments: arguments, timeout: timeout) { index, outcome in
+                let all: [JobOutcome]? = state.withLock { s in
+                    s.outcomes[index] = outcome
+                    s.remaining -= 1
+                    return s.remaining == 0 ? s.outcomes.map { $0! } : nil
+                }
+                if let all { continuation.resume(returning: all) }
+            }
+        }
         return outcomes.map { decodeResult(T.self, $0) }
     }
 
@@ -261,22 +273,6 @@ public final class JobServer: Service, Sendable {
             if remaining.withLock({ $0 -= 1; return $0 == 0 }) { continuation.finish() }
         }
         return stream
-    }
-
-    /// Runs every call and returns the raw outcomes in input order.
-    func runAll(_ function: PythonFunction, arguments: [JobArguments], timeout: Duration?) async -> [JobOutcome] {
-        guard !arguments.isEmpty else { return [] }
-        return await withCheckedContinuation { continuation in
-            let state = Mutex((outcomes: [JobOutcome?](repeating: nil, count: arguments.count), remaining: arguments.count))
-            self.submitBatch(function, arguments: arguments, timeout: timeout) { index, outcome in
-                let all: [JobOutcome]? = state.withLock { s in
-                    s.outcomes[index] = outcome
-                    s.remaining -= 1
-                    return s.remaining == 0 ? s.outcomes.map { $0! } : nil
-                }
-                if let all { continuation.resume(returning: all) }
-            }
-        }
     }
 
     /// Submits one job per argument list with one hop to the pool; `completion` gets

@@ -167,9 +167,9 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     var canRun: Bool { self.size > 0 }
 
     func send(_ jobs: [Job]) {
-        var poolJobs: [Job] = []
-        poolJobs.reserveCapacity(jobs.count)
-        for var job in jobs {
+        // Each job's completion also frees its slot here and learns its run time.
+        self.pool.submit(contentsOf: jobs.map { job in
+            var job = job
             self.inflight.insert(job.id)
             job.completion = { [self, id = job.id, completion = job.completion] result in
                 self.inflight.remove(id)
@@ -177,9 +177,8 @@ final class LocalExecutor: Executor, @unchecked Sendable {
                 completion(result)
                 self.scheduler.dispatchSoon()
             }
-            poolJobs.append(job)
-        }
-        self.pool.submit(contentsOf: poolJobs)
+            return job
+        })
     }
 
     func cancel(jobID: UInt64, stop: Bool) {

@@ -89,8 +89,7 @@ public struct SchedulerStateMachine: Sendable {
     /// (an executor may hold it).
     public mutating func cancelQueued(jobID: UInt64) -> Failure? {
         guard let i = self.queue.firstIndex(where: { $0.id == jobID }) else { return nil }
-        let job = self.queue.remove(at: i)
-        return Failure(job: job, error: JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: "none")
+        return Failure(job: self.queue.remove(at: i), error: JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: "none")
     }
 
     /// Shares queued jobs out: repeatedly, the executor with the most free slots gets
