@@ -101,7 +101,7 @@ extension ClusterSecret {
         let mode = Int(st.st_mode & 0o7777)
         guard mode & 0o077 == 0 else {
             throw SecretError(
-                message: "the secret file \(shown) has mode \(Self.octal(mode)): group or others may read or change it; run chmod 600 \(target)"
+                message: "the secret file \(shown) has mode \(String(format: "%04o", UInt32(mode))): group or others may read or change it; run chmod 600 \(target)"
             )
         }
         let me = geteuid()
@@ -168,11 +168,6 @@ extension ClusterSecret {
         guard let p = realpath(path, nil) else { return nil }
         defer { free(p) }
         return String(cString: p)
-    }
-
-    private static func octal(_ mode: Int) -> String {
-        let digits = String(mode, radix: 8)
-        return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
     }
 
     private static func userName(_ uid: uid_t) -> String? {

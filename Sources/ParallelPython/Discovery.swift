@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import PPCore
@@ -5,16 +6,19 @@ import PPDNSSD
 import PPRuntime
 import PPTLS
 
-/// Turns node addresses, static and discovered, into `NodeLink`s for the scheduler.
+/// Turns node addresses, static and discovered, into `NodeLink`s for the scheduler:
+/// the nodes of the configuration, and those found by their broadcast beacons (it
+/// listens, and probes once at start) and by DNS-SD.
 ///
 /// Confined to the job server's loop (`@unchecked Sendable` for that reason).
 final class ResourceManager: @unchecked Sendable {
     let scheduler: Scheduler
-    let secret: ClusterSecret?
+    let configuration: JobServer.Configuration
+    private let secret: ClusterSecret?
     /// The client's TLS context (the cluster key), shared by every link.
     let tls: TLSContext?
-    let clientName: String
-    let heartbeatTimeout: Duration
+    /// The client's name in HELLO.
+    let clientName = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
     /// At most this many nodes found by discovery are linked at once: forged beacons
     /// cannot make the client open connections without end.
     static let maxDiscoveredLinks = 64
@@ -24,10 +28,26 @@ final class ResourceManager: @unchecked Sendable {
     private var reported: Set<String> = []
     /// DNS-SD service name -> address key, to act on removals.
     private var services: [String: String] = [:]
+    /// Discovery: the beacon socket, the probe socket, the DNS-SD browser.
+    private var sockets: [DiscoverySocket] = []
+    private var browser: DNSSDBrowser?
     private var stopped = false
 
-    init(scheduler: Scheduler, secret: ClusterSecret?, clientName: String, heartbeatTimeout: Duration) {
+    /// Loads the cluster secret when `configuration` has none and may use nodes.
+    init(scheduler: Scheduler, configuration: JobServer.Configuration) {
         self.scheduler = scheduler
+        self.configuration = configuration
+        var secret = configuration.secret
+        if secret == nil, !configuration.nodes.isEmpty || configuration.discover {
+            do {
+                secret = try ClusterSecret.load(file: nil, create: false).secret
+            } catch {
+                // Quiet when there is simply no secret and nodes would only be discovered.
+                if !configuration.nodes.isEmpty || ClusterSecret.isNamedByEnvironment {
+                    configuration.logger.warning("no cluster secret: nodes cannot be used", metadata: [LogKey.reason: "\(error)"])
+                }
+            }
+        }
         self.secret = secret
         do {
             self.tls = try secret.map { try TLSContext(keys: $0.keys, role: .client) }
@@ -35,13 +55,22 @@ final class ResourceManager: @unchecked Sendable {
             scheduler.logger.error("nodes unusable: \(error)")
             self.tls = nil
         }
-        self.clientName = clientName
-        self.heartbeatTimeout = heartbeatTimeout
+        if configuration.discover {
+            for problem in configuration.environmentProblems { configuration.logger.warning("\(problem)") }
+        }
     }
 
-    /// Adds a node given by address; it is retried for as long as the server runs.
-    func addStatic(_ address: NodeAddress) {
-        self.add(address, discovered: false)
+    /// Adds the nodes given by address (each is retried for as long as the server
+    /// runs) and starts discovery.
+    func start() {
+        for address in self.configuration.nodes { self.add(address, discovered: false) }
+        guard self.configuration.discover else { return }
+        self.startBroadcast()
+        if self.configuration.dnssd {
+            self.startDNSSD()
+        } else {
+            self.scheduler.logger.notice("DNS-SD off (PP_DNSSD=off); finding nodes by broadcast beacons and given addresses only")
+        }
     }
 
     /// A node announced itself at `host` (by a beacon, or a resolved DNS-SD service):
@@ -57,28 +86,16 @@ final class ResourceManager: @unchecked Sendable {
             return
         }
         guard let secret = self.secret, beacon.keyid == secret.keyID else {
-            self.reportOnce(
-                address.description + "/keyid",
-                "node of another cluster ignored",
-                [LogKey.node: "\(address)", LogKey.nodeKeyID: "\(PeerText.cut(beacon.keyid, limit: 32))", LogKey.ourKeyID: "\(self.secret?.keyID ?? "none (no secret)")"]
-            )
-            return
+            let ids: Logger.Metadata = [LogKey.nodeKeyID: "\(PeerText.cut(beacon.keyid, limit: 32))", LogKey.ourKeyID: "\(self.secret?.keyID ?? "none (no secret)")"]
+            return self.ignored(address, "keyid", "node of another cluster ignored", ids)
         }
         guard beacon.protocol >= Int(NodeProtocol.minimumVersion), beacon.protocol <= Int(NodeProtocol.version) else {
-            self.reportOnce(
-                address.description + "/protocol",
-                "node with an incompatible protocol ignored",
-                [LogKey.node: "\(address)", LogKey.nodeProtocol: "\(beacon.protocol)", LogKey.ourProtocol: "\(NodeProtocol.version)"]
-            )
-            return
+            let versions: Logger.Metadata = [LogKey.nodeProtocol: "\(beacon.protocol)", LogKey.ourProtocol: "\(NodeProtocol.version)"]
+            return self.ignored(address, "protocol", "node with an incompatible protocol ignored", versions)
         }
         guard self.links.values.filter(\.discovered).count < Self.maxDiscoveredLinks else {
-            self.reportOnce(
-                address.description + "/cap",
-                "node ignored: the client already links the most discovered nodes it will",
-                [LogKey.node: "\(address)", LogKey.cap: "\(Self.maxDiscoveredLinks)"]
-            )
-            return
+            let cap: Logger.Metadata = [LogKey.cap: "\(Self.maxDiscoveredLinks)"]
+            return self.ignored(address, "cap", "node ignored: the client already links the most discovered nodes it will", cap)
         }
         self.scheduler.logger.info("node discovered", metadata: [LogKey.node: "\(address)", LogKey.nodeName: "\(PeerText.cut(beacon.name, limit: 64))", LogKey.via: "\(via)"])
         self.add(address, discovered: true)
@@ -92,81 +109,64 @@ final class ResourceManager: @unchecked Sendable {
         self.scheduler.logger.info("node withdrew its DNS-SD service", metadata: [LogKey.node: "\(key)", LogKey.nodeName: "\(PeerText.cut(serviceName, limit: 64))"])
         if !link.connected {
             link.stop()
-            self.links[key] = nil
-            self.scheduler.nodeProblem(nil, node: key)
+            self.forget(link)
         }
+    }
+
+    /// Drops a link that was stopped or gave up (until its node is announced again).
+    func forget(_ link: NodeLink) {
+        self.links[link.name] = nil
+        self.scheduler.nodeProblem(nil, node: link.name)
     }
 
     private func add(_ address: NodeAddress, discovered: Bool) {
         guard !self.stopped, self.links[address.description] == nil else { return }
-        let link = NodeLink(
-            address: address,
-            tls: self.tls,
-            scheduler: self.scheduler,
-            clientName: self.clientName,
-            heartbeatTimeout: self.heartbeatTimeout,
-            logger: self.scheduler.logger,
-            discovered: discovered
-        )
-        link.onGiveUp = { [self] in
-            self.links[address.description] = nil
-            self.scheduler.nodeProblem(nil, node: address.description)
-        }
+        let link = NodeLink(address: address, manager: self, discovered: discovered)
         self.links[address.description] = link
         link.start()
     }
 
-    private func reportOnce(_ key: String, _ message: Logger.Message, _ metadata: Logger.Metadata) {
-        guard self.reported.count < Self.maxReports, self.reported.insert(key).inserted else { return }
-        self.scheduler.logger.notice(message, metadata: metadata)
+    /// Reports once per node and reason (`what`) that a node is ignored.
+    private func ignored(_ address: NodeAddress, _ what: String, _ message: Logger.Message, _ metadata: Logger.Metadata) {
+        guard self.reported.count < Self.maxReports, self.reported.insert("\(address)/\(what)").inserted else { return }
+        self.scheduler.logger.notice(message, metadata: metadata.merging([LogKey.node: "\(address)"]) { old, _ in old })
     }
 
     func stop() {
         self.stopped = true
+        for socket in self.sockets { socket.close() }
+        self.sockets.removeAll()
+        self.browser?.cancel()
+        self.browser = nil
         for link in self.links.values { link.stop() }
     }
-}
 
-/// Listens for node beacons on the discovery port and probes once at start.
-///
-/// Confined to the job server's loop (`@unchecked Sendable` for that reason).
-final class BeaconListener: @unchecked Sendable {
-    private let manager: ResourceManager
-    private let port: Int
-    private let target: BroadcastTarget
-    private var sockets: [DiscoverySocket] = []
-
-    init(manager: ResourceManager, port: Int, target: BroadcastTarget) {
-        self.manager = manager
-        self.port = port
-        self.target = target
-    }
+    // MARK: Discovery
 
     /// Binds the shared discovery port (beacons) and an ephemeral port (probe answers),
     /// then probes. Failures turn broadcast discovery off with one log line.
-    func start(loop: any EventLoop) {
-        let logger = self.manager.scheduler.logger
-        let manager = self.manager
-        // Both sockets hand beacons to the resource manager; errors (an ICMP error, a
-        // bad datagram) must not stop discovery and are ignored.
-        let receive: @Sendable (DiscoverySocket, DiscoverySocket.Datagram) -> Void = { _, datagram in
+    private func startBroadcast() {
+        let (logger, loop, port) = (self.scheduler.logger, self.scheduler.loop, self.configuration.discoveryPort)
+        // Both sockets hand beacons over; errors (an ICMP error, a bad datagram) must
+        // not stop discovery and are ignored.
+        let receive: @Sendable (DiscoverySocket, DiscoverySocket.Datagram) -> Void = { [self] _, datagram in
             guard let beacon = NodeBeacon(datagram: datagram.bytes), let host = datagram.source.ipAddress else { return }
-            manager.discovered(beacon, host: host, via: "broadcast")
+            self.discovered(beacon, host: host, via: "broadcast")
         }
-        DiscoverySocket.open(port: self.port, on: loop, receive: receive).whenComplete { [self] result in
+        DiscoverySocket.open(port: port, on: loop, receive: receive).whenComplete { [self] result in
             switch result {
             case .success(let socket): self.sockets.append(socket)
             case .failure(let error):
-                logger.warning("broadcast discovery off: cannot listen for beacons", metadata: [LogKey.discoveryPort: "\(self.port)", LogKey.error: "\(error)"])
+                logger.warning("broadcast discovery off: cannot listen for beacons", metadata: [LogKey.discoveryPort: "\(port)", LogKey.error: "\(error)"])
             }
         }
-        guard case .address(let host) = self.target else {
+        guard case .address(let host) = self.configuration.broadcast else {
             logger.notice("broadcast probes off (PP_BROADCAST=off); listening for beacons only")
             return
         }
         DiscoverySocket.open(port: 0, on: loop, receive: receive).whenComplete { [self] result in
-            guard case .success(let socket) = result, let destination = try? SocketAddress(ipAddress: host, port: self.port) else {
-                logger.warning("broadcast discovery: cannot send probes", metadata: [LogKey.broadcast: "\(host):\(self.port)"])
+            guard case .success(let socket) = result, let destination = try? SocketAddress(ipAddress: host, port: port) else {
+                logger.warning("broadcast discovery: cannot send probes", metadata: [LogKey.broadcast: "\(host):\(port)"])
                 return
             }
             self.sockets.append(socket)
@@ -176,30 +176,13 @@ final class BeaconListener: @unchecked Sendable {
         }
     }
 
-    func stop() {
-        for socket in self.sockets { socket.close() }
-        self.sockets.removeAll()
-    }
-}
-
-/// Browses `_ppnode._tcp` with DNS-SD and hands resolved nodes to the resource manager.
-///
-/// Browser callbacks arrive on the browser's queue and hop to the job server's loop.
-final class DNSSDListener: @unchecked Sendable {
-    private let manager: ResourceManager
-    private var browser: DNSSDBrowser?  // touched only on the loop
-
-    init(manager: ResourceManager) {
-        self.manager = manager
-    }
-
-    /// Starts browsing; when avahi-daemon cannot be reached, says once that DNS-SD is
-    /// off and why (broadcast beacons still work).
-    func start(loop: any EventLoop) {
-        let manager = self.manager
-        let logger = manager.scheduler.logger
+    /// Browses `_ppnode._tcp`; browser callbacks arrive on the browser's queue and hop
+    /// to the loop. When avahi-daemon cannot be reached, says once that DNS-SD is off
+    /// and why (broadcast beacons still work).
+    private func startDNSSD() {
+        let (logger, loop) = (self.scheduler.logger, self.scheduler.loop)
         do {
-            self.browser = try DNSSDBrowser(type: NodeBeacon.serviceType) { event in
+            self.browser = try DNSSDBrowser(type: NodeBeacon.serviceType) { [self] event in
                 loop.execute {
                     switch event {
                     case .found(let service):
@@ -207,9 +190,9 @@ final class DNSSDListener: @unchecked Sendable {
                             logger.debug("DNS-SD service without a ppnode TXT record ignored", metadata: [LogKey.service: "\(service.name)"])
                             return
                         }
-                        manager.discovered(beacon, host: service.address, via: "DNS-SD")
+                        self.discovered(beacon, host: service.address, via: "DNS-SD")
                     case .removed(let name):
-                        manager.withdrawn(serviceName: name)
+                        self.withdrawn(serviceName: name)
                     case .failed(let error):
                         logger.notice("DNS-SD: \(error)")
                     }
@@ -218,10 +201,5 @@ final class DNSSDListener: @unchecked Sendable {
         } catch {
             logger.notice("DNS-SD off: \(error); finding nodes by broadcast beacons and given addresses only")
         }
-    }
-
-    func stop() {
-        self.browser?.cancel()
-        self.browser = nil
     }
 }

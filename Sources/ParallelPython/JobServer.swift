@@ -55,9 +55,9 @@ public final class JobServer: Service, Sendable {
         /// Why an environment setting was not taken, logged when the server starts.
         var environmentProblems: [String] = []
         /// A node silent for this long is dropped and its jobs run elsewhere.
-        public var heartbeatTimeout: Duration
+        public var heartbeatTimeout: Duration = .seconds(3)
         /// Queued jobs fail with `noExecutor` when nothing at all could run them for this long.
-        public var noExecutorTimeout: Duration
+        public var noExecutorTimeout: Duration = .seconds(30)
         /// Where the server logs.
         public var logger: Logger
 
@@ -91,8 +91,6 @@ public final class JobServer: Service, Sendable {
                 self.environmentProblems.append("\(error); broadcast probes are off")
             }
             self.dnssd = !["off", "no", "false", "0"].contains(env["PP_DNSSD"]?.lowercased() ?? "")
-            self.heartbeatTimeout = .seconds(3)
-            self.noExecutorTimeout = .seconds(30)
             self.logger = logger
         }
     }
@@ -104,8 +102,6 @@ public final class JobServer: Service, Sendable {
     let scheduler: Scheduler  // touched only on `loop`
     let local: LocalExecutor  // touched only on `loop`
     let resources: ResourceManager  // touched only on `loop`
-    let beacons: BeaconListener?  // touched only on `loop`
-    let browser: DNSSDListener?  // touched only on `loop`
     /// Job ids: the local pool's id space, since local jobs keep their ids there.
     private var ids: IDAllocator { self.pool.jobIDs }
     private let book = Mutex(Book())
@@ -134,48 +130,21 @@ public final class JobServer: Service, Sendable {
             logger: configuration.logger
         )
         self.pool = WorkerPool(configuration: poolConfiguration, eventLoop: self.loop)
-        let scheduler = Scheduler(loop: self.loop, noExecutorTimeout: configuration.noExecutorTimeout, logger: configuration.logger)
-        self.scheduler = scheduler
-        self.local = LocalExecutor(id: scheduler.makeExecutorID(), pool: self.pool, size: self.pool.configuration.workers ?? 0, events: scheduler)
-        var secret = configuration.secret
-        if secret == nil, !configuration.nodes.isEmpty || configuration.discover {
-            do {
-                secret = try ClusterSecret.load(file: nil, create: false).secret
-            } catch {
-                // Quiet when there is simply no secret and nodes would only be discovered.
-                if !configuration.nodes.isEmpty || ClusterSecret.isNamedByEnvironment {
-                    configuration.logger.warning("no cluster secret: nodes cannot be used", metadata: [LogKey.reason: "\(error)"])
-                }
-            }
-        }
-        let name = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
-        let resources = ResourceManager(scheduler: scheduler, secret: secret, clientName: name, heartbeatTimeout: configuration.heartbeatTimeout)
-        self.resources = resources
-        if configuration.discover {
-            for problem in configuration.environmentProblems { configuration.logger.warning("\(problem)") }
-        }
-        let beacons = configuration.discover ? BeaconListener(manager: resources, port: configuration.discoveryPort, target: configuration.broadcast) : nil
-        self.beacons = beacons
-        let browser = configuration.discover && configuration.dnssd ? DNSSDListener(manager: resources) : nil
-        self.browser = browser
+        self.scheduler = Scheduler(loop: self.loop, noExecutorTimeout: configuration.noExecutorTimeout, logger: configuration.logger)
+        self.local = LocalExecutor(id: self.scheduler.makeExecutorID(), pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: self.scheduler)
+        self.resources = ResourceManager(scheduler: self.scheduler, configuration: configuration)
     }
 
     /// Starts the workers, node links and discovery, once; later calls do nothing.
     /// Every submission calls it, so a program need not.
     public func start() {
         guard self.started.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
-        let configuration = self.configuration
-        let (scheduler, local, resources, beacons, browser, loop) = (self.scheduler, self.local, self.resources, self.beacons, self.browser, self.loop)
+        let (scheduler, local, resources) = (self.scheduler, self.local, self.resources)
         self.pool.start()
         self.loop.execute {
             scheduler.start()
             scheduler.add(local)
-            for address in configuration.nodes { resources.addStatic(address) }
-            beacons?.start(loop: loop)
-            browser?.start(loop: loop)
-            if configuration.discover, !configuration.dnssd {
-                configuration.logger.notice("DNS-SD off (PP_DNSSD=off); finding nodes by broadcast beacons and given addresses only")
-            }
+            resources.start()
         }
     }
 
@@ -239,18 +208,9 @@ public final class JobServer: Service, Sendable {
         let id = self.ids.next()
         let handle = JobHandle<T>(id: id, server: self)
         self.book.withLock { $0.begin(group: group) }
-        let job = Job(
-            id: id,
-            bundle: function.bundle,
-            arguments: arguments,
-            timeout: timeout ?? self.configuration.timeout
-        ) { [self] result in
-            // The edge: bytes become text and a parsed error here, once.
-            let outcome = result.outcome
-            self.record(outcome)
+        let job = self.job(id, function, arguments, timeout: timeout ?? self.configuration.timeout, group: group) { outcome in
             handle.complete(outcome)
             callback?(decodeResult(T.self, outcome))
-            self.finish(group: group)
         }
         self.enqueue([job])
         return handle
@@ -281,7 +241,19 @@ public final class JobServer: Service, Sendable {
         as type: T.Type = JSONValue.self,
         timeout: Duration? = nil
     ) async -> [Result<T, JobError>] {
-        let outcomes = await self.runAll(function, arguments: arguments, timeout: timeout)
+        guard !arguments.isEmpty else { return [] }
+        let outcomes = await withCheckedContinuation { (continuation: CheckedContinuation<[JobOutcome], Never>) in
+            // The outcomes in input order, and how many are still to come.
+            let state = Mutex((outcomes: [JobOutcome?](repeating: nil, count: arguments.count), remaining: arguments.count))
+            self.submitBatch(function, arguments: arguments, timeout: timeout) { index, outcome in
+                let all: [JobOutcome]? = state.withLock { s in
+                    s.outcomes[index] = outcome
+                    s.remaining -= 1
+                    return s.remaining == 0 ? s.outcomes.map { $0! } : nil
+                }
+                if let all { continuation.resume(returning: all) }
+            }
+        }
         return outcomes.map { decodeResult(T.self, $0) }
     }
 
@@ -303,18 +275,6 @@ public final class JobServer: Service, Sendable {
         return stream
     }
 
-    /// Runs every call and returns the raw outcomes in input order.
-    func runAll(_ function: PythonFunction, arguments: [JobArguments], timeout: Duration?) async -> [JobOutcome] {
-        guard !arguments.isEmpty else { return [] }
-        let collector = Collector(count: arguments.count)
-        return await withCheckedContinuation { continuation in
-            collector.setContinuation(continuation)
-            self.submitBatch(function, arguments: arguments, timeout: timeout) { index, outcome in
-                collector.store(outcome, at: index)
-            }
-        }
-    }
-
     /// Submits one job per argument list with one hop to the pool; `completion` gets
     /// the input index.
     ///
@@ -328,21 +288,23 @@ public final class JobServer: Service, Sendable {
     ) -> [UInt64] {
         let timeout = timeout ?? self.configuration.timeout
         self.book.withLock { $0.begin(group: "default", count: arguments.count) }
-        var jobs = [Job]()
-        jobs.reserveCapacity(arguments.count)
-        for (index, args) in arguments.enumerated() {
-            jobs.append(
-                Job(id: self.ids.next(), bundle: function.bundle, arguments: args, timeout: timeout) { [self] result in
-                    let outcome = result.outcome
-                    self.record(outcome)
-                    completion(index, outcome)
-                    self.finish(group: "default")
-                }
-            )
+        let jobs = arguments.enumerated().map { index, args in
+            self.job(self.ids.next(), function, args, timeout: timeout, group: "default") { completion(index, $0) }
         }
-        let ids = jobs.map(\.id)
         self.enqueue(jobs)
-        return ids
+        return jobs.map(\.id)
+    }
+
+    /// A job that, when it ends, is counted, tells `completion`, and leaves its group.
+    private func job(_ id: UInt64, _ function: PythonFunction, _ arguments: JobArguments, timeout: Duration?, group: String, completion: @escaping @Sendable (JobOutcome) -> Void) -> Job {
+        Job(id: id, bundle: function.bundle, arguments: arguments, timeout: timeout) { [self] result in
+            // The edge: bytes become text and a parsed error here, once.
+            let outcome = result.outcome
+            self.book.withLock { $0.record(outcome) }
+            completion(outcome)
+            let waiters = self.book.withLock { $0.end(group: group) }
+            for w in waiters { w.resume() }
+        }
     }
 
     /// Loads `function` on a worker without running it.
@@ -367,14 +329,14 @@ public final class JobServer: Service, Sendable {
     ///
     /// - Returns: `true` when the job was still queued here.
     public func stop(jobID: UInt64) async -> Bool {
-        (try? await self.loop.submit { self.scheduler.stop(jobID: jobID) }.get()) ?? false
+        (try? await self.loop.submit { self.scheduler.cancel(jobID: jobID, stop: true) }.get()) ?? false
     }
 
     /// Cancels a queued job by id.
     ///
     /// - Returns: `true` when the job had not started; it then ends with `cancelled`.
     public func cancel(jobID: UInt64) async -> Bool {
-        (try? await self.loop.submit { self.scheduler.cancel(jobID: jobID) }.get()) ?? false
+        (try? await self.loop.submit { self.scheduler.cancel(jobID: jobID, stop: false) }.get()) ?? false
     }
 
     // MARK: Waiting
@@ -382,16 +344,14 @@ public final class JobServer: Service, Sendable {
     /// Waits until every job submitted to `group` so far has ended.
     public func wait(group: String) async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let ready = self.book.withLock { $0.addWaiter(c, group: group) }
-            if ready { c.resume() }
+            if self.book.withLock({ $0.addWaiter(c, group: group) }) { c.resume() }
         }
     }
 
     /// Waits until every job submitted so far has ended.
     public func waitAll() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let ready = self.book.withLock { $0.addWaiter(c, group: nil) }
-            if ready { c.resume() }
+            if self.book.withLock({ $0.addWaiter(c, group: nil) }) { c.resume() }
         }
     }
 
@@ -459,7 +419,7 @@ public final class JobServer: Service, Sendable {
         let queued = (try? await self.loop.submit { self.scheduler.queued }.get()) ?? 0
         return JobServerStatistics(
             queued: queued,
-            executors: executors.keys.sorted().map { ExecutorStatistics(name: $0, jobs: executors[$0]!.jobs, totalTime: executors[$0]!.time) },
+            executors: executors.values.sorted { $0.name < $1.name },
             elapsed: ContinuousClock.now - self.startedAt,
             localPool: await self.pool.statistics()
         )
@@ -481,8 +441,6 @@ public final class JobServer: Service, Sendable {
         }
         guard first else { return }
         try? await self.loop.submit {
-            self.beacons?.stop()
-            self.browser?.stop()
             self.resources.stop()
             self.scheduler.stop()
         }.get()
@@ -504,98 +462,42 @@ public final class JobServer: Service, Sendable {
         }
     }
 
-    private func record(_ outcome: JobOutcome) {
-        self.book.withLock { $0.record(outcome) }
-    }
-
-    private func finish(group: String) {
-        let waiters = self.book.withLock { $0.end(group: group) }
-        for w in waiters { w.resume() }
-    }
 }
 
-/// Counters, groups and waiters of a job server; lives under its mutex.
+/// Counters, groups and waiters of a job server; lives under its mutex. The group
+/// `nil` is every job.
 struct Book {
-    struct Counters {
-        var jobs = 0
-        var time: Duration = .zero
-    }
-
-    var executors: [String: Counters] = [:]
-    var pending: [String: Int] = [:]
-    var totalPending = 0
-    var groupWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
-    var allWaiters: [CheckedContinuation<Void, Never>] = []
+    var executors: [String: ExecutorStatistics] = [:]
+    var pending: [String?: Int] = [:]
+    var waiters: [String?: [CheckedContinuation<Void, Never>]] = [:]
 
     mutating func begin(group: String, count: Int = 1) {
         self.pending[group, default: 0] += count
-        self.totalPending += count
+        self.pending[nil, default: 0] += count
     }
 
     mutating func record(_ outcome: JobOutcome) {
-        self.executors[outcome.executor, default: Counters()].jobs += 1
-        self.executors[outcome.executor, default: Counters()].time += outcome.duration
+        self.executors[outcome.executor, default: ExecutorStatistics(name: outcome.executor, jobs: 0, totalTime: .zero)].jobs += 1
+        self.executors[outcome.executor]!.totalTime += outcome.duration
     }
 
+    /// A job of `group` ended: returns the waiters to wake.
     mutating func end(group: String) -> [CheckedContinuation<Void, Never>] {
-        self.totalPending -= 1
-        self.pending[group, default: 1] -= 1
         var woken: [CheckedContinuation<Void, Never>] = []
-        if self.pending[group] == 0 {
-            self.pending[group] = nil
-            woken += self.groupWaiters.removeValue(forKey: group) ?? []
-        }
-        if self.totalPending == 0 {
-            woken += self.allWaiters
-            self.allWaiters = []
+        for key in [group, nil] {
+            self.pending[key, default: 1] -= 1
+            if self.pending[key] == 0 {
+                self.pending[key] = nil
+                woken += self.waiters.removeValue(forKey: key) ?? []
+            }
         }
         return woken
     }
 
     /// Adds a waiter unless its jobs are done; returns `true` when they are.
     mutating func addWaiter(_ c: CheckedContinuation<Void, Never>, group: String?) -> Bool {
-        if let group {
-            guard self.pending[group, default: 0] > 0 else { return true }
-            self.groupWaiters[group, default: []].append(c)
-        } else {
-            guard self.totalPending > 0 else { return true }
-            self.allWaiters.append(c)
-        }
+        guard self.pending[group, default: 0] > 0 else { return true }
+        self.waiters[group, default: []].append(c)
         return false
-    }
-}
-
-/// Collects the outcomes of a batch in input order, then resumes its waiter once.
-final class Collector: Sendable {
-    private struct State {
-        var outcomes: [JobOutcome?]
-        var remaining: Int
-        var continuation: CheckedContinuation<[JobOutcome], Never>?
-    }
-
-    private let state: Mutex<State>
-
-    init(count: Int) {
-        self.state = Mutex(State(outcomes: Array(repeating: nil, count: count), remaining: count))
-    }
-
-    func setContinuation(_ c: CheckedContinuation<[JobOutcome], Never>) {
-        let done: [JobOutcome]? = self.state.withLock { s in
-            if s.remaining == 0 { return s.outcomes.map { $0! } }
-            s.continuation = c
-            return nil
-        }
-        if let done { c.resume(returning: done) }
-    }
-
-    func store(_ outcome: JobOutcome, at index: Int) {
-        let resume: (CheckedContinuation<[JobOutcome], Never>, [JobOutcome])? = self.state.withLock { s in
-            s.outcomes[index] = outcome
-            s.remaining -= 1
-            guard s.remaining == 0, let c = s.continuation else { return nil }
-            s.continuation = nil
-            return (c, s.outcomes.map { $0! })
-        }
-        if let (c, all) = resume { c.resume(returning: all) }
     }
 }

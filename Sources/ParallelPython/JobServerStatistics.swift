@@ -66,12 +66,9 @@ private func pad(_ s: String, _ width: Int) -> String {
 }
 
 private func fixed(_ v: Double, _ digits: Int) -> String {
-    var p = 1.0
-    for _ in 0..<digits { p *= 10 }
+    let p = (0..<digits).reduce(1.0) { p, _ in p * 10 }
     let scaled = (v * p).rounded()
     let whole = Int(scaled / p)
-    let frac = Int(abs(scaled.truncatingRemainder(dividingBy: p)))
-    var fracText = String(frac)
-    while fracText.count < digits { fracText = "0" + fracText }
-    return digits == 0 ? String(whole) : "\(whole).\(fracText)"
+    let frac = String(Int(abs(scaled.truncatingRemainder(dividingBy: p))))
+    return digits == 0 ? String(whole) : "\(whole)." + String(repeating: "0", count: digits - frac.count) + frac
 }

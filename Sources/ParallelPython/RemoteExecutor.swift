@@ -22,22 +22,20 @@ public struct NodeAddress: Sendable, Hashable, CustomStringConvertible {
     ///
     /// - Throws: `NodeAddressError` when the text is not an address.
     public init(parsing text: String) throws {
-        var host = text
-        var port = NodeProtocol.defaultPort
+        var host = Substring(text)
+        var portText: Substring?
         if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
-            host = String(text[text.index(after: text.startIndex)..<close])
+            host = text[text.index(after: text.startIndex)..<close]
             let rest = text[text.index(after: close)...]
-            if rest.hasPrefix(":") {
-                guard let p = Int(rest.dropFirst()), (1...65535).contains(p) else { throw NodeAddressError(text: text) }
-                port = p
-            }
+            if rest.hasPrefix(":") { portText = rest.dropFirst() }
         } else if let colon = text.lastIndex(of: ":") {
-            host = String(text[..<colon])
-            guard let p = Int(text[text.index(after: colon)...]), (1...65535).contains(p) else { throw NodeAddressError(text: text) }
-            port = p
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
         }
-        guard !host.isEmpty else { throw NodeAddressError(text: text) }
-        self.host = host
+        // A port given must be a number from 1 to 65535 (0 stands for "not a number").
+        let port = portText.map { Int($0) ?? 0 } ?? NodeProtocol.defaultPort
+        guard !host.isEmpty, (1...65535).contains(port) else { throw NodeAddressError(text: text) }
+        self.host = String(host)
         self.port = port
     }
 
@@ -59,27 +57,17 @@ public struct NodeAddressError: Error, Sendable, CustomStringConvertible {
 /// Confined to the job server's loop (`@unchecked Sendable` for that reason).
 final class NodeLink: @unchecked Sendable {
     let address: NodeAddress
-    /// The client's TLS context (the cluster key); `nil` when there is no secret.
-    let tls: TLSContext?
-    let loop: any EventLoop
-    private unowned let scheduler: Scheduler
-    let clientName: String
-    let heartbeatTimeout: Duration
+    /// Where the TLS context, the client's name and the heartbeat timeout come from.
+    unowned let manager: ResourceManager
     let logger: Logger
     private var machine: NodeLinkStateMachine
     private var executor: RemoteExecutor?
     private var pendingRetry: Scheduled<Void>?
-    /// Called when a discovered link gives up.
-    var onGiveUp: (() -> Void)?
 
-    init(address: NodeAddress, tls: TLSContext?, scheduler: Scheduler, clientName: String, heartbeatTimeout: Duration, logger: Logger, discovered: Bool = false) {
+    init(address: NodeAddress, manager: ResourceManager, discovered: Bool) {
         self.address = address
-        self.tls = tls
-        self.loop = scheduler.loop
-        self.scheduler = scheduler
-        self.clientName = clientName
-        self.heartbeatTimeout = heartbeatTimeout
-        var logger = logger
+        self.manager = manager
+        var logger = manager.scheduler.logger
         logger[metadataKey: LogKey.node] = "\(address)"
         self.logger = logger
         self.machine = NodeLinkStateMachine(discovered: discovered)
@@ -88,7 +76,7 @@ final class NodeLink: @unchecked Sendable {
     var name: String { self.address.description }
 
     /// Where its executors report back.
-    var events: any ExecutorEvents { self.scheduler }
+    var scheduler: Scheduler { self.manager.scheduler }
 
     /// Found by discovery (not given by address).
     var discovered: Bool { self.machine.discovered }
@@ -110,12 +98,7 @@ final class NodeLink: @unchecked Sendable {
     /// The node was announced again: if we are waiting to retry, retry now.
     func nudge() {
         guard self.executor == nil else { return }
-        let action = self.machine.nudge()
-        if case .connect = action {
-            self.pendingRetry?.cancel()
-            self.pendingRetry = nil
-        }
-        self.execute(action)
+        self.execute(self.machine.nudge())
     }
 
     private func execute(_ action: NodeLinkStateMachine.Action) {
@@ -123,25 +106,28 @@ final class NodeLink: @unchecked Sendable {
         case .none:
             break
         case .connect:
+            // A nudge cuts the wait short.
+            self.pendingRetry?.cancel()
+            self.pendingRetry = nil
             self.connect()
         case .retry(let delay):
-            self.pendingRetry = self.loop.scheduleTask(in: delay) { [self] in
+            self.pendingRetry = self.scheduler.loop.scheduleTask(in: delay) { [self] in
                 self.pendingRetry = nil
                 self.execute(self.machine.retryTimerFired())
             }
         case .giveUp:
             self.logger.info("discovered node given up until its next beacon")
-            self.onGiveUp?()
+            self.manager.forget(self)
         }
     }
 
-    private func report(_ report: NodeLinkStateMachine.Report) {
-        guard case .unavailable(let reason) = report else { return }
-        self.logger.warning("node unavailable", metadata: [LogKey.reason: "\(reason)"])
+    private func report(_ problem: String?) {
+        guard let problem else { return }
+        self.logger.warning("node unavailable", metadata: [LogKey.reason: "\(problem)"])
     }
 
     private func connect() {
-        guard let tls = self.tls else {
+        guard let tls = self.manager.tls else {
             let problem = "no cluster secret: give --secret-file or set PP_SECRET"
             self.scheduler.nodeProblem(problem, node: self.name)
             self.report(self.machine.problem(problem))
@@ -149,7 +135,7 @@ final class NodeLink: @unchecked Sendable {
         }
         let executor = RemoteExecutor(link: self, id: self.scheduler.makeExecutorID())
         self.executor = executor
-        ClientBootstrap(group: self.loop)
+        ClientBootstrap(group: self.scheduler.loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(3))
             .channelInitializer { channel in
@@ -182,10 +168,8 @@ final class NodeLink: @unchecked Sendable {
         guard self.executor === executor else { return }
         self.executor = nil
         self.scheduler.remove(executor)
-        if self.machine.isStopped {
-            self.scheduler.requeue(jobs, lost: nil, from: self.name)
-            return
-        }
+        // Stopped: the jobs go back unrun (the scheduler ends them if it stopped too).
+        guard !self.machine.isStopped else { return self.scheduler.requeue(jobs, lost: nil, from: self.name) }
         if !jobs.isEmpty || wasReady {
             self.logger.warning("node lost", metadata: [LogKey.reason: "\(reason)", LogKey.jobsRescheduled: "\(jobs.count)"])
         }
@@ -195,8 +179,8 @@ final class NodeLink: @unchecked Sendable {
 
     private func failed(_ reason: String, retryAfter: TimeAmount?) {
         self.scheduler.nodeProblem(reason, node: self.name)
-        let (action, report) = self.machine.failed(reason, retryAfter: retryAfter)
-        self.report(report)
+        let (action, problem) = self.machine.failed(reason, retryAfter: retryAfter)
+        self.report(problem)
         self.execute(action)
     }
 
@@ -227,15 +211,13 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     private var handshakeTimer: Scheduled<Void>?
     private var statsWaiters: [UInt64: EventLoopPromise<[UInt8]>] = [:]
     private var nextStatsToken: UInt64 = 1
-    /// The node's WELCOME info JSON.
-    private(set) var info: [UInt8] = []
 
     init(link: NodeLink, id: ExecutorID) {
         self.link = link
         self.id = id
         self.machine = NodeConnectionStateMachine(
-            name: link.name, clientName: link.clientName,
-            heartbeatTimeout: .nanoseconds(link.heartbeatTimeout.nanosecondsInt64), now: .now()
+            name: link.name, clientName: link.manager.clientName,
+            heartbeatTimeout: .nanoseconds(link.manager.configuration.heartbeatTimeout.nanosecondsInt64), now: .now()
         )
     }
 
@@ -247,18 +229,14 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     func send(_ jobs: [Job]) {
         guard self.channel != nil, let submit = self.machine.submit(jobs, now: .now()) else {
-            self.link.events.requeue(jobs, lost: nil, from: self.name)
+            self.link.scheduler.requeue(jobs, lost: nil, from: self.name)
             return
         }
         self.write([submit])
     }
 
-    func cancel(jobID: UInt64) {
-        if let frame = self.machine.cancel(jobID: jobID) { self.write([frame]) }
-    }
-
-    func stop(jobID: UInt64) {
-        if let frame = self.machine.stop(jobID: jobID) { self.write([frame]) }
+    func cancel(jobID: UInt64, stop: Bool) {
+        if let frame = self.machine.cancel(jobID: jobID, stop: stop) { self.write([frame]) }
     }
 
     func close(goodbye: Bool) {
@@ -268,11 +246,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     /// Asks the node for its counters (the STATS JSON).
     func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]>? {
+        guard self.channel != nil, self.machine.isUsable else { return loop.makeSucceededFuture([]) }
         let promise = loop.makePromise(of: [UInt8].self)
-        guard self.channel != nil, self.machine.isUsable else {
-            promise.succeed([])
-            return promise.futureResult
-        }
         let token = self.nextStatsToken
         self.nextStatsToken += 1
         self.statsWaiters[token] = promise
@@ -287,7 +262,6 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     func channelActive(context: ChannelHandlerContext) {
         self.channel = context.channel
-        self.machine.connected()
         self.handshakeTimer = context.eventLoop.scheduleTask(in: NodeConnectionStateMachine.handshakeTimeout) { [self] in
             self.execute(self.machine.handshakeTimerFired())
         }
@@ -309,13 +283,10 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let e = error as? TLSError {
-            self.execute(self.machine.errorCaught(e.message, keyRejected: e.code == .handshakeFailed))
-        } else if let e = error as? NodeProtocolError {
-            self.execute(self.machine.errorCaught("protocol error from the node: \(e.message)"))
-        } else {
-            self.execute(self.machine.errorCaught(NodeLink.describe(error)))
-        }
+        // A failed TLS handshake means another key.
+        let keyRejected = (error as? TLSError)?.code == .handshakeFailed
+        let reason = (error as? NodeProtocolError).map { "protocol error from the node: \($0.message)" } ?? NodeLink.describe(error)
+        self.execute(self.machine.errorCaught(reason, keyRejected: keyRejected))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -339,17 +310,16 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
         switch action {
         case .send(let frames):
             self.write(frames)
-        case .ready(let info):
+        case .ready:
             self.handshakeTimer?.cancel()
-            self.info = info
             self.frameLimit.value = self.machine.maxFrame
             self.link.ready(self)
         case .deliver(let results, let failed, let handedBack, let frames):
             self.write(frames)
             for (job, result) in results { job.completion(result) }
             for (job, error) in failed { job.fail(error, executor: self.name) }
-            if !handedBack.isEmpty { self.link.events.requeue(handedBack, lost: nil, from: self.name) }
-            self.link.events.executorHasRoom()
+            if !handedBack.isEmpty { self.link.scheduler.requeue(handedBack, lost: nil, from: self.name) }
+            self.link.scheduler.dispatchSoon()
         case .close:
             self.channel?.close(promise: nil)
         }

@@ -16,34 +16,23 @@ protocol Executor: AnyObject {
     var canRun: Bool { get }
     /// Hands it jobs (at most `freeSlots`).
     func send(_ jobs: [Job])
-    /// Asks it to cancel a job it holds, if that job has not started (best effort; the
-    /// job's completion says what happened).
-    func cancel(jobID: UInt64)
-    /// Asks it to stop a job it holds, queued or running (the worker running it is
-    /// killed and replaced); the job's completion says what happened.
-    func stop(jobID: UInt64)
+    /// Asks it to cancel a job it holds, if that job has not started (best effort), or
+    /// with `stop`, queued or running (the worker running it is killed and replaced);
+    /// the job's completion says what happened.
+    func cancel(jobID: UInt64, stop: Bool)
     /// Its counters (a node's STATS JSON), or nil when it has none to ask for.
     func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]>?
 }
 
-/// What executors tell the scheduler, the one way they talk back to it.
-protocol ExecutorEvents: AnyObject {
-    /// The executor has room again (jobs ended, its window grew): dispatch soon.
-    func executorHasRoom()
-    /// Jobs come back: lost with their executor (`lost` says why) or handed back unrun.
-    func requeue(_ jobs: [Job], lost reason: String?, from executor: String)
-    /// A node became usable (`problem` nil) or could not be used, and why.
-    func nodeProblem(_ problem: String?, node: String)
-}
-
 /// The client's scheduler: the driver of `SchedulerStateMachine`. It owns the executors
 /// (by id), runs the machine's periodic check, sends the batches the machine chooses and
-/// completes the jobs the machine ends.
+/// completes the jobs the machine ends. Executors talk back to it through
+/// `dispatchSoon`, `requeue` and `nodeProblem`.
 ///
 /// Confined to the job server's event loop; `@unchecked Sendable` is safe because
 /// `JobServer` reaches it only through `loop.execute`/`loop.submit`, and executors
 /// call back on that loop.
-final class Scheduler: ExecutorEvents, @unchecked Sendable {
+final class Scheduler: @unchecked Sendable {
     let loop: any EventLoop
     let logger: Logger
     private var machine: SchedulerStateMachine
@@ -81,28 +70,21 @@ final class Scheduler: ExecutorEvents, @unchecked Sendable {
         self.dispatch()
     }
 
+    /// Jobs come back: lost with their executor (`lost` says why) or handed back unrun.
     func requeue(_ jobs: [Job], lost reason: String?, from executor: String) {
         Self.fail(self.machine.requeue(jobs, lost: reason, from: executor))
         self.dispatchSoon()
     }
 
-    func cancel(jobID: UInt64) -> Bool {
+    /// Cancels a job: queued here, it ends now with `cancelled`; on an executor, that
+    /// executor cancels it if it has not started, or with `stop` stops it (running or
+    /// not) and it ends with `cancelled`. Returns whether it was queued here.
+    func cancel(jobID: UInt64, stop: Bool) -> Bool {
         if let f = self.machine.cancelQueued(jobID: jobID) {
-            f.job.fail(f.error, executor: f.executor)
+            Self.fail([f])
             return true
         }
-        for e in self.executors { e.cancel(jobID: jobID) }
-        return false
-    }
-
-    /// Stops a job wherever it is: queued here, it ends now with `cancelled`; on an
-    /// executor, that executor stops it (running or not) and it ends with `cancelled`.
-    func stop(jobID: UInt64) -> Bool {
-        if let f = self.machine.cancelQueued(jobID: jobID) {
-            f.job.fail(f.error, executor: f.executor)
-            return true
-        }
-        for e in self.executors { e.stop(jobID: jobID) }
+        for e in self.executors { e.cancel(jobID: jobID, stop: stop) }
         return false
     }
 
@@ -127,15 +109,13 @@ final class Scheduler: ExecutorEvents, @unchecked Sendable {
         self.executors.removeAll { $0.id == executor.id }
     }
 
+    /// A node became usable (`problem` nil) or could not be used, and why.
     func nodeProblem(_ problem: String?, node: String) {
         self.machine.setProblem(problem, node: node)
     }
 
-    func executorHasRoom() {
-        self.dispatchSoon()
-    }
-
-    /// Runs a dispatch after the current batch of events (coalesces many completions).
+    /// Runs a dispatch after the current batch of events (coalesces many completions):
+    /// what executors call when they have room again (jobs ended, a window grew).
     func dispatchSoon() {
         guard !self.dispatchScheduled else { return }
         self.dispatchScheduled = true
@@ -150,8 +130,7 @@ final class Scheduler: ExecutorEvents, @unchecked Sendable {
         guard self.machine.queued > 0 else { return }
         let batches = self.machine.dispatch(freeSlots: self.executors.map { ($0.id, $0.freeSlots) })
         for (id, jobs) in batches {
-            guard let executor = self.executors.first(where: { $0.id == id }) else { continue }
-            executor.send(jobs)
+            self.executors.first { $0.id == id }?.send(jobs)
         }
     }
 }
@@ -167,17 +146,17 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     let id: ExecutorID
     let name = "local"
     let pool: WorkerPool
-    private unowned let events: any ExecutorEvents
+    private unowned let scheduler: Scheduler
     private var inflight: Set<UInt64> = []
     private var jobTime = JobTimeEstimator()
     /// The pool's size as last set.
     var size: Int
 
-    init(id: ExecutorID, pool: WorkerPool, size: Int, events: any ExecutorEvents) {
+    init(id: ExecutorID, pool: WorkerPool, size: Int, scheduler: Scheduler) {
         self.id = id
         self.pool = pool
         self.size = size
-        self.events = events
+        self.scheduler = scheduler
     }
 
     var freeSlots: Int {
@@ -188,29 +167,23 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     var canRun: Bool { self.size > 0 }
 
     func send(_ jobs: [Job]) {
-        var poolJobs: [Job] = []
-        poolJobs.reserveCapacity(jobs.count)
-        for var job in jobs {
+        // Each job's completion also frees its slot here and learns its run time.
+        self.pool.submit(contentsOf: jobs.map { job in
+            var job = job
             self.inflight.insert(job.id)
-            let completion = job.completion
-            let id = job.id
-            job.completion = { [self] result in
+            job.completion = { [self, id = job.id, completion = job.completion] result in
                 self.inflight.remove(id)
                 self.jobTime.add(nanoseconds: result.nanoseconds)
                 completion(result)
-                self.events.executorHasRoom()
+                self.scheduler.dispatchSoon()
             }
-            poolJobs.append(job)
-        }
-        self.pool.submit(contentsOf: poolJobs)
+            return job
+        })
     }
 
-    func cancel(jobID: UInt64) {
-        if self.inflight.contains(jobID) { self.pool.cancel(jobIDs: [jobID]) }
-    }
-
-    func stop(jobID: UInt64) {
-        if self.inflight.contains(jobID) { self.pool.stop(jobIDs: [jobID]) }
+    func cancel(jobID: UInt64, stop: Bool) {
+        guard self.inflight.contains(jobID) else { return }
+        if stop { self.pool.stop(jobIDs: [jobID]) } else { self.pool.cancel(jobIDs: [jobID]) }
     }
 
     func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]>? { nil }

@@ -165,17 +165,13 @@ struct PPNodes: AsyncParsableCommand {
         return found.byAddress.withLock { $0 }
     }
 
-    /// Beacons gathered by address, written on the sockets' event loop.
+    /// Beacons gathered by address, written on the sockets' event loop (and by the
+    /// DNS-SD browser's callbacks).
     final class Found: Sendable {
         let byAddress = Mutex<[String: NodeBeacon]>([:])
     }
 
     // MARK: Output
-
-    static func describe(_ target: BroadcastTarget) -> String {
-        if case .address(let a) = target { return a }
-        return "nowhere (PP_BROADCAST=off)"
-    }
 
     static func value(_ stats: [String: JSONValue], _ key: String) -> String {
         switch stats[key] {
@@ -238,11 +234,7 @@ extension PPNodes.Row {
 
 /// Gathers `_ppnode._tcp` services resolved by DNS-SD while the survey runs.
 final class DNSSDCollector: Sendable {
-    private final class Found: Sendable {
-        let byAddress = Mutex<[String: NodeBeacon]>([:])
-    }
-
-    private let found = Found()
+    private let found = PPNodes.Found()
     private let browser = Mutex<DNSSDBrowser?>(nil)
     /// Why DNS-SD is off, when it is.
     let error: DNSSDError?
@@ -265,10 +257,7 @@ final class DNSSDCollector: Sendable {
 
     /// Stops browsing and returns what was found, by address.
     func finish() -> [String: NodeBeacon] {
-        self.browser.withLock { b -> DNSSDBrowser? in
-            defer { b = nil }
-            return b
-        }?.cancel()
+        self.browser.withLock { $0.take() }?.cancel()
         return self.found.byAddress.withLock { $0 }
     }
 }

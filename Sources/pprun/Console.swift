@@ -11,18 +11,14 @@ enum Console {
         self.writeAll(fd: 2, bytes)
     }
 
-    /// Writes every byte, retrying short writes.
+    /// Writes every byte, retrying short writes; stops at an error (the reader is gone).
     static func writeAll(fd: Int32, _ bytes: [UInt8]) {
-        bytes.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return
-                }
-                offset += n
-            }
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { return }
+            offset += n
         }
     }
 }

@@ -22,15 +22,10 @@ struct EngineCommand: AsyncParsableCommand {
     )
 
     func run() async throws {
-        let input = FileHandle.standardInput
-        var reader = EngineFrameReader(fd: input.fileDescriptor)
-        guard let first = reader.next(), first.kind == UInt8(ascii: "C") else {
-            EngineOutput.shared.send(kind: "E", Array("the first frame must be CONFIG".utf8))
-            EngineOutput.shared.flushNow()
-            throw ExitCode(ExitCodes.cannotStart)
-        }
+        var reader = EngineFrameReader(fd: FileHandle.standardInput.fileDescriptor)
         let server: JobServer
         do {
+            guard let first = reader.next(), first.kind == UInt8(ascii: "C") else { throw ValidationError("the first frame must be CONFIG") }
             server = try Self.makeServer(config: first.body)
         } catch {
             EngineOutput.shared.send(kind: "E", Array("\(error)".utf8))
@@ -126,19 +121,21 @@ struct EngineFrameReader {
         self.fd = fd
     }
 
+    /// The length field of the next frame, once its header is buffered.
+    private var nextLength: Int? {
+        guard self.buffer.count - self.start >= 5 else { return nil }
+        return Int(Engine.uint(self.buffer, self.start, bytes: 4))
+    }
+
     /// Whether a whole frame is already buffered (`next()` would not block).
     var hasBufferedFrame: Bool {
-        guard self.buffer.count - self.start >= 5 else { return false }
-        let b = self.start
-        let n = Int(self.buffer[b]) << 24 | Int(self.buffer[b + 1]) << 16 | Int(self.buffer[b + 2]) << 8 | Int(self.buffer[b + 3])
-        return self.buffer.count - self.start >= 4 + n
+        self.nextLength.map { self.buffer.count - self.start >= 4 + $0 } ?? false
     }
 
     mutating func next() -> EngineFrame? {
         while true {
-            if self.buffer.count - self.start >= 5 {
+            if let n = self.nextLength {
                 let b = self.start
-                let n = Int(self.buffer[b]) << 24 | Int(self.buffer[b + 1]) << 16 | Int(self.buffer[b + 2]) << 8 | Int(self.buffer[b + 3])
                 guard n >= 1, n <= Self.maxFrame else { return nil }
                 if self.buffer.count - self.start >= 4 + n {
                     let frame = EngineFrame(kind: self.buffer[b + 4], body: Array(self.buffer[(b + 5)..<(b + 4 + n)]))
@@ -166,22 +163,12 @@ final class EngineOutput: Sendable {
     private let pending = Mutex<(bytes: [UInt8], scheduled: Bool)>(([], false))
     private let queue = DispatchQueue(label: "parallelpython.engine.output")
 
+    /// Queues one frame: length (of type and body), type, body.
     func send(kind: Character, _ body: [UInt8]) {
-        var frame = [UInt8]()
-        frame.reserveCapacity(5 + body.count)
-        Self.appendFrame(kind: UInt8(ascii: kind.unicodeScalars.first!), body: body, to: &frame)
-        self.append(frame)
-    }
-
-    static func appendFrame(kind: UInt8, body: [UInt8], to out: inout [UInt8]) {
-        let n = UInt32(body.count + 1)
-        out += [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff), kind]
-        out += body
-    }
-
-    func append(_ bytes: [UInt8]) {
         let schedule = self.pending.withLock { p -> Bool in
-            p.bytes += bytes
+            Engine.append(UInt64(body.count + 1), bytes: 4, to: &p.bytes)
+            p.bytes.append(UInt8(ascii: kind.unicodeScalars.first!))
+            p.bytes += body
             if p.scheduled { return false }
             p.scheduled = true
             return true
@@ -198,13 +185,7 @@ final class EngineOutput: Sendable {
             }
             return p.bytes
         }
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
-            if n < 0, errno == EINTR { continue }
-            guard n > 0 else { return }  // the Python side is gone
-            offset += n
-        }
+        Console.writeAll(fd: 1, bytes)
     }
 }
 
@@ -232,7 +213,7 @@ final class Engine: Sendable {
             // X cancels a job that has not started; K stops it wherever it is, running
             // included (its worker is killed and replaced).
             guard frame.body.count == 8 else { return self.fatal("CANCEL/STOP is not 8 bytes") }
-            let id = Self.u64(frame.body, 0)
+            let id = Self.uint(frame.body, 0)
             guard let engineID = self.state.withLock({ $0.engineIDs[id] }) else { return }
             let server = self.server
             let stop = frame.kind == UInt8(ascii: "K")
@@ -241,8 +222,7 @@ final class Engine: Sendable {
             }
         case UInt8(ascii: "W"):
             guard frame.body.count == 4 else { return self.fatal("WORKERS is not 4 bytes") }
-            let n = Int(UInt32(frame.body[0]) << 24 | UInt32(frame.body[1]) << 16 | UInt32(frame.body[2]) << 8 | UInt32(frame.body[3]))
-            self.server.setWorkers(n)
+            self.server.setWorkers(Int(Self.uint(frame.body, 0, bytes: 4)))
         case UInt8(ascii: "S"):
             guard frame.body.count == 8 else { return self.fatal("STATS is not 8 bytes") }
             let token = Array(frame.body)
@@ -260,11 +240,11 @@ final class Engine: Sendable {
     /// are), each: python id u64 · digest(32) · timeout ms u32 · arguments. Jobs of one
     /// bundle and timeout go to the job server in one batch.
     func submit(_ bodies: [(opaque: Bool, body: [UInt8])]) {
-        var groups: [(function: PythonFunction, ms: UInt32, ids: [UInt64], arguments: [JobArguments])] = []
+        var groups: [(function: PythonFunction, ms: UInt64, ids: [UInt64], arguments: [JobArguments])] = []
         for (opaque, body) in bodies {
             guard body.count >= 44, let digest = SHA256Digest(bytes: Array(body[8..<40])) else { return self.fatal("JOB too short") }
-            let id = Self.u64(body, 0)
-            let ms = UInt32(body[40]) << 24 | UInt32(body[41]) << 16 | UInt32(body[42]) << 8 | UInt32(body[43])
+            let id = Self.uint(body, 0)
+            let ms = Self.uint(body, 40, bytes: 4)
             guard let function = self.state.withLock({ $0.functions[digest] }) else {
                 Self.answer(id, .failure(JobError(code: .protocolError, message: "the engine has no bundle \(digest)"), executor: "engine"))
                 continue
@@ -318,9 +298,9 @@ final class Engine: Sendable {
         Self.append(id, to: &body)
         body.append(status)
         Self.append(UInt64(max(0, outcome.duration.nanosecondsInt64)), to: &body)
-        Self.append32(UInt32(stdout.count), to: &body)
+        Self.append(UInt64(stdout.count), bytes: 4, to: &body)
         body += stdout
-        Self.append32(UInt32(stderr.count), to: &body)
+        Self.append(UInt64(stderr.count), bytes: 4, to: &body)
         body += stderr
         body += payload
         EngineOutput.shared.send(kind: "r", body)
@@ -330,35 +310,17 @@ final class Engine: Sendable {
         let stats = await server.statistics()
         let nodes = await server.nodeStatistics()
         let active = await server.activeExecutors()
-        var w = JSONWriter()
-        w.raw("{\"workers\":")
-        w.int(stats.localPool.targetWorkers)
-        w.raw(",\"queued\":")
-        w.int(stats.queued)
-        w.raw(",\"elapsed\":")
-        w.double(Double(stats.elapsed.nanosecondsInt64) / 1e9)
-        w.raw(",\"active\":")
-        w.array(active) { $0.string($1) }
-        w.raw(",\"executors\":[")
-        for (i, e) in stats.executors.enumerated() {
-            if i > 0 { w.raw(",") }
-            w.raw("{\"name\":")
-            w.string(e.name)
-            w.raw(",\"jobs\":")
-            w.int(e.jobs)
-            w.raw(",\"seconds\":")
-            w.double(Double(e.totalTime.nanosecondsInt64) / 1e9)
-            w.raw("}")
-        }
-        w.raw("],\"nodes\":{")
-        for (i, (name, value)) in nodes.sorted(by: { $0.key < $1.key }).enumerated() {
-            if i > 0 { w.raw(",") }
-            w.string(name)
-            w.raw(":")
-            value.write(to: &w)
-        }
-        w.raw("}}")
-        return w.bytes
+        let value: JSONValue = .object([
+            "workers": .int(stats.localPool.targetWorkers),
+            "queued": .int(stats.queued),
+            "elapsed": .double(Double(stats.elapsed.nanosecondsInt64) / 1e9),
+            "active": .array(active.map { .string($0) }),
+            "executors": .array(stats.executors.map { e in
+                .object(["name": .string(e.name), "jobs": .int(e.jobs), "seconds": .double(Double(e.totalTime.nanosecondsInt64) / 1e9)])
+            }),
+            "nodes": .object(nodes),
+        ])
+        return Array(value.description.utf8)
     }
 
     private func fatal(_ message: String) {
@@ -367,17 +329,13 @@ final class Engine: Sendable {
         exit(ExitCodes.cannotStart)
     }
 
-    static func u64(_ b: [UInt8], _ i: Int) -> UInt64 {
-        var v: UInt64 = 0
-        for k in 0..<8 { v = v << 8 | UInt64(b[i + k]) }
-        return v
+    /// The big-endian unsigned integer of `bytes` bytes at `i`.
+    static func uint(_ b: [UInt8], _ i: Int, bytes: Int = 8) -> UInt64 {
+        b[i..<(i + bytes)].reduce(0) { $0 << 8 | UInt64($1) }
     }
 
-    static func append(_ v: UInt64, to out: inout [UInt8]) {
-        for k in (0..<8).reversed() { out.append(UInt8((v >> (UInt64(k) * 8)) & 0xff)) }
-    }
-
-    static func append32(_ v: UInt32, to out: inout [UInt8]) {
-        for k in (0..<4).reversed() { out.append(UInt8((v >> (UInt32(k) * 8)) & 0xff)) }
+    /// Appends `v` as a big-endian unsigned integer of `bytes` bytes.
+    static func append(_ v: UInt64, bytes: Int = 8, to out: inout [UInt8]) {
+        for k in (0..<bytes).reversed() { out.append(UInt8((v >> (UInt64(k) * 8)) & 0xff)) }
     }
 }

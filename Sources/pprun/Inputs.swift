@@ -48,11 +48,7 @@ enum InputSource {
         if let data = text.data(using: .utf8), (try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])) != nil {
             return JobArguments(jsonArray: Array("[\(text)]".utf8))
         }
-        var w = JSONWriter()
-        w.raw("[")
-        w.string(text)
-        w.raw("]")
-        return JobArguments(jsonArray: w.bytes)
+        return JobArguments(jsonArray: Array(JSONValue.array([.string(text)]).description.utf8))
     }
 
     /// A JSON line: an array is the positional arguments, anything else the single one.

@@ -91,20 +91,8 @@ struct MapCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let function: PythonFunction
-        do {
-            function = try PythonFunction(spec: self.function)
-        } catch {
-            Console.error("pprun: \(error)")
-            throw ExitCode(ExitCodes.cannotStart)
-        }
-        let inputs: InputSource
-        do {
-            inputs = try self.makeInputs()
-        } catch {
-            Console.error("pprun: \(error)")
-            throw ExitCode(ExitCodes.cannotStart)
-        }
+        let function = try Self.orCannotStart { try PythonFunction(spec: self.function) }
+        let inputs = try Self.orCannotStart { try self.makeInputs() }
 
         // From here on a signal kills the workers and says how far the run got.
         let counters = RunCounters(total: inputs.count)
@@ -113,24 +101,14 @@ struct MapCommand: AsyncParsableCommand {
 
         var secret: ClusterSecret?
         if !self.nodes.isEmpty || self.secretOptions.secretFile != nil {
-            do {
-                secret = try self.secretOptions.load().secret
-            } catch {
-                Console.error("pprun: \(error)")
-                throw ExitCode(ExitCodes.cannotStart)
-            }
-        } else if !self.noDiscover {
-            // Discovered nodes need the secret; without one they are only reported. A
-            // secret the user named (PP_SECRET, PP_SECRET_FILE) that cannot be used is
+            secret = try Self.orCannotStart { try self.secretOptions.load().secret }
+        } else if !self.noDiscover, ClusterSecret.isNamedByEnvironment {
+            // A secret the user named (PP_SECRET, PP_SECRET_FILE) that cannot be used is
             // an error, not a reason to run without nodes.
-            do {
-                secret = try ClusterSecret.load(file: nil, create: false).secret
-            } catch where ClusterSecret.isNamedByEnvironment {
-                Console.error("pprun: \(error)")
-                throw ExitCode(ExitCodes.cannotStart)
-            } catch {
-                secret = nil
-            }
+            secret = try Self.orCannotStart { try ClusterSecret.load(file: nil, create: false).secret }
+        } else if !self.noDiscover {
+            // Discovered nodes need the secret; without one they are only reported.
+            secret = try? ClusterSecret.load(file: nil, create: false).secret
         }
         var logger = Logger(label: "pprun")
         logger.logLevel = .notice
@@ -162,6 +140,16 @@ struct MapCommand: AsyncParsableCommand {
         if summary.failed > 0 {
             Console.error("pprun: \(summary.failed) of \(summary.total) jobs failed")
             throw ExitCode(ExitCodes.jobFailed)
+        }
+    }
+
+    /// What `body` returns; its error is printed and ends the run with `cannotStart`.
+    private static func orCannotStart<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch {
+            Console.error("pprun: \(error)")
+            throw ExitCode(ExitCodes.cannotStart)
         }
     }
 

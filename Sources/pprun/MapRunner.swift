@@ -69,21 +69,16 @@ final class MapRunner: Sendable {
 
     /// Runs on the producer thread.
     private func produce(_ inputs: InputSource, slots: DispatchSemaphore, sink: AsyncStream<Event>.Continuation) {
-        var batch: [JobArguments] = []
-        var displays: [String] = []
-        var indices: [Int] = []
+        var batch: [(arguments: JobArguments, display: String, index: Int)] = []
         var count = 0
         func submitPending() {
             guard !batch.isEmpty else { return }
-            let d = displays, ix = indices
-            let counters = self.counters
-            self.server.submitBatch(self.function, arguments: batch) { i, outcome in
+            let (inputs, counters) = (batch, self.counters)
+            self.server.submitBatch(self.function, arguments: inputs.map(\.arguments)) { i, outcome in
                 counters.finished.add(1, ordering: .relaxed)
-                sink.yield(.finished(index: ix[i], display: d[i], outcome: .success(outcome)))
+                sink.yield(.finished(index: inputs[i].index, display: inputs[i].display, outcome: .success(outcome)))
             }
             batch.removeAll(keepingCapacity: true)
-            displays.removeAll(keepingCapacity: true)
-            indices.removeAll(keepingCapacity: true)
         }
         inputs.forEach(beforeBlocking: submitPending) { input in
             slots.wait()
@@ -94,9 +89,7 @@ final class MapRunner: Sendable {
                 self.counters.finished.add(1, ordering: .relaxed)
                 sink.yield(.finished(index: input.index, display: input.display, outcome: .failure(error)))
             case .success(let args):
-                batch.append(args)
-                displays.append(input.display)
-                indices.append(input.index)
+                batch.append((args, input.display, input.index))
                 if batch.count >= Self.batchSize { submitPending() }
             }
         }

@@ -14,8 +14,8 @@ public struct NodeConnectionStateMachine: Sendable {
     public enum Action: Sendable {
         /// Write these frames.
         case send([NodeMessage])
-        /// The handshake is done: the node takes jobs (its WELCOME info JSON).
-        case ready(info: [UInt8])
+        /// The handshake is done: the node takes jobs.
+        case ready
         /// Results to deliver (their executor is set), jobs that failed here, jobs the
         /// node handed back unrun (draining) for the scheduler to run elsewhere.
         case deliver(results: [(Job, JobResult)], failed: [(Job, JobError)], handedBack: [Job], send: [NodeMessage])
@@ -24,7 +24,7 @@ public struct NodeConnectionStateMachine: Sendable {
     }
 
     private enum Phase: Sendable, Equatable {
-        case connecting, handshaking, awaitingWelcome, ready, draining, closed
+        case handshaking, awaitingWelcome, ready, draining, closed
     }
 
     /// The largest window a node may give (jobs in flight on one connection).
@@ -37,7 +37,7 @@ public struct NodeConnectionStateMachine: Sendable {
     /// The node's name in messages and results (`host:port`).
     public let name: String
     private let clientName: String
-    private var phase = Phase.connecting
+    private var phase = Phase.handshaking
     private var window = 0
     private var inflight: [UInt64: Job] = [:]
     /// The bundles of jobs in flight, with how many jobs use each: what a NEED may ask for.
@@ -69,15 +69,7 @@ public struct NodeConnectionStateMachine: Sendable {
     /// How many more jobs the node takes now.
     public var freeSlots: Int { self.phase == .ready ? max(0, self.window - self.inflight.count) : 0 }
 
-    /// Whether the node holds the job.
-    public func holds(_ jobID: UInt64) -> Bool { self.inflight[jobID] != nil }
-
     // MARK: Handshake
-
-    /// TCP is up: TLS starts (the driver runs the handshake timer).
-    public mutating func connected() {
-        if self.phase == .connecting { self.phase = .handshaking }
-    }
 
     /// TLS is up: say HELLO.
     public mutating func tlsEstablished() -> Action {
@@ -88,12 +80,8 @@ public struct NodeConnectionStateMachine: Sendable {
 
     /// The handshake timer fired.
     public mutating func handshakeTimerFired() -> Action {
-        switch self.phase {
-        case .connecting, .handshaking, .awaitingWelcome:
-            return self.abort("no TLS handshake and WELCOME from the node within \(Self.handshakeTimeout.nanoseconds / 1_000_000_000) s")
-        default:
-            return .send([])
-        }
+        guard self.phase == .handshaking || self.phase == .awaitingWelcome else { return .send([]) }
+        return self.abort("no TLS handshake and WELCOME from the node within \(Self.handshakeTimeout.nanoseconds / 1_000_000_000) s")
     }
 
     // MARK: Jobs
@@ -102,9 +90,7 @@ public struct NodeConnectionStateMachine: Sendable {
     /// connection cannot take them, nil: the driver hands them back.
     public mutating func submit(_ jobs: [Job], now: NIODeadline) -> NodeMessage? {
         guard self.phase == .ready || self.phase == .draining, !jobs.isEmpty else { return nil }
-        var wire: [WireJob] = []
-        wire.reserveCapacity(jobs.count)
-        for job in jobs {
+        return .submit(jobs.map { job in
             self.inflight[job.id] = job
             self.bundles[job.bundle.digest, default: (job.bundle, 0)].jobs += 1
             var timeout: UInt32 = 0
@@ -112,19 +98,15 @@ public struct NodeConnectionStateMachine: Sendable {
                 timeout = UInt32(clamping: max(1, limit.nanosecondsInt64 / 1_000_000))
                 self.deadlines[job.id] = now + .nanoseconds(limit.nanosecondsInt64 &* 2) + Self.deadlineGrace
             }
-            wire.append(WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments))
-        }
-        return .submit(wire)
+            return WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments)
+        })
     }
 
-    /// CANCEL for a job the node holds (it ends there if it has not started).
-    public func cancel(jobID: UInt64) -> NodeMessage? {
-        self.inflight[jobID] == nil ? nil : .cancel(id: jobID)
-    }
-
-    /// STOP for a job the node holds (queued or running, it ends `cancelled`).
-    public func stop(jobID: UInt64) -> NodeMessage? {
-        self.inflight[jobID] == nil ? nil : .stop(id: jobID)
+    /// For a job the node holds: CANCEL (it ends there if it has not started), or with
+    /// `stop`, STOP (queued or running, it ends `cancelled`).
+    public func cancel(jobID: UInt64, stop: Bool) -> NodeMessage? {
+        guard self.inflight[jobID] != nil else { return nil }
+        return stop ? .stop(id: jobID) : .cancel(id: jobID)
     }
 
     // MARK: Frames from the node
@@ -136,7 +118,7 @@ public struct NodeConnectionStateMachine: Sendable {
         case (_, .error(let code, let text)):
             if code == NodeErrorCode.versionMismatch.rawValue { self.retryAfter = .seconds(10) }
             return self.abort("the node refused us: \(PeerText.cut(text))")
-        case (.awaitingWelcome, .welcome(let version, let window, _, let info)):
+        case (.awaitingWelcome, .welcome(let version, let window, _, _)):
             guard version >= NodeProtocol.minimumVersion, version <= NodeProtocol.version else {
                 self.retryAfter = .seconds(10)
                 return self.abort("the node chose protocol version \(version), which this client does not speak")
@@ -145,19 +127,17 @@ public struct NodeConnectionStateMachine: Sendable {
             self.maxFrame = NodeProtocol.defaultMaxFrame
             self.phase = .ready
             self.wasReady = true
-            return .ready(info: info)
+            return .ready
         case (.ready, .results(let results)), (.draining, .results(let results)):
             return self.results(results)
         case (.ready, .need(let digest)), (.draining, .need(let digest)):
-            guard let entry = self.bundles[digest] else {
-                if self.bundlesSent.contains(digest) {
-                    return self.abort("the node asked again for function bundle \(digest), which it was sent on this connection")
-                }
-                return self.abort("the node asked for a function bundle \(digest) this client never sent")
-            }
-            guard self.bundlesSent.insert(digest).inserted else {
+            guard !self.bundlesSent.contains(digest) else {
                 return self.abort("the node asked again for function bundle \(digest), which it was sent on this connection")
             }
+            guard let entry = self.bundles[digest] else {
+                return self.abort("the node asked for a function bundle \(digest) this client never sent")
+            }
+            self.bundlesSent.insert(digest)
             return .send([.bundle(digest: digest, spec: entry.bundle.spec)])
         case (.ready, .window(let w)), (.draining, .window(let w)):
             self.window = min(Int(w), Self.maxWindow)
@@ -215,15 +195,11 @@ public struct NodeConnectionStateMachine: Sendable {
     /// fail here (the node is asked to cancel them).
     public mutating func tick(now: NIODeadline) -> Action {
         guard self.wasReady, self.phase != .closed else { return .send([]) }
-        var frames: [NodeMessage] = []
-        switch self.heartbeat.tick(at: now) {
-        case .timedOut:
+        let beat = self.heartbeat.tick(at: now)
+        if beat == .timedOut {
             return self.abort("no heartbeat for \(Duration.nanoseconds(self.heartbeat.timeout.nanoseconds))")
-        case .ping:
-            frames.append(.ping(0))
-        case .none:
-            break
         }
+        var frames: [NodeMessage] = beat == .ping ? [.ping(0)] : []
         var failed: [(Job, JobError)] = []
         for (id, deadline) in self.deadlines where deadline <= now {
             guard let job = self.finish(id) else { continue }

@@ -17,14 +17,6 @@ public struct NodeLinkStateMachine: Sendable {
         case giveUp
     }
 
-    /// What to tell a person about a problem.
-    public enum Report: Sendable, Equatable {
-        /// Nothing new.
-        case none
-        /// The node cannot be used, for a reason not reported just before.
-        case unavailable(String)
-    }
-
     private enum State: Sendable, Equatable {
         case idle, connecting, connected, waiting, stopped
     }
@@ -69,16 +61,18 @@ public struct NodeLinkStateMachine: Sendable {
         return self.lastProblem != nil
     }
 
-    /// A problem that is not a failed attempt (no secret): reported once, nothing retried.
-    public mutating func problem(_ reason: String) -> Report {
+    /// A problem that is not a failed attempt (no secret): nothing is retried. Returns
+    /// the problem to tell a person, nil when it was the last one reported.
+    public mutating func problem(_ reason: String) -> String? {
         defer { self.lastProblem = reason }
-        return self.lastProblem == reason ? .none : .unavailable(reason)
+        return self.lastProblem == reason ? nil : reason
     }
 
     /// The attempt failed or the connection ended, for `reason`; `retryAfter` replaces
-    /// the backoff (a wrong key will not start working in 200 ms).
-    public mutating func failed(_ reason: String, retryAfter: TimeAmount? = nil) -> (Action, Report) {
-        guard self.state != .stopped else { return (.none, .none) }
+    /// the backoff (a wrong key will not start working in 200 ms). Also returns the
+    /// problem to report, as `problem` does.
+    public mutating func failed(_ reason: String, retryAfter: TimeAmount? = nil) -> (Action, report: String?) {
+        guard self.state != .stopped else { return (.none, nil) }
         let report = self.problem(reason)
         if let retryAfter { self.backoff = retryAfter }
         self.failures += 1

@@ -68,22 +68,19 @@ public struct SchedulerStateMachine: Sendable {
         guard !self.stopped else { return Self.shutDown(jobs) }
         var failures: [Failure] = []
         for var job in jobs.reversed() {
+            var message: String?
             if let reason {
                 job.attempts += 1
-                if job.attempts >= Self.maxAttempts {
-                    let error = JobError(code: .nodeLost, message: "lost \(job.attempts) executors while running the job; the last, \(executor): \(reason)")
-                    failures.append(Failure(job: job, error: error, executor: executor))
-                    continue
-                }
+                if job.attempts >= Self.maxAttempts { message = "lost \(job.attempts) executors while running the job; the last, \(executor): \(reason)" }
             } else {
                 job.handBacks += 1
-                if job.handBacks > Self.maxHandBacks {
-                    let error = JobError(code: .nodeLost, message: "nodes handed the job back \(job.handBacks) times without running it; the last, \(executor)")
-                    failures.append(Failure(job: job, error: error, executor: executor))
-                    continue
-                }
+                if job.handBacks > Self.maxHandBacks { message = "nodes handed the job back \(job.handBacks) times without running it; the last, \(executor)" }
             }
-            self.queue.prepend(job)
+            if let message {
+                failures.append(Failure(job: job, error: JobError(code: .nodeLost, message: message), executor: executor))
+            } else {
+                self.queue.prepend(job)
+            }
         }
         return failures.reversed()
     }
@@ -92,8 +89,7 @@ public struct SchedulerStateMachine: Sendable {
     /// (an executor may hold it).
     public mutating func cancelQueued(jobID: UInt64) -> Failure? {
         guard let i = self.queue.firstIndex(where: { $0.id == jobID }) else { return nil }
-        let job = self.queue.remove(at: i)
-        return Failure(job: job, error: JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: "none")
+        return Failure(job: self.queue.remove(at: i), error: JobError(code: .cancelled, message: "the job was cancelled before it ran"), executor: "none")
     }
 
     /// Shares queued jobs out: repeatedly, the executor with the most free slots gets
@@ -104,20 +100,12 @@ public struct SchedulerStateMachine: Sendable {
     public mutating func dispatch(freeSlots: [(id: ExecutorID, slots: Int)]) -> [(id: ExecutorID, jobs: [Job])] {
         var slots = freeSlots
         var batches: [(id: ExecutorID, jobs: [Job])] = []
-        while !self.queue.isEmpty {
-            var best = -1
-            var bestFree = 0
-            for (i, e) in slots.enumerated() where e.slots > bestFree {
-                best = i
-                bestFree = e.slots
-            }
-            guard best >= 0 else { break }
-            let n = min(bestFree, self.queue.count, Self.maxBatch)
-            var batch: [Job] = []
-            batch.reserveCapacity(n)
-            for _ in 0..<n { batch.append(self.queue.removeFirst()) }
+        // The first of those with the most slots, while it has any.
+        while !self.queue.isEmpty, let best = slots.indices.max(by: { slots[$0].slots < slots[$1].slots }), slots[best].slots > 0 {
+            let n = min(slots[best].slots, self.queue.count, Self.maxBatch)
+            batches.append((slots[best].id, Array(self.queue.prefix(n))))
+            self.queue.removeFirst(n)
             slots[best].slots -= n
-            batches.append((slots[best].id, batch))
         }
         return batches
     }
@@ -140,27 +128,21 @@ public struct SchedulerStateMachine: Sendable {
             return []
         }
         guard now - since >= self.noExecutorTimeout else { return [] }
-        var why = "no local workers"
-        if !self.nodeProblems.isEmpty {
-            why += " and no node reachable (" + self.nodeProblems.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ") + ")"
-        } else {
-            why += " and no nodes"
-        }
+        let problems = self.nodeProblems.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }
+        let why = problems.isEmpty ? "no local workers and no nodes" : "no local workers and no node reachable (\(problems.joined(separator: "; ")))"
         let seconds = Duration.nanoseconds(self.noExecutorTimeout.nanoseconds)
         let error = JobError(code: .noExecutor, message: "nothing could run the job for \(seconds): \(why)")
-        let queued = self.queue
-        self.queue.removeAll()
         self.noExecutorSince = nil
-        return queued.map { Failure(job: $0, error: error, executor: "none") }
+        defer { self.queue.removeAll() }
+        return self.queue.map { Failure(job: $0, error: error, executor: "none") }
     }
 
     /// The job server stops: every queued job fails with `shutdown`, and so does every
     /// job that arrives later.
     public mutating func stop() -> [Failure] {
         self.stopped = true
-        let queued = self.queue
-        self.queue.removeAll()
-        return Self.shutDown(queued)
+        defer { self.queue.removeAll() }
+        return Self.shutDown(self.queue)
     }
 
     private static func shutDown(_ jobs: some Sequence<Job>) -> [Failure] {
