@@ -1,33 +1,33 @@
 import NIOCore
 import PPCore
 
-/// Passes a worker's decoded messages and the end of its stdout to the pool driver;
+/// Passes a worker's decoded messages and the end of its stdout to the pool;
 /// lives on the pool's loop.
 final class WorkerChannelHandler: ChannelInboundHandler {
     typealias InboundIn = WorkerMessage
 
-    private let driver: PoolDriver
+    private let pool: WorkerPool
     private let index: Int
 
-    init(driver: PoolDriver, index: Int) {
-        self.driver = driver
+    init(pool: WorkerPool, index: Int) {
+        self.pool = pool
         self.index = index
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.driver.received(Self.unwrapInboundIn(data), index: self.index)
+        self.pool.received(Self.unwrapInboundIn(data), index: self.index)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        self.driver.readComplete()
+        self.pool.readComplete()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.driver.protocolFailure(index: self.index, message: "\(error)")
+        self.pool.protocolFailure(index: self.index, message: "\(error)")
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.driver.channelClosed(index: self.index)
+        self.pool.channelClosed(index: self.index)
     }
 }

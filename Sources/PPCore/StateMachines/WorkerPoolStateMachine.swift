@@ -68,8 +68,8 @@ public struct WorkerPoolStateMachine: Sendable {
 
     // MARK: Actions
 
-    /// A log line's level.
-    public enum LogLevel: Sendable, Hashable {
+    /// A log line's level, named as swift-log's `Logger.Level`.
+    public enum LogLevel: String, Sendable, Hashable {
         /// Routine: a worker starts, a worker is ready.
         case debug
         /// Worth knowing: starts work again after failures.
