@@ -102,7 +102,8 @@ public final class WorkerPool: Service, @unchecked Sendable {
     private var retryTask: Scheduled<Void>?
     private var graceTask: Scheduled<Void>?
     private var sweeper: RepeatedTask?
-    private var readyWaiters: [(WorkerStartError?) -> Void] = []
+    /// Callers of `waitUntilReady`, answered with why no worker can start (or `nil`).
+    private var readyWaiters: [(String?) -> Void] = []
     private var shutdownWaiters: [() -> Void] = []
 
     /// How often timeouts are checked and ended workers looked for.
@@ -169,20 +170,12 @@ public final class WorkerPool: Service, @unchecked Sendable {
         self.onLoop { self.run(self.machine.submit(jobs, now: .now())) }
     }
 
-    /// Cancels a job that has not started yet.
-    ///
-    /// - Returns: `true` when the job was still queued; it then ends with `cancelled`.
-    public func cancel(jobID: UInt64) async -> Bool {
-        self.start()
-        return (try? await self.eventLoop.submit { self.run(self.machine.cancel(jobID: jobID)) }.get()) ?? false
-    }
-
     /// Cancels queued jobs without waiting; each one that had not started ends with
     /// `cancelled`.
     public func cancel(jobIDs: [UInt64]) {
         self.start()
         self.eventLoop.execute {
-            for id in jobIDs { _ = self.run(self.machine.cancel(jobID: id)) }
+            for id in jobIDs { self.run(self.machine.cancel(jobID: id).actions) }
         }
     }
 
@@ -196,14 +189,19 @@ public final class WorkerPool: Service, @unchecked Sendable {
     /// - Returns: `true` when the pool held the job (it has then ended with `cancelled`).
     public func stop(jobID: UInt64) async -> Bool {
         self.start()
-        return (try? await self.eventLoop.submit { self.run(self.machine.stop(jobID: jobID)) }.get()) ?? false
+        let stopped = self.eventLoop.submit {
+            let (found, actions) = self.machine.stop(jobID: jobID)
+            self.run(actions)
+            return found
+        }
+        return (try? await stopped.get()) ?? false
     }
 
     /// Stops jobs, queued or running, without waiting (see `stop(jobID:)`).
     public func stop(jobIDs: [UInt64]) {
         self.start()
         self.eventLoop.execute {
-            for id in jobIDs { _ = self.run(self.machine.stop(jobID: id)) }
+            for id in jobIDs { self.run(self.machine.stop(jobID: id).actions) }
         }
     }
 
@@ -256,11 +254,8 @@ public final class WorkerPool: Service, @unchecked Sendable {
         guard running else { throw WorkerStartError(reason: "the worker pool shut down") }
         let error: WorkerStartError? = await withCheckedContinuation { continuation in
             self.eventLoop.execute {
-                switch self.machine.whenReady() {
-                case .ready: continuation.resume(returning: nil)
-                case .failed(let reason): continuation.resume(returning: WorkerStartError(reason: reason))
-                case .waiting: self.readyWaiters.append { continuation.resume(returning: $0) }
-                }
+                self.readyWaiters.append { continuation.resume(returning: $0.map { WorkerStartError(reason: $0) }) }
+                self.run(self.machine.whenReady())
             }
         }
         if let error { throw error }
@@ -339,12 +334,6 @@ public final class WorkerPool: Service, @unchecked Sendable {
         if self.eventLoop.inEventLoop { body() } else { self.eventLoop.execute(body) }
     }
 
-    /// Carries out an event's actions and returns whether the pool held the job.
-    private func run(_ event: (found: Bool, actions: [Action])) -> Bool {
-        self.run(event.actions)
-        return event.found
-    }
-
     /// Carries out `actions` in order, after those of the event that is running (when
     /// this event happened inside it).
     private func run(_ actions: [Action]) {
@@ -390,8 +379,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
         case .answerReadyWaiters(let failure):
             let waiters = self.readyWaiters
             self.readyWaiters = []
-            let error = failure.map { WorkerStartError(reason: $0) }
-            for w in waiters { w(error) }
+            for w in waiters { w(failure) }
         case .scheduleShutdownKill(let delay):
             self.graceTask = self.eventLoop.scheduleTask(in: delay) { self.run(self.machine.shutdownGraceElapsed()) }
         case .finishShutdown:
