@@ -1,7 +1,7 @@
 import NIOCore
 import PPCore
 
-/// Passes a worker's decoded messages and the end of its stdout to the pool;
+/// Passes a worker's decoded messages and the end of its stdout to the pool's machine;
 /// lives on the pool's loop.
 final class WorkerChannelHandler: ChannelInboundHandler {
     typealias InboundIn = WorkerMessage
@@ -15,19 +15,21 @@ final class WorkerChannelHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.pool.received(Self.unwrapInboundIn(data), index: self.index)
+        let message = Self.unwrapInboundIn(data)
+        self.pool.handle { $0.received(message, from: self.index, now: .now()) }
     }
 
+    /// The reads of one batch are done: the machine refills workers' pipes, one write each.
     func channelReadComplete(context: ChannelHandlerContext) {
-        self.pool.readComplete()
+        self.pool.handle { $0.readComplete(now: .now()) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.pool.protocolFailure(index: self.index, message: "\(error)")
+        self.pool.handle { $0.protocolError("\(error)", worker: self.index) }
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.pool.channelClosed(index: self.index)
+        self.pool.handle { $0.stdoutClosed(worker: self.index) }
     }
 }

@@ -175,7 +175,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
     public func cancel(jobIDs: [UInt64]) {
         self.start()
         self.eventLoop.execute {
-            for id in jobIDs { self.run(self.machine.cancel(jobID: id).actions) }
+            for id in jobIDs { self.run(self.machine.cancel(jobID: id)) }
         }
     }
 
@@ -190,9 +190,9 @@ public final class WorkerPool: Service, @unchecked Sendable {
     public func stop(jobID: UInt64) async -> Bool {
         self.start()
         let stopped = self.eventLoop.submit {
-            let (found, actions) = self.machine.stop(jobID: jobID)
+            let actions = self.machine.stop(jobID: jobID)
             self.run(actions)
-            return found
+            return !actions.isEmpty  // the job's completion
         }
         return (try? await stopped.get()) ?? false
     }
@@ -201,7 +201,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
     public func stop(jobIDs: [UInt64]) {
         self.start()
         self.eventLoop.execute {
-            for id in jobIDs { self.run(self.machine.stop(jobID: id).actions) }
+            for id in jobIDs { self.run(self.machine.stop(jobID: id)) }
         }
     }
 
@@ -267,24 +267,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
     public func statistics() async -> PoolStatistics {
         self.start()
         if case .stopped(let last) = self.stopState.withLock({ $0 }) { return last }
-        return (try? await self.eventLoop.submit { self.currentStatistics() }.get())
-            ?? PoolStatistics(name: self.configuration.name, targetWorkers: 0, queued: 0, running: 0, workers: [], pythonVersion: nil)
-    }
-
-    private func currentStatistics() -> PoolStatistics {
-        PoolStatistics(
-            name: self.configuration.name,
-            targetWorkers: self.machine.target,
-            queued: self.machine.queuedCount,
-            running: self.machine.runningCount,
-            workers: self.machine.workerSummaries.map {
-                WorkerStatistics(
-                    index: $0.index, pid: $0.pid, jobsDone: $0.jobsDone, busyTime: .nanoseconds(Int64(clamping: $0.busyNanoseconds)),
-                    alive: $0.exit == nil, exit: $0.exit
-                )
-            },
-            pythonVersion: self.machine.pythonVersion
-        )
+        return (try? await self.eventLoop.submit { self.machine.statistics }.get()) ?? PoolStatistics(name: self.configuration.name)
     }
 
     // MARK: Shutdown
@@ -315,7 +298,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
         // The last statistics are taken before the pool's own loop stops (it runs nothing after).
         let last = await withCheckedContinuation { (continuation: CheckedContinuation<PoolStatistics, Never>) in
             self.eventLoop.execute {
-                self.shutdownWaiters.append { continuation.resume(returning: self.currentStatistics()) }
+                self.shutdownWaiters.append { continuation.resume(returning: self.machine.statistics) }
                 self.run(self.machine.shutdown())
             }
         }
@@ -446,23 +429,10 @@ public final class WorkerPool: Service, @unchecked Sendable {
         self.run(self.machine.processEnded(worker: index, now: .now()))
     }
 
-    // MARK: Events from a worker's pipes (WorkerChannelHandler)
-
-    func received(_ message: WorkerMessage, index: Int) {
-        self.run(self.machine.received(message, from: index, now: .now()))
-    }
-
-    /// The reads of one batch are done: refill workers' pipes with one write each.
-    func readComplete() {
-        self.run(self.machine.readComplete(now: .now()))
-    }
-
-    func protocolFailure(index: Int, message: String) {
-        self.run(self.machine.protocolError(message, worker: index))
-    }
-
-    func channelClosed(index: Int) {
-        self.run(self.machine.stdoutClosed(worker: index))
+    /// Feeds the machine an event from a worker's pipes (`WorkerChannelHandler`) and
+    /// carries out its actions.
+    func handle(_ event: (inout WorkerPoolStateMachine) -> [Action]) {
+        self.run(event(&self.machine))
     }
 }
 
@@ -482,43 +452,4 @@ enum StopState {
     case running
     case stopping([CheckedContinuation<Bool, Never>])
     case stopped(PoolStatistics)
-}
-
-/// Counters of one pool.
-public struct PoolStatistics: Sendable {
-    /// The pool's label.
-    public var name: String
-    /// The number of workers the pool keeps.
-    public var targetWorkers: Int
-    /// Jobs waiting for a worker.
-    public var queued: Int
-    /// Jobs in workers' pipes or running.
-    public var running: Int
-    /// Every worker the pool has run, live or gone.
-    public var workers: [WorkerStatistics]
-    /// The workers' Python version, once one has started.
-    public var pythonVersion: String?
-
-    /// Jobs finished by all workers.
-    public var jobsDone: Int { self.workers.reduce(0) { $0 + $1.jobsDone } }
-    /// Time all workers spent running functions.
-    public var busyTime: Duration { self.workers.reduce(.zero) { $0 + $1.busyTime } }
-    /// Workers running now.
-    public var liveWorkers: Int { self.workers.filter(\.alive).count }
-}
-
-/// Counters of one worker process.
-public struct WorkerStatistics: Sendable {
-    /// The worker's number in its pool, from 1.
-    public var index: Int
-    /// Its process id.
-    public var pid: Int32
-    /// Jobs it finished (with a value or a Python error).
-    public var jobsDone: Int
-    /// Time it spent running functions.
-    public var busyTime: Duration
-    /// Whether it is running.
-    public var alive: Bool
-    /// How it ended, when it has.
-    public var exit: ExitStatus?
 }

@@ -117,20 +117,6 @@ public struct WorkerPoolStateMachine: Sendable {
         case log(LogLevel, String, metadata: [String: String])
     }
 
-    /// One worker's counters, live or gone.
-    public struct WorkerSummary: Sendable, Hashable {
-        /// The worker's number in its pool, from 1.
-        public var index: Int
-        /// Its process id.
-        public var pid: Int32
-        /// Calls it finished (with a value or a Python error).
-        public var jobsDone: Int
-        /// Nanoseconds it spent running functions.
-        public var busyNanoseconds: UInt64
-        /// How it ended; `nil` while it lives.
-        public var exit: ExitStatus?
-    }
-
     // MARK: State
 
     /// One worker as the machine sees it.
@@ -160,10 +146,10 @@ public struct WorkerPoolStateMachine: Sendable {
         /// The bundles it has loaded, bounded in bytes.
         var loaded: BoundedCache<SHA256Digest, Void>
         var jobsDone = 0
-        var busyNanoseconds: UInt64 = 0
+        var busyTime = Duration.zero
 
-        func summary(exit: ExitStatus?) -> WorkerSummary {
-            WorkerSummary(index: self.index, pid: self.pid, jobsDone: self.jobsDone, busyNanoseconds: self.busyNanoseconds, exit: exit)
+        func statistics(exit: ExitStatus?) -> WorkerStatistics {
+            WorkerStatistics(index: self.index, pid: self.pid, jobsDone: self.jobsDone, busyTime: self.busyTime, exit: exit)
         }
     }
 
@@ -177,7 +163,7 @@ public struct WorkerPoolStateMachine: Sendable {
     public private(set) var isShuttingDown = false
     private var queue = Deque<Job>()
     private var workers: [Int: Slot] = [:]
-    private var gone: [WorkerSummary] = []
+    private var gone: [WorkerStatistics] = []
     private var nextIndex = 1
     /// How long jobs take lately, which sets the pipeline depth.
     private var jobTime = JobTimeEstimator()
@@ -204,14 +190,15 @@ public struct WorkerPoolStateMachine: Sendable {
 
     // MARK: Queries
 
-    /// Jobs waiting for a worker.
-    public var queuedCount: Int { self.queue.count }
-    /// Jobs in workers' pipes (running or behind the running one).
-    public var runningCount: Int { self.workers.values.reduce(0) { $0 + $1.inflight.count } }
-    /// Every worker the pool has run, gone ones first (in the order they ended), then
-    /// the live ones by index.
-    public var workerSummaries: [WorkerSummary] {
-        self.gone + self.workers.values.filter { $0.state != .spawning }.sorted { $0.index < $1.index }.map { $0.summary(exit: nil) }
+    /// The pool's counters. Its workers: gone ones first (in the order they ended),
+    /// then the live ones by index.
+    public var statistics: PoolStatistics {
+        let live = self.workers.values.filter { $0.state != .spawning }.sorted { $0.index < $1.index }
+        return PoolStatistics(
+            name: self.configuration.name, targetWorkers: self.target, queued: self.queue.count,
+            running: self.workers.values.reduce(0) { $0 + $1.inflight.count },
+            workers: self.gone + live.map { $0.statistics(exit: nil) }, pythonVersion: self.pythonVersion
+        )
     }
 
     // MARK: Life cycle
@@ -435,7 +422,7 @@ public struct WorkerPoolStateMachine: Sendable {
     /// replacement starts.
     public mutating func workerReaped(worker index: Int, status: ExitStatus, now: NIODeadline) -> [Action] {
         guard let slot = self.workers.removeValue(forKey: index) else { return [] }
-        self.gone.append(slot.summary(exit: status))
+        self.gone.append(slot.statistics(exit: status))
         if slot.state == .starting, slot.killReason == nil, !self.isShuttingDown {
             self.startFailed("'\(self.configuration.python)' \(status) before it was ready")
         }
@@ -517,7 +504,7 @@ public struct WorkerPoolStateMachine: Sendable {
                 return self.protocolError("result for job \(result.id) it was not running", worker: index)
             }
             self.workers[index]!.jobsDone += 1
-            self.workers[index]!.busyNanoseconds += result.nanoseconds
+            self.workers[index]!.busyTime += .nanoseconds(Int64(clamping: result.nanoseconds))
             self.jobTime.add(nanoseconds: result.nanoseconds)
             result.executor = self.configuration.name
             if !head.cancelled { self.actions.append(.complete(head.job, result)) }
@@ -598,11 +585,11 @@ public struct WorkerPoolStateMachine: Sendable {
 
     /// Cancels a job that is still queued: it ends with `cancelled`.
     ///
-    /// - Returns: whether the job was queued, and its completion.
-    public mutating func cancel(jobID: UInt64) -> (found: Bool, actions: [Action]) {
-        guard let i = self.queue.firstIndex(where: { $0.id == jobID }) else { return (false, []) }
+    /// - Returns: its completion; none when the job was not queued.
+    public mutating func cancel(jobID: UInt64) -> [Action] {
+        guard let i = self.queue.firstIndex(where: { $0.id == jobID }) else { return [] }
         let job = self.queue.remove(at: i)
-        return (true, [self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran"))])
+        return [self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran"))]
     }
 
     /// Stops a job wherever it is: queued, it is removed; in a worker's pipe behind the
@@ -610,10 +597,10 @@ public struct WorkerPoolStateMachine: Sendable {
     /// and its worker's process group is killed (the worker is replaced, the jobs
     /// behind it run elsewhere). The job ends `cancelled`, once.
     ///
-    /// - Returns: whether the pool held the job (it has then ended), and the actions.
-    public mutating func stop(jobID: UInt64) -> (found: Bool, actions: [Action]) {
+    /// - Returns: the actions, which end the job; none when the pool did not hold it.
+    public mutating func stop(jobID: UInt64) -> [Action] {
         let queued = self.cancel(jobID: jobID)
-        if queued.found { return queued }
+        if !queued.isEmpty { return queued }
         for index in self.workers.keys.sorted() {
             guard let i = self.workers[index]!.inflight.firstIndex(where: { $0.job.id == jobID && !$0.cancelled }) else { continue }
             self.workers[index]!.inflight[i].cancelled = true
@@ -624,9 +611,9 @@ public struct WorkerPoolStateMachine: Sendable {
             } else {
                 self.actions.append(self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran")))
             }
-            return (true, self.take())
+            return self.take()
         }
-        return (false, [])
+        return []
     }
 
     private static func cancelledWhileRunning(pid: Int32) -> JobError {
@@ -694,4 +681,49 @@ extension Duration {
         let s = Double(self.nanosecondsInt64) / 1e9
         return s == s.rounded() ? String(Int(s)) : String(s)
     }
+}
+
+/// Counters of one pool.
+public struct PoolStatistics: Sendable {
+    /// The pool's label.
+    public var name: String
+    /// The number of workers the pool keeps.
+    public var targetWorkers = 0
+    /// Jobs waiting for a worker.
+    public var queued = 0
+    /// Jobs in workers' pipes or running.
+    public var running = 0
+    /// Every worker the pool has run, live or gone.
+    public var workers: [WorkerStatistics] = []
+    /// The workers' Python version, once one has started.
+    public var pythonVersion: String?
+
+    /// Jobs finished by all workers.
+    public var jobsDone: Int { self.workers.reduce(0) { $0 + $1.jobsDone } }
+    /// Time all workers spent running functions.
+    public var busyTime: Duration { self.workers.reduce(.zero) { $0 + $1.busyTime } }
+    /// Workers running now.
+    public var liveWorkers: Int { self.workers.filter(\.alive).count }
+}
+
+extension PoolStatistics {
+    /// The counters of a pool with nothing in it.
+    public init(name: String) { self.name = name }
+}
+
+/// Counters of one worker process.
+public struct WorkerStatistics: Sendable {
+    /// The worker's number in its pool, from 1.
+    public var index: Int
+    /// Its process id.
+    public var pid: Int32
+    /// Jobs it finished (with a value or a Python error).
+    public var jobsDone: Int
+    /// Time it spent running functions.
+    public var busyTime: Duration
+    /// How it ended, when it has.
+    public var exit: ExitStatus?
+
+    /// Whether it is running.
+    public var alive: Bool { self.exit == nil }
 }
