@@ -15,8 +15,7 @@ final class WorkerChannelHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let message = Self.unwrapInboundIn(data)
-        self.pool.handle { $0.received(message, from: self.index, now: .now()) }
+        self.pool.handle { $0.received(Self.unwrapInboundIn(data), from: self.index, now: .now()) }
     }
 
     /// The reads of one batch are done: the machine refills workers' pipes, one write each.

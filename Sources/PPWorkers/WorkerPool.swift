@@ -32,12 +32,12 @@ public final class WorkerPool: Service, @unchecked Sendable {
         /// A label for this pool in statistics and errors (`"local"`, a node name).
         public var name: String
         /// The most jobs kept in one worker's pipe when jobs are short.
-        public var maxPipelineDepth: Int
+        public var maxPipelineDepth = 32
         /// Bytes of function bundles each worker keeps loaded before it drops the least
         /// recently used one.
-        public var bundleCacheBytes: Int
+        public var bundleCacheBytes = 64 << 20
         /// How long `shutdown` lets running jobs finish before it kills their workers.
-        public var shutdownGrace: Duration
+        public var shutdownGrace: Duration = .seconds(5)
         /// Where the pool logs worker starts, deaths and restarts.
         public var logger: Logger
 
@@ -57,9 +57,6 @@ public final class WorkerPool: Service, @unchecked Sendable {
             self.workers = workers
             self.python = python ?? Self.defaultPython
             self.name = name
-            self.maxPipelineDepth = 32
-            self.bundleCacheBytes = 64 << 20
-            self.shutdownGrace = .seconds(5)
             self.logger = logger
         }
 
@@ -214,10 +211,8 @@ public final class WorkerPool: Service, @unchecked Sendable {
         self.start()
         return await withCheckedContinuation { (continuation: CheckedContinuation<JobError?, Never>) in
             let job = Job(id: self.jobIDs.next(), bundle: bundle, kind: .check) { result in
-                switch result.outcome.result {
-                case .success: continuation.resume(returning: nil)
-                case .failure(let error): continuation.resume(returning: error)
-                }
+                let error: JobError? = if case .failure(let error) = result.outcome.result { error } else { nil }
+                continuation.resume(returning: error)
             }
             self.submit(job)
         }
@@ -250,8 +245,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
     public func waitUntilReady() async throws(WorkerStartError) {
         self.start()
         // After shutdown() the pool's own loop may be gone: answer without it.
-        let running = self.stopState.withLock { if case .running = $0 { true } else { false } }
-        guard running else { throw WorkerStartError(reason: "the worker pool shut down") }
+        guard case .running = self.stopState.withLock({ $0 }) else { throw WorkerStartError(reason: "the worker pool shut down") }
         let error: WorkerStartError? = await withCheckedContinuation { continuation in
             self.eventLoop.execute {
                 self.readyWaiters.append { continuation.resume(returning: $0.map { WorkerStartError(reason: $0) }) }
@@ -279,22 +273,15 @@ public final class WorkerPool: Service, @unchecked Sendable {
         self.started.store(true, ordering: .relaxed)
         // Only the first call stops the pool; later calls wait for it to finish (without
         // the pool's loop, which may be gone once it has).
-        let first: Bool = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            let answer: Bool? = self.stopState.withLock { state in
-                switch state {
-                case .running:
-                    state = .stopping([])
-                    return true
-                case .stopping(let waiters):
-                    state = .stopping(waiters + [continuation])
-                    return nil
-                case .stopped:
-                    return false
-                }
-            }
-            if let answer { continuation.resume(returning: answer) }
+        let stopping: Task<Void, Never>? = self.stopState.withLock { state in
+            if case .running = state { state = .stopping(Task { await self.stop() }) }
+            if case .stopping(let task) = state { return task }
+            return nil
         }
-        guard first else { return }
+        await stopping?.value
+    }
+
+    private func stop() async {
         // The last statistics are taken before the pool's own loop stops (it runs nothing after).
         let last = await withCheckedContinuation { (continuation: CheckedContinuation<PoolStatistics, Never>) in
             self.eventLoop.execute {
@@ -302,12 +289,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
                 self.run(self.machine.shutdown())
             }
         }
-        let waiters: [CheckedContinuation<Bool, Never>] = self.stopState.withLock { state in
-            defer { state = .stopped(last) }
-            if case .stopping(let waiters) = state { return waiters }
-            return []
-        }
-        for w in waiters { w.resume(returning: false) }
+        self.stopState.withLock { $0 = .stopped(last) }
     }
 
     // MARK: Driving the machine (on the loop)
@@ -337,12 +319,10 @@ public final class WorkerPool: Service, @unchecked Sendable {
             self.workers[index]?.channel?.close(mode: .output, promise: nil)
         case .killProcessGroup(let index):
             self.workers[index]?.process.killGroup()
+        case .checkProcess(let index, let delay) where delay == .zero:
+            self.checkProcess(index)
         case .checkProcess(let index, let delay):
-            if delay == .zero {
-                self.checkProcess(index)
-            } else {
-                self.eventLoop.scheduleTask(in: delay) { self.checkProcess(index) }
-            }
+            self.eventLoop.scheduleTask(in: delay) { self.checkProcess(index) }
         case .reap(let index):
             guard let worker = self.workers.removeValue(forKey: index) else { return }
             let status = worker.process.reap()
@@ -350,29 +330,21 @@ public final class WorkerPool: Service, @unchecked Sendable {
             // Closed after the machine forgot the worker: the channel's EOF is then moot.
             worker.channel?.close(promise: nil)
         case .scheduleRetry(let delay):
-            self.retryTask = self.eventLoop.scheduleTask(in: delay) {
-                self.retryTask = nil
-                self.run(self.machine.retryTimerFired(now: .now()))
-            }
+            self.retryTask = self.eventLoop.scheduleTask(in: delay) { self.run(self.machine.retryTimerFired(now: .now())) }
         case .cancelRetry:
             self.retryTask?.cancel()
-            self.retryTask = nil
         case .complete(let job, let result):
             job.completion(result)
         case .answerReadyWaiters(let failure):
-            let waiters = self.readyWaiters
+            for w in self.readyWaiters { w(failure) }
             self.readyWaiters = []
-            for w in waiters { w(failure) }
         case .scheduleShutdownKill(let delay):
             self.graceTask = self.eventLoop.scheduleTask(in: delay) { self.run(self.machine.shutdownGraceElapsed()) }
         case .finishShutdown:
             self.sweeper?.cancel()
-            self.sweeper = nil
             self.graceTask?.cancel()
-            self.graceTask = nil
-            let waiters = self.shutdownWaiters
+            for w in self.shutdownWaiters { w() }
             self.shutdownWaiters = []
-            for w in waiters { w() }
         case .log(let level, let message, let metadata):
             // The machine's levels are named as swift-log's.
             self.configuration.logger.log(level: Logger.Level(rawValue: level.rawValue)!, "\(message)", metadata: metadata.mapValues { .string($0) })
@@ -407,12 +379,10 @@ public final class WorkerPool: Service, @unchecked Sendable {
             .takingOwnershipOfDescriptors(input: process.stdoutRead, output: process.stdinWrite)
             .whenComplete { result in
                 switch result {
+                case .success(let channel) where self.workers[index] == nil:
+                    // The worker ended (and was reaped) before its pipes were attached.
+                    channel.close(promise: nil)
                 case .success(let channel):
-                    guard self.workers[index] != nil else {
-                        // The worker ended (and was reaped) before its pipes were attached.
-                        channel.close(promise: nil)
-                        return
-                    }
                     self.workers[index]!.channel = channel
                     self.run(self.machine.workerAttached(index: index))
                 case .failure(let error):
@@ -447,9 +417,10 @@ public struct WorkerStartError: Error, Sendable, CustomStringConvertible {
     public var description: String { self.reason }
 }
 
-/// Where a pool is in its shutdown: stopped with its last statistics.
+/// Where a pool is in its shutdown: stopping in a task every caller of `shutdown()`
+/// waits for, or stopped with its last statistics.
 enum StopState {
     case running
-    case stopping([CheckedContinuation<Bool, Never>])
+    case stopping(Task<Void, Never>)
     case stopped(PoolStatistics)
 }

@@ -68,17 +68,11 @@ public struct WorkerPoolStateMachine: Sendable {
 
     // MARK: Actions
 
-    /// A log line's level, named as swift-log's `Logger.Level`.
-    public enum LogLevel: String, Sendable, Hashable {
-        /// Routine: a worker starts, a worker is ready.
-        case debug
-        /// Worth knowing: starts work again after failures.
-        case notice
-        /// A job was hurt: a worker ended during it.
-        case warning
-        /// Something is broken: a start failed, a worker broke the protocol.
-        case error
-    }
+    /// A log line's level, named as swift-log's `Logger.Level`: `debug` is routine (a
+    /// worker starts, a worker is ready); `notice` worth knowing (starts work again
+    /// after failures); `warning` a job was hurt (a worker ended during it); `error`
+    /// something is broken (a start failed, a worker broke the protocol).
+    public enum LogLevel: String, Sendable, Hashable { case debug, notice, warning, error }
 
     /// What the driver does, in the order the machine returns them.
     public enum Action: Sendable {
@@ -336,12 +330,8 @@ public struct WorkerPoolStateMachine: Sendable {
             self.lastStartError = reason
         }
         self.failQueueIfNoWorkerCanStart()
-        self.retryStart()
-    }
-
-    /// Tries again to reach `target` workers after the backoff delay (100 ms, doubling
-    /// up to 5 s).
-    private mutating func retryStart() {
+        // Try again to reach `target` workers after the backoff delay (100 ms, doubling
+        // up to 5 s).
         guard !self.retryPending, !self.isShuttingDown else { return }
         let delay = self.retryDelay
         self.retryDelay = min(.nanoseconds(delay.nanoseconds * 2), Self.maxRetryDelay)
@@ -353,16 +343,6 @@ public struct WorkerPoolStateMachine: Sendable {
         guard self.retryPending else { return }
         self.retryPending = false
         self.actions.append(.cancelRetry)
-    }
-
-    /// Starts go well again: reset the backoff.
-    private mutating func startSucceeded() {
-        if !self.lastStartError.isEmpty {
-            self.actions.append(.log(.notice, "workers start again", metadata: [LogKey.pool: self.configuration.name]))
-        }
-        self.startFailures = 0
-        self.lastStartError = ""
-        self.retryDelay = Self.firstRetryDelay
     }
 
     private mutating func retire(_ index: Int) {
@@ -393,11 +373,7 @@ public struct WorkerPoolStateMachine: Sendable {
     public mutating func stdoutClosed(worker index: Int) -> [Action] {
         guard let slot = self.workers[index], !slot.stdoutClosed else { return [] }
         self.workers[index]!.stdoutClosed = true
-        return [
-            .killProcessGroup(worker: index),
-            .checkProcess(worker: index, after: .zero),
-            .checkProcess(worker: index, after: Self.killRecheckDelay),
-        ]
+        return [.killProcessGroup(worker: index), .checkProcess(worker: index, after: .zero), .checkProcess(worker: index, after: Self.killRecheckDelay)]
     }
 
     /// The worker's process has ended (it is not reaped yet). It is reaped now when its
@@ -429,12 +405,8 @@ public struct WorkerPoolStateMachine: Sendable {
         var inflight = slot.inflight
         if let head = inflight.popFirst(), !head.cancelled {
             let error = self.deathError(of: slot, status: status)
-            self.actions.append(
-                .log(
-                    .warning, "worker ended during a job",
-                    metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(slot.pid)", LogKey.jobID: "\(head.job.id)", LogKey.reason: error.message]
-                )
-            )
+            let metadata = [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(slot.pid)", LogKey.jobID: "\(head.job.id)", LogKey.reason: error.message]
+            self.actions.append(.log(.warning, "worker ended during a job", metadata: metadata))
             self.actions.append(self.completion(head.job, error))
         }
         // Jobs behind the head never started: run them elsewhere (stopped ones ended).
@@ -473,9 +445,7 @@ public struct WorkerPoolStateMachine: Sendable {
     public mutating func tick(now: NIODeadline) -> [Action] {
         for index in self.workers.keys.sorted() {
             let slot = self.workers[index]!
-            if slot.killReason == nil, let head = slot.inflight.first, let limit = head.job.timeout,
-                now - slot.headStartedAt > .nanoseconds(limit.nanosecondsInt64)
-            {
+            if slot.killReason == nil, let limit = slot.inflight.first?.job.timeout, now - slot.headStartedAt > .nanoseconds(limit.nanosecondsInt64) {
                 self.kill(index, reason: .timeout(limit))
             }
             if slot.pid != 0 { self.actions.append(.checkProcess(worker: index, after: .zero)) }
@@ -495,28 +465,28 @@ public struct WorkerPoolStateMachine: Sendable {
         case .hello(let body):
             guard state == .starting else { return [] }
             self.workers[index]!.state = .ready
-            self.startSucceeded()
+            // Starts go well again: reset the backoff.
+            if !self.lastStartError.isEmpty { self.actions.append(.log(.notice, "workers start again", metadata: [LogKey.pool: self.configuration.name])) }
+            self.startFailures = 0
+            self.lastStartError = ""
+            self.retryDelay = Self.firstRetryDelay
             if self.pythonVersion == nil { self.pythonVersion = Self.pythonVersion(hello: body) }
             self.actions.append(.log(.debug, "worker ready", metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(self.workers[index]!.pid)"]))
             self.actions.append(.answerReadyWaiters(failure: nil))
         case .result(var result):
-            guard let head = self.finishHead(of: index, id: result.id, kind: .call, now: now) else {
+            result.executor = self.configuration.name
+            guard self.finishHead(of: index, with: result, kind: .call, now: now) else {
                 return self.protocolError("result for job \(result.id) it was not running", worker: index)
             }
             self.workers[index]!.jobsDone += 1
             self.workers[index]!.busyTime += .nanoseconds(Int64(clamping: result.nanoseconds))
             self.jobTime.add(nanoseconds: result.nanoseconds)
-            result.executor = self.configuration.name
-            if !head.cancelled { self.actions.append(.complete(head.job, result)) }
         case .checkReply(let id, let error):
-            guard let head = self.finishHead(of: index, id: id, kind: .check, now: now) else {
+            let payload = error.map { Array($0.readableBytesView) } ?? []
+            let result = JobResult(id: id, code: error == nil ? nil : .functionUnavailable, payload: payload, executor: self.configuration.name)
+            guard self.finishHead(of: index, with: result, kind: .check, now: now) else {
                 return self.protocolError("check reply \(id) it was not asked for", worker: index)
             }
-            let result = JobResult(
-                id: id, code: error == nil ? nil : .functionUnavailable, payload: error.map { Array($0.readableBytesView) } ?? [],
-                executor: self.configuration.name
-            )
-            if !head.cancelled { self.actions.append(.complete(head.job, result)) }
         case .retiring:
             // The worker exits after this (it hit a MemoryError). Nothing behind the job
             // it just answered has started: run those elsewhere.
@@ -529,15 +499,17 @@ public struct WorkerPoolStateMachine: Sendable {
         return self.take()
     }
 
-    /// Takes worker `index`'s running job off its pipe when it is job `id` of `kind`
-    /// (what a result or a check reply must answer); the next job starts `now`.
+    /// Takes worker `index`'s running job off its pipe when it is job `result.id` of
+    /// `kind` (what a result or a check reply must answer) and completes it with
+    /// `result` unless it was stopped; the next job starts `now`.
     ///
-    /// - Returns: the job, or `nil` when the worker was not running that job.
-    private mutating func finishHead(of index: Int, id: UInt64, kind: Job.Kind, now: NIODeadline) -> (job: Job, cancelled: Bool)? {
-        guard let head = self.workers[index]?.inflight.first, head.job.id == id, head.job.kind == kind else { return nil }
+    /// - Returns: `false` when the worker was not running that job.
+    private mutating func finishHead(of index: Int, with result: JobResult, kind: Job.Kind, now: NIODeadline) -> Bool {
+        guard let head = self.workers[index]?.inflight.first, head.job.id == result.id, head.job.kind == kind else { return false }
         self.workers[index]!.inflight.removeFirst()
         self.workers[index]!.headStartedAt = now
-        return head
+        if !head.cancelled { self.actions.append(.complete(head.job, result)) }
+        return true
     }
 
     /// The reads of one batch are done: refill workers' pipes, one write each.
@@ -625,9 +597,7 @@ public struct WorkerPoolStateMachine: Sendable {
     }
 
     private mutating func failQueue(_ error: JobError) {
-        let queued = self.queue
-        self.queue.removeAll()
-        for job in queued { self.actions.append(self.completion(job, error)) }
+        while let job = self.queue.popFirst() { self.actions.append(self.completion(job, error)) }
     }
 
     /// Hands queued jobs to ready workers, least loaded first, one write per worker.
