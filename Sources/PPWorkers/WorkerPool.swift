@@ -274,14 +274,14 @@ public final class WorkerPool: Service, @unchecked Sendable {
         // Only the first call stops the pool; later calls wait for it to finish (without
         // the pool's loop, which may be gone once it has).
         let stopping: Task<Void, Never>? = self.stopState.withLock { state in
-            if case .running = state { state = .stopping(Task { await self.stop() }) }
+            if case .running = state { state = .stopping(Task { await self.shutDownWorkers() }) }
             if case .stopping(let task) = state { return task }
             return nil
         }
         await stopping?.value
     }
 
-    private func stop() async {
+    private func shutDownWorkers() async {
         // The last statistics are taken before the pool's own loop stops (it runs nothing after).
         let last = await withCheckedContinuation { (continuation: CheckedContinuation<PoolStatistics, Never>) in
             self.eventLoop.execute {
