@@ -1,6 +1,7 @@
 public import Logging
 public import NIOCore
 public import PPCore
+import DequeModule
 import NIOPosix
 public import ServiceLifecycle
 import Synchronization
@@ -21,7 +22,7 @@ import Glibc
 ///
 /// All state lives on one event loop; every public method may be called from any thread.
 /// Completion handlers run on that event loop and must return quickly.
-public final class WorkerPool: Service, Sendable {
+public final class WorkerPool: Service, @unchecked Sendable {
     /// How a pool is set up.
     public struct Configuration: Sendable {
         /// The number of worker processes; `nil` means the cores this process may use.
@@ -31,12 +32,12 @@ public final class WorkerPool: Service, Sendable {
         /// A label for this pool in statistics and errors (`"local"`, a node name).
         public var name: String
         /// The most jobs kept in one worker's pipe when jobs are short.
-        public var maxPipelineDepth: Int
+        public var maxPipelineDepth = 32
         /// Bytes of function bundles each worker keeps loaded before it drops the least
         /// recently used one.
-        public var bundleCacheBytes: Int
+        public var bundleCacheBytes = 64 << 20
         /// How long `shutdown` lets running jobs finish before it kills their workers.
-        public var shutdownGrace: Duration
+        public var shutdownGrace: Duration = .seconds(5)
         /// Where the pool logs worker starts, deaths and restarts.
         public var logger: Logger
 
@@ -56,9 +57,6 @@ public final class WorkerPool: Service, Sendable {
             self.workers = workers
             self.python = python ?? Self.defaultPython
             self.name = name
-            self.maxPipelineDepth = 32
-            self.bundleCacheBytes = 64 << 20
-            self.shutdownGrace = .seconds(5)
             self.logger = logger
         }
 
@@ -69,19 +67,44 @@ public final class WorkerPool: Service, Sendable {
         }
     }
 
+    typealias Action = WorkerPoolStateMachine.Action
+
     /// The event loop that owns the pool's state and its workers' pipes.
     public let eventLoop: any EventLoop
-    let driver: PoolDriver  // touched only inside eventLoop closures
-    /// Set by the first `start()`.
-    private let started = Atomic(false)
-    let stopState = Mutex(StopState.running)
-    /// The last statistics, taken before the pool's own loop stops (it runs nothing after).
-    let finalStatistics = Mutex<PoolStatistics?>(nil)
-
     /// The configuration the pool was created with.
     public let configuration: Configuration
     /// The ids of this pool's jobs: everyone who submits to the pool takes ids here.
     public let jobIDs = IDAllocator()
+    /// Set by the first `start()`.
+    private let started = Atomic(false)
+    private let stopState = Mutex(StopState.running)
+
+    // The pool drives a `WorkerPoolStateMachine`: it owns the worker processes, their
+    // pipes and the timers, feeds the machine what happens to them and carries out the
+    // actions it returns. All the pool's decisions are the machine's.
+    //
+    // The state below is touched only on `eventLoop`, which makes `@unchecked Sendable`
+    // safe: the public methods hop there first, and channel handlers, timers and the
+    // bootstrap's callbacks run there too.
+    private var machine: WorkerPoolStateMachine
+    /// Spawned and not yet reaped, by the machine's worker index; the channel on its
+    /// pipes once attached.
+    private var workers: [Int: (process: ChildProcess, channel: (any Channel)?)] = [:]
+    /// Actions not carried out yet. A job's completion may call back into the pool
+    /// (`submit(contentsOf:)` on the loop runs at once; closing a channel fires its
+    /// handler): the actions of such a nested event wait here until the ones before
+    /// them ran, so that frames reach each worker in the order the machine queued them.
+    private var pending = Deque<Action>()
+    private var running = false
+    private var retryTask: Scheduled<Void>?
+    private var graceTask: Scheduled<Void>?
+    private var sweeper: RepeatedTask?
+    /// Callers of `waitUntilReady`, answered with why no worker can start (or `nil`).
+    private var readyWaiters: [(String?) -> Void] = []
+    private var shutdownWaiters: [() -> Void] = []
+
+    /// How often timeouts are checked and ended workers looked for.
+    private static let tickInterval: TimeAmount = .milliseconds(50)
 
     /// Creates a pool. It starts nothing: its workers start with `start()`, which the
     /// first submission (or any other use but `shutdown()`) calls.
@@ -92,23 +115,32 @@ public final class WorkerPool: Service, Sendable {
     ///     loop's thread must outlive the pool: workers die with the thread that
     ///     started them (their parent-death signal).
     public init(configuration: Configuration = .init(), eventLoop: (any EventLoop)? = nil) {
-        ignoreSIGPIPE()
+        // A write to the pipe of a worker that just died must fail with EPIPE, not kill us.
+        _ = signal(SIGPIPE, SIG_IGN)
         var configuration = configuration
-        let size = max(0, configuration.workers ?? System.coreCount)
-        configuration.workers = size
+        configuration.workers = max(0, configuration.workers ?? System.coreCount)
         self.configuration = configuration
         self.eventLoop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
-        self.driver = PoolDriver(configuration: configuration, eventLoop: self.eventLoop)
+        self.machine = WorkerPoolStateMachine(
+            configuration: .init(
+                name: configuration.name,
+                python: configuration.python,
+                maxPipelineDepth: configuration.maxPipelineDepth,
+                bundleCacheBytes: configuration.bundleCacheBytes,
+                shutdownGrace: .nanoseconds(configuration.shutdownGrace.nanosecondsInt64)
+            )
+        )
     }
 
     /// Starts the workers, once; later calls do nothing.
     public func start() {
         guard self.started.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
-        let (driver, size) = (self.driver, self.configuration.workers ?? 0)
-        if self.eventLoop.inEventLoop {
-            driver.start(target: size)
-        } else {
-            self.eventLoop.execute { driver.start(target: size) }
+        let size = self.configuration.workers ?? 0
+        self.onLoop {
+            self.sweeper = self.eventLoop.scheduleRepeatedTask(initialDelay: Self.tickInterval, delay: Self.tickInterval) { _ in
+                self.run(self.machine.tick(now: .now()))
+            }
+            self.run(self.machine.start(target: size))
         }
     }
 
@@ -125,26 +157,14 @@ public final class WorkerPool: Service, Sendable {
     /// Queues one job.
     public func submit(_ job: Job) {
         self.start()
-        self.eventLoop.execute { self.driver.enqueue(CollectionOfOne(job)) }
+        self.eventLoop.execute { self.run(self.machine.submit(CollectionOfOne(job), now: .now())) }
     }
 
     /// Queues many jobs with one hop to the pool's loop.
     public func submit(contentsOf jobs: [Job]) {
         self.start()
         guard !jobs.isEmpty else { return }
-        if self.eventLoop.inEventLoop {
-            self.driver.enqueue(jobs)
-        } else {
-            self.eventLoop.execute { self.driver.enqueue(jobs) }
-        }
-    }
-
-    /// Cancels a job that has not started yet.
-    ///
-    /// - Returns: `true` when the job was still queued; it then ends with `cancelled`.
-    public func cancel(jobID: UInt64) async -> Bool {
-        self.start()
-        return (try? await self.eventLoop.submit { self.driver.cancel(jobID: jobID) }.get()) ?? false
+        self.onLoop { self.run(self.machine.submit(jobs, now: .now())) }
     }
 
     /// Cancels queued jobs without waiting; each one that had not started ends with
@@ -152,7 +172,7 @@ public final class WorkerPool: Service, Sendable {
     public func cancel(jobIDs: [UInt64]) {
         self.start()
         self.eventLoop.execute {
-            for id in jobIDs { _ = self.driver.cancel(jobID: id) }
+            for id in jobIDs { self.run(self.machine.cancel(jobID: id)) }
         }
     }
 
@@ -166,14 +186,19 @@ public final class WorkerPool: Service, Sendable {
     /// - Returns: `true` when the pool held the job (it has then ended with `cancelled`).
     public func stop(jobID: UInt64) async -> Bool {
         self.start()
-        return (try? await self.eventLoop.submit { self.driver.stop(jobID: jobID) }.get()) ?? false
+        let stopped = self.eventLoop.submit {
+            let actions = self.machine.stop(jobID: jobID)
+            self.run(actions)
+            return !actions.isEmpty  // the job's completion
+        }
+        return (try? await stopped.get()) ?? false
     }
 
     /// Stops jobs, queued or running, without waiting (see `stop(jobID:)`).
     public func stop(jobIDs: [UInt64]) {
         self.start()
         self.eventLoop.execute {
-            for id in jobIDs { _ = self.driver.stop(jobID: id) }
+            for id in jobIDs { self.run(self.machine.stop(jobID: id)) }
         }
     }
 
@@ -186,10 +211,8 @@ public final class WorkerPool: Service, Sendable {
         self.start()
         return await withCheckedContinuation { (continuation: CheckedContinuation<JobError?, Never>) in
             let job = Job(id: self.jobIDs.next(), bundle: bundle, kind: .check) { result in
-                switch result.outcome.result {
-                case .success: continuation.resume(returning: nil)
-                case .failure(let error): continuation.resume(returning: error)
-                }
+                let error: JobError? = if case .failure(let error) = result.outcome.result { error } else { nil }
+                continuation.resume(returning: error)
             }
             self.submit(job)
         }
@@ -200,7 +223,7 @@ public final class WorkerPool: Service, Sendable {
     /// The number of workers the pool keeps running.
     public func size() async -> Int {
         self.start()
-        return (try? await self.eventLoop.submit { self.driver.target }.get()) ?? 0
+        return (try? await self.eventLoop.submit { self.machine.target }.get()) ?? 0
     }
 
     /// Changes the number of workers while jobs run. New workers start at once; extra
@@ -210,7 +233,7 @@ public final class WorkerPool: Service, Sendable {
     public func resize(to workers: Int) {
         self.start()
         let n = max(0, workers)
-        self.eventLoop.execute { self.driver.resize(to: n) }
+        self.eventLoop.execute { self.run(self.machine.resize(to: n, now: .now())) }
     }
 
     /// Returns once a worker has started and said hello (at once for a pool of 0
@@ -222,10 +245,12 @@ public final class WorkerPool: Service, Sendable {
     public func waitUntilReady() async throws(WorkerStartError) {
         self.start()
         // After shutdown() the pool's own loop may be gone: answer without it.
-        let running = self.stopState.withLock { if case .running = $0 { true } else { false } }
-        guard running else { throw WorkerStartError(reason: "the worker pool shut down") }
+        guard case .running = self.stopState.withLock({ $0 }) else { throw WorkerStartError(reason: "the worker pool shut down") }
         let error: WorkerStartError? = await withCheckedContinuation { continuation in
-            self.eventLoop.execute { self.driver.whenReady { continuation.resume(returning: $0) } }
+            self.eventLoop.execute {
+                self.readyWaiters.append { continuation.resume(returning: $0.map { WorkerStartError(reason: $0) }) }
+                self.run(self.machine.whenReady())
+            }
         }
         if let error { throw error }
     }
@@ -235,9 +260,8 @@ public final class WorkerPool: Service, Sendable {
     /// A snapshot of the pool's counters.
     public func statistics() async -> PoolStatistics {
         self.start()
-        if let last = self.finalStatistics.withLock({ $0 }) { return last }
-        return (try? await self.eventLoop.submit { self.driver.statistics() }.get())
-            ?? PoolStatistics(name: self.configuration.name, targetWorkers: 0, queued: 0, running: 0, workers: [], pythonVersion: nil)
+        if case .stopped(let last) = self.stopState.withLock({ $0 }) { return last }
+        return (try? await self.eventLoop.submit { self.machine.statistics }.get()) ?? PoolStatistics(name: self.configuration.name)
     }
 
     // MARK: Shutdown
@@ -247,35 +271,138 @@ public final class WorkerPool: Service, Sendable {
     public func shutdown() async {
         // A pool shut down before it started never starts.
         self.started.store(true, ordering: .relaxed)
-        // Only the first call stops the pool; later calls wait for it to finish.
-        let first: Bool = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            let action: Bool? = self.stopState.withLock { state in
-                switch state {
-                case .running:
-                    state = .stopping([])
-                    return true
-                case .stopping(var waiters):
-                    waiters.append(continuation)
-                    state = .stopping(waiters)
-                    return nil
-                case .stopped:
-                    return false
+        // Only the first call stops the pool; later calls wait for it to finish (without
+        // the pool's loop, which may be gone once it has).
+        let stopping: Task<Void, Never>? = self.stopState.withLock { state in
+            if case .running = state { state = .stopping(Task { await self.shutDownWorkers() }) }
+            if case .stopping(let task) = state { return task }
+            return nil
+        }
+        await stopping?.value
+    }
+
+    private func shutDownWorkers() async {
+        // The last statistics are taken before the pool's own loop stops (it runs nothing after).
+        let last = await withCheckedContinuation { (continuation: CheckedContinuation<PoolStatistics, Never>) in
+            self.eventLoop.execute {
+                self.shutdownWaiters.append { continuation.resume(returning: self.machine.statistics) }
+                self.run(self.machine.shutdown())
+            }
+        }
+        self.stopState.withLock { $0 = .stopped(last) }
+    }
+
+    // MARK: Driving the machine (on the loop)
+
+    /// Runs `body` now when on the pool's loop, else on it soon.
+    private func onLoop(_ body: @escaping @Sendable () -> Void) {
+        if self.eventLoop.inEventLoop { body() } else { self.eventLoop.execute(body) }
+    }
+
+    /// Carries out `actions` in order, after those of the event that is running (when
+    /// this event happened inside it).
+    private func run(_ actions: [Action]) {
+        self.pending.append(contentsOf: actions)
+        guard !self.running else { return }
+        self.running = true
+        defer { self.running = false }
+        while let action = self.pending.popFirst() { self.perform(action) }
+    }
+
+    private func perform(_ action: Action) {
+        switch action {
+        case .spawnWorker(let index):
+            self.spawnWorker(index)
+        case .write(let index, let buffer):
+            self.workers[index]?.channel?.writeAndFlush(buffer, promise: nil)
+        case .closeStdin(let index):
+            self.workers[index]?.channel?.close(mode: .output, promise: nil)
+        case .killProcessGroup(let index):
+            self.workers[index]?.process.killGroup()
+        case .checkProcess(let index, let delay) where delay == .zero:
+            self.checkProcess(index)
+        case .checkProcess(let index, let delay):
+            self.eventLoop.scheduleTask(in: delay) { self.checkProcess(index) }
+        case .reap(let index):
+            guard let worker = self.workers.removeValue(forKey: index) else { return }
+            let status = worker.process.reap()
+            self.run(self.machine.workerReaped(worker: index, status: status, now: .now()))
+            // Closed after the machine forgot the worker: the channel's EOF is then moot.
+            worker.channel?.close(promise: nil)
+        case .scheduleRetry(let delay):
+            self.retryTask = self.eventLoop.scheduleTask(in: delay) { self.run(self.machine.retryTimerFired(now: .now())) }
+        case .cancelRetry:
+            self.retryTask?.cancel()
+        case .complete(let job, let result):
+            job.completion(result)
+        case .answerReadyWaiters(let failure):
+            for w in self.readyWaiters { w(failure) }
+            self.readyWaiters = []
+        case .scheduleShutdownKill(let delay):
+            self.graceTask = self.eventLoop.scheduleTask(in: delay) { self.run(self.machine.shutdownGraceElapsed()) }
+        case .finishShutdown:
+            self.sweeper?.cancel()
+            self.graceTask?.cancel()
+            for w in self.shutdownWaiters { w() }
+            self.shutdownWaiters = []
+        case .log(let level, let message, let metadata):
+            // The machine's levels are named as swift-log's.
+            self.configuration.logger.log(level: Logger.Level(rawValue: level.rawValue)!, "\(message)", metadata: metadata.mapValues { .string($0) })
+        }
+    }
+
+    /// Starts worker `index` and attaches its pipes.
+    ///
+    /// Runs on the pool's event loop, always: PR_SET_PDEATHSIG kills the child when the
+    /// thread that forked it exits, and the loop's thread lives until the pool has shut
+    /// down (every action runs on the loop).
+    private func spawnWorker(_ index: Int) {
+        self.eventLoop.preconditionInEventLoop()
+        let process: ChildProcess
+        do {
+            process = try ChildProcess.spawn([self.configuration.python, "-B", "-c", WorkerScript.source])
+        } catch {
+            self.run(self.machine.spawnFailed(index: index, reason: "\(error)"))
+            return
+        }
+        self.workers[index] = (process, nil)
+        self.run(self.machine.workerSpawned(index: index, pid: process.pid))
+        NIOPipeBootstrap(group: self.eventLoop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers(
+                        ByteToMessageHandler(WorkerMessageDecoder()),
+                        WorkerChannelHandler(pool: self, index: index)
+                    )
                 }
             }
-            if let action { continuation.resume(returning: action) }
-        }
-        guard first else { return }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            self.eventLoop.execute { self.driver.shutdown { continuation.resume() } }
-        }
-        let last = try? await self.eventLoop.submit { self.driver.statistics() }.get()
-        self.finalStatistics.withLock { $0 = last }
-        let waiters: [CheckedContinuation<Bool, Never>] = self.stopState.withLock { state in
-            defer { state = .stopped }
-            if case .stopping(let waiters) = state { return waiters }
-            return []
-        }
-        for w in waiters { w.resume(returning: false) }
+            .takingOwnershipOfDescriptors(input: process.stdoutRead, output: process.stdinWrite)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel) where self.workers[index] == nil:
+                    // The worker ended (and was reaped) before its pipes were attached.
+                    channel.close(promise: nil)
+                case .success(let channel):
+                    self.workers[index]!.channel = channel
+                    self.run(self.machine.workerAttached(index: index))
+                case .failure(let error):
+                    self.configuration.logger.error("cannot attach worker pipes", metadata: [LogKey.error: "\(error)"])
+                    self.run(self.machine.stdoutClosed(worker: index))
+                }
+            }
+    }
+
+    /// Tells the machine when worker `index`'s process has ended (not reaped: the
+    /// zombie keeps its pid and group id from being reused until the machine says so).
+    private func checkProcess(_ index: Int) {
+        guard let worker = self.workers[index], worker.process.hasEnded() else { return }
+        self.run(self.machine.processEnded(worker: index, now: .now()))
+    }
+
+    /// Feeds the machine an event from a worker's pipes (`WorkerChannelHandler`) and
+    /// carries out its actions.
+    func handle(_ event: (inout WorkerPoolStateMachine) -> [Action]) {
+        self.run(event(&self.machine))
     }
 }
 
@@ -290,53 +417,10 @@ public struct WorkerStartError: Error, Sendable, CustomStringConvertible {
     public var description: String { self.reason }
 }
 
-/// Where a pool is in its shutdown.
+/// Where a pool is in its shutdown: stopping in a task every caller of `shutdown()`
+/// waits for, or stopped with its last statistics.
 enum StopState {
     case running
-    case stopping([CheckedContinuation<Bool, Never>])
-    case stopped
-}
-
-/// Counters of one pool.
-public struct PoolStatistics: Sendable {
-    /// The pool's label.
-    public var name: String
-    /// The number of workers the pool keeps.
-    public var targetWorkers: Int
-    /// Jobs waiting for a worker.
-    public var queued: Int
-    /// Jobs in workers' pipes or running.
-    public var running: Int
-    /// Every worker the pool has run, live or gone.
-    public var workers: [WorkerStatistics]
-    /// The workers' Python version, once one has started.
-    public var pythonVersion: String?
-
-    /// Jobs finished by all workers.
-    public var jobsDone: Int { self.workers.reduce(0) { $0 + $1.jobsDone } }
-    /// Time all workers spent running functions.
-    public var busyTime: Duration { self.workers.reduce(.zero) { $0 + $1.busyTime } }
-    /// Workers running now.
-    public var liveWorkers: Int { self.workers.filter(\.alive).count }
-}
-
-/// Counters of one worker process.
-public struct WorkerStatistics: Sendable {
-    /// The worker's number in its pool, from 1.
-    public var index: Int
-    /// Its process id.
-    public var pid: Int32
-    /// Jobs it finished (with a value or a Python error).
-    public var jobsDone: Int
-    /// Time it spent running functions.
-    public var busyTime: Duration
-    /// Whether it is running.
-    public var alive: Bool
-    /// How it ended, when it has.
-    public var exit: ExitStatus?
-}
-
-private func ignoreSIGPIPE() {
-    // A write to the pipe of a worker that just died must fail with EPIPE, not kill us.
-    _ = signal(SIGPIPE, SIG_IGN)
+    case stopping(Task<Void, Never>)
+    case stopped(PoolStatistics)
 }

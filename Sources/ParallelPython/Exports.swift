@@ -24,6 +24,6 @@
 @_exported public import enum PPCore.BroadcastTarget
 
 // MARK: Statistics of the local pool (`JobServerStatistics.localPool`)
-@_exported public import struct PPWorkers.PoolStatistics
-@_exported public import struct PPWorkers.WorkerStatistics
+@_exported public import struct PPCore.PoolStatistics
+@_exported public import struct PPCore.WorkerStatistics
 @_exported public import enum PPCore.ExitStatus

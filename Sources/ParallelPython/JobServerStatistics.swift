@@ -1,4 +1,4 @@
-public import PPWorkers
+public import PPCore
 
 /// Jobs and time of one executor (`"local"` or a node).
 public struct ExecutorStatistics: Sendable {

@@ -68,17 +68,11 @@ public struct WorkerPoolStateMachine: Sendable {
 
     // MARK: Actions
 
-    /// A log line's level.
-    public enum LogLevel: Sendable, Hashable {
-        /// Routine: a worker starts, a worker is ready.
-        case debug
-        /// Worth knowing: starts work again after failures.
-        case notice
-        /// A job was hurt: a worker ended during it.
-        case warning
-        /// Something is broken: a start failed, a worker broke the protocol.
-        case error
-    }
+    /// A log line's level, named as swift-log's `Logger.Level`: `debug` is routine (a
+    /// worker starts, a worker is ready); `notice` worth knowing (starts work again
+    /// after failures); `warning` a job was hurt (a worker ended during it); `error`
+    /// something is broken (a start failed, a worker broke the protocol).
+    public enum LogLevel: String, Sendable, Hashable { case debug, notice, warning, error }
 
     /// What the driver does, in the order the machine returns them.
     public enum Action: Sendable {
@@ -105,8 +99,8 @@ public struct WorkerPoolStateMachine: Sendable {
         case cancelRetry
         /// End the job with this result: call its completion.
         case complete(Job, JobResult)
-        /// Answer every caller waiting for a ready worker: `nil` when one is ready,
-        /// else the reason none can start.
+        /// Answer every caller waiting for a ready worker (`whenReady()`): `nil` when
+        /// one is ready, else the reason none can start.
         case answerReadyWaiters(failure: String?)
         /// Call `shutdownGraceElapsed()` after this delay.
         case scheduleShutdownKill(after: TimeAmount)
@@ -115,30 +109,6 @@ public struct WorkerPoolStateMachine: Sendable {
         case finishShutdown
         /// Log a line; metadata keys are dotted (`"worker.pid"`).
         case log(LogLevel, String, metadata: [String: String])
-    }
-
-    /// The answer to `whenReady()`.
-    public enum Readiness: Sendable, Hashable {
-        /// A worker is ready (or the pool has none to wait for).
-        case ready
-        /// No worker can start, for this reason; or the pool shut down.
-        case failed(reason: String)
-        /// Wait: an `answerReadyWaiters` action will come.
-        case waiting
-    }
-
-    /// One worker's counters, live or gone.
-    public struct WorkerSummary: Sendable, Hashable {
-        /// The worker's number in its pool, from 1.
-        public var index: Int
-        /// Its process id.
-        public var pid: Int32
-        /// Calls it finished (with a value or a Python error).
-        public var jobsDone: Int
-        /// Nanoseconds it spent running functions.
-        public var busyNanoseconds: UInt64
-        /// How it ended; `nil` while it lives.
-        public var exit: ExitStatus?
     }
 
     // MARK: State
@@ -154,8 +124,9 @@ public struct WorkerPoolStateMachine: Sendable {
         var state = State.spawning
         /// Its pipes are attached: frames can be written.
         var attached = false
-        /// The jobs in its pipe, in order; the head is running.
-        var inflight = Deque<InFlight>()
+        /// The jobs in its pipe, in order; the head is running. A cancelled one was
+        /// stopped and has ended already: its result, if one comes, is dropped.
+        var inflight = Deque<(job: Job, cancelled: Bool)>()
         /// When the head job started: when it was written to an idle worker, or when
         /// the result before it arrived.
         var headStartedAt = NIODeadline.uptimeNanoseconds(0)
@@ -169,25 +140,11 @@ public struct WorkerPoolStateMachine: Sendable {
         /// The bundles it has loaded, bounded in bytes.
         var loaded: BoundedCache<SHA256Digest, Void>
         var jobsDone = 0
-        var busyNanoseconds: UInt64 = 0
+        var busyTime = Duration.zero
 
-        init(index: Int, bundleCacheBytes: Int) {
-            self.index = index
-            self.loaded = BoundedCache(capacity: bundleCacheBytes)
+        func statistics(exit: ExitStatus?) -> WorkerStatistics {
+            WorkerStatistics(index: self.index, pid: self.pid, jobsDone: self.jobsDone, busyTime: self.busyTime, exit: exit)
         }
-
-        /// Spawning, or waiting for its hello.
-        var isStarting: Bool { self.state == .spawning || self.state == .starting }
-
-        func summary(exit: ExitStatus?) -> WorkerSummary {
-            WorkerSummary(index: self.index, pid: self.pid, jobsDone: self.jobsDone, busyNanoseconds: self.busyNanoseconds, exit: exit)
-        }
-    }
-
-    struct InFlight: Sendable {
-        var job: Job
-        /// The job was stopped and has ended already: its result, if one comes, is dropped.
-        var cancelled = false
     }
 
     /// The setup this machine was created with.
@@ -200,7 +157,7 @@ public struct WorkerPoolStateMachine: Sendable {
     public private(set) var isShuttingDown = false
     private var queue = Deque<Job>()
     private var workers: [Int: Slot] = [:]
-    private var gone: [WorkerSummary] = []
+    private var gone: [WorkerStatistics] = []
     private var nextIndex = 1
     /// How long jobs take lately, which sets the pipeline depth.
     private var jobTime = JobTimeEstimator()
@@ -210,29 +167,32 @@ public struct WorkerPoolStateMachine: Sendable {
     /// A retry timer is scheduled; `retryDelay` is the wait before the one after it.
     private var retryPending = false
     private var retryDelay = WorkerPoolStateMachine.firstRetryDelay
-    private var shutdownFinished = false
+    /// The actions of the event being handled, in order: every event returns them
+    /// (`take()`) and leaves none behind.
+    private var actions: [Action] = []
 
     /// Creates a machine with no workers; `start(target:)` starts them.
     public init(configuration: Configuration) {
         self.configuration = configuration
     }
 
-    // MARK: Queries
-
-    /// Jobs waiting for a worker.
-    public var queuedCount: Int { self.queue.count }
-    /// Jobs in workers' pipes (running or behind the running one).
-    public var runningCount: Int { self.workers.values.reduce(0) { $0 + $1.inflight.count } }
-    /// Every worker the pool has run, gone ones first (in the order they ended), then
-    /// the live ones by index.
-    public var workerSummaries: [WorkerSummary] {
-        self.gone + self.workers.values.filter { $0.state != .spawning }.sorted { $0.index < $1.index }.map { $0.summary(exit: nil) }
+    /// The actions of the event being handled, handed over.
+    private mutating func take() -> [Action] {
+        defer { self.actions = [] }
+        return self.actions
     }
 
-    /// The pid of worker `index`, or `nil` when it is not a live process.
-    public func pid(of index: Int) -> Int32? {
-        guard let slot = self.workers[index], slot.pid != 0 else { return nil }
-        return slot.pid
+    // MARK: Queries
+
+    /// The pool's counters. Its workers: gone ones first (in the order they ended),
+    /// then the live ones by index.
+    public var statistics: PoolStatistics {
+        let live = self.workers.values.filter { $0.state != .spawning }.sorted { $0.index < $1.index }
+        return PoolStatistics(
+            name: self.configuration.name, targetWorkers: self.target, queued: self.queue.count,
+            running: self.workers.values.reduce(0) { $0 + $1.inflight.count },
+            workers: self.gone + live.map { $0.statistics(exit: nil) }, pythonVersion: self.pythonVersion
+        )
     }
 
     // MARK: Life cycle
@@ -240,9 +200,8 @@ public struct WorkerPoolStateMachine: Sendable {
     /// The pool starts: keep `target` workers.
     public mutating func start(target: Int) -> [Action] {
         self.target = target
-        var actions: [Action] = []
-        self.maintain(&actions)
-        return actions
+        self.maintain()
+        return self.take()
     }
 
     /// Keep `n` workers from now on: extra ones are retired, least busy first
@@ -251,16 +210,15 @@ public struct WorkerPoolStateMachine: Sendable {
     public mutating func resize(to n: Int, now: NIODeadline) -> [Action] {
         guard !self.isShuttingDown else { return [] }
         self.target = n
-        var actions: [Action] = []
         let live = self.workers.values.filter { $0.state != .retiring }
         if live.count > n {
-            func busyness(_ slot: Slot) -> Int { slot.isStarting ? -1 : slot.inflight.count }
+            func busyness(_ slot: Slot) -> Int { slot.state == .spawning || slot.state == .starting ? -1 : slot.inflight.count }
             let retired = live.sorted { (busyness($0), $0.index) < (busyness($1), $1.index) }.prefix(live.count - n)
-            for slot in retired { self.retire(slot.index, &actions) }
+            for slot in retired { self.retire(slot.index) }
         }
-        self.maintain(&actions)
-        self.dispatch(now: now, &actions)
-        return actions
+        self.maintain()
+        self.dispatch(now: now)
+        return self.take()
     }
 
     /// Stop the pool: queued jobs end with `shutdown`, workers are retired (they finish
@@ -268,36 +226,39 @@ public struct WorkerPoolStateMachine: Sendable {
     /// `finishShutdown` comes once every worker is reaped; calling again after that
     /// returns it again.
     public mutating func shutdown() -> [Action] {
-        guard !self.isShuttingDown else { return self.shutdownFinished ? [.finishShutdown] : [] }
+        guard !self.isShuttingDown else { return self.workers.isEmpty ? [.finishShutdown] : [] }
         self.isShuttingDown = true
         self.target = 0
-        var actions: [Action] = [.answerReadyWaiters(failure: "the worker pool shut down")]
-        self.failQueue(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"), &actions)
-        self.cancelRetry(&actions)
-        for index in self.workers.keys.sorted() { self.retire(index, &actions) }
-        if !self.workers.isEmpty { actions.append(.scheduleShutdownKill(after: self.configuration.shutdownGrace)) }
-        self.finishShutdownIfDone(&actions)
-        return actions
+        self.actions.append(.answerReadyWaiters(failure: "the worker pool shut down"))
+        self.failQueue(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"))
+        self.cancelRetry()
+        for index in self.workers.keys.sorted() { self.retire(index) }
+        if !self.workers.isEmpty { self.actions.append(.scheduleShutdownKill(after: self.configuration.shutdownGrace)) }
+        self.finishShutdownIfDone()
+        return self.take()
     }
 
     /// The shutdown grace period is over: kill the workers that are still running.
     public mutating func shutdownGraceElapsed() -> [Action] {
-        var actions: [Action] = []
-        for index in self.workers.keys.sorted() { self.kill(index, reason: .shutdown, &actions) }
-        return actions
+        for index in self.workers.keys.sorted() { self.kill(index, reason: .shutdown) }
+        return self.take()
     }
 
-    /// Whether a caller of `waitUntilReady` is answered now or waits.
-    ///
-    /// - Returns: `ready` once a worker is ready (at once for a pool of 0 workers);
-    ///   `failed` when the start failures reached their limit with no worker ready, or
-    ///   the pool is shutting down; else `waiting`.
-    public func whenReady() -> Readiness {
-        if self.isShuttingDown { return .failed(reason: "the worker pool shut down") }
-        if self.target == 0 || self.workers.values.contains(where: { $0.state == .ready }) { return .ready }
-        if self.startFailures >= Self.maxStartFailures { return .failed(reason: self.lastStartError) }
-        return .waiting
+    /// A caller waits for a ready worker. It is answered now (`answerReadyWaiters`)
+    /// when a worker is ready (at once for a pool of 0 workers), when the start failures
+    /// reached their limit with no worker ready, or when the pool is shutting down;
+    /// else by a later event.
+    public func whenReady() -> [Action] {
+        if self.isShuttingDown { return [.answerReadyWaiters(failure: "the worker pool shut down")] }
+        if self.target == 0 || self.hasReadyWorker { return [.answerReadyWaiters(failure: nil)] }
+        return self.startsFailedForGood ? [.answerReadyWaiters(failure: self.lastStartError)] : []
     }
+
+    private var hasReadyWorker: Bool { self.workers.values.contains { $0.state == .ready } }
+
+    /// Starts failed `maxStartFailures` times in a row and no worker is ready: queued
+    /// jobs and callers waiting for a worker are told so.
+    private var startsFailedForGood: Bool { self.startFailures >= Self.maxStartFailures && !self.hasReadyWorker }
 
     // MARK: Starting workers
 
@@ -306,18 +267,17 @@ public struct WorkerPoolStateMachine: Sendable {
         guard self.workers[index]?.pid == 0 else { return [] }
         self.workers[index]!.pid = pid
         if self.workers[index]!.state == .spawning { self.workers[index]!.state = .starting }
-        var actions: [Action] = [.log(.debug, "worker starting", metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(pid)"])]
-        self.maintain(&actions)  // the next one, if more are missing
-        return actions
+        self.actions.append(.log(.debug, "worker starting", metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(pid)"]))
+        self.maintain()  // the next one, if more are missing
+        return self.take()
     }
 
     /// Worker `index` could not be spawned (the interpreter is missing, no pipes).
     public mutating func spawnFailed(index: Int, reason: String) -> [Action] {
         guard self.workers[index]?.pid == 0 else { return [] }
         self.workers.removeValue(forKey: index)
-        var actions: [Action] = []
-        self.startFailed(reason, &actions)
-        return actions
+        self.startFailed(reason)
+        return self.take()
     }
 
     /// Worker `index`'s pipes are attached: frames can be written to it.
@@ -332,79 +292,64 @@ public struct WorkerPoolStateMachine: Sendable {
     public mutating func retryTimerFired(now: NIODeadline) -> [Action] {
         guard self.retryPending else { return [] }
         self.retryPending = false
-        var actions: [Action] = []
-        self.maintain(&actions)
-        self.dispatch(now: now, &actions)
-        return actions
+        self.maintain()
+        self.dispatch(now: now)
+        return self.take()
     }
 
     /// Starts workers until `target` are alive, one at a time: the next is asked for
     /// when this one has spawned (`workerSpawned`), so a failed start ends the round and
     /// the next attempt waits for the backoff.
-    private mutating func maintain(_ actions: inout [Action]) {
+    private mutating func maintain() {
         guard !self.isShuttingDown else { return }
-        self.failQueueIfNoWorkerCanStart(&actions)
+        self.failQueueIfNoWorkerCanStart()
         let live = self.workers.values.filter { $0.state != .retiring }.count
         guard live < self.target, !self.retryPending else { return }
         let index = self.nextIndex
         self.nextIndex += 1
         // The slot exists before the process does, so that a `maintain` between this
         // action and its `workerSpawned` does not start a second worker for it.
-        self.workers[index] = Slot(index: index, bundleCacheBytes: self.configuration.bundleCacheBytes)
-        actions.append(.spawnWorker(index: index))
+        self.workers[index] = Slot(index: index, loaded: BoundedCache(capacity: self.configuration.bundleCacheBytes))
+        self.actions.append(.spawnWorker(index: index))
     }
 
     /// Queued jobs cannot run when no worker is ready and starts keep failing: they end
     /// with the reason (new jobs start the attempts over, see `submit`).
-    private mutating func failQueueIfNoWorkerCanStart(_ actions: inout [Action]) {
-        guard self.startFailures >= Self.maxStartFailures, !self.workers.values.contains(where: { $0.state == .ready }) else { return }
-        actions.append(.answerReadyWaiters(failure: self.lastStartError))
-        self.failQueue(JobError(code: .workerDied, message: "no Python worker could start: \(self.lastStartError)"), &actions)
+    private mutating func failQueueIfNoWorkerCanStart() {
+        guard self.startsFailedForGood else { return }
+        self.actions.append(.answerReadyWaiters(failure: self.lastStartError))
+        self.failQueue(JobError(code: .workerDied, message: "no Python worker could start: \(self.lastStartError)"))
     }
 
     /// Counts a failed start, logs a reason not seen before in this run of failures,
     /// ends the queue when nothing can run it, and schedules the next attempt.
-    private mutating func startFailed(_ reason: String, _ actions: inout [Action]) {
+    private mutating func startFailed(_ reason: String) {
         self.startFailures += 1
         if self.lastStartError != reason {  // once per distinct reason, not per retry
-            actions.append(.log(.error, "cannot start worker", metadata: [LogKey.pool: self.configuration.name, LogKey.error: reason]))
+            self.actions.append(.log(.error, "cannot start worker", metadata: [LogKey.pool: self.configuration.name, LogKey.error: reason]))
             self.lastStartError = reason
         }
-        self.failQueueIfNoWorkerCanStart(&actions)
-        self.retryStart(&actions)
-    }
-
-    /// Tries again to reach `target` workers after the backoff delay (100 ms, doubling
-    /// up to 5 s).
-    private mutating func retryStart(_ actions: inout [Action]) {
+        self.failQueueIfNoWorkerCanStart()
+        // Try again to reach `target` workers after the backoff delay (100 ms, doubling
+        // up to 5 s).
         guard !self.retryPending, !self.isShuttingDown else { return }
         let delay = self.retryDelay
         self.retryDelay = min(.nanoseconds(delay.nanoseconds * 2), Self.maxRetryDelay)
         self.retryPending = true
-        actions.append(.scheduleRetry(after: delay))
+        self.actions.append(.scheduleRetry(after: delay))
     }
 
-    private mutating func cancelRetry(_ actions: inout [Action]) {
+    private mutating func cancelRetry() {
         guard self.retryPending else { return }
         self.retryPending = false
-        actions.append(.cancelRetry)
+        self.actions.append(.cancelRetry)
     }
 
-    /// Starts go well again: reset the backoff.
-    private mutating func startSucceeded(_ actions: inout [Action]) {
-        if !self.lastStartError.isEmpty {
-            actions.append(.log(.notice, "workers start again", metadata: [LogKey.pool: self.configuration.name]))
-        }
-        self.startFailures = 0
-        self.lastStartError = ""
-        self.retryDelay = Self.firstRetryDelay
-    }
-
-    private mutating func retire(_ index: Int, _ actions: inout [Action]) {
+    private mutating func retire(_ index: Int) {
         guard let slot = self.workers[index], slot.state != .retiring else { return }
         self.workers[index]!.state = .retiring
         // Closing the worker's stdin lets it finish the jobs already in its pipe, then exit.
-        if slot.attached { actions.append(.closeStdin(worker: index)) }
+        if slot.attached { self.actions.append(.closeStdin(worker: index)) }
     }
 
     // MARK: Killing and reaping
@@ -415,11 +360,11 @@ public struct WorkerPoolStateMachine: Sendable {
     // or an EOF makes the driver look at once and shortly after.
 
     /// Kills the worker's process group for `reason` (once) and looks for its end soon.
-    private mutating func kill(_ index: Int, reason: Slot.KillReason, _ actions: inout [Action]) {
+    private mutating func kill(_ index: Int, reason: Slot.KillReason) {
         guard let slot = self.workers[index], slot.killReason == nil else { return }
         self.workers[index]!.killReason = reason
-        actions.append(.killProcessGroup(worker: index))
-        actions.append(.checkProcess(worker: index, after: Self.killRecheckDelay))
+        self.actions.append(.killProcessGroup(worker: index))
+        self.actions.append(.checkProcess(worker: index, after: Self.killRecheckDelay))
     }
 
     /// The worker's stdout closed (EOF or an error): it is exiting or broken. SIGKILL
@@ -428,11 +373,7 @@ public struct WorkerPoolStateMachine: Sendable {
     public mutating func stdoutClosed(worker index: Int) -> [Action] {
         guard let slot = self.workers[index], !slot.stdoutClosed else { return [] }
         self.workers[index]!.stdoutClosed = true
-        return [
-            .killProcessGroup(worker: index),
-            .checkProcess(worker: index, after: .zero),
-            .checkProcess(worker: index, after: Self.killRecheckDelay),
-        ]
+        return [.killProcessGroup(worker: index), .checkProcess(worker: index, after: .zero), .checkProcess(worker: index, after: Self.killRecheckDelay)]
     }
 
     /// The worker's process has ended (it is not reaped yet). It is reaped now when its
@@ -457,42 +398,31 @@ public struct WorkerPoolStateMachine: Sendable {
     /// replacement starts.
     public mutating func workerReaped(worker index: Int, status: ExitStatus, now: NIODeadline) -> [Action] {
         guard let slot = self.workers.removeValue(forKey: index) else { return [] }
-        var actions: [Action] = []
-        self.gone.append(slot.summary(exit: status))
+        self.gone.append(slot.statistics(exit: status))
         if slot.state == .starting, slot.killReason == nil, !self.isShuttingDown {
-            self.startFailed("'\(self.configuration.python)' \(status) before it was ready", &actions)
+            self.startFailed("'\(self.configuration.python)' \(status) before it was ready")
         }
         var inflight = slot.inflight
         if let head = inflight.popFirst(), !head.cancelled {
             let error = self.deathError(of: slot, status: status)
-            actions.append(
-                .log(
-                    .warning, "worker ended during a job",
-                    metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(slot.pid)", LogKey.jobID: "\(head.job.id)", LogKey.reason: error.message]
-                )
-            )
-            actions.append(self.completion(head.job, error))
+            let metadata = [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(slot.pid)", LogKey.jobID: "\(head.job.id)", LogKey.reason: error.message]
+            self.actions.append(.log(.warning, "worker ended during a job", metadata: metadata))
+            self.actions.append(self.completion(head.job, error))
         }
         // Jobs behind the head never started: run them elsewhere (stopped ones ended).
         for item in inflight.reversed() where !item.cancelled { self.queue.prepend(item.job) }
-        if self.isShuttingDown {
-            self.failQueue(JobError(code: .shutdown, message: "the worker pool shut down before the job ran"), &actions)
-            self.finishShutdownIfDone(&actions)
-            return actions
-        }
-        self.maintain(&actions)
-        self.dispatch(now: now, &actions)
-        return actions
+        if self.isShuttingDown { self.failQueue(JobError(code: .shutdown, message: "the worker pool shut down before the job ran")) }
+        self.maintain()
+        self.dispatch(now: now)
+        self.finishShutdownIfDone()
+        return self.take()
     }
 
     private func deathError(of slot: Slot, status: ExitStatus) -> JobError {
         let pid = slot.pid
         switch slot.killReason {
         case .timeout(let limit):
-            return JobError(
-                code: .timeout,
-                message: "the job ran longer than its timeout of \(limit.shortSeconds) s; its worker (pid \(pid)) was killed and replaced"
-            )
+            return JobError(code: .timeout, message: "the job ran longer than its timeout of \(limit.shortSeconds) s; its worker (pid \(pid)) was killed and replaced")
         case .protocolError(let message):
             return JobError(code: .protocolError, message: "worker (pid \(pid)) broke the worker protocol: \(message)")
         case .shutdown:
@@ -504,27 +434,23 @@ public struct WorkerPoolStateMachine: Sendable {
         }
     }
 
-    private mutating func finishShutdownIfDone(_ actions: inout [Action]) {
-        guard self.isShuttingDown, !self.shutdownFinished, self.workers.isEmpty else { return }
-        self.shutdownFinished = true
-        actions.append(.finishShutdown)
+    /// Once the last worker is reaped (no new one starts once shutting down).
+    private mutating func finishShutdownIfDone() {
+        if self.isShuttingDown, self.workers.isEmpty { self.actions.append(.finishShutdown) }
     }
 
     /// Every 50 ms: kills workers whose running job passed its timeout, and asks the
     /// driver to look at every worker's process (reaping those that ended, even when
     /// something else still holds their pipes).
     public mutating func tick(now: NIODeadline) -> [Action] {
-        var actions: [Action] = []
         for index in self.workers.keys.sorted() {
             let slot = self.workers[index]!
-            if slot.killReason == nil, let head = slot.inflight.first, let limit = head.job.timeout,
-                now - slot.headStartedAt > .nanoseconds(limit.nanosecondsInt64)
-            {
-                self.kill(index, reason: .timeout(limit), &actions)
+            if slot.killReason == nil, let limit = slot.inflight.first?.job.timeout, now - slot.headStartedAt > .nanoseconds(limit.nanosecondsInt64) {
+                self.kill(index, reason: .timeout(limit))
             }
-            if slot.pid != 0 { actions.append(.checkProcess(worker: index, after: .zero)) }
+            if slot.pid != 0 { self.actions.append(.checkProcess(worker: index, after: .zero)) }
         }
-        return actions
+        return self.take()
     }
 
     // MARK: Messages from workers
@@ -535,83 +461,78 @@ public struct WorkerPoolStateMachine: Sendable {
         // No copy of the slot is held here: the in-place changes to its pipe below
         // would copy the whole pipe for every result.
         guard let state = self.workers[index]?.state else { return [] }
-        var actions: [Action] = []
         switch message {
         case .hello(let body):
             guard state == .starting else { return [] }
             self.workers[index]!.state = .ready
-            self.startSucceeded(&actions)
+            // Starts go well again: reset the backoff.
+            if !self.lastStartError.isEmpty { self.actions.append(.log(.notice, "workers start again", metadata: [LogKey.pool: self.configuration.name])) }
+            self.startFailures = 0
+            self.lastStartError = ""
+            self.retryDelay = Self.firstRetryDelay
             if self.pythonVersion == nil { self.pythonVersion = Self.pythonVersion(hello: body) }
-            actions.append(.log(.debug, "worker ready", metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(self.workers[index]!.pid)"]))
-            actions.append(.answerReadyWaiters(failure: nil))
+            self.actions.append(.log(.debug, "worker ready", metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(self.workers[index]!.pid)"]))
+            self.actions.append(.answerReadyWaiters(failure: nil))
         case .result(var result):
-            guard let head = self.finishHead(of: index, id: result.id, kind: .call, now: now) else {
+            result.executor = self.configuration.name
+            guard self.finishHead(of: index, with: result, kind: .call, now: now) else {
                 return self.protocolError("result for job \(result.id) it was not running", worker: index)
             }
             self.workers[index]!.jobsDone += 1
-            self.workers[index]!.busyNanoseconds += result.nanoseconds
+            self.workers[index]!.busyTime += .nanoseconds(Int64(clamping: result.nanoseconds))
             self.jobTime.add(nanoseconds: result.nanoseconds)
-            result.executor = self.configuration.name
-            if !head.cancelled { actions.append(.complete(head.job, result)) }
         case .checkReply(let id, let error):
-            guard let head = self.finishHead(of: index, id: id, kind: .check, now: now) else {
+            let payload = error.map { Array($0.readableBytesView) } ?? []
+            let result = JobResult(id: id, code: error == nil ? nil : .functionUnavailable, payload: payload, executor: self.configuration.name)
+            guard self.finishHead(of: index, with: result, kind: .check, now: now) else {
                 return self.protocolError("check reply \(id) it was not asked for", worker: index)
             }
-            let result = JobResult(
-                id: id, code: error == nil ? nil : .functionUnavailable, payload: error.map { Array($0.readableBytesView) } ?? [],
-                executor: self.configuration.name
-            )
-            if !head.cancelled { actions.append(.complete(head.job, result)) }
         case .retiring:
             // The worker exits after this (it hit a MemoryError). Nothing behind the job
             // it just answered has started: run those elsewhere.
-            self.retire(index, &actions)
+            self.retire(index)
             let behind = self.workers[index]!.inflight
             self.workers[index]!.inflight.removeAll()
             for item in behind.reversed() where !item.cancelled { self.queue.prepend(item.job) }
-            self.maintain(&actions)
+            self.maintain()
         }
-        return actions
+        return self.take()
     }
 
-    /// Takes worker `index`'s running job off its pipe when it is job `id` of `kind`
-    /// (what a result or a check reply must answer); the next job starts `now`.
+    /// Takes worker `index`'s running job off its pipe when it is job `result.id` of
+    /// `kind` (what a result or a check reply must answer) and completes it with
+    /// `result` unless it was stopped; the next job starts `now`.
     ///
-    /// - Returns: the job, or `nil` when the worker was not running that job.
-    private mutating func finishHead(of index: Int, id: UInt64, kind: Job.Kind, now: NIODeadline) -> InFlight? {
-        guard let head = self.workers[index]?.inflight.first, head.job.id == id, head.job.kind == kind else { return nil }
+    /// - Returns: `false` when the worker was not running that job.
+    private mutating func finishHead(of index: Int, with result: JobResult, kind: Job.Kind, now: NIODeadline) -> Bool {
+        guard let head = self.workers[index]?.inflight.first, head.job.id == result.id, head.job.kind == kind else { return false }
         self.workers[index]!.inflight.removeFirst()
         self.workers[index]!.headStartedAt = now
-        return head
+        if !head.cancelled { self.actions.append(.complete(head.job, result)) }
+        return true
     }
 
     /// The reads of one batch are done: refill workers' pipes, one write each.
     public mutating func readComplete(now: NIODeadline) -> [Action] {
-        var actions: [Action] = []
-        self.dispatch(now: now, &actions)
-        return actions
+        self.dispatch(now: now)
+        return self.take()
     }
 
     /// Worker `index` broke the worker protocol (a bad frame, an unexpected reply): it
     /// is killed, and its running job ends with `protocolError`.
     public mutating func protocolError(_ message: String, worker index: Int) -> [Action] {
         guard let slot = self.workers[index], slot.killReason == nil else { return [] }
-        var actions: [Action] = [.log(.error, "worker protocol error", metadata: [LogKey.workerPID: "\(slot.pid)", LogKey.error: message])]
-        self.kill(index, reason: .protocolError(message), &actions)
-        return actions
+        self.actions.append(.log(.error, "worker protocol error", metadata: [LogKey.workerPID: "\(slot.pid)", LogKey.error: message]))
+        self.kill(index, reason: .protocolError(message))
+        return self.take()
     }
 
     /// The Python version in a hello body `{"pid":123,"python":"3.11.7",...}`: a tiny
     /// scan, which avoids a JSON parser here.
     static func pythonVersion(hello body: ByteBuffer) -> String? {
-        let bytes = Array(body.readableBytesView)
-        let key = Array(#""python":""#.utf8)
-        guard bytes.count >= key.count,
-            let start = (0...(bytes.count - key.count)).first(where: { bytes[$0..<($0 + key.count)].elementsEqual(key) })
-        else { return nil }
-        let rest = bytes[(start + key.count)...]
-        guard let end = rest.firstIndex(of: UInt8(ascii: "\"")) else { return nil }
-        return String(decoding: rest[..<end], as: UTF8.self)
+        let bytes = body.readableBytesView
+        guard let key = bytes.firstRange(of: #""python":""#.utf8), let end = bytes[key.upperBound...].firstIndex(of: UInt8(ascii: "\"")) else { return nil }
+        return String(decoding: bytes[key.upperBound..<end], as: UTF8.self)
     }
 
     // MARK: Jobs
@@ -623,25 +544,24 @@ public struct WorkerPoolStateMachine: Sendable {
         if self.isShuttingDown {
             return jobs.map { self.completion($0, JobError(code: .shutdown, message: "the worker pool is shutting down")) }
         }
-        var actions: [Action] = []
         self.queue.append(contentsOf: jobs)
-        if self.startFailures >= Self.maxStartFailures, !self.workers.values.contains(where: { $0.state == .ready }) {
+        if self.startsFailedForGood {
             self.startFailures = 0
             self.retryDelay = Self.firstRetryDelay
-            self.cancelRetry(&actions)
+            self.cancelRetry()
         }
-        self.maintain(&actions)
-        self.dispatch(now: now, &actions)
-        return actions
+        self.maintain()
+        self.dispatch(now: now)
+        return self.take()
     }
 
     /// Cancels a job that is still queued: it ends with `cancelled`.
     ///
-    /// - Returns: whether the job was queued, and its completion.
-    public mutating func cancel(jobID: UInt64) -> (found: Bool, actions: [Action]) {
-        guard let i = self.queue.firstIndex(where: { $0.id == jobID }) else { return (false, []) }
+    /// - Returns: its completion; none when the job was not queued.
+    public mutating func cancel(jobID: UInt64) -> [Action] {
+        guard let i = self.queue.firstIndex(where: { $0.id == jobID }) else { return [] }
         let job = self.queue.remove(at: i)
-        return (true, [self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran"))])
+        return [self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran"))]
     }
 
     /// Stops a job wherever it is: queued, it is removed; in a worker's pipe behind the
@@ -649,24 +569,23 @@ public struct WorkerPoolStateMachine: Sendable {
     /// and its worker's process group is killed (the worker is replaced, the jobs
     /// behind it run elsewhere). The job ends `cancelled`, once.
     ///
-    /// - Returns: whether the pool held the job (it has then ended), and the actions.
-    public mutating func stop(jobID: UInt64) -> (found: Bool, actions: [Action]) {
+    /// - Returns: the actions, which end the job; none when the pool did not hold it.
+    public mutating func stop(jobID: UInt64) -> [Action] {
         let queued = self.cancel(jobID: jobID)
-        if queued.found { return queued }
+        if !queued.isEmpty { return queued }
         for index in self.workers.keys.sorted() {
             guard let i = self.workers[index]!.inflight.firstIndex(where: { $0.job.id == jobID && !$0.cancelled }) else { continue }
             self.workers[index]!.inflight[i].cancelled = true
             let job = self.workers[index]!.inflight[i].job
-            var actions: [Action] = []
             if i == 0 {
-                actions.append(self.completion(job, Self.cancelledWhileRunning(pid: self.workers[index]!.pid)))
-                self.kill(index, reason: .cancelled, &actions)
+                self.actions.append(self.completion(job, Self.cancelledWhileRunning(pid: self.workers[index]!.pid)))
+                self.kill(index, reason: .cancelled)
             } else {
-                actions.append(self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran")))
+                self.actions.append(self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran")))
             }
-            return (true, actions)
+            return self.take()
         }
-        return (false, [])
+        return []
     }
 
     private static func cancelledWhileRunning(pid: Int32) -> JobError {
@@ -677,16 +596,14 @@ public struct WorkerPoolStateMachine: Sendable {
         .complete(job, JobResult(id: job.id, error: error, executor: self.configuration.name))
     }
 
-    private mutating func failQueue(_ error: JobError, _ actions: inout [Action]) {
-        let queued = self.queue
-        self.queue.removeAll()
-        for job in queued { actions.append(self.completion(job, error)) }
+    private mutating func failQueue(_ error: JobError) {
+        while let job = self.queue.popFirst() { self.actions.append(self.completion(job, error)) }
     }
 
     /// Hands queued jobs to ready workers, least loaded first, one write per worker.
     /// A worker's pipe holds up to as many jobs as run in `pipelineTarget` by the
     /// moving average of job times (at least one, at most `maxPipelineDepth`).
-    private mutating func dispatch(now: NIODeadline, _ actions: inout [Action]) {
+    private mutating func dispatch(now: NIODeadline) {
         guard !self.queue.isEmpty else { return }
         let depth = self.jobTime.jobs(fittingIn: Self.pipelineTarget, limit: self.configuration.maxPipelineDepth)
         let ready = self.workers.values.filter {
@@ -708,12 +625,12 @@ public struct WorkerPoolStateMachine: Sendable {
                 case .check: WorkerFrame.writeCheck(id: job.id, bundle: job.bundle.digest, to: &buffers[i])
                 }
                 if self.workers[index]!.inflight.isEmpty { self.workers[index]!.headStartedAt = now }
-                self.workers[index]!.inflight.append(InFlight(job: job))
+                self.workers[index]!.inflight.append((job, false))
                 progress = true
             }
         }
         for (i, index) in ready.enumerated() where buffers[i].readableBytes > 0 {
-            actions.append(.write(worker: index, buffers[i]))
+            self.actions.append(.write(worker: index, buffers[i]))
         }
     }
 
@@ -734,4 +651,49 @@ extension Duration {
         let s = Double(self.nanosecondsInt64) / 1e9
         return s == s.rounded() ? String(Int(s)) : String(s)
     }
+}
+
+/// Counters of one pool.
+public struct PoolStatistics: Sendable {
+    /// The pool's label.
+    public var name: String
+    /// The number of workers the pool keeps.
+    public var targetWorkers = 0
+    /// Jobs waiting for a worker.
+    public var queued = 0
+    /// Jobs in workers' pipes or running.
+    public var running = 0
+    /// Every worker the pool has run, live or gone.
+    public var workers: [WorkerStatistics] = []
+    /// The workers' Python version, once one has started.
+    public var pythonVersion: String?
+
+    /// Jobs finished by all workers.
+    public var jobsDone: Int { self.workers.reduce(0) { $0 + $1.jobsDone } }
+    /// Time all workers spent running functions.
+    public var busyTime: Duration { self.workers.reduce(.zero) { $0 + $1.busyTime } }
+    /// Workers running now.
+    public var liveWorkers: Int { self.workers.filter(\.alive).count }
+}
+
+extension PoolStatistics {
+    /// The counters of a pool with nothing in it.
+    public init(name: String) { self.name = name }
+}
+
+/// Counters of one worker process.
+public struct WorkerStatistics: Sendable {
+    /// The worker's number in its pool, from 1.
+    public var index: Int
+    /// Its process id.
+    public var pid: Int32
+    /// Jobs it finished (with a value or a Python error).
+    public var jobsDone: Int
+    /// Time it spent running functions.
+    public var busyTime: Duration
+    /// How it ended, when it has.
+    public var exit: ExitStatus?
+
+    /// Whether it is running.
+    public var alive: Bool { self.exit == nil }
 }
