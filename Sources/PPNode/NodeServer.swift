@@ -34,7 +34,9 @@ public final class NodeServer: Service, Sendable {
     private let advertising = Mutex<Task<Void, Never>?>(nil)
     let pp: PPCompatService
     private let pythonVersion = Mutex<String?>(nil)
-    private let closed = Mutex<[CheckedContinuation<Void, Never>]?>([])
+    /// The node's stop once begun (by `shutdown()`, or by a start that failed): every
+    /// `shutdown()` awaits this one.
+    private let stopping = Mutex<Task<Void, Never>?>(nil)
     /// The TLS context every client connection uses (server role, the cluster key).
     let tls: TLSContext
 
@@ -286,20 +288,19 @@ public final class NodeServer: Service, Sendable {
         return reason.hasSuffix(suffix) ? String(reason.dropLast(suffix.count)) : reason
     }
 
-    /// After a bind failure (nothing was opened but the pool): stops the workers and
-    /// the loop, and marks the node closed.
+    /// After a bind failure (nothing was opened but the pool): stops the workers, and
+    /// the node is closed.
     private func stopAfterFailedStart() async {
-        await self.pool.shutdown()
-        self.markClosed()
+        await self.stop { await self.pool.shutdown() }
     }
 
-    /// Marks the node closed: `waitUntilClosed()` returns.
-    private func markClosed() {
-        let waiters = self.closed.withLock { w -> [CheckedContinuation<Void, Never>] in
-            defer { w = nil }
-            return w ?? []
+    /// Runs `body` as the node's stop unless one has begun; returns when that stop is over.
+    private func stop(_ body: @escaping @Sendable () async -> Void) async {
+        let task = self.stopping.withLock { task in
+            if task == nil { task = Task { await body() } }
+            return task!
         }
-        for w in waiters { w.resume() }
+        await task.value
     }
 
     /// Runs the node as a `Service`: starts it (`ready` is told the bound address),
@@ -322,14 +323,10 @@ public final class NodeServer: Service, Sendable {
     /// ends queued jobs with `shutdown` (clients reschedule them), lets running jobs
     /// finish within the drain timeout, then closes.
     public func shutdown() async {
-        let channel = self.serverChannel.withLock { c -> (any Channel)? in
-            defer { c = nil }
-            return c
-        }
-        guard let channel else {
-            await self.waitUntilClosed()
-            return
-        }
+        await self.stop { await self.drainAndClose() }
+    }
+
+    private func drainAndClose() async {
         let logger = self.configuration.logger
         logger.info("shutting down", metadata: [LogKey.drainTimeout: "\(self.configuration.drainTimeout)"])
         defer { logger.info("stopped") }
@@ -339,23 +336,10 @@ public final class NodeServer: Service, Sendable {
             await advertising.value
         }
         if let pp = self.ppChannel.withLock({ $0 }) { try? await pp.close() }
-        try? await channel.close()
+        try? await self.serverChannel.withLock({ $0 })?.close()
         try? await self.loop.submit { self.state.beginDrain() }.get()
         await self.pool.shutdown()
         try? await self.loop.submit { self.state.closeAll(on: self.loop) }.get().get()
-        self.markClosed()
-    }
-
-    /// Returns when `shutdown()` has finished.
-    public func waitUntilClosed() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let done = self.closed.withLock { w -> Bool in
-                guard w != nil else { return true }
-                w!.append(c)
-                return false
-            }
-            if done { c.resume() }
-        }
     }
 
     /// Counters of the node, as the STATS reply carries them.
@@ -439,7 +423,6 @@ final class NodeState: @unchecked Sendable {
     func statisticsJSON(node: NodeServer, pool: PoolStatistics) -> [UInt8] {
         var loads = [Double](repeating: 0, count: 3)
         _ = getloadavg(&loads, 3)
-        let busy = pool.busyTime.components
         let fields: [(String, JSONValue)] = [
             ("id", .string(node.nodeID)),
             ("name", .string(node.configuration.name)),
@@ -448,7 +431,7 @@ final class NodeState: @unchecked Sendable {
             ("queued", .int(pool.queued)),
             ("jobs_done", .int(pool.jobsDone)),
             ("jobs_received", .int(self.jobsReceived)),
-            ("busy_seconds", .double(Double(busy.seconds) + Double(busy.attoseconds) / 1e18)),
+            ("busy_seconds", .double(pool.busyTime / .seconds(1))),
             ("sessions", .int(self.sessions.count)),
             ("sessions_accepted", .int(self.sessionsAccepted)),
             ("auth_failures", .int(self.authFailures)),

@@ -136,8 +136,9 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         switch action {
         case .none:
             break
-        case .send(let messages):
+        case .send(let messages, let scheduleFlush):
             self.send(messages)
+            if scheduleFlush { self.scheduleFlush() }
         case .welcome(let version, let window, let maxFrame, let clientName):
             self.leaveUnauthenticated()
             self.handshakeTimer?.cancel()
@@ -146,11 +147,11 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             self.logger.info("client authenticated")
             self.send([.welcome(version: version, window: window, maxFrame: maxFrame, info: self.node.infoJSON())])
             self.startHeartbeat()
-        case .submit(let submission):
-            self.state.jobsReceived += submission.received
-            self.send(submission.need.map { .need($0) })
-            self.run(submission.run)
-            if submission.scheduleFlush { self.scheduleFlush() }
+        case .submit(let received, let run, let need, let scheduleFlush):
+            self.state.jobsReceived += received
+            self.send(need.map { .need($0) })
+            self.run(run)
+            if scheduleFlush { self.scheduleFlush() }
         case .storeBundle(let bundle, let jobs):
             self.state.cache.insert(bundle.digest, bundle, cost: bundle.spec.count)
             self.state.bundlesReceived += 1
@@ -170,21 +171,18 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             }
         case .scheduleFlush:
             self.scheduleFlush()
-        case .sendResults(let batch):
-            for r in batch.tooLarge {
-                self.logger.warning("result too large for the client", metadata: [LogKey.jobID: "\(r.jobID)", LogKey.bytes: "\(r.bytes)", LogKey.limit: "\(r.limit)"])
+        case .sendResults(let results, let maxFrame, let window, let tooLarge):
+            for r in tooLarge {
+                self.logger.warning("result too large for the client", metadata: [LogKey.jobID: "\(r.jobID)", LogKey.bytes: "\(r.bytes)", LogKey.limit: "\(maxFrame)"])
             }
             guard let channel = self.channel else { return }
-            var buffer = channel.allocator.buffer(capacity: 64 * batch.results.count)
-            NodeMessage.writeResults(batch.results, maxFrame: batch.maxFrame, to: &buffer)
-            if let window = batch.window { NodeMessage.window(window).write(to: &buffer) }
+            var buffer = channel.allocator.buffer(capacity: 64 * results.count)
+            NodeMessage.writeResults(results, maxFrame: maxFrame, to: &buffer)
+            if let window { NodeMessage.window(window).write(to: &buffer) }
             channel.writeAndFlush(buffer, promise: nil)
-        case .announceDrain(let messages, let scheduleFlush):
-            self.send(messages)
-            if scheduleFlush { self.scheduleFlush() }
-        case .closeWithError(let closing):
-            if closing.countsAsProtocolError { self.state.protocolErrors += 1 }
-            self.close(with: closing)
+        case .closeWithError(let error, let sendErrorFrame, let counted):
+            if counted { self.state.protocolErrors += 1 }
+            self.close(with: error, sendErrorFrame: sendErrorFrame)
         case .closeAfterGoodbye:
             self.logger.info("client said goodbye")
             self.channel?.close(promise: nil)
@@ -248,19 +246,19 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
 
     /// Logs why, sends ERROR when TLS is up (before, there is nobody to send it to), and
     /// closes once it is written.
-    private func close(with closing: NodeSessionStateMachine.Closing) {
+    private func close(with error: NodeProtocolError, sendErrorFrame: Bool) {
         guard let channel = self.channel else { return }
         let level: Logger.Level =
-            switch closing.error.code {
+            switch error.code {
             case .handshakeTimeout: .notice
             case .shuttingDown: .info
             default: .warning
             }
-        self.logger.log(level: level, "closing session", metadata: [LogKey.reason: "\(closing.error.message)"])
-        guard closing.sendErrorFrame else {
+        self.logger.log(level: level, "closing session", metadata: [LogKey.reason: "\(error.message)"])
+        guard sendErrorFrame else {
             channel.close(promise: nil)
             return
         }
-        self.send([.error(code: closing.error.code.rawValue, message: closing.error.message)])?.whenComplete { _ in channel.close(promise: nil) }
+        self.send([.error(code: error.code.rawValue, message: error.message)])?.whenComplete { _ in channel.close(promise: nil) }
     }
 }

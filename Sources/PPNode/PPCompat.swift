@@ -207,15 +207,11 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
         switch action {
         case .none:
             break
-        case .send(let payloads):
+        case .send(let payloads, let run):
             self.send(payloads)
+            if let run { self.run(run) }
         case .sendJobTime:
             self.send([Array(String(self.compat.jobSeconds).utf8)])
-        case .run(let run):
-            self.run(run)
-        case .reply(let payload, let next):
-            self.send([payload])
-            if let next { self.run(next) }
         case .close(let why):
             switch why {
             case .wrongSecret:
@@ -239,9 +235,8 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
         self.node.pool.submit(
             Job(id: self.node.pool.jobIDs.next(), bundle: run.bundle, arguments: run.arguments, timeout: nil) { [self] result in
                 loop.execute {
-                    let elapsed = ContinuousClock.now - started
                     self.compat.jobsDone += 1
-                    self.compat.jobSeconds += Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                    self.compat.jobSeconds += (ContinuousClock.now - started) / .seconds(1)
                     self.execute(self.machine.jobFinished(result))
                 }
             }
@@ -250,7 +245,7 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
 
     /// Writes frames with one write and one flush.
     private func send(_ payloads: [[UInt8]]) {
-        guard let context = self.context else { return }
+        guard let context = self.context, !payloads.isEmpty else { return }
         var buffer = context.channel.allocator.buffer(capacity: payloads.reduce(0) { $0 + $1.count + 8 })
         for p in payloads {
             buffer.writeInteger(UInt64(p.count))

@@ -106,8 +106,7 @@ struct PPNodeCommand: AsyncParsableCommand {
         do {
             settings = try Settings(command: self)
         } catch {
-            FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
-            throw ExitCode(2)
+            throw Self.exit(error)
         }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -120,35 +119,19 @@ struct PPNodeCommand: AsyncParsableCommand {
             loaded = try ClusterSecret.load(file: settings.secretFile, origin: settings.secretFileOrigin, create: true)
         } catch {
             logger.critical("no usable secret", metadata: [LogKey.error: "\(error)"])
-            FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
-            throw ExitCode(2)
+            throw Self.exit(error)
         }
         var configuration = NodeConfiguration(secret: loaded.secret, name: settings.name, logger: logger)
-        configuration.host = settings.host
-        configuration.port = settings.port
-        configuration.workers = settings.workers
-        configuration.python = settings.python
-        configuration.maxFrame = settings.maxFrame
-        configuration.cacheBytes = settings.cacheBytes
-        configuration.handshakeTimeout = settings.handshakeTimeout
-        configuration.heartbeatTimeout = settings.heartbeatTimeout
-        configuration.drainTimeout = settings.drainTimeout
-        configuration.discoveryPort = settings.discoveryPort
-        configuration.beaconInterval = settings.beaconInterval
-        configuration.broadcast = settings.broadcast
-        configuration.dnssd = settings.dnssd
-        configuration.ppPort = settings.ppPort
-        configuration.ppVersion = settings.ppVersion
-        configuration.ppAllowDefaultSecret = settings.ppAllowDefaultSecret
+        for set in settings.node { set(&configuration) }
 
-        let node = try NodeServer(configuration: configuration)
+        let node = try NodeServer(configuration: configuration), name = settings.name
         let ready: @Sendable (SocketAddress) -> Void = { address in
             logger.info(
                 "ppnode ready",
                 metadata: [
                     LogKey.address: "\(address)",
                     LogKey.nodeID: "\(node.nodeID)",
-                    LogKey.nodeName: "\(settings.name)",
+                    LogKey.nodeName: "\(name)",
                     LogKey.workers: "\(node.workers)",
                     LogKey.secretFile: "\(loaded.secret.origin)\(loaded.created ? " (created now)" : "")",
                     LogKey.secretKeyID: "\(loaded.secret.keyID)",
@@ -170,9 +153,14 @@ struct PPNodeCommand: AsyncParsableCommand {
         } catch {
             // start() has stopped the workers and closed everything it opened.
             logger.critical("cannot start", metadata: [LogKey.error: "\(error)"])
-            FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
-            throw ExitCode(2)
+            throw Self.exit(error)
         }
+    }
+
+    /// Prints `ppnode: ERROR` and gives the exit status of a node that cannot run (2).
+    static func exit(_ error: any Error) -> ExitCode {
+        FileHandle.standardError.write(Data("ppnode: \(error)\n".utf8))
+        return ExitCode(2)
     }
 }
 

@@ -8,27 +8,14 @@ import PPRuntime
 
 /// ppnode's settings after merging flag > environment > config file > default.
 struct Settings {
-    var host = "0.0.0.0"
-    var port = NodeProtocol.defaultPort
-    var workers: Int?
-    var python: String?
     var secretFile: String?
     /// Where `secretFile` came from, for messages (`--secret-file`, `FILE:LINE (secret-file)`).
     var secretFileOrigin = "--secret-file"
     var name = ProcessInfo.processInfo.hostName
-    var maxFrame = NodeProtocol.defaultMaxFrame
-    var cacheBytes = 256 << 20
-    var handshakeTimeout: Duration = .seconds(5)
-    var heartbeatTimeout: Duration = .seconds(3)
-    var drainTimeout: Duration = .seconds(10)
     var logLevel = Logger.Level.info
-    var discoveryPort = NodeBeacon.defaultPort
-    var beaconInterval: Duration = .seconds(2)
-    var broadcast = BroadcastTarget.address("255.255.255.255")
-    var dnssd = true
-    var ppPort: Int?  // off unless asked for
-    var ppVersion = PPWire.defaultVersion
-    var ppAllowDefaultSecret = false
+    /// What was set for the node, applied to its configuration once the secret is
+    /// loaded; `NodeConfiguration`'s defaults stand for the rest.
+    var node: [(inout NodeConfiguration) -> Void] = []
 
     /// The keys a config file may hold, each documented in config/ppnode.conf.
     static let keys: Set<String> = [
@@ -52,31 +39,31 @@ struct Settings {
             if let v = file[key] { return (v.value, "\(configPath!):\(v.line) (\(key))") }
             return nil
         }
-        func int(_ flag: Int?, _ envName: String, _ key: String, min: Int, max: Int = Int.max) throws -> Int? {
-            guard let (text, origin) = pick(flag.map(String.init), envName, key) else { return nil }
-            guard let v = Int(text), v >= min, v <= max else {
-                throw ValidationError("\(origin): '\(text)' is not a whole number from \(min) to \(max)")
-            }
+        /// The setting's value, `nil` when unset; text that `parse` refuses is an error
+        /// that names where it came from: "ORIGIN: 'TEXT' is not `what`".
+        func value<T>(_ flag: String?, _ envName: String, _ key: String, isNot what: String, _ parse: (String) -> T?) throws -> T? {
+            guard let (text, origin) = pick(flag, envName, key) else { return nil }
+            guard let v = parse(text) else { throw ValidationError("\(origin): '\(text)' is not \(what)") }
             return v
         }
+        func int(_ flag: Int?, _ envName: String, _ key: String, in range: ClosedRange<Int>) throws -> Int? {
+            try value(flag.map(String.init), envName, key, isNot: "a whole number from \(range.lowerBound) to \(range.upperBound)") { Self.int($0, in: range) }
+        }
         func seconds(_ flag: Double?, _ envName: String, _ key: String) throws -> Duration? {
-            guard let (text, origin) = pick(flag.map { String($0) }, envName, key) else { return nil }
-            guard let v = Double(text), v > 0, v.isFinite else {
-                throw ValidationError("\(origin): '\(text)' is not a positive number of seconds")
+            try value(flag.map { String($0) }, envName, key, isNot: "a positive number of seconds") { text in
+                Double(text).flatMap { $0 > 0 && $0.isFinite ? .milliseconds(Int64($0 * 1000)) : nil }
             }
-            return .milliseconds(Int64(v * 1000))
+        }
+        func set<T>(_ key: WritableKeyPath<NodeConfiguration, T>, _ value: T?) {
+            if let value { self.node.append { $0[keyPath: key] = value } }
         }
 
-        if let (v, _) = pick(c.host, "PP_HOST", "host") { self.host = v }
-        if let v = try int(c.port, "PP_PORT", "port", min: 0, max: 65535) { self.port = v }
-        if let (text, origin) = pick(c.workers.map(String.init), "PP_WORKERS", "workers") {
-            // 0 is refused: such a node would advertise itself and hold its clients' jobs.
-            guard let v = Int(text), (1...4096).contains(v) else {
-                throw ValidationError("\(origin): '\(text)' is not a number of workers from 1 to 4096; a node needs at least one (leave it unset for one per core)")
-            }
-            self.workers = v
-        }
-        if let (v, _) = pick(c.python, "PP_PYTHON", "python") { self.python = v }
+        set(\.host, pick(c.host, "PP_HOST", "host")?.0)
+        set(\.port, try int(c.port, "PP_PORT", "port", in: 0...65535))
+        // 0 is refused: such a node would advertise itself and hold its clients' jobs.
+        let workers = "a number of workers from 1 to 4096; a node needs at least one (leave it unset for one per core)"
+        set(\.workers, try value(c.workers.map(String.init), "PP_WORKERS", "workers", isNot: workers) { Self.int($0, in: 1...4096) })
+        set(\.python, pick(c.python, "PP_PYTHON", "python")?.0)
         if let v = c.secretOptions.secretFile {
             self.secretFile = v
         } else if let v = file["secret-file"] {
@@ -84,68 +71,51 @@ struct Settings {
             self.secretFileOrigin = "\(configPath!):\(v.line) (secret-file)"
         }
         if let (v, _) = pick(c.name, "PP_NODE_NAME", "name") { self.name = v }
-        if let (text, origin) = pick(c.maxFrame, "PP_MAX_FRAME", "max-frame") {
-            guard let v = Self.byteCount(text), NodeConfiguration.maxFrameRange.contains(v) else {
-                throw ValidationError("\(origin): '\(text)' is not a frame limit ppnode supports; \(NodeConfiguration.maxFrameAdvice)")
-            }
-            self.maxFrame = v
-        }
-        if let (text, origin) = pick(c.cacheBytes, "PP_CACHE_BYTES", "cache-bytes") {
-            guard let v = Self.byteCount(text) else {
-                throw ValidationError("\(origin): '\(text)' is not a number of bytes; give bytes or a KiB, MiB or GiB size, such as 256MiB")
-            }
-            self.cacheBytes = v
-        }
-        if let v = try seconds(c.handshakeTimeout, "PP_HANDSHAKE_TIMEOUT", "handshake-timeout") { self.handshakeTimeout = v }
-        if let v = try seconds(c.heartbeatTimeout, "PP_HEARTBEAT_TIMEOUT", "heartbeat-timeout") { self.heartbeatTimeout = v }
-        if let v = try seconds(c.drainTimeout, "PP_DRAIN_TIMEOUT", "drain-timeout") { self.drainTimeout = v }
-        if let v = try int(c.discoveryPort, "PP_DISCOVERY_PORT", "discovery-port", min: 1, max: 65535) { self.discoveryPort = v }
-        if let v = try seconds(c.beaconInterval, "PP_BEACON_INTERVAL", "beacon-interval") { self.beaconInterval = v }
+        let maxFrame = "a frame limit ppnode supports; \(NodeConfiguration.maxFrameAdvice)"
+        set(\.maxFrame, try value(c.maxFrame, "PP_MAX_FRAME", "max-frame", isNot: maxFrame) { Self.byteCount($0).flatMap { NodeConfiguration.maxFrameRange.contains($0) ? $0 : nil } })
+        let cacheBytes = "a number of bytes; give bytes or a KiB, MiB or GiB size, such as 256MiB"
+        set(\.cacheBytes, try value(c.cacheBytes, "PP_CACHE_BYTES", "cache-bytes", isNot: cacheBytes, Self.byteCount))
+        set(\.handshakeTimeout, try seconds(c.handshakeTimeout, "PP_HANDSHAKE_TIMEOUT", "handshake-timeout"))
+        set(\.heartbeatTimeout, try seconds(c.heartbeatTimeout, "PP_HEARTBEAT_TIMEOUT", "heartbeat-timeout"))
+        set(\.drainTimeout, try seconds(c.drainTimeout, "PP_DRAIN_TIMEOUT", "drain-timeout"))
+        set(\.discoveryPort, try int(c.discoveryPort, "PP_DISCOVERY_PORT", "discovery-port", in: 1...65535))
+        set(\.beaconInterval, try seconds(c.beaconInterval, "PP_BEACON_INTERVAL", "beacon-interval"))
         if let (text, origin) = pick(c.broadcast, "PP_BROADCAST", "broadcast") {
             do {
-                self.broadcast = try BroadcastTarget.parse(text.trimmingCharacters(in: .whitespaces), origin: origin)
+                set(\.broadcast, try BroadcastTarget.parse(text.trimmingCharacters(in: .whitespaces), origin: origin))
             } catch {
                 throw ValidationError("\(error)")
             }
         }
-        if let (text, origin) = pick(c.noDNSSD ? "off" : nil, "PP_DNSSD", "dnssd") {
-            switch text.lowercased() {
-            case "on", "yes", "true", "1": self.dnssd = true
-            case "off", "no", "false", "0": self.dnssd = false
-            default: throw ValidationError("\(origin): '\(text)' is not on or off")
-            }
-        }
+        set(\.dnssd, try value(c.noDNSSD ? "off" : nil, "PP_DNSSD", "dnssd", isNot: "on or off", Self.onOff))
         if c.noPP {
             if c.ppPort != nil { throw ValidationError("--pp-port and --no-pp contradict each other; give one") }
-            self.ppPort = nil
-        } else if let (text, origin) = pick(c.ppPort.map(String.init), "PP_PP_PORT", "pp-port") {
-            if text.lowercased() == "off" {
-                self.ppPort = nil
-            } else {
-                guard let v = Int(text), (0...65535).contains(v) else { throw ValidationError("\(origin): '\(text)' is not a port (0-65535) or off") }
-                self.ppPort = v
-            }
+        } else if let (text, origin) = pick(c.ppPort.map(String.init), "PP_PP_PORT", "pp-port"), text.lowercased() != "off" {
+            guard let v = Self.int(text, in: 0...65535) else { throw ValidationError("\(origin): '\(text)' is not a port (0-65535) or off") }
+            set(\.ppPort, v)
         }
-        if let (v, origin) = pick(c.ppVersion, "PP_PP_VERSION", "pp-version") {
-            // ppft compares it with its own version string (ASCII, such as 1.7.8).
-            guard !v.isEmpty, v.count <= 64, v.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }) else {
-                throw ValidationError("\(origin): '\(v)' is not a ppft version string; give the version your ppft clients run, such as 1.7.8")
-            }
-            self.ppVersion = v
-        }
-        if c.ppAllowDefaultSecret { self.ppAllowDefaultSecret = true }
-        if let (text, origin) = pick(nil, "PP_PP_ALLOW_DEFAULT_SECRET", "pp-allow-default-secret") {
-            switch text.lowercased() {
-            case "yes", "on", "true", "1": self.ppAllowDefaultSecret = true
-            case "no", "off", "false", "0": break
-            default: throw ValidationError("\(origin): '\(text)' is not yes or no")
-            }
-        }
-        if let (text, origin) = pick(c.logLevel, "PP_LOG_LEVEL", "log-level") {
-            guard let level = Logger.Level(rawValue: text.lowercased()) else {
-                throw ValidationError("\(origin): '\(text)' is not a log level; use trace, debug, info, notice, warning, error or critical")
-            }
-            self.logLevel = level
+        // ppft compares it with its own version string (ASCII, such as 1.7.8).
+        let ppVersion = "a ppft version string; give the version your ppft clients run, such as 1.7.8"
+        set(\.ppVersion, try value(c.ppVersion, "PP_PP_VERSION", "pp-version", isNot: ppVersion) { v in
+            !v.isEmpty && v.count <= 64 && v.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }) ? v : nil
+        })
+        let allowDefaultSecret = try value(nil, "PP_PP_ALLOW_DEFAULT_SECRET", "pp-allow-default-secret", isNot: "yes or no", Self.onOff)
+        set(\.ppAllowDefaultSecret, c.ppAllowDefaultSecret || allowDefaultSecret == true)
+        let logLevel = "a log level; use trace, debug, info, notice, warning, error or critical"
+        if let level = try value(c.logLevel, "PP_LOG_LEVEL", "log-level", isNot: logLevel, { Logger.Level(rawValue: $0.lowercased()) }) { self.logLevel = level }
+    }
+
+    /// A whole number in `range`, or `nil`.
+    static func int(_ text: String, in range: ClosedRange<Int>) -> Int? {
+        Int(text).flatMap { range.contains($0) ? $0 : nil }
+    }
+
+    /// on, yes, true, 1 or off, no, false, 0; `nil` for anything else.
+    static func onOff(_ text: String) -> Bool? {
+        switch text.lowercased() {
+        case "on", "yes", "true", "1": true
+        case "off", "no", "false", "0": false
+        default: nil
         }
     }
 
@@ -156,14 +126,8 @@ struct Settings {
         let digits = t.prefix { $0.isASCII && $0.isNumber }
         guard !digits.isEmpty, digits.count <= 16, let n = Int(digits) else { return nil }
         let unit = t.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
-        let shift: Int
-        switch unit {
-        case "", "b": shift = 0
-        case "k", "kb", "kib": shift = 10
-        case "m", "mb", "mib": shift = 20
-        case "g", "gb", "gib": shift = 30
-        default: return nil
-        }
+        let shifts = ["": 0, "b": 0, "k": 10, "kb": 10, "kib": 10, "m": 20, "mb": 20, "mib": 20, "g": 30, "gb": 30, "gib": 30]
+        guard let shift = shifts[unit] else { return nil }
         let (v, overflow) = n.multipliedReportingOverflow(by: 1 << shift)
         return overflow || v > 1 << 53 ? nil : v
     }

@@ -51,19 +51,19 @@ struct NodeSessionStateMachineTests {
         init(_ action: Machine.Action) { self.description = "unexpected action \(action)" }
     }
 
-    static func closing(_ action: Machine.Action) throws -> Machine.Closing {
-        guard case .closeWithError(let closing) = action else { throw Unexpected(action) }
-        return closing
+    static func closing(_ action: Machine.Action) throws -> (error: NodeProtocolError, sendErrorFrame: Bool, countsAsProtocolError: Bool) {
+        guard case .closeWithError(let error, let sendErrorFrame, let counted) = action else { throw Unexpected(action) }
+        return (error, sendErrorFrame, counted)
     }
 
-    static func submission(_ action: Machine.Action) throws -> Machine.Submission {
-        guard case .submit(let submission) = action else { throw Unexpected(action) }
-        return submission
+    static func submission(_ action: Machine.Action) throws -> (received: Int, run: [Machine.JobToRun], need: [SHA256Digest], scheduleFlush: Bool) {
+        guard case .submit(let received, let run, let need, let scheduleFlush) = action else { throw Unexpected(action) }
+        return (received, run, need, scheduleFlush)
     }
 
-    static func batch(_ action: Machine.Action) throws -> Machine.ResultBatch {
-        guard case .sendResults(let batch) = action else { throw Unexpected(action) }
-        return batch
+    static func batch(_ action: Machine.Action) throws -> (results: [JobResult], maxFrame: Int, window: UInt32?, tooLarge: [(jobID: UInt64, bytes: Int)]) {
+        guard case .sendResults(let results, let maxFrame, let window, let tooLarge) = action else { throw Unexpected(action) }
+        return (results, maxFrame, window, tooLarge)
     }
 
     // MARK: Handshake
@@ -247,7 +247,7 @@ struct NodeSessionStateMachineTests {
         _ = machine.jobFinished(clientID: 2, result: Self.result())
         let batch = try Self.batch(machine.flush())
         #expect(batch.maxFrame == 4096)
-        #expect(batch.tooLarge == [Machine.TooLarge(jobID: 1, bytes: 9 + 29 + 5000, limit: 4096)])
+        #expect(batch.tooLarge.map(\.jobID) == [1] && batch.tooLarge.map(\.bytes) == [9 + 29 + 5000])
         #expect(batch.results[0].code == .resultTooLarge && batch.results[0].nanoseconds == 1_000_000)
         let message = batch.results[0].outcome.result.failure?.message ?? ""
         #expect(message.hasPrefix("result too large (5038 bytes, limit 4096): return less"), "\(message)")
@@ -261,7 +261,7 @@ struct NodeSessionStateMachineTests {
         var machine = try Self.ready(node: &node)
         _ = Self.receive(&machine, .submit([Self.job(1), Self.job(2)]), node: &node)  // waiting for the bundle
         let action = machine.drain()
-        guard case .announceDrain(let frames, scheduleFlush: true) = action else { throw Unexpected(action) }
+        guard case .send(let frames, scheduleFlush: true) = action else { throw Unexpected(action) }
         #expect(frames == [.window(0), .goodbye(reason: "node shutting down")])
         #expect(machine.window == 0 && machine.draining && machine.jobsAwaitingBundle == 0)
         let batch = try Self.batch(machine.flush())
@@ -290,10 +290,10 @@ struct NodeSessionStateMachineTests {
         var node = Node()
         var machine = try Self.ready(node: &node)
         #expect(machine.tick(now: Self.at(0.5)).isNone)
-        guard case .send([.ping(0)]) = machine.tick(now: Self.at(1)) else { throw Unexpected(.none) }
+        guard case .send([.ping(0)], scheduleFlush: false) = machine.tick(now: Self.at(1)) else { throw Unexpected(.none) }
         // Any frame is a sign of life.
         #expect(Self.receive(&machine, .pong(0), at: Self.at(1.5), node: &node).isNone)
-        guard case .send([.ping(0)]) = machine.tick(now: Self.at(4)) else { throw Unexpected(.none) }
+        guard case .send([.ping(0)], scheduleFlush: false) = machine.tick(now: Self.at(4)) else { throw Unexpected(.none) }
         let gone = machine.tick(now: Self.at(4.6))
         guard case .closeSilentClient = gone else { throw Unexpected(gone) }
         #expect(machine.tick(now: Self.at(5.6)).isNone)
@@ -302,9 +302,9 @@ struct NodeSessionStateMachineTests {
     @Test func pingIsAnsweredAndStatisticsAreGathered() throws {
         var node = Node()
         var machine = try Self.ready(node: &node)
-        guard case .send([.pong(42)]) = Self.receive(&machine, .ping(42), node: &node) else { throw Unexpected(.none) }
+        guard case .send([.pong(42)], scheduleFlush: false) = Self.receive(&machine, .ping(42), node: &node) else { throw Unexpected(.none) }
         guard case .gatherStatistics(token: 7) = Self.receive(&machine, .statsRequest(7), node: &node) else { throw Unexpected(.none) }
-        guard case .send([.stats(token: 7, json: [0x7b, 0x7d])]) = machine.statisticsReady(token: 7, json: Array("{}".utf8)) else {
+        guard case .send([.stats(token: 7, json: [0x7b, 0x7d])], scheduleFlush: false) = machine.statisticsReady(token: 7, json: Array("{}".utf8)) else {
             throw Unexpected(.none)
         }
     }

@@ -45,7 +45,7 @@ struct PPSessionStateMachineTests {
         var machine = Self.machine()
         _ = machine.connected()
         let answer = Array(PPWire.answer(challenge: Self.challenge, secret: Self.secret).utf8)
-        guard case .send([Array("OK".utf8)]) = Self.receive(&machine, answer, cache: &cache) else { throw Unexpected(.none) }
+        guard case .send([Array("OK".utf8)], run: nil) = Self.receive(&machine, answer, cache: &cache) else { throw Unexpected(.none) }
         #expect(machine.isInHandshake)
         #expect(Self.receive(&machine, Array(type.utf8), cache: &cache).isSendOrNone)
         #expect(!machine.isInHandshake)
@@ -58,8 +58,14 @@ struct PPSessionStateMachineTests {
     }
 
     static func run(_ action: Machine.Action) throws -> Machine.Run {
-        guard case .run(let run) = action else { throw Unexpected(action) }
+        guard case .send([], run: let run?) = action else { throw Unexpected(action) }
         return run
+    }
+
+    /// The job's answer and the job that runs next.
+    static func reply(_ action: Machine.Action) throws -> (payload: [UInt8], next: Machine.Run?) {
+        guard case .send(let payloads, let next) = action, payloads.count == 1 else { throw Unexpected(action) }
+        return (payloads[0], next)
     }
 
     /// What the adapter returns for a job: the base64 of `bytes` as a JSON string.
@@ -69,7 +75,7 @@ struct PPSessionStateMachineTests {
 
     @Test func connectingSendsTheVersionAndTheChallenge() throws {
         var machine = Self.machine()
-        guard case .send(let frames) = machine.connected() else { throw Unexpected(.none) }
+        guard case .send(let frames, run: nil) = machine.connected() else { throw Unexpected(.none) }
         #expect(frames == [Array("1.7.8".utf8), Self.challenge])
         #expect(machine.isInHandshake)
     }
@@ -89,7 +95,7 @@ struct PPSessionStateMachineTests {
         var machine = Self.machine()
         _ = machine.connected()
         _ = Self.receive(&machine, Array(PPWire.answer(challenge: Self.challenge, secret: Self.secret).utf8), cache: &cache)
-        guard case .send([Array("3".utf8)]) = Self.receive(&machine, Array("STAT".utf8), cache: &cache) else { throw Unexpected(.none) }
+        guard case .send([Array("3".utf8)], run: nil) = Self.receive(&machine, Array("STAT".utf8), cache: &cache) else { throw Unexpected(.none) }
         guard case .sendJobTime = Self.receive(&machine, Array("TIME".utf8), cache: &cache) else { throw Unexpected(.none) }
     }
 
@@ -130,7 +136,7 @@ struct PPSessionStateMachineTests {
 
         let answer = Array("pickled (result, output)".utf8)
         let reply = machine.jobFinished(Self.adapterResult(answer))
-        guard case .reply(let payload, next: let next?) = reply else { throw Unexpected(reply) }
+        guard case (let payload, next: let next?) = try Self.reply(reply) else { throw Unexpected(reply) }
         #expect(payload == answer)
         #expect(next.bundle.digest == first.bundle.digest)
         #expect(next.arguments.json == Array("[\"\(Data("args2".utf8).base64EncodedString())\"]".utf8))
@@ -138,7 +144,7 @@ struct PPSessionStateMachineTests {
         // A job that failed in the pool answers ppft with (None, output naming the error).
         let failure = JobResult(id: 2, error: JobError(code: .workerDied, message: "worker died (signal 9)"), executor: "n1")
         let failed = machine.jobFinished(failure)
-        guard case .reply(let none, next: nil) = failed else { throw Unexpected(failed) }
+        guard case (let none, next: nil) = try Self.reply(failed) else { throw Unexpected(failed) }
         let text = String(decoding: none, as: UTF8.self)
         #expect(none.starts(with: [0x80, 0x02, UInt8(ascii: "N")]))
         #expect(text.contains("An error has occured during the function execution\nppnode: ") && text.contains("worker died (signal 9)"), "\(text)")
@@ -151,7 +157,7 @@ struct PPSessionStateMachineTests {
         _ = Self.receive(&machine, [UInt8(ascii: "N")] + Self.sfunc, cache: &cache)
         _ = Self.receive(&machine, Array("args".utf8), cache: &cache)
         let reply = machine.jobFinished(JobResult(id: 1, code: nil, payload: Array("\"not base64!\"".utf8), executor: "n1"))
-        guard case .reply(let payload, next: nil) = reply else { throw Unexpected(reply) }
+        guard case (let payload, next: nil) = try Self.reply(reply) else { throw Unexpected(reply) }
         #expect(String(decoding: payload, as: UTF8.self).contains("ppnode: the pp worker returned something unreadable"))
     }
 

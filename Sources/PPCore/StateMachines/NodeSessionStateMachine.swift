@@ -56,17 +56,20 @@ public struct NodeSessionStateMachine: Sendable {
     public enum Action: Sendable {
         /// Nothing.
         case none
-        /// Write these frames, in one write.
-        case send([NodeMessage])
+        /// Write these frames, in one write; then, when `scheduleFlush` (jobs that
+        /// waited for a bundle ended with `shutdown` as the node drains), schedule a flush.
+        case send([NodeMessage], scheduleFlush: Bool = false)
         /// HELLO was accepted: raise the decoder's frame limit to `maxFrame` (the largest
         /// frame the node accepts from now on), stop counting the connection as
         /// unauthenticated, stop the handshake timer, send WELCOME (the version chosen,
         /// the client's first window, `maxFrame` and the node's info JSON), start the
         /// heartbeat timer. `clientName` is cut and escaped for logs.
         case welcome(version: UInt16, window: UInt32, maxFrame: UInt32, clientName: String)
-        /// A SUBMIT within the window: count its jobs, send NEED for the digests, run
-        /// the jobs whose bundle is cached, and schedule a flush if jobs ended at once.
-        case submit(Submission)
+        /// A SUBMIT within the window: count the jobs it carried (the node's
+        /// `jobs_received` counter), send NEED for the bundles to ask the client for
+        /// (each once while its jobs wait), run the jobs whose bundle the node has, and
+        /// schedule a flush if jobs ended at once (the node drains).
+        case submit(received: Int, run: [JobToRun], need: [SHA256Digest], scheduleFlush: Bool)
         /// A BUNDLE that hashes to its digest: store it in the node's cache and run the
         /// jobs that waited for it.
         case storeBundle(FunctionBundle, run: [JobToRun])
@@ -79,15 +82,17 @@ public struct NodeSessionStateMachine: Sendable {
         /// Results are waiting: call `flush()` once the current event-loop turn is over,
         /// so the results of one turn travel in one write.
         case scheduleFlush
-        /// Write these results (split so no RESULTS frame exceeds `maxFrame`) and the
-        /// WINDOW change, in one write.
-        case sendResults(ResultBatch)
-        /// The node drains: write these frames (WINDOW 0, GOODBYE) and, when jobs that
-        /// waited for a bundle ended with `shutdown`, schedule a flush.
-        case announceDrain([NodeMessage], scheduleFlush: Bool)
-        /// Close the connection for `error`, sending it in an ERROR frame first when
-        /// `sendErrorFrame`.
-        case closeWithError(Closing)
+        /// Write these results, in the order they ended, split so no RESULTS frame
+        /// exceeds `maxFrame` (the largest frame the client accepts), and the new
+        /// `window` if it changed, in one write; log the results replaced by a
+        /// `resultTooLarge` error (the client's job id, and the size of the RESULTS
+        /// frame it would have needed).
+        case sendResults([JobResult], maxFrame: Int, window: UInt32?, tooLarge: [(jobID: UInt64, bytes: Int)])
+        /// Close the connection for `error` (its code and message are sent and logged),
+        /// sending it in an ERROR frame first when `sendErrorFrame` (TLS is up, so
+        /// there is someone to send it to); the node's `protocol_errors` counter counts
+        /// it when `countsAsProtocolError`.
+        case closeWithError(NodeProtocolError, sendErrorFrame: Bool, countsAsProtocolError: Bool)
         /// The client said goodbye: close.
         case closeAfterGoodbye
         /// The client was silent past the heartbeat timeout: close.
@@ -95,18 +100,6 @@ public struct NodeSessionStateMachine: Sendable {
         /// The connection is gone: stop its pool jobs (a client that left does not
         /// want them); `awaitingBundle` jobs were dropped before they reached the pool.
         case clientLeft(stopPoolJobs: [UInt64], awaitingBundle: Int)
-    }
-
-    /// What to do with an accepted SUBMIT.
-    public struct Submission: Sendable {
-        /// Jobs it carried (the node's `jobs_received` counter).
-        public var received: Int
-        /// Jobs whose bundle the node has: run them.
-        public var run: [JobToRun]
-        /// Bundles to ask the client for (NEED), each once while its jobs wait.
-        public var need: [SHA256Digest]
-        /// Jobs ended at once (the node drains): schedule a flush.
-        public var scheduleFlush: Bool
     }
 
     /// A job for the node's pool.
@@ -121,45 +114,6 @@ public struct NodeSessionStateMachine: Sendable {
         public var arguments: JobArguments
         /// The longest it may run, or `nil`.
         public var timeout: Duration?
-    }
-
-    /// Results to write.
-    public struct ResultBatch: Sendable {
-        /// The results, in the order they ended.
-        public var results: [JobResult]
-        /// The largest frame the client accepts: no RESULTS frame may be larger.
-        public var maxFrame: Int
-        /// A new window to send after the results, if it changed.
-        public var window: UInt32?
-        /// Results replaced by a `resultTooLarge` error (to log).
-        public var tooLarge: [TooLarge]
-    }
-
-    /// A result that could not fit in one frame the client accepts.
-    public struct TooLarge: Sendable, Equatable {
-        /// The client's job id.
-        public var jobID: UInt64
-        /// The RESULTS frame it would have needed.
-        public var bytes: Int
-        /// The client's frame limit.
-        public var limit: Int
-
-        /// Creates a record of a result too large.
-        public init(jobID: UInt64, bytes: Int, limit: Int) {
-            self.jobID = jobID
-            self.bytes = bytes
-            self.limit = limit
-        }
-    }
-
-    /// Why the session closes with an error.
-    public struct Closing: Sendable {
-        /// The code and message (sent in the ERROR frame, and logged).
-        public var error: NodeProtocolError
-        /// TLS is up, so there is someone to send the ERROR frame to.
-        public var sendErrorFrame: Bool
-        /// The node's `protocol_errors` counter counts it.
-        public var countsAsProtocolError: Bool
     }
 
     // MARK: State
@@ -354,25 +308,22 @@ public struct NodeSessionStateMachine: Sendable {
             )
         }
         self.inflight += jobs.count
-        var submission = Submission(received: jobs.count, run: [], need: [], scheduleFlush: false)
         if self.draining {
-            for job in jobs {
-                submission.scheduleFlush = self.finish(job.id, Self.shutdownResult(job.id, executor: self.configuration.nodeName)) || submission.scheduleFlush
-            }
-            return .submit(submission)
+            return .submit(received: jobs.count, run: [], need: [], scheduleFlush: self.endWithShutdown(jobs))
         }
-        submission.run.reserveCapacity(jobs.count)
+        var run: [JobToRun] = [], need: [SHA256Digest] = []
+        run.reserveCapacity(jobs.count)
         for job in jobs {
             if let found = bundle(job.digest) {
-                submission.run.append(self.jobToRun(job, found, poolJobID: poolJobID))
+                run.append(self.jobToRun(job, found, poolJobID: poolJobID))
             } else if self.parked[job.digest] != nil {
                 self.parked[job.digest]!.append(job)
             } else {
                 self.parked[job.digest] = [job]
-                submission.need.append(job.digest)
+                need.append(job.digest)
             }
         }
-        return .submit(submission)
+        return .submit(received: jobs.count, run: run, need: need, scheduleFlush: false)
     }
 
     private mutating func jobToRun(_ job: WireJob, _ bundle: FunctionBundle, poolJobID: () -> UInt64) -> JobToRun {
@@ -424,24 +375,24 @@ public struct NodeSessionStateMachine: Sendable {
     public mutating func flush() -> Action {
         self.flushScheduled = false
         guard case .ready(let ready) = self.state, !self.pendingResults.isEmpty else { return .none }
-        var batch = ResultBatch(results: [], maxFrame: ready.clientMaxFrame, window: nil, tooLarge: [])
-        batch.results.reserveCapacity(self.pendingResults.count)
+        var results: [JobResult] = [], tooLarge: [(jobID: UInt64, bytes: Int)] = [], window: UInt32?
+        results.reserveCapacity(self.pendingResults.count)
         for result in self.pendingResults {
             // A result that cannot fit in one frame the client accepts fails alone; the
             // others still travel.
             let size = NodeMessage.resultFrameOverhead + result.encodedSize
             guard size > ready.clientMaxFrame else {
-                batch.results.append(result)
+                results.append(result)
                 continue
             }
-            batch.tooLarge.append(TooLarge(jobID: result.id, bytes: size, limit: ready.clientMaxFrame))
+            tooLarge.append((result.id, size))
             let error = JobError(
                 code: .resultTooLarge,
                 message: "result too large (\(size) bytes, limit \(ready.clientMaxFrame)): return less, or write large data to a file and return its path"
             )
             var failed = JobResult(id: result.id, error: error, executor: result.executor)
             failed.nanoseconds = result.nanoseconds
-            batch.results.append(failed)
+            results.append(failed)
         }
         self.pendingResults.removeAll(keepingCapacity: true)
         // Short jobs get a deep window (pipelining); long ones a shallow one, so a
@@ -451,10 +402,10 @@ public struct NodeSessionStateMachine: Sendable {
             if wanted != self.window {
                 self.window = wanted
                 self.maxWindow = max(self.maxWindow, wanted)
-                batch.window = UInt32(wanted)
+                window = UInt32(wanted)
             }
         }
-        return .sendResults(batch)
+        return .sendResults(results, maxFrame: ready.clientMaxFrame, window: window, tooLarge: tooLarge)
     }
 
     /// The window while jobs are short (mean under 2 ms): deep pipelining.
@@ -474,11 +425,7 @@ public struct NodeSessionStateMachine: Sendable {
         self.window = 0
         let waiting = self.parked.values.flatMap { $0 }
         self.parked.removeAll()
-        var scheduleFlush = false
-        for job in waiting {
-            scheduleFlush = self.finish(job.id, Self.shutdownResult(job.id, executor: self.configuration.nodeName)) || scheduleFlush
-        }
-        return .announceDrain([.window(0), .goodbye(reason: "node shutting down")], scheduleFlush: scheduleFlush)
+        return .send([.window(0), .goodbye(reason: "node shutting down")], scheduleFlush: self.endWithShutdown(waiting))
     }
 
     /// The heartbeat timer fired: ping the client, or close if it has been silent past
@@ -500,8 +447,16 @@ public struct NodeSessionStateMachine: Sendable {
 
     // MARK: Helpers
 
-    private static func shutdownResult(_ id: UInt64, executor: String) -> JobResult {
-        JobResult(id: id, error: JobError(code: .shutdown, message: "node shutting down"), executor: executor)
+    /// Ends `jobs` with `shutdown` (the client runs them elsewhere).
+    ///
+    /// - Returns: whether a flush must be scheduled.
+    private mutating func endWithShutdown(_ jobs: [WireJob]) -> Bool {
+        var scheduleFlush = false
+        for job in jobs {
+            let result = JobResult(id: job.id, error: JobError(code: .shutdown, message: "node shutting down"), executor: self.configuration.nodeName)
+            scheduleFlush = self.finish(job.id, result) || scheduleFlush
+        }
+        return scheduleFlush
     }
 
     /// Moves to closing and says how; nothing once closing.
@@ -511,9 +466,7 @@ public struct NodeSessionStateMachine: Sendable {
             return .none
         case .awaitingHello, .ready:
             self.state = .closing
-            return .closeWithError(
-                Closing(error: NodeProtocolError(code, message), sendErrorFrame: self.tlsIsEstablished, countsAsProtocolError: counted)
-            )
+            return .closeWithError(NodeProtocolError(code, message), sendErrorFrame: self.tlsIsEstablished, countsAsProtocolError: counted)
         }
     }
 }

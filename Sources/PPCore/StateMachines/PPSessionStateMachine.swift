@@ -15,15 +15,12 @@ public struct PPSessionStateMachine: Sendable {
     public enum Action: Sendable {
         /// Nothing.
         case none
-        /// Send these frames' payloads, in one write.
-        case send([[UInt8]])
+        /// Send these frames' payloads (the job's answer, ...), in one write; then run
+        /// `run` on the pool, if there is one, and call `jobFinished(_:)` when it ends.
+        case send([[UInt8]], run: Run? = nil)
         /// Send the node's total job time in seconds, as text (ppft's answer to "TIME"
         /// on a STAT connection); the total is node-wide.
         case sendJobTime
-        /// Run this job on the pool, then call `jobFinished(_:)`.
-        case run(Run)
-        /// Send the payload of the job's answer, then run `next` if there is one.
-        case reply([UInt8], next: Run?)
         /// Close the connection.
         case close(Closing)
     }
@@ -155,7 +152,7 @@ public struct PPSessionStateMachine: Sendable {
             // The adapter's one argument: the pickled arguments, base64 in a JSON string.
             let argument = "[\"" + Data(frame).base64EncodedString() + "\"]"
             self.queue.append(Run(bundle: function, arguments: JobArguments(jsonArray: Array(argument.utf8))))
-            return self.runNext().map { .run($0) } ?? .none
+            return self.runNext().map { .send([], run: $0) } ?? .none
         case .closed:
             return .none
         }
@@ -205,7 +202,7 @@ public struct PPSessionStateMachine: Sendable {
         case .failure(let error):
             payload = PPWire.pickledNoneResult(output: "An error has occured during the function execution\nppnode: \(error)\n")
         }
-        return .reply(payload, next: self.runNext())
+        return .send([payload], run: self.runNext())
     }
 
     /// The connection is gone, or the driver closes it (a decoding error).
