@@ -82,7 +82,7 @@ public final class NodeServer: Service, Sendable {
     public func start() async throws(NodeStartError) -> SocketAddress {
         let host = self.configuration.host, port = self.configuration.port
         guard NodeConfiguration.maxFrameRange.contains(self.configuration.maxFrame) else {
-            await self.stopAfterFailedStart()
+            await self.stopPool()
             throw NodeStartError(message: "max frame \(self.configuration.maxFrame) is out of range; \(NodeConfiguration.maxFrameAdvice)")
         }
         // autoRead off: it accepts once a worker is ready.
@@ -102,7 +102,7 @@ public final class NodeServer: Service, Sendable {
         do {
             channel = try await bootstrap.childChannelOption(.maxMessagesPerRead, value: 16).bind(host: host, port: port).get()
         } catch {
-            await self.stopAfterFailedStart()
+            await self.stopPool()
             throw NodeStartError(message: "cannot listen on \(host):\(port): \(Self.listenProblem(error, host: host, portFlag: "--port"))")
         }
         self.serverChannel.withLock { $0 = channel }
@@ -290,9 +290,7 @@ public final class NodeServer: Service, Sendable {
 
     /// After a bind failure (nothing was opened but the pool): stops the workers, and
     /// the node is closed.
-    private func stopAfterFailedStart() async {
-        await self.stop { await self.pool.shutdown() }
-    }
+    private func stopPool() async { await self.stop { await self.pool.shutdown() } }
 
     /// Runs `body` as the node's stop unless one has begun; returns when that stop is over.
     private func stop(_ body: @escaping @Sendable () async -> Void) async {
