@@ -121,17 +121,17 @@ struct PPNodeCommand: AsyncParsableCommand {
             logger.critical("no usable secret", metadata: [LogKey.error: "\(error)"])
             throw Self.exit(error)
         }
-        var configuration = NodeConfiguration(secret: loaded.secret, name: settings.name, logger: logger)
+        var configuration = NodeConfiguration(secret: loaded.secret, name: ProcessInfo.processInfo.hostName, logger: logger)
         for set in settings.node { set(&configuration) }
 
-        let node = try NodeServer(configuration: configuration), name = settings.name
+        let node = try NodeServer(configuration: configuration)
         let ready: @Sendable (SocketAddress) -> Void = { address in
             logger.info(
                 "ppnode ready",
                 metadata: [
                     LogKey.address: "\(address)",
                     LogKey.nodeID: "\(node.nodeID)",
-                    LogKey.nodeName: "\(name)",
+                    LogKey.nodeName: "\(node.configuration.name)",
                     LogKey.workers: "\(node.workers)",
                     LogKey.secretFile: "\(loaded.secret.origin)\(loaded.created ? " (created now)" : "")",
                     LogKey.secretKeyID: "\(loaded.secret.keyID)",

@@ -11,7 +11,6 @@ struct Settings {
     var secretFile: String?
     /// Where `secretFile` came from, for messages (`--secret-file`, `FILE:LINE (secret-file)`).
     var secretFileOrigin = "--secret-file"
-    var name = ProcessInfo.processInfo.hostName
     var logLevel = Logger.Level.info
     /// What was set for the node, applied to its configuration once the secret is
     /// loaded; `NodeConfiguration`'s defaults stand for the rest.
@@ -70,7 +69,7 @@ struct Settings {
             self.secretFile = v.value
             self.secretFileOrigin = "\(configPath!):\(v.line) (secret-file)"
         }
-        if let (v, _) = pick(c.name, "PP_NODE_NAME", "name") { self.name = v }
+        set(\.name, pick(c.name, "PP_NODE_NAME", "name")?.0)
         let maxFrame = "a frame limit ppnode supports; \(NodeConfiguration.maxFrameAdvice)"
         set(\.maxFrame, try value(c.maxFrame, "PP_MAX_FRAME", "max-frame", isNot: maxFrame) { Self.byteCount($0).flatMap { NodeConfiguration.maxFrameRange.contains($0) ? $0 : nil } })
         let cacheBytes = "a number of bytes; give bytes or a KiB, MiB or GiB size, such as 256MiB"
