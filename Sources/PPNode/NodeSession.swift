@@ -163,9 +163,11 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         case .stopPoolJobs(let ids):
             self.node.pool.stop(jobIDs: ids)
         case .gatherStatistics(let token):
+            let node = self.node
+            let loop = self.channel?.eventLoop ?? node.loop
             Task {
-                let json = await self.node.statisticsJSON()
-                self.node.loop.execute { self.execute(self.machine.statisticsReady(token: token, json: json)) }
+                let json = await node.statisticsJSON()
+                loop.execute { self.execute(self.machine.statisticsReady(token: token, json: json)) }
             }
         case .scheduleFlush:
             self.scheduleFlush()
