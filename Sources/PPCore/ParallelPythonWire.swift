@@ -12,8 +12,6 @@ public enum PPWire {
     /// The secret ppft uses when none is given. Anyone can read it in ppft's source,
     /// so a node refuses it unless told otherwise.
     public static let defaultSecret = "epo20pdosl;dksldkmm"
-    /// Bytes of a frame's length prefix (unsigned 64-bit, big-endian).
-    public static let headerSize = 8
 
     /// One frame: the payload's length as a big-endian u64, then the payload.
     public static func frame(_ payload: [UInt8]) -> [UInt8] {
@@ -39,9 +37,7 @@ public enum PPWire {
     private static func digest(_ type: OpaquePointer?, _ bytes: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0
-        bytes.withUnsafeBufferPointer { b in
-            _ = EVP_Digest(b.baseAddress, b.count, &out, &length, type, nil)
-        }
+        _ = EVP_Digest(bytes, bytes.count, &out, &length, type, nil)
         return Array(out.prefix(Int(length)))
     }
 

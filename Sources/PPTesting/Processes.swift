@@ -50,15 +50,6 @@ public func childProcesses(of pid: Int32) -> [ProcessIdentity] {
     return out
 }
 
-/// The `Name:`-style line `key` of /proc/PID/status, without the key.
-public func procStatus(_ pid: Int32, _ key: String) -> String? {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix(key + ":") {
-        return line.dropFirst(key.count + 1).trimmingCharacters(in: .whitespaces)
-    }
-    return nil
-}
-
 /// A command running in the background, its stdout and stderr going to files (so that
 /// a process it leaves behind cannot block the test on a pipe).
 public final class BackgroundProcess: @unchecked Sendable {

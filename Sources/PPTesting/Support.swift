@@ -148,16 +148,10 @@ public final class NodeProcess: @unchecked Sendable {
     ///     the process's pid is still the node's; with a launcher the node listens on
     ///     every address of its host and the default port unless `arguments` say otherwise.
     public init(_ arguments: [String] = [], secret: String?, environment: [String: String] = [:], launcher: [String] = []) throws {
-        let p = Process()
         let defaults = launcher.isEmpty ? ["--port", "0", "--host", "127.0.0.1"] : []
         let command = launcher + [builtCommand("ppnode")] + defaults + ["--log-level", "debug"] + arguments
-        p.executableURL = URL(fileURLWithPath: command[0])
-        p.arguments = Array(command.dropFirst())
-        var env = ProcessInfo.processInfo.environment
-        env["PP_BROADCAST"] = env["PP_BROADCAST"] ?? "off"
-        env["PP_SECRET"] = secret
-        for (k, v) in environment { env[k] = v }
-        p.environment = env
+        let p = makeProcess(command[0], Array(command.dropFirst()), environment: environment)
+        if environment["PP_SECRET"] == nil { p.environment?["PP_SECRET"] = secret }
         let err = Pipe()
         p.standardError = err
         p.standardOutput = FileHandle.nullDevice
