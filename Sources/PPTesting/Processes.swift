@@ -50,24 +50,22 @@ public func childProcesses(of pid: Int32) -> [ProcessIdentity] {
     return out
 }
 
-/// A command running in the background, its stdout and stderr going to files (so that
-/// a process it leaves behind cannot block the test on a pipe).
+/// A command running in the background, its stdin, stdout and stderr files (so that a
+/// process it leaves behind cannot block the test on a pipe).
 public final class BackgroundProcess: @unchecked Sendable {
     // Immutable after init; Process is thread-safe for these uses.
     /// The process.
     public let process: Process
     private let directory: TemporaryDirectory
 
-    /// Starts `executable ARGUMENTS` with `PP_BROADCAST=off` unless `environment` says
-    /// otherwise.
-    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
+    /// Starts `executable ARGUMENTS` reading `stdin`, with `PP_BROADCAST=off` unless
+    /// `environment` says otherwise.
+    public init(_ executable: String, _ arguments: [String], stdin: String = "", environment: [String: String] = [:], directory: String? = nil) throws {
         self.directory = try TemporaryDirectory("ppbg")
         let p = makeProcess(executable, arguments, environment: environment, directory: directory)
-        FileManager.default.createFile(atPath: self.directory.path + "/out", contents: nil)
-        FileManager.default.createFile(atPath: self.directory.path + "/err", contents: nil)
-        p.standardOutput = FileHandle(forWritingAtPath: self.directory.path + "/out")
-        p.standardError = FileHandle(forWritingAtPath: self.directory.path + "/err")
-        p.standardInput = FileHandle.nullDevice
+        p.standardInput = FileHandle(forReadingAtPath: try self.directory.write("in", stdin))
+        p.standardOutput = FileHandle(forWritingAtPath: try self.directory.write("out", ""))
+        p.standardError = FileHandle(forWritingAtPath: try self.directory.write("err", ""))
         self.process = p
         try p.run()
     }

@@ -56,12 +56,13 @@ public func makeProcess(_ executable: String, _ arguments: [String], environment
     return p
 }
 
-/// Runs a program to completion, feeding `stdin`, and collects its output.
+/// Runs a program to completion (a `BackgroundProcess` waited for), feeding `stdin`,
+/// and collects its output.
 ///
 /// - Parameters:
 ///   - executable: the program's path.
 ///   - arguments: its arguments.
-///   - stdin: bytes for its stdin (closed after).
+///   - stdin: the text of its stdin (empty when `nil`).
 ///   - environment: extra environment variables.
 ///   - directory: its working directory.
 public func runProcess(
@@ -71,31 +72,9 @@ public func runProcess(
     environment: [String: String] = [:],
     directory: String? = nil
 ) throws -> ProcessResult {
-    let p = makeProcess(executable, arguments, environment: environment, directory: directory)
-    let out = Pipe(), err = Pipe(), inp = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = inp
-    try p.run()
-    if let stdin { inp.fileHandleForWriting.write(Data(stdin.utf8)) }
-    try inp.fileHandleForWriting.close()
-    // Read both pipes concurrently so neither fills up and blocks the child.
-    let errBox = DataBox()
-    let done = DispatchSemaphore(value: 0)
-    Thread {
-        errBox.data = err.fileHandleForReading.readDataToEndOfFile()
-        done.signal()
-    }.start()
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    done.wait()
-    let errData = errBox.data
-    p.waitUntilExit()
-    let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
-    return ProcessResult(
-        status: status,
-        stdout: String(decoding: outData, as: UTF8.self),
-        stderr: String(decoding: errData, as: UTF8.self)
-    )
+    let run = try BackgroundProcess(executable, arguments, stdin: stdin ?? "", environment: environment, directory: directory)
+    defer { run.stop() }
+    return ProcessResult(status: run.wait(), stdout: run.stdout, stderr: run.stderr)
 }
 
 /// Runs a Python snippet with `python3` and returns its stdout lines.
@@ -120,12 +99,6 @@ public func builtCommand(_ name: String) -> String {
 /// The repository's root directory.
 public let repositoryRoot: String = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-
-/// Carries the stderr bytes out of the reader thread.
-private final class DataBox: @unchecked Sendable {
-    // Written by the reader thread before it signals; read after the wait.
-    var data = Data()
-}
 
 /// A `ppnode` process started for a test, on a free port chosen by the kernel.
 public final class NodeProcess: @unchecked Sendable {
