@@ -51,23 +51,14 @@ struct NodeFrameReader {
         SHA256Digest(bytes: try self.bytes(field, count: 32))!
     }
 
-    /// Reads a u32 length and that many bytes; the length is checked against the bytes
-    /// left before anything is read.
-    mutating func lengthPrefixed(_ field: String) throws(NodeFrameError) -> [UInt8] {
-        let length = Int(try self.integer("\(field) length", as: UInt32.self))
+    /// Reads a length (a u32, or the u8 of a *short* string) and that many bytes; the
+    /// length is checked against the bytes left before anything is read.
+    mutating func lengthPrefixed<Length: FixedWidthInteger>(_ field: String, length: Length.Type = UInt32.self) throws(NodeFrameError) -> [UInt8] {
+        let length = Int(try self.integer("\(field) length", as: Length.self))
         guard length <= self.bytesLeft else {
             throw self.error(field, .lengthPastEnd(length: length, left: self.bytesLeft))
         }
         return try self.bytes(field, count: length)
-    }
-
-    /// Reads a *short* string: a u8 length and that many UTF-8 bytes.
-    mutating func shortString(_ field: String) throws(NodeFrameError) -> String {
-        let length = Int(try self.integer("\(field) length", as: UInt8.self))
-        guard length <= self.bytesLeft else {
-            throw self.error(field, .lengthPastEnd(length: length, left: self.bytesLeft))
-        }
-        return String(decoding: try self.bytes(field, count: length), as: UTF8.self)
     }
 
     /// Reads the rest of a body that is a u32 count and that many items, each read by
