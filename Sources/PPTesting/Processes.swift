@@ -73,10 +73,10 @@ public final class BackgroundProcess: @unchecked Sendable {
     /// Its pid.
     public var pid: Int32 { self.process.processIdentifier }
 
-    /// What it wrote to stdout so far.
-    public var stdout: String { (try? String(contentsOfFile: self.directory.path + "/out", encoding: .utf8)) ?? "" }
-    /// What it wrote to stderr so far.
-    public var stderr: String { (try? String(contentsOfFile: self.directory.path + "/err", encoding: .utf8)) ?? "" }
+    /// What it wrote to stdout so far (bytes that are not UTF-8 replaced).
+    public var stdout: String { String(decoding: FileManager.default.contents(atPath: self.directory.path + "/out") ?? Data(), as: UTF8.self) }
+    /// What it wrote to stderr so far (bytes that are not UTF-8 replaced).
+    public var stderr: String { String(decoding: FileManager.default.contents(atPath: self.directory.path + "/err") ?? Data(), as: UTF8.self) }
 
     /// Sends a signal.
     public func signal(_ number: Int32) {
