@@ -32,12 +32,7 @@ public struct ClusterKeys: Sendable, Hashable {
     /// Derives the keys of `secret` (its trimmed UTF-8 bytes).
     public init(secret: [UInt8]) {
         let generated = secret.count == 64 && secret.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
-        let master: [UInt8]
-        if generated {
-            master = Self.hmacSHA256(key: Self.salt, message: secret)
-        } else {
-            master = Self.scrypt(secret, salt: Self.salt)
-        }
+        let master = generated ? Self.hmacSHA256(key: Self.salt, message: secret) : Self.scrypt(secret, salt: Self.salt)
         self.stretched = !generated
         self.keyID = Hex.encode(Self.expand(master, info: "ppnode key id", count: 8))
         self.tlsKey = Self.expand(master, info: "ppnode tls13 external psk", count: 32)
@@ -53,24 +48,15 @@ public struct ClusterKeys: Sendable, Hashable {
     static func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 32
-        key.withUnsafeBufferPointer { k in
-            message.withUnsafeBufferPointer { m in
-                _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), m.baseAddress, m.count, &out, &length)
-            }
-        }
+        _ = HMAC(EVP_sha256(), key, Int32(key.count), message, message.count, &out, &length)
         return out
     }
 
     /// scrypt with N = 2^15, r = 8, p = 1 (32 MiB), 32 bytes out.
     static func scrypt(_ password: [UInt8], salt: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)
-        let ok = password.withUnsafeBufferPointer { p in
-            salt.withUnsafeBufferPointer { s in
-                p.baseAddress!.withMemoryRebound(to: CChar.self, capacity: p.count) { pc in
-                    EVP_PBE_scrypt(pc, p.count, s.baseAddress, s.count, 1 << 15, 8, 1, 64 << 20, &out, out.count)
-                }
-            }
-        }
+        let password = password.map { CChar(bitPattern: $0) }
+        let ok = EVP_PBE_scrypt(password, password.count, salt, salt.count, 1 << 15, 8, 1, 64 << 20, &out, out.count)
         precondition(ok == 1, "OpenSSL scrypt failed")
         return out
     }

@@ -17,21 +17,9 @@ public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
     /// Hashes `data` with SHA-256.
     ///
     /// - Parameter data: the bytes to hash.
-    public init(hashing data: some Collection<UInt8>) {
+    public init(hashing data: [UInt8]) {
         var out = [UInt8](repeating: 0, count: 32)
-        let done: Void? = data.withContiguousStorageIfAvailable { buffer in
-            out.withUnsafeMutableBufferPointer { o in
-                _ = SHA256(buffer.baseAddress, buffer.count, o.baseAddress)
-            }
-        }
-        if done == nil {
-            let copy = Array(data)
-            copy.withUnsafeBufferPointer { buffer in
-                out.withUnsafeMutableBufferPointer { o in
-                    _ = SHA256(buffer.baseAddress, buffer.count, o.baseAddress)
-                }
-            }
-        }
+        _ = SHA256(data, data.count, &out)
         self.bytes = out
     }
 

@@ -26,37 +26,28 @@ public enum JSONCheck {
         guard i < b.count else { return false }
         switch b[i] {
         case UInt8(ascii: "\""): return string(b, &i)
-        case UInt8(ascii: "{"):
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            // An object's members or an array's elements, separated by commas.
+            let isObject = b[i] == UInt8(ascii: "{")
+            let close = isObject ? UInt8(ascii: "}") : UInt8(ascii: "]")
             guard depth < maxDepth else { return false }
             i += 1
             skipSpace(b, &i)
-            if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; return true }
+            if i < b.count, b[i] == close { i += 1; return true }
             while true {
                 skipSpace(b, &i)
-                guard i < b.count, b[i] == UInt8(ascii: "\""), string(b, &i) else { return false }
-                skipSpace(b, &i)
-                guard i < b.count, b[i] == UInt8(ascii: ":") else { return false }
-                i += 1
-                skipSpace(b, &i)
+                if isObject {
+                    guard i < b.count, b[i] == UInt8(ascii: "\""), string(b, &i) else { return false }
+                    skipSpace(b, &i)
+                    guard i < b.count, b[i] == UInt8(ascii: ":") else { return false }
+                    i += 1
+                    skipSpace(b, &i)
+                }
                 guard value(b, &i, depth: depth + 1) else { return false }
                 skipSpace(b, &i)
                 guard i < b.count else { return false }
                 if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                if b[i] == UInt8(ascii: "}") { i += 1; return true }
-                return false
-            }
-        case UInt8(ascii: "["):
-            guard depth < maxDepth else { return false }
-            i += 1
-            skipSpace(b, &i)
-            if i < b.count, b[i] == UInt8(ascii: "]") { i += 1; return true }
-            while true {
-                skipSpace(b, &i)
-                guard value(b, &i, depth: depth + 1) else { return false }
-                skipSpace(b, &i)
-                guard i < b.count else { return false }
-                if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                if b[i] == UInt8(ascii: "]") { i += 1; return true }
+                if b[i] == close { i += 1; return true }
                 return false
             }
         case UInt8(ascii: "t"): return literal(b, &i, "true")

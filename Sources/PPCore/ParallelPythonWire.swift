@@ -12,17 +12,10 @@ public enum PPWire {
     /// The secret ppft uses when none is given. Anyone can read it in ppft's source,
     /// so a node refuses it unless told otherwise.
     public static let defaultSecret = "epo20pdosl;dksldkmm"
-    /// Bytes of a frame's length prefix (unsigned 64-bit, big-endian).
-    public static let headerSize = 8
 
     /// One frame: the payload's length as a big-endian u64, then the payload.
     public static func frame(_ payload: [UInt8]) -> [UInt8] {
-        var out = [UInt8]()
-        out.reserveCapacity(payload.count + 8)
-        let n = UInt64(payload.count)
-        for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: n >> UInt64(shift))) }
-        out += payload
-        return out
+        withUnsafeBytes(of: UInt64(payload.count).bigEndian, Array.init) + payload
     }
 
     /// The answer a client must give to `challenge`: lowercase hex SHA-1 of the
@@ -39,9 +32,7 @@ public enum PPWire {
     private static func digest(_ type: OpaquePointer?, _ bytes: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0
-        bytes.withUnsafeBufferPointer { b in
-            _ = EVP_Digest(b.baseAddress, b.count, &out, &length, type, nil)
-        }
+        _ = EVP_Digest(bytes, bytes.count, &out, &length, type, nil)
         return Array(out.prefix(Int(length)))
     }
 
@@ -51,9 +42,8 @@ public enum PPWire {
     /// timeout, node shutting down).
     public static func pickledNoneResult(output text: String) -> [UInt8] {
         let utf8 = Array(text.utf8)
-        let n = UInt32(utf8.count)
         var out: [UInt8] = [0x80, 0x02, UInt8(ascii: "N"), UInt8(ascii: "X")]
-        out += [UInt8(truncatingIfNeeded: n), UInt8(truncatingIfNeeded: n >> 8), UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 24)]
+        out += withUnsafeBytes(of: UInt32(utf8.count).littleEndian, Array.init)  // BINUNICODE's length
         out += utf8
         out += [0x86, UInt8(ascii: ".")]  // TUPLE2, STOP
         return out

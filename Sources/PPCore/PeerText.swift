@@ -7,11 +7,7 @@ public enum PeerText {
     /// (`\n`, `\u{1b}`) and cut to `limit` characters, saying how much was cut.
     public static func cut(_ text: String, limit: Int = 200) -> String {
         var out = ""
-        var count = 0
-        var index = text.unicodeScalars.startIndex
-        let scalars = text.unicodeScalars
-        while index != scalars.endIndex, count < limit {
-            let s = scalars[index]
+        for s in text.unicodeScalars.prefix(limit) {
             switch s {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
@@ -24,13 +20,9 @@ public enum PeerText {
                     out.unicodeScalars.append(s)
                 }
             }
-            count += 1
-            index = scalars.index(after: index)
         }
-        if index != scalars.endIndex {
-            let rest = scalars[index...].count
-            out += "... (\(rest) more characters)"
-        }
+        let rest = text.unicodeScalars.dropFirst(limit).count
+        if rest > 0 { out += "... (\(rest) more characters)" }
         return out
     }
 

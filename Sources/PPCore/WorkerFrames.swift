@@ -1,3 +1,4 @@
+internal import Foundation  // JSONSerialization: the error JSON
 public import NIOCore
 
 /// The frames between the Swift pool and a Python worker process (stdin/stdout).
@@ -133,24 +134,16 @@ extension JobError {
         return w.bytes
     }
 
-    /// Builds an error from the error JSON of a RESULTS frame.
+    /// Builds an error from the error JSON `{"type","message","traceback"}` of a worker
+    /// or a RESULTS frame; bytes that are not such an object become the message.
     public init(code: Code, wireJSON json: [UInt8]) {
-        let fields = ErrorJSON.parse(json)
-        self.init(code: code, message: fields.message, pythonType: (fields.type?.isEmpty ?? true) ? nil : fields.type, traceback: fields.traceback)
-    }
-
-    /// Builds an error from a worker's error JSON `{"type","message","traceback"}`.
-    ///
-    /// - Parameters:
-    ///   - code: the error kind.
-    ///   - json: the worker's error JSON.
-    public init(code: Code, workerJSON json: ByteBuffer) {
-        let fields = ErrorJSON.parse(Array(json.readableBytesView))
+        let object = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any]
+        let type = object?["type"] as? String
         self.init(
             code: code,
-            message: fields.message,
-            pythonType: fields.type,
-            traceback: fields.traceback
+            message: object.map { $0["message"] as? String ?? "" } ?? String(decoding: json, as: UTF8.self),
+            pythonType: type?.isEmpty == false ? type : nil,
+            traceback: object?["traceback"] as? String ?? ""
         )
     }
 }

@@ -95,16 +95,11 @@ public final class WatchedProcess: @unchecked Sendable {
         return self.err
     }
 
-    /// Waits (bounded) until `condition` holds; false on timeout.
+    /// Waits (bounded) until `condition` holds; false on timeout, or when the process
+    /// ended without it holding.
     @discardableResult
     public func wait(seconds: Double, until condition: ([String]) -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if condition(self.lines) { return true }
-            if !self.process.isRunning { return condition(self.lines) }
-            usleep(20_000)
-        }
-        return false
+        waitFor(seconds: seconds) { condition(self.lines) || !self.process.isRunning } && condition(self.lines)
     }
 
     /// Waits (at most `seconds`) for the exit; kills it after that. Returns the status.

@@ -50,33 +50,22 @@ public func childProcesses(of pid: Int32) -> [ProcessIdentity] {
     return out
 }
 
-/// The `Name:`-style line `key` of /proc/PID/status, without the key.
-public func procStatus(_ pid: Int32, _ key: String) -> String? {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix(key + ":") {
-        return line.dropFirst(key.count + 1).trimmingCharacters(in: .whitespaces)
-    }
-    return nil
-}
-
-/// A command running in the background, its stdout and stderr going to files (so that
-/// a process it leaves behind cannot block the test on a pipe).
+/// A command running in the background, its stdin, stdout and stderr files (so that a
+/// process it leaves behind cannot block the test on a pipe).
 public final class BackgroundProcess: @unchecked Sendable {
     // Immutable after init; Process is thread-safe for these uses.
     /// The process.
     public let process: Process
     private let directory: TemporaryDirectory
 
-    /// Starts `executable ARGUMENTS` with `PP_BROADCAST=off` unless `environment` says
-    /// otherwise.
-    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
+    /// Starts `executable ARGUMENTS` reading `stdin`, with `PP_BROADCAST=off` unless
+    /// `environment` says otherwise.
+    public init(_ executable: String, _ arguments: [String], stdin: String = "", environment: [String: String] = [:], directory: String? = nil) throws {
         self.directory = try TemporaryDirectory("ppbg")
         let p = makeProcess(executable, arguments, environment: environment, directory: directory)
-        FileManager.default.createFile(atPath: self.directory.path + "/out", contents: nil)
-        FileManager.default.createFile(atPath: self.directory.path + "/err", contents: nil)
-        p.standardOutput = FileHandle(forWritingAtPath: self.directory.path + "/out")
-        p.standardError = FileHandle(forWritingAtPath: self.directory.path + "/err")
-        p.standardInput = FileHandle.nullDevice
+        p.standardInput = FileHandle(forReadingAtPath: try self.directory.write("in", stdin))
+        p.standardOutput = FileHandle(forWritingAtPath: try self.directory.write("out", ""))
+        p.standardError = FileHandle(forWritingAtPath: try self.directory.write("err", ""))
         self.process = p
         try p.run()
     }
@@ -84,10 +73,10 @@ public final class BackgroundProcess: @unchecked Sendable {
     /// Its pid.
     public var pid: Int32 { self.process.processIdentifier }
 
-    /// What it wrote to stdout so far.
-    public var stdout: String { (try? String(contentsOfFile: self.directory.path + "/out", encoding: .utf8)) ?? "" }
-    /// What it wrote to stderr so far.
-    public var stderr: String { (try? String(contentsOfFile: self.directory.path + "/err", encoding: .utf8)) ?? "" }
+    /// What it wrote to stdout so far (bytes that are not UTF-8 replaced).
+    public var stdout: String { String(decoding: FileManager.default.contents(atPath: self.directory.path + "/out") ?? Data(), as: UTF8.self) }
+    /// What it wrote to stderr so far (bytes that are not UTF-8 replaced).
+    public var stderr: String { String(decoding: FileManager.default.contents(atPath: self.directory.path + "/err") ?? Data(), as: UTF8.self) }
 
     /// Sends a signal.
     public func signal(_ number: Int32) {

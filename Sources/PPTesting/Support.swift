@@ -56,12 +56,13 @@ public func makeProcess(_ executable: String, _ arguments: [String], environment
     return p
 }
 
-/// Runs a program to completion, feeding `stdin`, and collects its output.
+/// Runs a program to completion (a `BackgroundProcess` waited for), feeding `stdin`,
+/// and collects its output.
 ///
 /// - Parameters:
 ///   - executable: the program's path.
 ///   - arguments: its arguments.
-///   - stdin: bytes for its stdin (closed after).
+///   - stdin: the text of its stdin (empty when `nil`).
 ///   - environment: extra environment variables.
 ///   - directory: its working directory.
 public func runProcess(
@@ -71,31 +72,9 @@ public func runProcess(
     environment: [String: String] = [:],
     directory: String? = nil
 ) throws -> ProcessResult {
-    let p = makeProcess(executable, arguments, environment: environment, directory: directory)
-    let out = Pipe(), err = Pipe(), inp = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = inp
-    try p.run()
-    if let stdin { inp.fileHandleForWriting.write(Data(stdin.utf8)) }
-    try inp.fileHandleForWriting.close()
-    // Read both pipes concurrently so neither fills up and blocks the child.
-    let errBox = DataBox()
-    let done = DispatchSemaphore(value: 0)
-    Thread {
-        errBox.data = err.fileHandleForReading.readDataToEndOfFile()
-        done.signal()
-    }.start()
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    done.wait()
-    let errData = errBox.data
-    p.waitUntilExit()
-    let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
-    return ProcessResult(
-        status: status,
-        stdout: String(decoding: outData, as: UTF8.self),
-        stderr: String(decoding: errData, as: UTF8.self)
-    )
+    let run = try BackgroundProcess(executable, arguments, stdin: stdin ?? "", environment: environment, directory: directory)
+    defer { run.stop() }
+    return ProcessResult(status: run.wait(), stdout: run.stdout, stderr: run.stderr)
 }
 
 /// Runs a Python snippet with `python3` and returns its stdout lines.
@@ -121,12 +100,6 @@ public func builtCommand(_ name: String) -> String {
 public let repositoryRoot: String = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
-/// Carries the stderr bytes out of the reader thread.
-private final class DataBox: @unchecked Sendable {
-    // Written by the reader thread before it signals; read after the wait.
-    var data = Data()
-}
-
 /// A `ppnode` process started for a test, on a free port chosen by the kernel.
 public final class NodeProcess: @unchecked Sendable {
     // `log` is written by the reader thread and read by the test under `lock`.
@@ -148,16 +121,10 @@ public final class NodeProcess: @unchecked Sendable {
     ///     the process's pid is still the node's; with a launcher the node listens on
     ///     every address of its host and the default port unless `arguments` say otherwise.
     public init(_ arguments: [String] = [], secret: String?, environment: [String: String] = [:], launcher: [String] = []) throws {
-        let p = Process()
         let defaults = launcher.isEmpty ? ["--port", "0", "--host", "127.0.0.1"] : []
         let command = launcher + [builtCommand("ppnode")] + defaults + ["--log-level", "debug"] + arguments
-        p.executableURL = URL(fileURLWithPath: command[0])
-        p.arguments = Array(command.dropFirst())
-        var env = ProcessInfo.processInfo.environment
-        env["PP_BROADCAST"] = env["PP_BROADCAST"] ?? "off"
-        env["PP_SECRET"] = secret
-        for (k, v) in environment { env[k] = v }
-        p.environment = env
+        let p = makeProcess(command[0], Array(command.dropFirst()), environment: environment)
+        if environment["PP_SECRET"] == nil { p.environment?["PP_SECRET"] = secret }
         let err = Pipe()
         p.standardError = err
         p.standardOutput = FileHandle.nullDevice

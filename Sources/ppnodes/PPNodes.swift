@@ -72,8 +72,7 @@ struct PPNodes: AsyncParsableCommand {
             }
             FileHandle.standardError.write(Data("ppnodes: \(error); nodes are listed from their beacons only\n".utf8))
         }
-        let env = ProcessInfo.processInfo.environment
-        let useDNSSD = !["off", "no", "false", "0"].contains(env["PP_DNSSD"]?.lowercased() ?? "")
+        let useDNSSD = !["off", "no", "false", "0"].contains(ProcessInfo.processInfo.environment["PP_DNSSD"]?.lowercased() ?? "")
         var paths: [String] = []
         if case .address(let a) = target { paths.append("broadcast probe to \(a):\(port)") } else { paths.append("beacons on port \(port) (PP_BROADCAST=off)") }
         if !useDNSSD { FileHandle.standardError.write(Data("ppnodes: DNS-SD off (PP_DNSSD=off); listing nodes found by broadcast only\n".utf8)) }

@@ -98,7 +98,7 @@ struct WorkerFrameTests {
     }
 
     @Test func errorJSONBecomesJobError() {
-        let e = JobError(code: .pythonException, workerJSON: ByteBuffer(string: #"{"type":"ValueError","message":"bad","traceback":"Traceback...\n"}"#))
+        let e = JobError(code: .pythonException, wireJSON: Array(#"{"type":"ValueError","message":"bad","traceback":"Traceback...\n"}"#.utf8))
         #expect(e.pythonType == "ValueError")
         #expect(e.message == "bad")
         #expect(e.traceback == "Traceback...\n")

@@ -38,6 +38,12 @@ struct NodeProtocolTests {
         guard case .error(4, "too big") = try roundTrip(.error(code: 4, message: "too big")) else { Issue.record("error"); return }
     }
 
+    @Test func frameNamesAreSpelledAsTheProtocolDocumentSpellsThem() {
+        #expect(NodeProtocol.Kind.hello.name == "HELLO")
+        #expect(NodeProtocol.Kind.statsRequest.name == "STATS_REQUEST")
+        #expect(NodeMessage.goodbye(reason: "").kind.name == "GOODBYE")
+    }
+
     @Test func lengthIsCheckedBeforeTheBody() {
         var decoder = NodeMessageDecoder(maxFrame: 1024)
         var buffer = ByteBuffer(bytes: [0, 0, 0x04, 0x01, 0x10])

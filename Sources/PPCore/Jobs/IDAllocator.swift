@@ -11,13 +11,8 @@ public final class IDAllocator: Sendable {
         self.value = Atomic(start)
     }
 
-    /// Returns the next id.
-    public func next() -> UInt64 {
-        self.value.wrappingAdd(1, ordering: .relaxed).oldValue
-    }
-
-    /// Reserves `count` consecutive ids and returns the first.
-    public func next(_ count: Int) -> UInt64 {
+    /// Reserves `count` consecutive ids (by default one, the next id) and returns the first.
+    public func next(_ count: Int = 1) -> UInt64 {
         self.value.wrappingAdd(UInt64(count), ordering: .relaxed).oldValue
     }
 }

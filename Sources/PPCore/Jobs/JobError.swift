@@ -3,50 +3,36 @@
 public struct JobError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The kind of failure.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: String, Hashable, Sendable {
-            case pythonException = "python exception"
-            case resultNotJSON = "result not JSON"
-            case badArguments = "bad arguments"
-            case functionUnavailable = "function unavailable"
-            case timeout = "timeout"
-            case workerDied = "worker died"
-            case cancelled = "cancelled"
-            case shutdown = "shut down"
-            case protocolError = "protocol error"
-            case nodeLost = "node lost"
-            case noExecutor = "no executor"
-            case resultTooLarge = "result too large"
-        }
-
-        private let base: Base
+        /// What people read: `"timeout"`, `"python exception"`. Each code has its own.
+        private let name: String
 
         /// The function raised an exception; `pythonType`, `message` and `traceback` say which.
-        public static let pythonException = Code(base: .pythonException)
+        public static let pythonException = Code(name: "python exception")
         /// The function returned a value JSON cannot encode (a set, an object, NaN).
-        public static let resultNotJSON = Code(base: .resultNotJSON)
+        public static let resultNotJSON = Code(name: "result not JSON")
         /// The arguments were not a JSON array the worker could decode.
-        public static let badArguments = Code(base: .badArguments)
+        public static let badArguments = Code(name: "bad arguments")
         /// The function's bundle did not load: a syntax error, a failing import, a missing name.
-        public static let functionUnavailable = Code(base: .functionUnavailable)
+        public static let functionUnavailable = Code(name: "function unavailable")
         /// The job ran past its timeout; its worker was killed and replaced.
-        public static let timeout = Code(base: .timeout)
+        public static let timeout = Code(name: "timeout")
         /// The worker process died while running the job (exit, signal, crash).
-        public static let workerDied = Code(base: .workerDied)
+        public static let workerDied = Code(name: "worker died")
         /// The caller cancelled the job before it ran.
-        public static let cancelled = Code(base: .cancelled)
+        public static let cancelled = Code(name: "cancelled")
         /// The job server shut down before the job ran.
-        public static let shutdown = Code(base: .shutdown)
+        public static let shutdown = Code(name: "shut down")
         /// A worker or a node broke its protocol.
-        public static let protocolError = Code(base: .protocolError)
+        public static let protocolError = Code(name: "protocol error")
         /// The nodes that ran the job were lost, and its retries are used up.
-        public static let nodeLost = Code(base: .nodeLost)
+        public static let nodeLost = Code(name: "node lost")
         /// No local worker and no node could take the job for too long.
-        public static let noExecutor = Code(base: .noExecutor)
+        public static let noExecutor = Code(name: "no executor")
         /// The job's result (value, output and error text together) is larger than the
         /// receiver's frame limit; only this job fails.
-        public static let resultTooLarge = Code(base: .resultTooLarge)
+        public static let resultTooLarge = Code(name: "result too large")
 
-        public var description: String { self.base.rawValue }
+        public var description: String { self.name }
     }
 
     /// The kind of failure.

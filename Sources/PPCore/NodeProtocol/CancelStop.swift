@@ -15,12 +15,4 @@ extension NodeMessage {
         try reader.end()
         return id
     }
-
-    static func readCancel(_ reader: inout NodeFrameReader) throws(NodeFrameError) -> NodeMessage {
-        .cancel(id: try Self.readJobID(&reader))
-    }
-
-    static func readStop(_ reader: inout NodeFrameReader) throws(NodeFrameError) -> NodeMessage {
-        .stop(id: try Self.readJobID(&reader))
-    }
 }

@@ -21,7 +21,7 @@ extension NodeMessage {
         let minVersion = try reader.integer("minimum version", as: UInt16.self)
         let maxVersion = try reader.integer("maximum version", as: UInt16.self)
         let maxFrame = try reader.integer("max frame", as: UInt32.self)
-        let name = try reader.shortString("client name")
+        let name = String(decoding: try reader.lengthPrefixed("client name", length: UInt8.self), as: UTF8.self)
         try reader.end()
         return .hello(minVersion: minVersion, maxVersion: maxVersion, maxFrame: maxFrame, name: name)
     }

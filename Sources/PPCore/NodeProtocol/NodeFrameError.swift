@@ -33,14 +33,6 @@ public struct NodeFrameError: Error, Sendable, Equatable, CustomStringConvertibl
     /// What is wrong with it.
     public var problem: Problem
 
-    /// Creates an error.
-    public init(frame: NodeProtocol.Kind?, item: String? = nil, field: String? = nil, problem: Problem) {
-        self.frame = frame
-        self.item = item
-        self.field = field
-        self.problem = problem
-    }
-
     /// The code an ERROR frame carries for it: 4 for a frame over the limit, else 3.
     public var code: NodeErrorCode {
         if case .tooLarge = self.problem { return .frameTooLarge }

@@ -10,7 +10,7 @@ struct NodeFrameReader {
     /// The bytes of the body not read yet.
     private(set) var body: ByteBuffer
     /// The item of a repeated part being read ("job 3 of 10"), for errors.
-    var item: String?
+    private var item: String?
     /// The last field read: a body with bytes after it names it.
     private var lastField = "the frame type"
 
@@ -51,34 +51,38 @@ struct NodeFrameReader {
         SHA256Digest(bytes: try self.bytes(field, count: 32))!
     }
 
-    /// Reads a u32 length and that many bytes; the length is checked against the bytes
-    /// left before anything is read.
-    mutating func lengthPrefixed(_ field: String) throws(NodeFrameError) -> [UInt8] {
-        let length = Int(try self.integer("\(field) length", as: UInt32.self))
+    /// Reads a length (a u32, or the u8 of a *short* string) and that many bytes; the
+    /// length is checked against the bytes left before anything is read.
+    mutating func lengthPrefixed<Length: FixedWidthInteger>(_ field: String, length: Length.Type = UInt32.self) throws(NodeFrameError) -> [UInt8] {
+        let length = Int(try self.integer("\(field) length", as: Length.self))
         guard length <= self.bytesLeft else {
             throw self.error(field, .lengthPastEnd(length: length, left: self.bytesLeft))
         }
         return try self.bytes(field, count: length)
     }
 
-    /// Reads a *short* string: a u8 length and that many UTF-8 bytes.
-    mutating func shortString(_ field: String) throws(NodeFrameError) -> String {
-        let length = Int(try self.integer("\(field) length", as: UInt8.self))
-        guard length <= self.bytesLeft else {
-            throw self.error(field, .lengthPastEnd(length: length, left: self.bytesLeft))
-        }
-        return String(decoding: try self.bytes(field, count: length), as: UTF8.self)
-    }
-
-    /// Reads a u32 count of items that take at least `minimumItemSize` bytes each,
-    /// refusing a count that cannot fit in the bytes left (before anything is reserved
-    /// for it).
-    mutating func count(_ field: String = "count", minimumItemSize: Int) throws(NodeFrameError) -> Int {
-        let count = Int(try self.integer(field, as: UInt32.self))
+    /// Reads the rest of a body that is a u32 count and that many items, each read by
+    /// `read` and named in errors ("job 3 of 10"). Items take at least
+    /// `minimumItemSize` bytes each: a count that cannot fit in the bytes left is
+    /// refused before anything is reserved for it.
+    mutating func items<Item>(
+        _ name: String,
+        minimumItemSize: Int,
+        _ read: (inout Self) throws(NodeFrameError) -> Item
+    ) throws(NodeFrameError) -> [Item] {
+        let count = Int(try self.integer("count", as: UInt32.self))
         guard count <= self.bytesLeft / minimumItemSize else {
-            throw self.error(field, .countCannotFit(count: count, bytes: self.bytesLeft))
+            throw self.error("count", .countCannotFit(count: count, bytes: self.bytesLeft))
         }
-        return count
+        var items = [Item]()
+        items.reserveCapacity(count)
+        for index in 0..<count {
+            self.item = "\(name) \(index + 1) of \(count)"
+            items.append(try read(&self))
+        }
+        self.item = nil
+        try self.end()
+        return items
     }
 
     /// Reads the rest of the body.

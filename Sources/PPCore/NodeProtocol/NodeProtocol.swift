@@ -25,34 +25,17 @@ public enum NodeProtocol {
     public static let defaultPort = 7340
 
     /// Frame types (docs/PROTOCOL.md describes each).
-    public enum Kind: UInt8, Sendable, CustomStringConvertible {
+    public enum Kind: UInt8, Sendable {
         // 0x02 and 0x03 were CHALLENGE and AUTH in version 1.
         case hello = 0x01, welcome = 0x04, error = 0x05
         case submit = 0x10, bundle = 0x11, cancel = 0x12, ping = 0x13, pong = 0x14, statsRequest = 0x15, goodbye = 0x16, stop = 0x17
         case results = 0x20, need = 0x21, window = 0x22, stats = 0x23
 
-        /// The frame's name as docs/PROTOCOL.md spells it (`SUBMIT`, `STATS_REQUEST`).
+        /// The frame's name as docs/PROTOCOL.md spells it: the case's name in upper
+        /// snake case (`SUBMIT`, `STATS_REQUEST`).
         public var name: String {
-            switch self {
-            case .hello: "HELLO"
-            case .welcome: "WELCOME"
-            case .error: "ERROR"
-            case .submit: "SUBMIT"
-            case .bundle: "BUNDLE"
-            case .cancel: "CANCEL"
-            case .ping: "PING"
-            case .pong: "PONG"
-            case .statsRequest: "STATS_REQUEST"
-            case .goodbye: "GOODBYE"
-            case .stop: "STOP"
-            case .results: "RESULTS"
-            case .need: "NEED"
-            case .window: "WINDOW"
-            case .stats: "STATS"
-            }
+            String(describing: self).reduce(into: "") { name, c in name += c.isUppercase ? "_\(c)" : c.uppercased() }
         }
-
-        public var description: String { self.name }
     }
 }
 

@@ -15,12 +15,4 @@ extension NodeMessage {
         try reader.end()
         return token
     }
-
-    static func readPing(_ reader: inout NodeFrameReader) throws(NodeFrameError) -> NodeMessage {
-        .ping(try Self.readToken(&reader))
-    }
-
-    static func readPong(_ reader: inout NodeFrameReader) throws(NodeFrameError) -> NodeMessage {
-        .pong(try Self.readToken(&reader))
-    }
 }

@@ -56,62 +56,38 @@ extension NodeMessage {
     }
 
     static func readResults(_ reader: inout NodeFrameReader) throws(NodeFrameError) -> NodeMessage {
-        let count = try reader.count(minimumItemSize: Self.minimumResultSize)
-        var results = [JobResult]()
-        results.reserveCapacity(count)
-        for index in 0..<count {
-            reader.item = "result \(index + 1) of \(count)"
-            let id = try reader.integer("job id", as: UInt64.self)
-            let status = try reader.integer("status", as: UInt8.self)
-            let nanoseconds = try reader.integer("run time", as: UInt64.self)
-            let stdout = try reader.lengthPrefixed("stdout")
-            let stderr = try reader.lengthPrefixed("stderr")
-            let payload = try reader.lengthPrefixed("payload")
-            results.append(
-                JobResult(
+        .results(
+            try reader.items("result", minimumItemSize: Self.minimumResultSize) { reader throws(NodeFrameError) in
+                let id = try reader.integer("job id", as: UInt64.self)
+                let status = try reader.integer("status", as: UInt8.self)
+                let nanoseconds = try reader.integer("run time", as: UInt64.self)
+                let stdout = try reader.lengthPrefixed("stdout")
+                let stderr = try reader.lengthPrefixed("stderr")
+                let payload = try reader.lengthPrefixed("payload")
+                return JobResult(
                     id: id, code: status == 0 ? nil : JobError.Code(wireStatus: status), nanoseconds: nanoseconds,
                     stdout: stdout, stderr: stderr, payload: payload, executor: ""
                 )
-            )
-        }
-        reader.item = nil
-        try reader.end()
-        return .results(results)
+            }
+        )
     }
 }
 
 // MARK: - Result status on the wire
 
 extension JobError.Code {
+    /// The RESULTS status byte of each code, both ways. Every other code (`nodeLost`,
+    /// `noExecutor`) goes out as 9, and an unknown byte reads as `protocolError`.
+    private static let wireStatuses: [(code: Self, status: UInt8)] = [
+        (.pythonException, 1), (.resultNotJSON, 2), (.functionUnavailable, 3), (.badArguments, 4), (.timeout, 5),
+        (.workerDied, 6), (.cancelled, 7), (.shutdown, 8), (.protocolError, 9), (.resultTooLarge, 10),
+    ]
+
     /// The status byte RESULTS uses for this code.
-    public var wireStatus: UInt8 {
-        switch self {
-        case .pythonException: 1
-        case .resultNotJSON: 2
-        case .functionUnavailable: 3
-        case .badArguments: 4
-        case .timeout: 5
-        case .workerDied: 6
-        case .cancelled: 7
-        case .shutdown: 8
-        case .resultTooLarge: 10
-        default: 9
-        }
-    }
+    public var wireStatus: UInt8 { Self.wireStatuses.first { $0.code == self }?.status ?? 9 }
 
     /// The code for a RESULTS status byte (never called with 0, which means success).
     public init(wireStatus: UInt8) {
-        switch wireStatus {
-        case 1: self = .pythonException
-        case 2: self = .resultNotJSON
-        case 3: self = .functionUnavailable
-        case 4: self = .badArguments
-        case 5: self = .timeout
-        case 6: self = .workerDied
-        case 7: self = .cancelled
-        case 8: self = .shutdown
-        case 10: self = .resultTooLarge
-        default: self = .protocolError
-        }
+        self = Self.wireStatuses.first { $0.status == wireStatus }?.code ?? .protocolError
     }
 }

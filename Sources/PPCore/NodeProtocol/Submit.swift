@@ -52,24 +52,17 @@ extension NodeMessage {
     }
 
     static func readSubmit(_ reader: inout NodeFrameReader) throws(NodeFrameError) -> NodeMessage {
-        let count = try reader.count(minimumItemSize: WireJob.minimumSize)
-        var jobs = [WireJob]()
-        jobs.reserveCapacity(count)
-        for index in 0..<count {
-            reader.item = "job \(index + 1) of \(count)"
-            let id = try reader.integer("job id", as: UInt64.self)
-            let digest = try reader.digest()
-            let timeout = try reader.integer("timeout", as: UInt32.self)
-            let arguments = try reader.lengthPrefixed("argument")
-            jobs.append(
-                WireJob(
+        .submit(
+            try reader.items("job", minimumItemSize: WireJob.minimumSize) { reader throws(NodeFrameError) in
+                let id = try reader.integer("job id", as: UInt64.self)
+                let digest = try reader.digest()
+                let timeout = try reader.integer("timeout", as: UInt32.self)
+                let arguments = try reader.lengthPrefixed("argument")
+                return WireJob(
                     id: id, digest: digest, timeoutMilliseconds: timeout & WireJob.maxTimeout,
                     arguments: timeout & WireJob.opaqueFlag != 0 ? JobArguments(opaque: arguments) : JobArguments(jsonArray: arguments)
                 )
-            )
-        }
-        reader.item = nil
-        try reader.end()
-        return .submit(jobs)
+            }
+        )
     }
 }
