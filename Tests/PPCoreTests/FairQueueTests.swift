@@ -65,13 +65,12 @@ struct FairQueueTests {
 
     @Test func weightsScaleTheShare() {
         var q = FairQueue<String>()
-        q.weights = ["heavy": 2]
-        q.append("h0", owner: "heavy", now: t0)
+        q.append("h0", owner: "heavy", weight: 2, now: t0)
         q.append("l0", owner: "light", now: t0)
         _ = q.drainBoth(now: t0)
         q.charge("heavy", seconds: 2, now: t0)  // 2 / 2 = 1
         q.charge("light", seconds: 1.5, now: t0)  // 1.5 / 1
-        q.append("h1", owner: "heavy", now: t0)
+        q.append("h1", owner: "heavy", weight: 2, now: t0)
         q.append("l1", owner: "light", now: t0)
         #expect(q.popNext(now: t0) == "h1")
         #expect(q.shares(now: t0).map(\.weight).sorted() == [1, 2])

@@ -398,6 +398,30 @@ struct WorkerPoolStateMachineTests {
         )
     }
 
+    // MARK: Fair share
+
+    @Test func aFreeWorkerTakesTheNextJobOfTheOwnerThatUsedLeast() {
+        var m = readyPool(1)
+        func owned(_ id: UInt64, _ owner: String) -> Job {
+            var j = job(id)
+            j.owner = owner
+            return j
+        }
+        // Client a keeps long jobs queued; its first runs.
+        #expect(describe(m.submit((1...5).map { owned($0, "a") }, now: t0)) == ["write 1: B(square) J1"])
+        // Client b sends short jobs while a's first runs.
+        #expect(m.submit([owned(10, "b"), owned(11, "b")], now: at(100)).isEmpty)
+        // a's job took 500 ms: the worker takes b's jobs next, then a's again.
+        #expect(describe(m.received(result(1, ns: 500_000_000), from: 1, now: at(500)) + m.readComplete(now: at(500)))
+            == ["complete 1: ok", "write 1: J10"])
+        #expect(describe(m.received(result(10, ns: 1_000_000), from: 1, now: at(501)) + m.readComplete(now: at(501)))
+            == ["complete 10: ok", "write 1: J11"])
+        #expect(describe(m.received(result(11, ns: 1_000_000), from: 1, now: at(502)) + m.readComplete(now: at(502)))
+            == ["complete 11: ok", "write 1: J2"])
+        #expect(m.statistics.queued == 3)
+        #expect(m.shares(now: at(502)).map(\.owner) == ["b", "a"])
+    }
+
     // MARK: Shutdown
 
     @Test func shutdownFailsQueuedJobsRetiresWorkersAndKillsThemAfterTheGrace() {

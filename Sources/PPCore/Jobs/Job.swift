@@ -26,6 +26,12 @@ public struct Job: Sendable {
     public var attempts = 0
     /// Times an executor handed the job back unrun (the client's scheduler counts).
     public var handBacks = 0
+    /// Whom the job runs for, for a node's fair share between its clients: a client
+    /// session (`"name #12"`). Empty for a pool's only client.
+    public var owner = ""
+    /// The owner's weight in the fair share: with 2 it gets twice the worker time of
+    /// an owner with 1 when both have jobs queued.
+    public var ownerWeight = 1.0
     /// Called once, on the holder's event loop, when the job ends.
     public var completion: @Sendable (JobResult) -> Void
 

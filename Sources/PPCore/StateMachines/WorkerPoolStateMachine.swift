@@ -155,7 +155,8 @@ public struct WorkerPoolStateMachine: Sendable {
     public private(set) var pythonVersion: String?
     /// `shutdown()` was called.
     public private(set) var isShuttingDown = false
-    private var queue = Deque<Job>()
+    /// Jobs waiting for a worker, shared fairly between their owners by use.
+    private var queue = FairQueue<Job>()
     private var workers: [Int: Slot] = [:]
     private var gone: [WorkerStatistics] = []
     private var nextIndex = 1
@@ -193,6 +194,12 @@ public struct WorkerPoolStateMachine: Sendable {
             running: self.workers.values.reduce(0) { $0 + $1.inflight.count },
             workers: self.gone + live.map { $0.statistics(exit: nil) }, pythonVersion: self.pythonVersion
         )
+    }
+
+    /// Each owner's use of the workers lately, queued and running jobs, least use
+    /// first (the fair share's accounts; owners idle long enough are forgotten).
+    public func shares(now: NIODeadline) -> [FairQueue<Job>.Share] {
+        self.queue.shares(now: now)
     }
 
     // MARK: Life cycle
@@ -410,7 +417,8 @@ public struct WorkerPoolStateMachine: Sendable {
             self.actions.append(self.completion(head.job, error))
         }
         // Jobs behind the head never started: run them elsewhere (stopped ones ended).
-        for item in inflight.reversed() where !item.cancelled { self.queue.prepend(item.job) }
+        if let head = slot.inflight.first { self.queue.charge(head.job.owner, seconds: (now - slot.headStartedAt).secondsDouble, now: now) }
+        self.handBack(inflight, now: now)
         if self.isShuttingDown { self.failQueue(JobError(code: .shutdown, message: "the worker pool shut down before the job ran")) }
         self.maintain()
         self.dispatch(now: now)
@@ -493,7 +501,7 @@ public struct WorkerPoolStateMachine: Sendable {
             self.retire(index)
             let behind = self.workers[index]!.inflight
             self.workers[index]!.inflight.removeAll()
-            for item in behind.reversed() where !item.cancelled { self.queue.prepend(item.job) }
+            self.handBack(behind, now: now)
             self.maintain()
         }
         return self.take()
@@ -507,6 +515,8 @@ public struct WorkerPoolStateMachine: Sendable {
     private mutating func finishHead(of index: Int, with result: JobResult, kind: Job.Kind, now: NIODeadline) -> Bool {
         guard let head = self.workers[index]?.inflight.first, head.job.id == result.id, head.job.kind == kind else { return false }
         self.workers[index]!.inflight.removeFirst()
+        let ran = result.nanoseconds > 0 ? Double(result.nanoseconds) / 1e9 : (now - self.workers[index]!.headStartedAt).secondsDouble
+        self.queue.charge(head.job.owner, seconds: ran, now: now)
         self.workers[index]!.headStartedAt = now
         if !head.cancelled { self.actions.append(.complete(head.job, result)) }
         return true
@@ -544,7 +554,7 @@ public struct WorkerPoolStateMachine: Sendable {
         if self.isShuttingDown {
             return jobs.map { self.completion($0, JobError(code: .shutdown, message: "the worker pool is shutting down")) }
         }
-        self.queue.append(contentsOf: jobs)
+        for job in jobs { self.queue.append(job, owner: job.owner, weight: job.ownerWeight, now: now) }
         if self.startsFailedForGood {
             self.startFailures = 0
             self.retryDelay = Self.firstRetryDelay
@@ -559,8 +569,7 @@ public struct WorkerPoolStateMachine: Sendable {
     ///
     /// - Returns: its completion; none when the job was not queued.
     public mutating func cancel(jobID: UInt64) -> [Action] {
-        guard let i = self.queue.firstIndex(where: { $0.id == jobID }) else { return [] }
-        let job = self.queue.remove(at: i)
+        guard let job = self.queue.remove(where: { $0.id == jobID }) else { return [] }
         return [self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran"))]
     }
 
@@ -592,12 +601,24 @@ public struct WorkerPoolStateMachine: Sendable {
         JobError(code: .cancelled, message: "the job was cancelled while it ran; its worker (pid \(pid)) was killed and replaced")
     }
 
+    /// Jobs taken off a worker's pipe before they started go back to the front of
+    /// their owners' queues (stopped ones have ended already).
+    private mutating func handBack(_ items: Deque<(job: Job, cancelled: Bool)>, now: NIODeadline) {
+        for item in items.reversed() {
+            if item.cancelled {
+                self.queue.charge(item.job.owner, seconds: 0, now: now)
+            } else {
+                self.queue.prepend(item.job, owner: item.job.owner, now: now)
+            }
+        }
+    }
+
     private func completion(_ job: Job, _ error: JobError) -> Action {
         .complete(job, JobResult(id: job.id, error: error, executor: self.configuration.name))
     }
 
     private mutating func failQueue(_ error: JobError) {
-        while let job = self.queue.popFirst() { self.actions.append(self.completion(job, error)) }
+        for job in self.queue.removeAll() { self.actions.append(self.completion(job, error)) }
     }
 
     /// Hands queued jobs to ready workers, least loaded first, one write per worker.
@@ -617,7 +638,7 @@ public struct WorkerPoolStateMachine: Sendable {
         while progress, !self.queue.isEmpty {
             progress = false
             for (i, index) in ready.enumerated() where self.workers[index]!.inflight.count < depth {
-                guard let job = self.queue.popFirst() else { break }
+                guard let job = self.queue.popNext(now: now) else { break }
                 if buffers[i].capacity == 0 { buffers[i] = ByteBufferAllocator().buffer(capacity: 4096) }
                 self.load(job.bundle, on: index, into: &buffers[i])
                 switch job.kind {
@@ -643,6 +664,11 @@ public struct WorkerPoolStateMachine: Sendable {
         for (digest, _) in evicted { WorkerFrame.writeDrop(digest, to: &buffer) }
         WorkerFrame.writeBundle(bundle, to: &buffer)
     }
+}
+
+extension TimeAmount {
+    /// In seconds.
+    var secondsDouble: Double { Double(self.nanoseconds) / 1e9 }
 }
 
 extension Duration {

@@ -52,10 +52,6 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
 
     /// How long it takes for used time to count half.
     public let halfLife: Duration
-    /// Weights by owner (default 1); an owner with weight 2 gets twice the time.
-    public var weights: [String: Double] = [:] {
-        didSet { for key in self.accounts.keys { self.accounts[key]!.weight = self.weight(of: key) } }
-    }
     private var accounts: [String: Account] = [:]
     private var serial: UInt64 = 0
     /// Elements queued, over all owners.
@@ -69,9 +65,11 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
     /// Whether nothing is queued.
     public var isEmpty: Bool { self.count == 0 }
 
-    /// Queues `element` last in `owner`'s queue.
-    public mutating func append(_ element: Element, owner: String, now: NIODeadline) {
+    /// Queues `element` last in `owner`'s queue. `weight` (default 1) is the owner's
+    /// from now on: with 2 it gets twice the worker time of an owner with 1.
+    public mutating func append(_ element: Element, owner: String, weight: Double = 1, now: NIODeadline) {
         self.open(owner, now: now)
+        self.accounts[owner]!.weight = max(weight, .leastNonzeroMagnitude)
         self.accounts[owner]!.queue.append(element)
         self.count += 1
     }
@@ -145,11 +143,7 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
     }
 
     private mutating func open(_ owner: String, now: NIODeadline) {
-        if self.accounts[owner] == nil { self.accounts[owner] = Account(stamp: now, weight: self.weight(of: owner)) }
-    }
-
-    private func weight(of owner: String) -> Double {
-        max(self.weights[owner] ?? 1, .leastNonzeroMagnitude)
+        if self.accounts[owner] == nil { self.accounts[owner] = Account(stamp: now, weight: 1) }
     }
 
     private func decayed(_ account: Account, to now: NIODeadline) -> Double {
