@@ -208,7 +208,7 @@ public final class NodeServer: Service, Sendable {
             try channel.pipeline.syncOperations.addHandlers(
                 QuickAckHandler(),
                 ByteToMessageHandler(PPFrameDecoder(maxFrame: self.configuration.maxFrame)),
-                PPSession(node: self, peer: peer)
+                PPSession(node: self, peer: peer, host: channel.remoteAddress?.ipAddress ?? "?")
             )
         }
         do {
@@ -376,6 +376,8 @@ final class NodeState: @unchecked Sendable {
     var sessions: [ObjectIdentifier: NodeSession] = [:]
     var draining = false
     var sessionsAccepted = 0
+    /// Sessions past HELLO so far; numbers each one's fair-share owner.
+    var sessionsAuthenticated = 0
     var authFailures = 0
     var refusedConnections = 0
     /// Connections that have not sent HELLO yet, per source address.
@@ -444,6 +446,10 @@ final class NodeState: @unchecked Sendable {
             ("pp_jobs_done", .int(node.pp.jobsDone)),
             ("pp_auth_failures", .int(node.pp.authFailures)),
             ("load_average", .double(loads[0])),
+            // The fair share: each client's worker time lately (decayed), least first.
+            ("clients", .array(pool.owners.map { o in
+                .object(["owner": .string(o.owner), "used_seconds": .double(o.used), "weight": .double(o.weight), "queued": .int(o.queued), "running": .int(o.running)])
+            })),
         ]
         // In this order (a JSONValue object would sort its keys).
         var w = JSONWriter()

@@ -29,6 +29,9 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     /// Counted in the node's unauthenticated connections until HELLO.
     private var countedUnauthenticated = false
     private var heartbeat: RepeatedTask?
+    /// Whom this session's jobs run for in the pool's fair share: the client's name and
+    /// the session's number on this node (`"pprun@host #3"`), set at HELLO.
+    private var owner = ""
     private var handshakeTimer: Scheduled<Void>?
 
     init(node: NodeServer, channel: any Channel, frameLimit: FrameLimit) {
@@ -144,7 +147,9 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             self.handshakeTimer?.cancel()
             self.frameLimit.value = Int(maxFrame)
             self.logger[metadataKey: LogKey.client] = "\(clientName)"
-            self.logger.info("client authenticated")
+            self.state.sessionsAuthenticated += 1
+            self.owner = "\(PeerText.cut(clientName, limit: 64)) #\(self.state.sessionsAuthenticated)"
+            self.logger.info("client authenticated", metadata: [LogKey.owner: "\(self.owner)"])
             self.send([.welcome(version: version, window: window, maxFrame: maxFrame, info: self.node.infoJSON())])
             self.startHeartbeat()
         case .submit(let received, let run, let need, let scheduleFlush):
@@ -204,9 +209,11 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         self.node.pool.submit(
             contentsOf: jobs.map { job in
                 let clientID = job.clientID
-                return Job(id: job.poolID, bundle: job.bundle, arguments: job.arguments, timeout: job.timeout) { [self] result in
+                var poolJob = Job(id: job.poolID, bundle: job.bundle, arguments: job.arguments, timeout: job.timeout) { [self] result in
                     self.execute(self.machine.jobFinished(clientID: clientID, result: result))
                 }
+                poolJob.owner = self.owner
+                return poolJob
             }
         )
     }

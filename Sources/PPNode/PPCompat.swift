@@ -151,9 +151,13 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
     private var machine: PPSessionStateMachine
     private var context: ChannelHandlerContext?
     private var handshakeTimer: Scheduled<Void>?
+    /// Whom its jobs run for in the pool's fair share: Parallel Python clients open a
+    /// connection per job, so a client is its host (`"pp 10.0.0.5"`).
+    private let owner: String
 
-    init(node: NodeServer, peer: String) {
+    init(node: NodeServer, peer: String, host: String) {
         self.node = node
+        self.owner = "pp \(host)"
         var logger = node.configuration.logger
         logger[metadataKey: LogKey.ppPeer] = "\(peer)"
         self.logger = logger
@@ -232,15 +236,15 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
     private func run(_ run: PPSessionStateMachine.Run) {
         let started = ContinuousClock.now
         let loop = self.node.loop
-        self.node.pool.submit(
-            Job(id: self.node.pool.jobIDs.next(), bundle: run.bundle, arguments: run.arguments, timeout: nil) { [self] result in
-                loop.execute {
-                    self.compat.jobsDone += 1
-                    self.compat.jobSeconds += (ContinuousClock.now - started) / .seconds(1)
-                    self.execute(self.machine.jobFinished(result))
-                }
+        var job = Job(id: self.node.pool.jobIDs.next(), bundle: run.bundle, arguments: run.arguments, timeout: nil) { [self] result in
+            loop.execute {
+                self.compat.jobsDone += 1
+                self.compat.jobSeconds += (ContinuousClock.now - started) / .seconds(1)
+                self.execute(self.machine.jobFinished(result))
             }
-        )
+        }
+        job.owner = self.owner
+        self.node.pool.submit(job)
     }
 
     /// Writes frames with one write and one flush.

@@ -261,7 +261,11 @@ public final class WorkerPool: Service, @unchecked Sendable {
     public func statistics() async -> PoolStatistics {
         self.start()
         if case .stopped(let last) = self.stopState.withLock({ $0 }) { return last }
-        return (try? await self.eventLoop.submit { self.machine.statistics }.get()) ?? PoolStatistics(name: self.configuration.name)
+        return (try? await self.eventLoop.submit {
+            var statistics = self.machine.statistics
+            statistics.owners = self.machine.shares(now: .now())
+            return statistics
+        }.get()) ?? PoolStatistics(name: self.configuration.name)
     }
 
     // MARK: Shutdown

@@ -1,5 +1,6 @@
 /// How long the jobs of one executor take lately: an exponentially weighted moving
-/// average of their run times. The single estimator behind every decision that depends
+/// average of their run times, in which the first real run time replaces the initial
+/// guess (so a client of tiny jobs gets a deep window from its first result). The single estimator behind every decision that depends
 /// on job length: a worker's pipeline depth, the local executor's window and the window
 /// a node gives a client.
 public struct JobTimeEstimator: Sendable {
@@ -10,6 +11,8 @@ public struct JobTimeEstimator: Sendable {
 
     /// The current estimate, in nanoseconds.
     public private(set) var meanNanoseconds: Double
+    /// Whether a run time was added (until then the estimate is the initial guess).
+    private var measured = false
 
     /// Creates an estimator that starts at `initial` (the guess before any job ended).
     public init(initial: Duration = .milliseconds(10)) {
@@ -18,7 +21,8 @@ public struct JobTimeEstimator: Sendable {
 
     /// Adds a job's run time.
     public mutating func add(nanoseconds: UInt64) {
-        self.meanNanoseconds += (Double(nanoseconds) - self.meanNanoseconds) * Self.weight
+        self.meanNanoseconds += (Double(nanoseconds) - self.meanNanoseconds) * (self.measured ? Self.weight : 1)
+        self.measured = true
     }
 
     /// Whether jobs are short lately (below `shortJob`).

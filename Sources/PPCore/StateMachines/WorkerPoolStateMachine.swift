@@ -198,7 +198,7 @@ public struct WorkerPoolStateMachine: Sendable {
 
     /// Each owner's use of the workers lately, queued and running jobs, least use
     /// first (the fair share's accounts; owners idle long enough are forgotten).
-    public func shares(now: NIODeadline) -> [FairQueue<Job>.Share] {
+    public func shares(now: NIODeadline) -> [OwnerShare] {
         self.queue.shares(now: now)
     }
 
@@ -693,6 +693,8 @@ public struct PoolStatistics: Sendable {
     public var workers: [WorkerStatistics] = []
     /// The workers' Python version, once one has started.
     public var pythonVersion: String?
+    /// The fair share: each owner's recent use, queued and running jobs.
+    public var owners: [OwnerShare] = []
 
     /// Jobs finished by all workers.
     public var jobsDone: Int { self.workers.reduce(0) { $0 + $1.jobsDone } }

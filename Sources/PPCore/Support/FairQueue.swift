@@ -36,20 +36,6 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
         var running = 0
     }
 
-    /// One owner's share: what `FairQueue.shares(now:)` reports.
-    public struct Share: Sendable, Equatable {
-        /// The owner's key.
-        public var owner: String
-        /// Seconds of worker time used lately (decayed).
-        public var used: Double
-        /// Its weight (1 unless set).
-        public var weight: Double
-        /// Jobs queued.
-        public var queued: Int
-        /// Jobs taken out and not charged yet (running).
-        public var running: Int
-    }
-
     /// How long it takes for used time to count half.
     public let halfLife: Duration
     private var accounts: [String: Account] = [:]
@@ -136,9 +122,9 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
     }
 
     /// Every owner's use, weight, queue and running count, by least use first.
-    public func shares(now: NIODeadline) -> [Share] {
+    public func shares(now: NIODeadline) -> [OwnerShare] {
         self.accounts.map { key, a in
-            Share(owner: key, used: self.decayed(a, to: now), weight: a.weight, queued: a.queue.count, running: a.running)
+            OwnerShare(owner: key, used: self.decayed(a, to: now), weight: a.weight, queued: a.queue.count, running: a.running)
         }.sorted { ($0.used / $0.weight, $0.owner) < ($1.used / $1.weight, $1.owner) }
     }
 
@@ -158,4 +144,18 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
             self.accounts[key] = nil
         }
     }
+}
+
+/// One owner's share of a pool's workers: what `FairQueue.shares(now:)` reports.
+public struct OwnerShare: Sendable, Equatable {
+    /// The owner's key.
+    public var owner: String
+    /// Seconds of worker time used lately (decayed).
+    public var used: Double
+    /// Its weight (1 unless set).
+    public var weight: Double
+    /// Jobs queued.
+    public var queued: Int
+    /// Jobs taken out and not charged yet (running).
+    public var running: Int
 }

@@ -13,6 +13,8 @@ public enum LogKey {
     public static let nodeID = "node.id"
     /// A client's name as its HELLO gives it.
     public static let client = "client"
+    /// Whom a session's jobs run for in the node's fair share (`"name #3"`).
+    public static let owner = "owner"
     /// An executor of the client's scheduler (`local`, a node address).
     public static let executor = "executor"
     /// A worker pool's label.
