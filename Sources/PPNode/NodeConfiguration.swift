@@ -57,6 +57,10 @@ public struct NodeConfiguration: Sendable {
     /// Accept Parallel Python's published default secret on the pp-compatible listener
     /// (with a warning). Off by default: that secret is no secret.
     public var ppAllowDefaultSecret = false
+    /// Weights of clients in the fair share, by their IP address (`"10.0.0.5"`):
+    /// while both have jobs queued, a client of weight 2 gets twice the worker time of
+    /// one of weight 1, the default. Parallel Python clients are weighed by address too.
+    public var clientWeights: [String: Double] = [:]
     /// Where the node logs.
     public var logger: Logger
 

@@ -213,6 +213,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
                     self.execute(self.machine.jobFinished(clientID: clientID, result: result))
                 }
                 poolJob.owner = self.owner
+                poolJob.ownerWeight = self.node.configuration.clientWeights[self.peerHost] ?? 1
                 return poolJob
             }
         )

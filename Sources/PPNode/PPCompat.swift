@@ -154,10 +154,12 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
     /// Whom its jobs run for in the pool's fair share: Parallel Python clients open a
     /// connection per job, so a client is its host (`"pp 10.0.0.5"`).
     private let owner: String
+    private let ownerWeight: Double
 
     init(node: NodeServer, peer: String, host: String) {
         self.node = node
         self.owner = "pp \(host)"
+        self.ownerWeight = node.configuration.clientWeights[host] ?? 1
         var logger = node.configuration.logger
         logger[metadataKey: LogKey.ppPeer] = "\(peer)"
         self.logger = logger
@@ -244,6 +246,7 @@ final class PPSession: ChannelInboundHandler, @unchecked Sendable {
             }
         }
         job.owner = self.owner
+        job.ownerWeight = self.ownerWeight
         self.node.pool.submit(job)
     }
 

@@ -98,6 +98,9 @@ struct PPNodeCommand: AsyncParsableCommand {
     @Flag(name: .customLong("pp-allow-default-secret"), help: "Accept ppft's published default secret on the pp listener (with a warning). Refused otherwise.")
     var ppAllowDefaultSecret = false
 
+    @Option(name: .customLong("client-weights"), help: ArgumentHelp("Fair-share weights of clients by IP address, such as 10.0.0.5=2,10.0.0.7=0.5: a client of weight 2 gets twice the worker time of one of weight 1, the default (env PP_CLIENT_WEIGHTS).", valueName: "ADDRESS=W,..."))
+    var clientWeights: String?
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error (env PP_LOG_LEVEL; default info).", valueName: "LEVEL"))
     var logLevel: String?
 

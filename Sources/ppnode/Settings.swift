@@ -20,7 +20,7 @@ struct Settings {
     static let keys: Set<String> = [
         "host", "port", "workers", "python", "secret-file", "name", "max-frame", "cache-bytes",
         "handshake-timeout", "heartbeat-timeout", "drain-timeout", "log-level", "discovery-port", "beacon-interval",
-        "broadcast", "dnssd", "pp-port", "pp-version", "pp-allow-default-secret",
+        "broadcast", "dnssd", "pp-port", "pp-version", "pp-allow-default-secret", "client-weights",
     ]
 
     init(command c: PPNodeCommand) throws {
@@ -100,6 +100,8 @@ struct Settings {
         })
         let allowDefaultSecret = try value(nil, "PP_PP_ALLOW_DEFAULT_SECRET", "pp-allow-default-secret", isNot: "yes or no", Self.onOff)
         set(\.ppAllowDefaultSecret, c.ppAllowDefaultSecret || allowDefaultSecret == true)
+        let weights = "a list of ADDRESS=WEIGHT pairs, such as 10.0.0.5=2,10.0.0.7=0.5 (weights from 0.01 to 100)"
+        set(\.clientWeights, try value(c.clientWeights, "PP_CLIENT_WEIGHTS", "client-weights", isNot: weights, Self.weights))
         let logLevel = "a log level; use trace, debug, info, notice, warning, error or critical"
         if let level = try value(c.logLevel, "PP_LOG_LEVEL", "log-level", isNot: logLevel, { Logger.Level(rawValue: $0.lowercased()) }) { self.logLevel = level }
     }
@@ -107,6 +109,18 @@ struct Settings {
     /// A whole number in `range`, or `nil`.
     static func int(_ text: String, in range: ClosedRange<Int>) -> Int? {
         Int(text).flatMap { range.contains($0) ? $0 : nil }
+    }
+
+    /// `ADDRESS=WEIGHT` pairs separated by commas (weights 0.01 to 100); `nil` for
+    /// anything else.
+    static func weights(_ text: String) -> [String: Double]? {
+        var out: [String: Double] = [:]
+        for pair in text.split(separator: ",") {
+            let parts = pair.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2, !parts[0].isEmpty, let w = Double(parts[1]), w >= 0.01, w <= 100 else { return nil }
+            out[parts[0]] = w
+        }
+        return out.isEmpty ? nil : out
     }
 
     /// on, yes, true, 1 or off, no, false, 0; `nil` for anything else.

@@ -112,6 +112,19 @@ struct NodeStartTests {
         #expect(dying.survivors.isEmpty, "workers left: \(dying.survivors)")
     }
 
+    @Test func clientWeightsAreChecked() throws {
+        for value in ["10.0.0.5=0", "10.0.0.5", "=2", "10.0.0.5=lots", "10.0.0.5=101"] {
+            let r = try ppnode(["--port", "0", "--client-weights", value])
+            #expect(r.status == 2, "\(value): \(r.stderr)")
+            #expect(r.stderr.contains("--client-weights: '\(value)' is not a list of ADDRESS=WEIGHT pairs, such as 10.0.0.5=2,10.0.0.7=0.5 (weights from 0.01 to 100)"), "\(r.stderr)")
+        }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let conf = try dir.write("ppnode.conf", "client-weights = 10.0.0.5=2, x\n")
+        let file = try ppnode(["--port", "0", "--config", conf])
+        #expect(file.status == 2 && file.stderr.contains("ppnode.conf:1 (client-weights): '10.0.0.5=2, x' is not a list"), "\(file.stderr)")
+    }
+
     @Test func maxFrameIsBounded() throws {
         for (value, shown) in [("5GiB", "5GiB"), ("4294967296", "4294967296"), ("65535", "65535"), ("-1", "-1"), ("lots", "lots")] {
             let r = try ppnode(["--port", "0", "--max-frame=\(value)"])
