@@ -10,12 +10,8 @@ public final class JobHandle<T: Decodable & Sendable>: Sendable {
     /// The job's id, unique within its `JobServer`.
     public let id: UInt64
     private let server: JobServer
-    private let state = Mutex<State>(.pending([]))
-
-    private enum State {
-        case pending([CheckedContinuation<JobOutcome, Never>])
-        case done(JobOutcome)
-    }
+    /// The outcome once the job has ended; until then, who waits for it.
+    private let state = Mutex<(outcome: JobOutcome?, waiters: [CheckedContinuation<JobOutcome, Never>])>((nil, []))
 
     init(id: UInt64, server: JobServer) {
         self.id = id
@@ -40,14 +36,9 @@ public final class JobHandle<T: Decodable & Sendable>: Sendable {
     public var outcome: JobOutcome {
         get async {
             await withCheckedContinuation { (c: CheckedContinuation<JobOutcome, Never>) in
-                let done: JobOutcome? = self.state.withLock { state in
-                    switch state {
-                    case .done(let outcome): return outcome
-                    case .pending(var waiters):
-                        waiters.append(c)
-                        state = .pending(waiters)
-                        return nil
-                    }
+                let done = self.state.withLock { state in
+                    if state.outcome == nil { state.waiters.append(c) }
+                    return state.outcome
                 }
                 if let done { c.resume(returning: done) }
             }
@@ -56,7 +47,7 @@ public final class JobHandle<T: Decodable & Sendable>: Sendable {
 
     /// Whether the job has ended.
     public var isFinished: Bool {
-        self.state.withLock { if case .done = $0 { true } else { false } }
+        self.state.withLock { $0.outcome != nil }
     }
 
     /// Cancels the job if it has not started.
@@ -69,10 +60,11 @@ public final class JobHandle<T: Decodable & Sendable>: Sendable {
 
     /// Records the outcome and wakes every waiter. Called once.
     func complete(_ outcome: JobOutcome) {
-        let waiters: [CheckedContinuation<JobOutcome, Never>] = self.state.withLock { state in
-            guard case .pending(let waiters) = state else { return [] }
-            state = .done(outcome)
-            return waiters
+        let waiters = self.state.withLock { state -> [CheckedContinuation<JobOutcome, Never>] in
+            guard state.outcome == nil else { return [] }
+            state.outcome = outcome
+            defer { state.waiters = [] }
+            return state.waiters
         }
         for w in waiters { w.resume(returning: outcome) }
     }

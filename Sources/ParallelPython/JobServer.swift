@@ -131,7 +131,7 @@ public final class JobServer: Service, Sendable {
         )
         self.pool = WorkerPool(configuration: poolConfiguration, eventLoop: self.loop)
         self.scheduler = Scheduler(loop: self.loop, noExecutorTimeout: configuration.noExecutorTimeout, logger: configuration.logger)
-        self.local = LocalExecutor(id: self.scheduler.makeExecutorID(), pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: self.scheduler)
+        self.local = LocalExecutor(pool: self.pool, size: self.pool.configuration.workers ?? 0, scheduler: self.scheduler)
         self.resources = ResourceManager(scheduler: self.scheduler, configuration: configuration)
     }
 
@@ -139,12 +139,11 @@ public final class JobServer: Service, Sendable {
     /// Every submission calls it, so a program need not.
     public func start() {
         guard self.started.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
-        let (scheduler, local, resources) = (self.scheduler, self.local, self.resources)
         self.pool.start()
         self.loop.execute {
-            scheduler.start()
-            scheduler.add(local)
-            resources.start()
+            self.scheduler.start()
+            self.scheduler.add(self.local)
+            self.resources.start()
         }
     }
 
@@ -242,19 +241,18 @@ public final class JobServer: Service, Sendable {
         timeout: Duration? = nil
     ) async -> [Result<T, JobError>] {
         guard !arguments.isEmpty else { return [] }
-        let outcomes = await withCheckedContinuation { (continuation: CheckedContinuation<[JobOutcome], Never>) in
-            // The outcomes in input order, and how many are still to come.
-            let state = Mutex((outcomes: [JobOutcome?](repeating: nil, count: arguments.count), remaining: arguments.count))
+        return await withCheckedContinuation { continuation in
+            // The results in input order, and how many are still to come.
+            let state = Mutex((results: [Result<T, JobError>?](repeating: nil, count: arguments.count), remaining: arguments.count))
             self.submitBatch(function, arguments: arguments, timeout: timeout) { index, outcome in
-                let all: [JobOutcome]? = state.withLock { s in
-                    s.outcomes[index] = outcome
+                let all: [Result<T, JobError>]? = state.withLock { s in
+                    s.results[index] = decodeResult(T.self, outcome)
                     s.remaining -= 1
-                    return s.remaining == 0 ? s.outcomes.map { $0! } : nil
+                    return s.remaining == 0 ? s.results.map { $0! } : nil
                 }
                 if let all { continuation.resume(returning: all) }
             }
         }
-        return outcomes.map { decodeResult(T.self, $0) }
     }
 
     /// Runs `function` once per argument list; yields `(index, result)` as each job ends,
@@ -312,15 +310,12 @@ public final class JobServer: Service, Sendable {
     /// - Throws: `JobError` with code `functionUnavailable` and the Python traceback when
     ///   the source has a syntax error, an import fails, or the name is not defined.
     public func load(_ function: PythonFunction) async throws(JobError) {
-        if self.pool.configuration.workers ?? 0 > 0 {
-            if let error = await self.pool.check(function.bundle) { throw error }
-            return
-        }
         // No local workers: compile it with a local python3 anyway, so a broken file
         // is reported before any job is sent to a node.
-        let checker = WorkerPool(configuration: .init(workers: 1, python: self.configuration.python, name: "check"))
+        let local = self.pool.configuration.workers ?? 0 > 0
+        let checker = local ? self.pool : WorkerPool(configuration: .init(workers: 1, python: self.configuration.python, name: "check"))
         let error = await checker.check(function.bundle)
-        await checker.shutdown()
+        if !local { await checker.shutdown() }
         if let error { throw error }
     }
 
@@ -385,7 +380,7 @@ public final class JobServer: Service, Sendable {
         let start = ContinuousClock.now
         let futures: [(String, EventLoopFuture<[UInt8]>)] =
             (try? await self.loop.submit {
-                self.scheduler.executors.compactMap { e in e.requestStatistics(on: self.loop).map { (e.name, $0) } }
+                self.scheduler.executors.compactMap { ($0 as? RemoteExecutor).map { ($0.name, $0.requestStatistics(on: self.loop)) } }
             }.get()) ?? []
         var out: [String: JSONValue] = [:]
         for (name, future) in futures {
@@ -395,8 +390,7 @@ public final class JobServer: Service, Sendable {
             else { continue }
             // The request and its answer are one round trip (an upper bound when several
             // nodes answer at once).
-            let (s, a) = (ContinuousClock.now - start).components
-            fields["rtt_us"] = .int(Int(s) * 1_000_000 + Int(a / 1_000_000_000_000))
+            fields["rtt_us"] = .int(Int((ContinuousClock.now - start) / .microseconds(1)))
             out[name] = .object(fields)
         }
         return out

@@ -26,18 +26,17 @@ public struct JobServerStatistics: Sendable {
 
     /// The table, in the layout of pp's `print_stats`, followed by local workers.
     public var table: String {
-        var lines = ["Job execution statistics:"]
-        lines.append(" job count | % of all jobs | job time sum | time per job | job server")
+        var lines = ["Job execution statistics:", " job count | % of all jobs | job time sum | time per job | job server"]
         let total = max(self.totalJobs, 1)
         for e in self.executors {
             let share = 100.0 * Double(e.jobs) / Double(total)
-            let sum = e.totalTime.secondsDouble
+            let sum = e.totalTime / .seconds(1)
             let mean = e.jobs > 0 ? sum / Double(e.jobs) : 0
             lines.append(
                 "\(pad(String(e.jobs), 10)) | \(pad(fixed(share, 2), 13)) | \(pad(fixed(sum, 4), 12)) | \(pad(fixed(mean, 6), 12)) | \(e.name)"
             )
         }
-        lines.append("Time elapsed since server creation \(fixed(self.elapsed.secondsDouble, 4))")
+        lines.append("Time elapsed since server creation \(fixed(self.elapsed / .seconds(1), 4))")
         let pool = self.localPool
         if !pool.workers.isEmpty {
             lines.append("Local workers (\(pool.liveWorkers) running, python \(pool.pythonVersion ?? "?")):")
@@ -45,19 +44,11 @@ public struct JobServerStatistics: Sendable {
             for w in pool.workers {
                 let state = w.exit.map { "ended: \($0)" } ?? "running"
                 lines.append(
-                    "\(pad("local/\(w.index)", 10)) | \(pad(String(w.pid), 6)) | \(pad(String(w.jobsDone), 9)) | \(pad(fixed(w.busyTime.secondsDouble, 4), 9)) | \(state)"
+                    "\(pad("local/\(w.index)", 10)) | \(pad(String(w.pid), 6)) | \(pad(String(w.jobsDone), 9)) | \(pad(fixed(w.busyTime / .seconds(1), 4), 9)) | \(state)"
                 )
             }
         }
         return lines.joined(separator: "\n")
-    }
-}
-
-extension Duration {
-    /// The duration in seconds as a `Double`.
-    var secondsDouble: Double {
-        let (s, a) = self.components
-        return Double(s) + Double(a) / 1e18
     }
 }
 

@@ -91,7 +91,6 @@ final class NodeLink: @unchecked Sendable {
     func stop() {
         self.machine.stop()
         self.pendingRetry?.cancel()
-        self.pendingRetry = nil
         self.executor?.close(goodbye: true)
     }
 
@@ -106,13 +105,11 @@ final class NodeLink: @unchecked Sendable {
         case .none:
             break
         case .connect:
-            // A nudge cuts the wait short.
+            // A nudge cuts the wait short (a timer that fired already does nothing).
             self.pendingRetry?.cancel()
-            self.pendingRetry = nil
             self.connect()
         case .retry(let delay):
             self.pendingRetry = self.scheduler.loop.scheduleTask(in: delay) { [self] in
-                self.pendingRetry = nil
                 self.execute(self.machine.retryTimerFired())
             }
         case .giveUp:
@@ -133,7 +130,7 @@ final class NodeLink: @unchecked Sendable {
             self.report(self.machine.problem(problem))
             return
         }
-        let executor = RemoteExecutor(link: self, id: self.scheduler.makeExecutorID())
+        let executor = RemoteExecutor(link: self)
         self.executor = executor
         ClientBootstrap(group: self.scheduler.loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -201,7 +198,6 @@ final class NodeLink: @unchecked Sendable {
 final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable {
     typealias InboundIn = NodeMessage
 
-    let id: ExecutorID
     unowned let link: NodeLink
     /// The decoder's frame limit: a few KiB until WELCOME.
     let frameLimit = FrameLimit(NodeProtocol.preambleMaxFrame)
@@ -212,9 +208,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     private var statsWaiters: [UInt64: EventLoopPromise<[UInt8]>] = [:]
     private var nextStatsToken: UInt64 = 1
 
-    init(link: NodeLink, id: ExecutorID) {
+    init(link: NodeLink) {
         self.link = link
-        self.id = id
         self.machine = NodeConnectionStateMachine(
             name: link.name, clientName: link.manager.clientName,
             heartbeatTimeout: .nanoseconds(link.manager.configuration.heartbeatTimeout.nanosecondsInt64), now: .now()
@@ -228,10 +223,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     // MARK: Executor
 
     func send(_ jobs: [Job]) {
-        guard self.channel != nil, let submit = self.machine.submit(jobs, now: .now()) else {
-            self.link.scheduler.requeue(jobs, lost: nil, from: self.name)
-            return
-        }
+        // Nil once the connection is closed (or not ready yet): the jobs go back.
+        guard let submit = self.machine.submit(jobs, now: .now()) else { return self.link.scheduler.requeue(jobs, lost: nil, from: self.name) }
         self.write([submit])
     }
 
@@ -245,8 +238,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     }
 
     /// Asks the node for its counters (the STATS JSON).
-    func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]>? {
-        guard self.channel != nil, self.machine.isUsable else { return loop.makeSucceededFuture([]) }
+    func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]> {
+        guard self.machine.isUsable else { return loop.makeSucceededFuture([]) }
         let promise = loop.makePromise(of: [UInt8].self)
         let token = self.nextStatsToken
         self.nextStatsToken += 1
@@ -314,10 +307,9 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
             self.handshakeTimer?.cancel()
             self.frameLimit.value = self.machine.maxFrame
             self.link.ready(self)
-        case .deliver(let results, let failed, let handedBack, let frames):
+        case .deliver(let results, let handedBack, let frames):
             self.write(frames)
             for (job, result) in results { job.completion(result) }
-            for (job, error) in failed { job.fail(error, executor: self.name) }
             if !handedBack.isEmpty { self.link.scheduler.requeue(handedBack, lost: nil, from: self.name) }
             self.link.scheduler.dispatchSoon()
         case .close:

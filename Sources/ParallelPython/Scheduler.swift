@@ -5,8 +5,6 @@ import PPWorkers
 
 /// Something that runs jobs: the local worker pool or a remote node.
 protocol Executor: AnyObject {
-    /// The scheduler's number for it.
-    var id: ExecutorID { get }
     /// The name in statistics: `"local"` or `"host:port"`.
     var name: String { get }
     /// How many more jobs it takes now.
@@ -20,8 +18,6 @@ protocol Executor: AnyObject {
     /// with `stop`, queued or running (the worker running it is killed and replaced);
     /// the job's completion says what happened.
     func cancel(jobID: UInt64, stop: Bool)
-    /// Its counters (a node's STATS JSON), or nil when it has none to ask for.
-    func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]>?
 }
 
 /// The client's scheduler: the driver of `SchedulerStateMachine`. It owns the executors
@@ -37,7 +33,6 @@ final class Scheduler: @unchecked Sendable {
     let logger: Logger
     private var machine: SchedulerStateMachine
     private(set) var executors: [any Executor] = []
-    private var nextExecutorID = 1
     private var dispatchScheduled = false
     private var sweeper: RepeatedTask?
 
@@ -92,26 +87,20 @@ final class Scheduler: @unchecked Sendable {
 
     // MARK: Executors
 
-    /// A number for a new executor.
-    func makeExecutorID() -> ExecutorID {
-        defer { self.nextExecutorID += 1 }
-        return ExecutorID(self.nextExecutorID)
-    }
-
     func add(_ executor: any Executor) {
         self.executors.append(executor)
-        self.machine.setProblem(nil, node: executor.name)
+        self.machine.nodeProblems[executor.name] = nil
         self.logger.info("executor added", metadata: [LogKey.executor: "\(executor.name)"])
         self.dispatch()
     }
 
     func remove(_ executor: any Executor) {
-        self.executors.removeAll { $0.id == executor.id }
+        self.executors.removeAll { $0 === executor }
     }
 
     /// A node became usable (`problem` nil) or could not be used, and why.
     func nodeProblem(_ problem: String?, node: String) {
-        self.machine.setProblem(problem, node: node)
+        self.machine.nodeProblems[node] = problem
     }
 
     /// Runs a dispatch after the current batch of events (coalesces many completions):
@@ -128,9 +117,11 @@ final class Scheduler: @unchecked Sendable {
     /// Hands queued jobs to the executors with the most free slots.
     func dispatch() {
         guard self.machine.queued > 0 else { return }
-        let batches = self.machine.dispatch(freeSlots: self.executors.map { ($0.id, $0.freeSlots) })
-        for (id, jobs) in batches {
-            self.executors.first { $0.id == id }?.send(jobs)
+        // Batches go by index into this list (sending may remove an executor from
+        // `executors`; one removed takes its batch and hands it back).
+        let executors = self.executors
+        for (index, jobs) in self.machine.dispatch(freeSlots: executors.map(\.freeSlots)) {
+            executors[index].send(jobs)
         }
     }
 }
@@ -143,7 +134,6 @@ final class Scheduler: @unchecked Sendable {
 /// `@unchecked Sendable`: confined to the job server's loop, where the pool (sharing
 /// that loop) calls its completions.
 final class LocalExecutor: Executor, @unchecked Sendable {
-    let id: ExecutorID
     let name = "local"
     let pool: WorkerPool
     private unowned let scheduler: Scheduler
@@ -152,8 +142,7 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     /// The pool's size as last set.
     var size: Int
 
-    init(id: ExecutorID, pool: WorkerPool, size: Int, scheduler: Scheduler) {
-        self.id = id
+    init(pool: WorkerPool, size: Int, scheduler: Scheduler) {
         self.pool = pool
         self.size = size
         self.scheduler = scheduler
@@ -185,6 +174,4 @@ final class LocalExecutor: Executor, @unchecked Sendable {
         guard self.inflight.contains(jobID) else { return }
         if stop { self.pool.stop(jobIDs: [jobID]) } else { self.pool.cancel(jobIDs: [jobID]) }
     }
-
-    func requestStatistics(on loop: any EventLoop) -> EventLoopFuture<[UInt8]>? { nil }
 }

@@ -39,16 +39,14 @@ final class Progress: @unchecked Sendable {
         let now = ContinuousClock.now
         guard now - self.lastDraw >= .milliseconds(100) || done == self.total else { return }
         self.lastDraw = now
-        let elapsed = max((now - self.started).secondsValue, 0.001)
+        let elapsed = max((now - self.started) / .seconds(1), 0.001)
         let rate = Double(done) / elapsed
-        var line = ""
+        var line = "\(done) done"
         if let total, total > 0 {
             let width = 30
             let filled = min(width, done * width / total)
             line = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] \(done)/\(total)"
             if rate > 0, done < total { line += String(format: " ETA %.0fs", Double(total - done) / rate) }
-        } else {
-            line = "\(done) done"
         }
         line += String(format: " %.1f jobs/s", rate)
         if failed > 0 { line += " \(failed) failed" }
@@ -63,12 +61,5 @@ final class Progress: @unchecked Sendable {
 
     func finish() {
         if self.shown { Console.error("") }
-    }
-}
-
-extension Duration {
-    var secondsValue: Double {
-        let (s, a) = self.components
-        return Double(s) + Double(a) / 1e18
     }
 }

@@ -22,15 +22,13 @@ struct EngineCommand: AsyncParsableCommand {
     )
 
     func run() async throws {
-        var reader = EngineFrameReader(fd: FileHandle.standardInput.fileDescriptor)
+        var reader = EngineFrameReader(input: ChunkedInput(fd: FileHandle.standardInput.fileDescriptor))
         let server: JobServer
         do {
             guard let first = reader.next(), first.kind == UInt8(ascii: "C") else { throw ValidationError("the first frame must be CONFIG") }
             server = try Self.makeServer(config: first.body)
         } catch {
-            EngineOutput.shared.send(kind: "E", Array("\(error)".utf8))
-            EngineOutput.shared.flushNow()
-            throw ExitCode(ExitCodes.cannotStart)
+            Engine.fatal("\(error)")
         }
         let workers = await server.workers()
         EngineOutput.shared.send(kind: "R", Array("{\"workers\":\(workers)}".utf8))
@@ -39,30 +37,23 @@ struct EngineCommand: AsyncParsableCommand {
         let engine = Engine(server: server)
         // Requests are read on a thread of their own: a blocking read must not hold a
         // thread of the cooperative pool.
-        let done = AsyncStream<Void>.makeStream()
-        let handOff = reader
-        Thread {
-            var reader = handOff
-            var jobs: [(opaque: Bool, body: [UInt8])] = []
-            while let frame = reader.next() {
-                if frame.kind == UInt8(ascii: "Q") { break }
-                if frame.kind == UInt8(ascii: "J") || frame.kind == UInt8(ascii: "O") {
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            Thread { [reader] in
+                var reader = reader
+                var jobs: [(opaque: Bool, body: [UInt8])] = []
+                while let frame = reader.next(), frame.kind != UInt8(ascii: "Q") {
+                    let isJob = frame.kind == UInt8(ascii: "J") || frame.kind == UInt8(ascii: "O")
+                    if isJob { jobs.append((frame.kind == UInt8(ascii: "O"), frame.body)) }
                     // Consecutive jobs already read go to the job server in one batch.
-                    jobs.append((frame.kind == UInt8(ascii: "O"), frame.body))
-                    if reader.hasBufferedFrame, jobs.count < 4096 { continue }
-                    engine.submit(jobs)
-                    jobs.removeAll(keepingCapacity: true)
-                    continue
+                    if !jobs.isEmpty, !isJob || !reader.hasBufferedFrame || jobs.count >= 4096 {
+                        engine.submit(jobs)
+                        jobs.removeAll(keepingCapacity: true)
+                    }
+                    if !isJob { engine.handle(frame) }
                 }
-                if !jobs.isEmpty {
-                    engine.submit(jobs)
-                    jobs.removeAll(keepingCapacity: true)
-                }
-                engine.handle(frame)
-            }
-            done.continuation.finish()
-        }.start()
-        for await _ in done.stream {}
+                done.resume()
+            }.start()
+        }
         await server.shutdown()
         EngineOutput.shared.flushNow()
     }
@@ -104,54 +95,36 @@ struct EngineCommand: AsyncParsableCommand {
 }
 
 /// One request or answer frame: u32 length (of type and body), u8 type, body.
-struct EngineFrame {
-    var kind: UInt8
-    var body: [UInt8]
-}
+typealias EngineFrame = (kind: UInt8, body: [UInt8])
 
 /// Reads frames from a file descriptor (blocking).
 struct EngineFrameReader {
-    let fd: Int32
-    private var buffer: [UInt8] = []
-    private var start = 0
+    var input: ChunkedInput
     /// Requests larger than this end the engine (the package never sends them).
     static let maxFrame = 1 << 30
 
-    init(fd: Int32) {
-        self.fd = fd
-    }
-
     /// The length field of the next frame, once its header is buffered.
     private var nextLength: Int? {
-        guard self.buffer.count - self.start >= 5 else { return nil }
-        return Int(Engine.uint(self.buffer, self.start, bytes: 4))
+        guard self.input.available >= 5 else { return nil }
+        return Int(Engine.uint(self.input.buffer, self.input.start, bytes: 4))
     }
 
     /// Whether a whole frame is already buffered (`next()` would not block).
     var hasBufferedFrame: Bool {
-        self.nextLength.map { self.buffer.count - self.start >= 4 + $0 } ?? false
+        self.nextLength.map { self.input.available >= 4 + $0 } ?? false
     }
 
     mutating func next() -> EngineFrame? {
         while true {
             if let n = self.nextLength {
-                let b = self.start
                 guard n >= 1, n <= Self.maxFrame else { return nil }
-                if self.buffer.count - self.start >= 4 + n {
-                    let frame = EngineFrame(kind: self.buffer[b + 4], body: Array(self.buffer[(b + 5)..<(b + 4 + n)]))
-                    self.start += 4 + n
-                    if self.start > 1 << 20 || self.start == self.buffer.count {
-                        self.buffer.removeFirst(self.start)
-                        self.start = 0
-                    }
-                    return frame
+                if self.input.available >= 4 + n {
+                    let b = self.input.start
+                    self.input.start += 4 + n
+                    return (self.input.buffer[b + 4], Array(self.input.buffer[(b + 5)..<(b + 4 + n)]))
                 }
             }
-            var chunk = [UInt8](repeating: 0, count: 1 << 16)
-            let got = read(self.fd, &chunk, chunk.count)
-            if got < 0, errno == EINTR { continue }
-            guard got > 0 else { return nil }
-            self.buffer += chunk[0..<got]
+            guard self.input.fill() else { return nil }
         }
     }
 }
@@ -169,9 +142,8 @@ final class EngineOutput: Sendable {
             Engine.append(UInt64(body.count + 1), bytes: 4, to: &p.bytes)
             p.bytes.append(UInt8(ascii: kind.unicodeScalars.first!))
             p.bytes += body
-            if p.scheduled { return false }
-            p.scheduled = true
-            return true
+            defer { p.scheduled = true }
+            return !p.scheduled
         }
         if schedule { self.queue.async { self.flushNow() } }
     }
@@ -179,10 +151,7 @@ final class EngineOutput: Sendable {
     /// Writes everything pending now.
     func flushNow() {
         let bytes = self.pending.withLock { p -> [UInt8] in
-            defer {
-                p.bytes = []
-                p.scheduled = false
-            }
+            defer { p = ([], false) }
             return p.bytes
         }
         Console.writeAll(fd: 1, bytes)
@@ -198,41 +167,30 @@ final class Engine: Sendable {
         self.server = server
     }
 
+    /// Any request but a job (`submit`) or QUIT.
     func handle(_ frame: EngineFrame) {
         switch frame.kind {
         case UInt8(ascii: "B"):
-            guard frame.body.count > 32, let digest = SHA256Digest(bytes: Array(frame.body[0..<32])) else {
-                return self.fatal("BUNDLE too short")
-            }
+            guard frame.body.count > 32, let digest = SHA256Digest(bytes: Array(frame.body[0..<32])) else { Self.fatal("BUNDLE too short") }
             let bundle = FunctionBundle(spec: Array(frame.body[32...]))
-            guard bundle.digest == digest else { return self.fatal("BUNDLE bytes do not hash to their digest") }
+            guard bundle.digest == digest else { Self.fatal("BUNDLE bytes do not hash to their digest") }
             self.state.withLock { $0.functions[digest] = PythonFunction(bundle: bundle) }
-        case UInt8(ascii: "J"), UInt8(ascii: "O"):
-            self.submit([(frame.kind == UInt8(ascii: "O"), frame.body)])
         case UInt8(ascii: "X"), UInt8(ascii: "K"):
             // X cancels a job that has not started; K stops it wherever it is, running
             // included (its worker is killed and replaced).
-            guard frame.body.count == 8 else { return self.fatal("CANCEL/STOP is not 8 bytes") }
+            guard frame.body.count == 8 else { Self.fatal("CANCEL/STOP is not 8 bytes") }
             let id = Self.uint(frame.body, 0)
             guard let engineID = self.state.withLock({ $0.engineIDs[id] }) else { return }
-            let server = self.server
             let stop = frame.kind == UInt8(ascii: "K")
-            Task {
-                if stop { _ = await server.stop(jobID: engineID) } else { _ = await server.cancel(jobID: engineID) }
-            }
+            Task { _ = await (stop ? self.server.stop(jobID: engineID) : self.server.cancel(jobID: engineID)) }
         case UInt8(ascii: "W"):
-            guard frame.body.count == 4 else { return self.fatal("WORKERS is not 4 bytes") }
+            guard frame.body.count == 4 else { Self.fatal("WORKERS is not 4 bytes") }
             self.server.setWorkers(Int(Self.uint(frame.body, 0, bytes: 4)))
         case UInt8(ascii: "S"):
-            guard frame.body.count == 8 else { return self.fatal("STATS is not 8 bytes") }
-            let token = Array(frame.body)
-            let server = self.server
-            Task {
-                let json = await Self.statisticsJSON(server)
-                EngineOutput.shared.send(kind: "S", token + json)
-            }
+            guard frame.body.count == 8 else { Self.fatal("STATS is not 8 bytes") }
+            Task { await EngineOutput.shared.send(kind: "S", frame.body + Self.statisticsJSON(self.server)) }
         default:
-            self.fatal("unknown frame type \(frame.kind)")
+            Self.fatal("unknown frame type \(frame.kind)")
         }
     }
 
@@ -242,7 +200,7 @@ final class Engine: Sendable {
     func submit(_ bodies: [(opaque: Bool, body: [UInt8])]) {
         var groups: [(function: PythonFunction, ms: UInt64, ids: [UInt64], arguments: [JobArguments])] = []
         for (opaque, body) in bodies {
-            guard body.count >= 44, let digest = SHA256Digest(bytes: Array(body[8..<40])) else { return self.fatal("JOB too short") }
+            guard body.count >= 44, let digest = SHA256Digest(bytes: Array(body[8..<40])) else { Self.fatal("JOB too short") }
             let id = Self.uint(body, 0)
             let ms = Self.uint(body, 40, bytes: 4)
             guard let function = self.state.withLock({ $0.functions[digest] }) else {
@@ -250,12 +208,9 @@ final class Engine: Sendable {
                 continue
             }
             let arguments = opaque ? JobArguments(opaque: Array(body[44...])) : JobArguments(jsonArray: Array(body[44...]))
-            if let last = groups.indices.last, groups[last].function == function, groups[last].ms == ms {
-                groups[last].ids.append(id)
-                groups[last].arguments.append(arguments)
-            } else {
-                groups.append((function, ms, [id], [arguments]))
-            }
+            if groups.last?.function != function || groups.last?.ms != ms { groups.append((function, ms, [], [])) }
+            groups[groups.count - 1].ids.append(id)
+            groups[groups.count - 1].arguments.append(arguments)
         }
         for group in groups {
             let pythonIDs = group.ids
@@ -280,20 +235,13 @@ final class Engine: Sendable {
     /// payload (the value's JSON, or the error JSON).
     static func answer(_ id: UInt64, _ outcome: JobOutcome) {
         var body = [UInt8]()
-        let status: UInt8
-        let payload: [UInt8]
-        var stdout = Array(outcome.stdout.utf8)
-        var stderr = Array(outcome.stderr.utf8)
-        switch outcome.result {
-        case .success(let bytes):
-            status = 0
-            payload = bytes
-        case .failure(let error):
-            status = error.code.wireStatus
-            payload = error.wireJSON
-            stdout = Array(error.stdout.utf8)
-            stderr = Array(error.stderr.utf8)
-        }
+        let (stdout, stderr) = (Array(outcome.stdout.utf8), Array(outcome.stderr.utf8))
+        // A failure's output is the outcome's too (`JobResult.outcome`).
+        let (status, payload): (UInt8, [UInt8]) =
+            switch outcome.result {
+            case .success(let bytes): (0, bytes)
+            case .failure(let error): (error.code.wireStatus, error.wireJSON)
+            }
         body.reserveCapacity(29 + stdout.count + stderr.count + payload.count)
         Self.append(id, to: &body)
         body.append(status)
@@ -323,7 +271,8 @@ final class Engine: Sendable {
         return Array(value.description.utf8)
     }
 
-    private func fatal(_ message: String) {
+    /// Says why the engine stops (an `E` frame) and exits.
+    static func fatal(_ message: String) -> Never {
         EngineOutput.shared.send(kind: "E", Array(message.utf8))
         EngineOutput.shared.flushNow()
         exit(ExitCodes.cannotStart)

@@ -18,18 +18,15 @@ enum InputSource {
         }
     }
 
-    /// Calls `body` once per input, in order. `beforeBlocking` runs before a read that
-    /// may wait (so work already read can start).
-    func forEach(beforeBlocking: () -> Void, _ body: (Input) -> Void) {
+    /// Calls `body` once per input, in order, with its index, how to name it in
+    /// messages, and its arguments (or why it has none). `beforeBlocking` runs before a
+    /// read that may wait (so work already read can start).
+    func forEach(beforeBlocking: () -> Void, _ body: (Int, String, Result<JobArguments, InputError>) -> Void) {
         switch self {
         case .arguments(let args):
-            for (i, text) in args.enumerated() {
-                body(Input(index: i, display: text, arguments: .success(Self.argument(text))))
-            }
+            for (i, text) in args.enumerated() { body(i, text, .success(Self.argument(text))) }
         case .range(let r):
-            for (i, v) in r.values.enumerated() {
-                body(Input(index: i, display: String(v), arguments: .success(JobArguments(jsonArray: Array("[\(v)]".utf8)))))
-            }
+            for (i, v) in r.values.enumerated() { body(i, String(v), .success(JobArguments(jsonArray: Array("[\(v)]".utf8)))) }
         case .lines(let reader, let name):
             var index = 0
             var lineNumber = 0
@@ -37,7 +34,7 @@ enum InputSource {
                 lineNumber += 1
                 let trimmed = line.trimmingCharacters(in: .whitespacesAndNewlines)
                 if trimmed.isEmpty { continue }
-                body(Input(index: index, display: "\(name):\(lineNumber): \(trimmed)", arguments: Self.jsonLine(trimmed)))
+                body(index, "\(name):\(lineNumber): \(trimmed)", Self.jsonLine(trimmed))
                 index += 1
             }
         }
@@ -69,13 +66,6 @@ enum InputSource {
     }
 }
 
-/// One input of `pprun map`.
-struct Input {
-    var index: Int
-    var display: String
-    var arguments: Result<JobArguments, InputError>
-}
-
 /// An input line that cannot be a job.
 struct InputError: Error {
     var message: String
@@ -84,44 +74,59 @@ struct InputError: Error {
 /// Reads lines from a file descriptor in large chunks.
 final class LineReader: @unchecked Sendable {
     // Used by the one producer thread only.
-    private let fd: Int32
-    private var buffer: [UInt8] = []
-    private var start = 0
+    private var input: ChunkedInput
     private var eof = false
 
     init(fd: Int32) {
-        self.fd = fd
+        self.input = ChunkedInput(fd: fd)
     }
 
     deinit {
-        if self.fd > 2 { close(self.fd) }
+        if self.input.fd > 2 { close(self.input.fd) }
     }
 
     /// The next line without its newline, or `nil` at the end.
     func next(beforeBlocking: () -> Void) -> String? {
         while true {
-            if let nl = self.buffer[self.start...].firstIndex(of: 10) {
-                let line = String(decoding: self.buffer[self.start..<nl], as: UTF8.self)
-                self.start = nl + 1
-                return line
+            let rest = self.input.buffer[self.input.start...]
+            if let nl = rest.firstIndex(of: 10) {
+                self.input.start = nl + 1
+                return String(decoding: rest[..<nl], as: UTF8.self)
             }
             if self.eof {
-                guard self.start < self.buffer.count else { return nil }
-                let line = String(decoding: self.buffer[self.start...], as: UTF8.self)
-                self.start = self.buffer.count
-                return line
+                guard !rest.isEmpty else { return nil }
+                self.input.start = self.input.buffer.count
+                return String(decoding: rest, as: UTF8.self)
             }
             beforeBlocking()
-            self.buffer.removeFirst(self.start)
-            self.start = 0
-            var chunk = [UInt8](repeating: 0, count: 1 << 16)
-            let n = chunk.withUnsafeMutableBytes { read(self.fd, $0.baseAddress, $0.count) }
-            if n <= 0 {
-                if n < 0, errno == EINTR { continue }
-                self.eof = true
-            } else {
-                self.buffer.append(contentsOf: chunk[0..<n])
-            }
+            self.eof = !self.input.fill()
+        }
+    }
+}
+
+/// Bytes read from a file descriptor in large chunks (blocking reads), and how many of
+/// them were consumed: what `LineReader` and `EngineFrameReader` parse.
+struct ChunkedInput {
+    let fd: Int32
+    var buffer: [UInt8] = []
+    /// Where the bytes not consumed yet start.
+    var start = 0
+
+    /// How many bytes are buffered and not consumed.
+    var available: Int { self.buffer.count - self.start }
+
+    /// Drops the consumed bytes and reads more; `false` at the end of the input (or at
+    /// an error: the writer is gone).
+    mutating func fill() -> Bool {
+        self.buffer.removeFirst(self.start)
+        self.start = 0
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = read(self.fd, &chunk, chunk.count)
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { return false }
+            self.buffer += chunk[0..<n]
+            return true
         }
     }
 }

@@ -58,12 +58,10 @@ struct MapCommand: AsyncParsableCommand {
     var progress: Bool?
 
     func validate() throws {
-        let sources = [!self.args.isEmpty, self.range != nil, self.input != nil].filter { $0 }.count
-        if sources == 0 {
-            throw ValidationError("no inputs: give ARGs, --range START:STOP[:STEP] or --input PATH (or - for stdin)")
-        }
-        if sources > 1 {
-            throw ValidationError("give inputs one way only: ARGs, --range or --input")
+        switch [!self.args.isEmpty, self.range != nil, self.input != nil].filter({ $0 }).count {
+        case 0: throw ValidationError("no inputs: give ARGs, --range START:STOP[:STEP] or --input PATH (or - for stdin)")
+        case 1: break
+        default: throw ValidationError("give inputs one way only: ARGs, --range or --input")
         }
         if let range { _ = try RangeSpec(range) }
         for node in self.nodes {
@@ -99,17 +97,12 @@ struct MapCommand: AsyncParsableCommand {
         let signalSources = Interruption.install(counters)
         defer { withExtendedLifetime(signalSources) {} }
 
-        var secret: ClusterSecret?
-        if !self.nodes.isEmpty || self.secretOptions.secretFile != nil {
-            secret = try Self.orCannotStart { try self.secretOptions.load().secret }
-        } else if !self.noDiscover, ClusterSecret.isNamedByEnvironment {
-            // A secret the user named (PP_SECRET, PP_SECRET_FILE) that cannot be used is
-            // an error, not a reason to run without nodes.
-            secret = try Self.orCannotStart { try ClusterSecret.load(file: nil, create: false).secret }
-        } else if !self.noDiscover {
-            // Discovered nodes need the secret; without one they are only reported.
-            secret = try? ClusterSecret.load(file: nil, create: false).secret
-        }
+        // The secret --node and --secret-file need, or one the user named (PP_SECRET,
+        // PP_SECRET_FILE) for discovery, must load: one that cannot be used is an error,
+        // not a reason to run without nodes. Otherwise the job server loads the default
+        // secret for discovered nodes, if there is one; without one they are only reported.
+        let needsSecret = !self.nodes.isEmpty || self.secretOptions.secretFile != nil || (!self.noDiscover && ClusterSecret.isNamedByEnvironment)
+        let secret = try Self.orCannotStart { try needsSecret ? self.secretOptions.load().secret : nil }
         var logger = Logger(label: "pprun")
         logger.logLevel = .notice
         let server = JobServer(
@@ -185,9 +178,6 @@ struct RangeSpec {
     }
 
     var values: StrideTo<Int> { stride(from: self.start, to: self.stop, by: self.step) }
-    var count: Int {
-        self.step > 0
-            ? max(0, (self.stop - self.start + self.step - 1) / self.step)
-            : max(0, (self.start - self.stop - self.step - 1) / -self.step)
-    }
+    /// How many values: the span rounded up to whole steps (away from zero).
+    var count: Int { max(0, (self.stop - self.start + self.step - self.step.signum()) / self.step) }
 }

@@ -5,72 +5,54 @@ import Synchronization
 
 /// Feeds inputs to the job server from a producer thread (at most `window` jobs
 /// outstanding) and prints results in input order as soon as order allows.
-final class MapRunner: Sendable {
-    struct Summary {
-        var total = 0
-        var failed = 0
-    }
-
+struct MapRunner: Sendable {
     private enum Event: Sendable {
         case finished(index: Int, display: String, outcome: Result<JobOutcome, InputError>)
         case end(total: Int)
     }
 
-    private let server: JobServer
-    private let function: PythonFunction
-    private let progress: Progress?
-    private let window: Int
-    private let counters: RunCounters
+    let server: JobServer
+    let function: PythonFunction
+    let progress: Progress?
+    let counters: RunCounters
+    private static let window = 16_384
     private static let batchSize = 256
 
-    init(server: JobServer, function: PythonFunction, progress: Progress?, counters: RunCounters, window: Int = 16_384) {
-        self.server = server
-        self.function = function
-        self.progress = progress
-        self.counters = counters
-        self.window = window
-    }
-
-    func run(_ inputs: InputSource) async -> Summary {
+    /// Runs every input; returns how many there were and how many failed.
+    func run(_ inputs: InputSource) async -> (total: Int, failed: Int) {
         let (events, sink) = AsyncStream.makeStream(of: Event.self)
-        let slots = DispatchSemaphore(value: self.window)
-        let producer = Thread { [self] in
-            self.produce(inputs, slots: slots, sink: sink)
-        }
+        let slots = DispatchSemaphore(value: Self.window)
+        let producer = Thread { self.produce(inputs, slots: slots, sink: sink) }
         producer.stackSize = 1 << 20
         producer.start()
 
-        var summary = Summary()
-        var pending: [Int: Event] = [:]
+        var failed = 0
+        var pending: [Int: (display: String, outcome: Result<JobOutcome, InputError>)] = [:]
         var next = 0
         var total: Int?
-        var out = OutputBuffer()
+        var out: [UInt8] = []
         for await event in events {
             switch event {
-            case .finished(let index, _, _): pending[index] = event
+            case .finished(let index, let display, let outcome): pending[index] = (display, outcome)
             case .end(let n): total = n
             }
-            while let ready = pending.removeValue(forKey: next) {
-                if case .finished(_, let display, let outcome) = ready {
-                    if !self.emit(display: display, outcome: outcome, to: &out) { summary.failed += 1 }
-                }
+            while let (display, outcome) = pending.removeValue(forKey: next) {
+                if !self.emit(display: display, outcome: outcome, to: &out) { failed += 1 }
+                if out.count >= 1 << 16 { self.write(&out) }
                 next += 1
                 slots.signal()
             }
-            if out.hasPending { self.progress?.clear() }
-            out.flush()
-            self.progress?.update(done: next, failed: summary.failed)
+            self.write(&out)
+            self.progress?.update(done: next, failed: failed)
             if let total, next >= total { break }
         }
-        summary.total = next
         self.progress?.finish()
-        return summary
+        return (next, failed)
     }
 
     /// Runs on the producer thread.
     private func produce(_ inputs: InputSource, slots: DispatchSemaphore, sink: AsyncStream<Event>.Continuation) {
         var batch: [(arguments: JobArguments, display: String, index: Int)] = []
-        var count = 0
         func submitPending() {
             guard !batch.isEmpty else { return }
             let (inputs, counters) = (batch, self.counters)
@@ -80,73 +62,57 @@ final class MapRunner: Sendable {
             }
             batch.removeAll(keepingCapacity: true)
         }
-        inputs.forEach(beforeBlocking: submitPending) { input in
+        inputs.forEach(beforeBlocking: submitPending) { index, display, arguments in
             slots.wait()
-            count += 1
             self.counters.submitted.add(1, ordering: .relaxed)
-            switch input.arguments {
+            switch arguments {
             case .failure(let error):
                 self.counters.finished.add(1, ordering: .relaxed)
-                sink.yield(.finished(index: input.index, display: input.display, outcome: .failure(error)))
+                sink.yield(.finished(index: index, display: display, outcome: .failure(error)))
             case .success(let args):
-                batch.append((args, input.display, input.index))
+                batch.append((args, display, index))
                 if batch.count >= Self.batchSize { submitPending() }
             }
         }
         submitPending()
-        sink.yield(.end(total: count))
+        sink.yield(.end(total: self.counters.submitted.load(ordering: .relaxed)))
     }
 
-    /// Prints one finished input; returns whether it succeeded.
-    private func emit(display: String, outcome: Result<JobOutcome, InputError>, to out: inout OutputBuffer) -> Bool {
+    /// Prints one finished input: its value to `out`, what it printed and why it failed
+    /// to stderr. Returns whether it succeeded.
+    private func emit(display: String, outcome: Result<JobOutcome, InputError>, to out: inout [UInt8]) -> Bool {
+        var value: [UInt8]?
+        var text = ""
         switch outcome {
         case .failure(let error):
-            self.progress?.clear()
-            Console.error("pprun: input \(display): \(error.message)")
-            return false
+            text = "pprun: input \(display): \(error.message)\n"
         case .success(let outcome):
-            if !outcome.stdout.isEmpty || !outcome.stderr.isEmpty {
-                self.progress?.clear()
-                Console.error(outcome.stdout + outcome.stderr, newline: false)
-            }
+            text = outcome.stdout + outcome.stderr
             switch outcome.result {
             case .success(let bytes):
-                out.append(bytes)
-                return true
+                value = bytes
             case .failure(let error):
-                self.progress?.clear()
-                var text = "pprun: job failed for input \(display): \(error)"
-                if !error.traceback.isEmpty { text += "\n" + error.traceback.trimmingSuffixNewlines() }
-                Console.error(text)
-                return false
+                var traceback = error.traceback
+                while traceback.hasSuffix("\n") { traceback.removeLast() }
+                text += "pprun: job failed for input \(display): \(error)\n" + (error.traceback.isEmpty ? "" : traceback + "\n")
             }
         }
-    }
-}
-
-/// Results waiting to be written to stdout in one call.
-struct OutputBuffer {
-    private var bytes: [UInt8] = []
-
-    var hasPending: Bool { !self.bytes.isEmpty }
-
-    mutating func append(_ line: [UInt8]) {
-        self.bytes.append(contentsOf: line)
-        self.bytes.append(10)
-        if self.bytes.count >= 1 << 16 { self.flush() }
+        if !text.isEmpty {
+            self.progress?.clear()
+            Console.error(text, newline: false)
+        }
+        guard let value else { return false }
+        out += value
+        out.append(10)
+        return true
     }
 
-    mutating func flush() {
-        guard !self.bytes.isEmpty else { return }
-        Console.writeAll(fd: 1, self.bytes)
-        self.bytes.removeAll(keepingCapacity: true)
-    }
-}
-
-extension String {
-    func trimmingSuffixNewlines() -> String {
-        var s = self
-        while s.hasSuffix("\n") { s.removeLast() }
-        return s
+    /// Writes the results in `out` to stdout in one call (the progress bar cleared
+    /// first), and empties it.
+    private func write(_ out: inout [UInt8]) {
+        guard !out.isEmpty else { return }
+        self.progress?.clear()
+        Console.writeAll(fd: 1, out)
+        out.removeAll(keepingCapacity: true)
     }
 }

@@ -29,17 +29,17 @@ struct SchedulerStateMachineTests {
         let ends = Ends()
         var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))
         #expect(s.enqueue((1...10).map { ends.job($0) }).isEmpty)
-        let a = ExecutorID(1), b = ExecutorID(2)
-        let batches = s.dispatch(freeSlots: [(a, 3), (b, 5)])
+        let (a, b) = (0, 1)
+        let batches = s.dispatch(freeSlots: [3, 5])
         // The one with most room first, then the other; nothing past the slots.
-        #expect(batches.map(\.id) == [b, a])
+        #expect(batches.map(\.executor) == [b, a])
         #expect(batches[0].jobs.map(\.id) == [1, 2, 3, 4, 5])
         #expect(batches[1].jobs.map(\.id) == [6, 7, 8])
         #expect(s.queued == 2)
-        #expect(s.dispatch(freeSlots: [(a, 0), (b, 0)]).isEmpty)
+        #expect(s.dispatch(freeSlots: [0, 0]).isEmpty)
         // A batch never exceeds the cap.
         #expect(s.enqueue((11...2000).map { ends.job($0) }).isEmpty)
-        let big = s.dispatch(freeSlots: [(a, 10_000)])
+        let big = s.dispatch(freeSlots: [10_000])
         #expect(big.allSatisfy { $0.jobs.count <= SchedulerStateMachine.maxBatch })
         #expect(big.flatMap(\.jobs).map(\.id) == Array(9...2000))
     }
@@ -48,12 +48,12 @@ struct SchedulerStateMachineTests {
         let ends = Ends()
         var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))
         _ = s.enqueue([ends.job(1), ends.job(2), ends.job(3)])
-        var sent = s.dispatch(freeSlots: [(ExecutorID(1), 2)]).flatMap(\.jobs)
+        var sent = s.dispatch(freeSlots: [2]).flatMap(\.jobs)
         #expect(sent.map(\.id) == [1, 2])
         // Lost with their node: back at the front, in order.
         for attempt in 1..<SchedulerStateMachine.maxAttempts {
             #expect(s.requeue(sent, lost: "connection reset", from: "n:1").isEmpty)
-            sent = s.dispatch(freeSlots: [(ExecutorID(1), 2)]).flatMap(\.jobs)
+            sent = s.dispatch(freeSlots: [2]).flatMap(\.jobs)
             #expect(sent.map(\.id) == [1, 2] && sent.allSatisfy { $0.attempts == attempt })
         }
         let failed = s.requeue(sent, lost: "connection reset", from: "n:1")
@@ -69,7 +69,7 @@ struct SchedulerStateMachineTests {
         var failures: [SchedulerStateMachine.Failure] = []
         var rounds = 0
         while failures.isEmpty {
-            let sent = s.dispatch(freeSlots: [(ExecutorID(1), 1)]).flatMap(\.jobs)
+            let sent = s.dispatch(freeSlots: [1]).flatMap(\.jobs)
             failures = s.requeue(sent, lost: nil, from: "n:1")
             rounds += 1
         }
@@ -81,7 +81,7 @@ struct SchedulerStateMachineTests {
         let ends = Ends()
         var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))
         _ = s.enqueue([ends.job(1), ends.job(2)])
-        _ = s.dispatch(freeSlots: [(ExecutorID(1), 1)])
+        _ = s.dispatch(freeSlots: [1])
         #expect(s.cancelQueued(jobID: 1) == nil)  // on an executor
         let f = s.cancelQueued(jobID: 2)
         #expect(f?.error.code == .cancelled && s.queued == 0)
@@ -91,7 +91,7 @@ struct SchedulerStateMachineTests {
         let ends = Ends()
         var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))
         _ = s.enqueue([ends.job(1)])
-        s.setProblem("connection refused", node: "10.0.0.2:7340")
+        s.nodeProblems["10.0.0.2:7340"] = "connection refused"
         let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
         #expect(s.tick(now: t0, anyExecutorCanRun: false).isEmpty)
         #expect(s.tick(now: t0 + .seconds(29), anyExecutorCanRun: false).isEmpty)
@@ -102,7 +102,7 @@ struct SchedulerStateMachineTests {
         #expect(failed.count == 1)
         #expect(failed[0].error.code == .noExecutor)
         #expect(failed[0].error.message.contains("no node reachable (10.0.0.2:7340: connection refused)"), "\(failed[0].error.message)")
-        s.setProblem(nil, node: "10.0.0.2:7340")
+        s.nodeProblems["10.0.0.2:7340"] = nil
         #expect(s.nodeProblems.isEmpty)
     }
 
@@ -215,12 +215,13 @@ struct NodeConnectionStateMachineTests {
             JobResult(id: 4, code: nil, payload: [0xff, 0], executor: ""),  // opaque: any bytes
             JobResult(id: 99, code: nil, payload: Array("1".utf8), executor: ""),  // not in flight
         ]
-        guard case .deliver(let delivered, let failed, let handedBack, _) = m.received(.results(results), now: self.t0) else {
+        guard case .deliver(let delivered, let handedBack, _) = m.received(.results(results), now: self.t0) else {
             Issue.record("results not delivered")
             return
         }
-        #expect(delivered.map(\.0.id) == [1, 4] && delivered.allSatisfy { $0.1.executor == "n:1" })
-        #expect(failed.map(\.0.id) == [2] && failed[0].1.code == .protocolError)
+        // Job 2's two values fail it here.
+        #expect(delivered.map(\.0.id) == [1, 2, 4] && delivered.allSatisfy { $0.1.executor == "n:1" })
+        #expect(delivered.map(\.1.code) == [nil, .protocolError, nil])
         #expect(handedBack.map(\.id) == [3])
         // A draining node takes nothing more.
         #expect(!m.isUsable && m.freeSlots == 0)
@@ -244,11 +245,12 @@ struct NodeConnectionStateMachineTests {
         _ = m.received(.pong(0), now: self.t0 + .seconds(6))
         guard case .send = m.tick(now: self.t0 + .seconds(6)) else { Issue.record("failed too early"); return }
         _ = m.received(.pong(0), now: self.t0 + .milliseconds(7_100))
-        guard case .deliver(_, let failed, _, let frames) = m.tick(now: self.t0 + .milliseconds(7_100)) else { Issue.record("overdue job kept"); return }
-        #expect(failed.map(\.0.id) == [1] && failed[0].1.code == .timeout && failed[0].1.message.contains("twice the job's timeout"))
+        guard case .deliver(let failed, _, let frames) = m.tick(now: self.t0 + .milliseconds(7_100)) else { Issue.record("overdue job kept"); return }
+        guard case .failure(let error) = failed.first?.1.outcome.result else { Issue.record("overdue job not failed"); return }
+        #expect(failed.map(\.0.id) == [1] && error.code == .timeout && error.message.contains("twice the job's timeout") && error.executor == "n:1")
         #expect(frames.contains { if case .cancel(1) = $0 { true } else { false } })
         // The job without a timeout is still held; the late result of job 1 is ignored.
-        guard case .deliver(let late, _, _, _) = m.received(.results([JobResult(id: 1, code: nil, payload: Array("1".utf8), executor: "")]), now: self.t0 + .seconds(8)) else { return }
+        guard case .deliver(let late, _, _) = m.received(.results([JobResult(id: 1, code: nil, payload: Array("1".utf8), executor: "")]), now: self.t0 + .seconds(8)) else { return }
         #expect(late.isEmpty)
         #expect(m.closed().jobs.map(\.id) == [2])
     }

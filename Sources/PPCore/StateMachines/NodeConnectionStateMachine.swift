@@ -16,9 +16,10 @@ public struct NodeConnectionStateMachine: Sendable {
         case send([NodeMessage])
         /// The handshake is done: the node takes jobs.
         case ready
-        /// Results to deliver (their executor is set), jobs that failed here, jobs the
-        /// node handed back unrun (draining) for the scheduler to run elsewhere.
-        case deliver(results: [(Job, JobResult)], failed: [(Job, JobError)], handedBack: [Job], send: [NodeMessage])
+        /// Results to deliver (their executor is set; jobs that failed here have one
+        /// too), jobs the node handed back unrun (draining) for the scheduler to run
+        /// elsewhere.
+        case deliver(results: [(Job, JobResult)], handedBack: [Job], send: [NodeMessage])
         /// Close the connection; the reason is kept for `closed()`.
         case close
     }
@@ -39,11 +40,10 @@ public struct NodeConnectionStateMachine: Sendable {
     private let clientName: String
     private var phase = Phase.handshaking
     private var window = 0
-    private var inflight: [UInt64: Job] = [:]
-    /// The bundles of jobs in flight, with how many jobs use each: what a NEED may ask for.
-    private var bundles: [SHA256Digest: (bundle: FunctionBundle, jobs: Int)] = [:]
+    /// The jobs the node holds, each with the time the client stops waiting for it
+    /// (jobs with a timeout only). Their bundles are what a NEED may ask for.
+    private var inflight: [UInt64: (job: Job, deadline: NIODeadline?)] = [:]
     private var bundlesSent: Set<SHA256Digest> = []
-    private var deadlines: [UInt64: NIODeadline] = [:]
     private var heartbeat: Heartbeat
     /// Why the connection ends (the first reason wins).
     public private(set) var closeReason: String?
@@ -91,13 +91,9 @@ public struct NodeConnectionStateMachine: Sendable {
     public mutating func submit(_ jobs: [Job], now: NIODeadline) -> NodeMessage? {
         guard self.phase == .ready || self.phase == .draining, !jobs.isEmpty else { return nil }
         return .submit(jobs.map { job in
-            self.inflight[job.id] = job
-            self.bundles[job.bundle.digest, default: (job.bundle, 0)].jobs += 1
-            var timeout: UInt32 = 0
-            if let limit = job.timeout {
-                timeout = UInt32(clamping: max(1, limit.nanosecondsInt64 / 1_000_000))
-                self.deadlines[job.id] = now + .nanoseconds(limit.nanosecondsInt64 &* 2) + Self.deadlineGrace
-            }
+            let deadline = job.timeout.map { now + .nanoseconds($0.nanosecondsInt64 &* 2) + Self.deadlineGrace }
+            self.inflight[job.id] = (job, deadline)
+            let timeout = job.timeout.map { UInt32(clamping: max(1, $0.nanosecondsInt64 / 1_000_000)) } ?? 0
             return WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments)
         })
     }
@@ -134,11 +130,11 @@ public struct NodeConnectionStateMachine: Sendable {
             guard !self.bundlesSent.contains(digest) else {
                 return self.abort("the node asked again for function bundle \(digest), which it was sent on this connection")
             }
-            guard let entry = self.bundles[digest] else {
+            guard let bundle = self.inflight.values.first(where: { $0.job.bundle.digest == digest })?.job.bundle else {
                 return self.abort("the node asked for a function bundle \(digest) this client never sent")
             }
             self.bundlesSent.insert(digest)
-            return .send([.bundle(digest: digest, spec: entry.bundle.spec)])
+            return .send([.bundle(digest: digest, spec: bundle.spec)])
         case (.ready, .window(let w)), (.draining, .window(let w)):
             self.window = min(Int(w), Self.maxWindow)
             return .send([])
@@ -158,15 +154,14 @@ public struct NodeConnectionStateMachine: Sendable {
 
     private mutating func results(_ results: [JobResult]) -> Action {
         var delivered: [(Job, JobResult)] = []
-        var failed: [(Job, JobError)] = []
         var handedBack: [Job] = []
         for var r in results {
-            guard let job = self.finish(r.id) else { continue }
+            guard let job = self.inflight.removeValue(forKey: r.id)?.job else { continue }
             r.executor = self.name
             // A JSON job's value must be one JSON value; an opaque job's is bytes.
             if r.succeeded, !job.arguments.isOpaque, !JSONCheck.isSingleValue(r.payload) {
                 let message = "the node sent a result that is not one JSON value (\(r.payload.count) bytes); the job's value was dropped"
-                failed.append((job, JobError(code: .protocolError, message: message)))
+                delivered.append((job, self.failure(job, .protocolError, message)))
             } else if r.code == .shutdown {
                 // The node is draining: run the job elsewhere, and send it nothing more.
                 self.phase = .draining
@@ -175,18 +170,12 @@ public struct NodeConnectionStateMachine: Sendable {
                 delivered.append((job, r))
             }
         }
-        return .deliver(results: delivered, failed: failed, handedBack: handedBack, send: [])
+        return .deliver(results: delivered, handedBack: handedBack, send: [])
     }
 
-    /// Removes a job from the books.
-    private mutating func finish(_ id: UInt64) -> Job? {
-        guard let job = self.inflight.removeValue(forKey: id) else { return nil }
-        self.deadlines.removeValue(forKey: id)
-        let digest = job.bundle.digest
-        if let entry = self.bundles[digest] {
-            self.bundles[digest] = entry.jobs > 1 ? (entry.bundle, entry.jobs - 1) : nil
-        }
-        return job
+    /// The result of a job that failed here.
+    private func failure(_ job: Job, _ code: JobError.Code, _ message: String) -> JobResult {
+        JobResult(id: job.id, error: JobError(code: code, message: message), executor: self.name)
     }
 
     // MARK: Time
@@ -200,16 +189,15 @@ public struct NodeConnectionStateMachine: Sendable {
             return self.abort("no heartbeat for \(Duration.nanoseconds(self.heartbeat.timeout.nanoseconds))")
         }
         var frames: [NodeMessage] = beat == .ping ? [.ping(0)] : []
-        var failed: [(Job, JobError)] = []
-        for (id, deadline) in self.deadlines where deadline <= now {
-            guard let job = self.finish(id) else { continue }
+        var failed: [(Job, JobResult)] = []
+        for (id, (job, deadline)) in self.inflight where deadline ?? .distantFuture <= now {
+            self.inflight[id] = nil
             frames.append(.cancel(id: id))
             let limit = job.timeout.map { "\(Double($0.nanosecondsInt64) / 1e9)" } ?? "?"
             let message = "no result from node \(self.name) within twice the job's timeout of \(limit) s plus \(Self.deadlineGrace.nanoseconds / 1_000_000_000) s; the client stopped waiting"
-            failed.append((job, JobError(code: .timeout, message: message)))
+            failed.append((job, self.failure(job, .timeout, message)))
         }
-        if failed.isEmpty { return .send(frames) }
-        return .deliver(results: [], failed: failed, handedBack: [], send: frames)
+        return failed.isEmpty ? .send(frames) : .deliver(results: failed, handedBack: [], send: frames)
     }
 
     // MARK: Ending
@@ -232,10 +220,8 @@ public struct NodeConnectionStateMachine: Sendable {
     /// the scheduler to run elsewhere, and why it ended.
     public mutating func closed() -> (jobs: [Job], reason: String) {
         self.phase = .closed
-        let jobs = self.inflight.values.sorted { $0.id < $1.id }
+        let jobs = self.inflight.values.map(\.job).sorted { $0.id < $1.id }
         self.inflight.removeAll()
-        self.deadlines.removeAll()
-        self.bundles.removeAll()
         return (jobs, self.closeReason ?? "the node closed the connection")
     }
 

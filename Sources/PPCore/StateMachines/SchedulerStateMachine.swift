@@ -1,17 +1,6 @@
 import DequeModule
 public import NIOCore
 
-/// An executor as the scheduler knows it: a number the scheduler gave it.
-public struct ExecutorID: Hashable, Sendable, CustomStringConvertible {
-    /// The number.
-    public let value: Int
-
-    /// Creates an id.
-    public init(_ value: Int) { self.value = value }
-
-    public var description: String { "executor \(self.value)" }
-}
-
 /// The client's scheduler as a value: one queue of jobs, shared out over executors (the
 /// local pool, nodes) in proportion to their free slots; jobs whose executor was lost
 /// come back to the front a bounded number of times; when nothing at all can run the
@@ -43,8 +32,9 @@ public struct SchedulerStateMachine: Sendable {
     private var stopped = false
     private var noExecutorSince: NIODeadline?
     private let noExecutorTimeout: TimeAmount
-    /// Why nodes are unavailable, by name, for the no-executor message.
-    public private(set) var nodeProblems: [String: String] = [:]
+    /// Why nodes are unavailable, by name, for the no-executor message: the driver sets
+    /// a node's problem when it cannot be used, and removes it when it can again.
+    public var nodeProblems: [String: String] = [:]
 
     /// Creates a scheduler.
     public init(noExecutorTimeout: TimeAmount) {
@@ -96,23 +86,19 @@ public struct SchedulerStateMachine: Sendable {
     /// as many jobs as it has slots (at most `maxBatch`).
     ///
     /// - Parameter freeSlots: each executor's free slots now, in the order ties go.
-    /// - Returns: the batches to send, in order.
-    public mutating func dispatch(freeSlots: [(id: ExecutorID, slots: Int)]) -> [(id: ExecutorID, jobs: [Job])] {
+    /// - Returns: the batches to send, in order, each with its executor's index in
+    ///   `freeSlots`.
+    public mutating func dispatch(freeSlots: [Int]) -> [(executor: Int, jobs: [Job])] {
         var slots = freeSlots
-        var batches: [(id: ExecutorID, jobs: [Job])] = []
+        var batches: [(executor: Int, jobs: [Job])] = []
         // The first of those with the most slots, while it has any.
-        while !self.queue.isEmpty, let best = slots.indices.max(by: { slots[$0].slots < slots[$1].slots }), slots[best].slots > 0 {
-            let n = min(slots[best].slots, self.queue.count, Self.maxBatch)
-            batches.append((slots[best].id, Array(self.queue.prefix(n))))
+        while !self.queue.isEmpty, let best = slots.indices.max(by: { slots[$0] < slots[$1] }), slots[best] > 0 {
+            let n = min(slots[best], self.queue.count, Self.maxBatch)
+            batches.append((best, Array(self.queue.prefix(n))))
             self.queue.removeFirst(n)
-            slots[best].slots -= n
+            slots[best] -= n
         }
         return batches
-    }
-
-    /// A node could not be used, and why (or, with `nil`, it can be used again).
-    public mutating func setProblem(_ problem: String?, node: String) {
-        self.nodeProblems[node] = problem
     }
 
     /// The periodic check: when nothing at all can run jobs (`anyExecutorCanRun` is
