@@ -18,8 +18,7 @@ extension ClusterSecret {
     /// and not empty. A secret the user named that cannot be used is an error, not a
     /// reason to run without nodes.
     public static var isNamedByEnvironment: Bool {
-        let environment = ProcessInfo.processInfo.environment
-        return !(environment["PP_SECRET"] ?? "").isEmpty || !(environment["PP_SECRET_FILE"] ?? "").isEmpty
+        ["PP_SECRET", "PP_SECRET_FILE"].contains { !(ProcessInfo.processInfo.environment[$0] ?? "").isEmpty }
     }
 
     /// Finds the secret, in this order: `file` (a `--secret-file` flag or config key),
@@ -40,12 +39,8 @@ extension ClusterSecret {
     public static func load(file: String?, origin: String = "--secret-file", create: Bool) throws -> (secret: ClusterSecret, created: Bool) {
         if let file { return (try Self.read(file, origin: origin), false) }
         let env = ProcessInfo.processInfo.environment
-        if let text = env["PP_SECRET"] {
-            return (try ClusterSecret(text: text, origin: "PP_SECRET"), false)
-        }
-        if let file = env["PP_SECRET_FILE"], !file.isEmpty {
-            return (try Self.read(file, origin: "PP_SECRET_FILE"), false)
-        }
+        if let text = env["PP_SECRET"] { return (try ClusterSecret(text: text, origin: "PP_SECRET"), false) }
+        if let file = env["PP_SECRET_FILE"], !file.isEmpty { return (try Self.read(file, origin: "PP_SECRET_FILE"), false) }
         let path = Self.defaultFile
         if let secret = try Self.readIfPresent(path) { return (secret, false) }
         guard create else {

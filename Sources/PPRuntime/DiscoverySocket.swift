@@ -102,17 +102,14 @@ public struct DiscoverySocket: Sendable {
                 }
             }
         let channel: EventLoopFuture<any Channel>
-        switch binding {
-        case .wildcard:
-            channel = bootstrap.bind(host: "0.0.0.0", port: port)
-        case .wildcardOnInterface(let interface):
-            do {
-                channel = bootstrap.withBoundSocket(try Self.socket(port: port, interface: interface))
-            } catch {
-                channel = eventLoop.makeFailedFuture(error)
+        do {
+            channel = switch binding {
+            case .wildcard: bootstrap.bind(host: "0.0.0.0", port: port)
+            case .wildcardOnInterface(let interface): bootstrap.withBoundSocket(try Self.socket(port: port, interface: interface))
+            case .address(let host): bootstrap.bind(host: host, port: port)
             }
-        case .address(let host):
-            channel = bootstrap.bind(host: host, port: port)
+        } catch {
+            channel = eventLoop.makeFailedFuture(error)
         }
         return channel.map { DiscoverySocket(channel: $0) }
     }
@@ -135,9 +132,7 @@ public struct DiscoverySocket: Sendable {
     /// - Returns: a future that succeeds once the socket is closed (also when it already was).
     @discardableResult
     public func close() -> EventLoopFuture<Void> {
-        let promise = self.channel.eventLoop.makePromise(of: Void.self)
-        self.channel.close(promise: promise)
-        return promise.futureResult.flatMapErrorThrowing { error in
+        self.channel.close().flatMapErrorThrowing { error in
             if let error = error as? ChannelError, error == .alreadyClosed { return }
             throw error
         }
