@@ -29,9 +29,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private let tls: TLSContext
+    /// The connection; its read BIO takes ciphertext in, its write BIO holds ciphertext to send.
     private var ssl: OpaquePointer?
-    private var input: OpaquePointer?
-    private var output: OpaquePointer?
     private let conn: UnsafeMutablePointer<pp_tls_conn>
     private var state = State.idle
     private var waitingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
@@ -56,7 +55,9 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Life cycle
 
     public func handlerAdded(context: ChannelHandlerContext) {
-        self.ssl = pp_tls_new(self.tls.ctx, self.tls.role == .server ? 1 : 0, self.conn, &self.input, &self.output)
+        var input: OpaquePointer?
+        var output: OpaquePointer?
+        self.ssl = pp_tls_new(self.tls.ctx, self.tls.role == .server ? 1 : 0, self.conn, &input, &output)
         if self.ssl == nil {
             return self.fail(context: context, TLSError(code: .internalError, message: "cannot create a TLS connection: \(TLSError.openSSLText())"))
         }
@@ -83,8 +84,6 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.failWaiting(ChannelError.ioOnClosedChannel)
         if let ssl = self.ssl { SSL_free(ssl) }
         self.ssl = nil
-        self.input = nil
-        self.output = nil
     }
 
     private func begin(context: ChannelHandlerContext) {
@@ -98,7 +97,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = Self.unwrapInboundIn(data)
         while bytes.readableBytes > 0 {
-            guard let input = self.input else { return }
+            guard let input = self.ssl.flatMap(SSL_get_rbio) else { return }
             let fed = bytes.withUnsafeReadableBytes { raw in
                 Int(BIO_write(input, raw.baseAddress, Int32(clamping: raw.count)))
             }
@@ -122,22 +121,21 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func handshake(context: ChannelHandlerContext) {
         guard let ssl = self.ssl else { return }
         let rc = SSL_do_handshake(ssl)
-        if rc == 1 {
-            self.state = .open
+        guard rc == 1 else {
+            let error = SSL_get_error(ssl, rc)
+            // Whatever OpenSSL queued (its next flight, or the alert before it gives up) goes out.
             self.sendCiphertext(context: context)
-            context.fireUserInboundEventTriggered(Event.handshakeCompleted(cipher: String(cString: pp_tls_cipher_name(ssl))))
-            let waiting = self.waitingWrites
-            self.waitingWrites = []
-            guard !waiting.isEmpty else { return }
-            for (buffer, promise) in waiting { self.encrypt(buffer, promise: promise, context: context) }
-            self.sendCiphertext(context: context)
-            return
+            if error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE { return }
+            return self.fail(context: context, TLSError(code: .handshakeFailed, message: self.handshakeFailure(reason: TLSError.openSSLText())))
         }
-        let error = SSL_get_error(ssl, rc)
-        // Whatever OpenSSL queued (its next flight, or the alert before it gives up) goes out.
+        self.state = .open
         self.sendCiphertext(context: context)
-        if error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE { return }
-        self.fail(context: context, TLSError(code: .handshakeFailed, message: self.handshakeFailure(reason: TLSError.openSSLText())))
+        context.fireUserInboundEventTriggered(Event.handshakeCompleted(cipher: String(cString: pp_tls_cipher_name(ssl))))
+        let waiting = self.waitingWrites
+        self.waitingWrites = []
+        guard !waiting.isEmpty else { return }
+        for (buffer, promise) in waiting { self.encrypt(buffer, promise: promise, context: context) }
+        self.sendCiphertext(context: context)
     }
 
     /// Explains a failed handshake for the log of this side.
@@ -243,7 +241,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Moves every ciphertext byte OpenSSL has queued to the channel, in one write.
     private func sendCiphertext(context: ChannelHandlerContext) {
-        guard let output = self.output else { return }
+        guard let output = self.ssl.flatMap(SSL_get_wbio) else { return }
         let pending = pp_bio_pending(output)
         let promises = self.encryptedPromises
         self.encryptedPromises = []
@@ -269,10 +267,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func failWaiting(_ error: any Error) {
-        let waiting = self.waitingWrites
+        let promises = self.waitingWrites.compactMap(\.1) + self.encryptedPromises
         self.waitingWrites = []
-        for (_, p) in waiting { p?.fail(error) }
-        let promises = self.encryptedPromises
         self.encryptedPromises = []
         for p in promises { p.fail(error) }
     }
