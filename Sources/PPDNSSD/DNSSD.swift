@@ -10,16 +10,13 @@ public struct DNSSDError: Error, Sendable, CustomStringConvertible {
     public var operation: String
 
     public var description: String {
-        switch Int(self.code) {
-        case kDNSServiceErr_Unknown:
-            return "\(self.operation) failed (\(self.code)): avahi-daemon is not reachable over the system D-Bus; start it (apt install avahi-daemon dbus; systemctl start avahi-daemon) or set DBUS_SYSTEM_BUS_ADDRESS to its bus"
-        case kDNSServiceErr_NameConflict:
-            return "\(self.operation) failed (\(self.code)): another service on the network has this name"
-        case kDNSServiceErr_BadParam:
-            return "\(self.operation) failed (\(self.code)): a bad parameter (name, type or TXT record)"
-        default:
-            return "\(self.operation) failed with dns_sd error \(self.code)"
-        }
+        let meanings = [
+            kDNSServiceErr_Unknown: "avahi-daemon is not reachable over the system D-Bus; start it (apt install avahi-daemon dbus; systemctl start avahi-daemon) or set DBUS_SYSTEM_BUS_ADDRESS to its bus",
+            kDNSServiceErr_NameConflict: "another service on the network has this name",
+            kDNSServiceErr_BadParam: "a bad parameter (name, type or TXT record)",
+        ]
+        guard let meaning = meanings[Int(self.code)] else { return "\(self.operation) failed with dns_sd error \(self.code)" }
+        return "\(self.operation) failed (\(self.code)): \(meaning)"
     }
 }
 
@@ -27,20 +24,12 @@ public struct DNSSDError: Error, Sendable, CustomStringConvertible {
 public struct DNSSDService: Sendable, Hashable {
     /// Its instance name (`node1`).
     public var name: String
-    /// Its service type (`_ppnode._tcp`).
-    public var type: String
-    /// Its domain (`local.`).
-    public var domain: String
-    /// The host name it runs on (`node1.local.`).
-    public var host: String
     /// Its IPv4 address, dotted.
     public var address: String
     /// Its port.
     public var port: Int
     /// Its TXT record as key/value pairs.
     public var txt: [String: String]
-    /// The interface it was seen on.
-    public var interfaceIndex: UInt32
 }
 
 /// Builds and parses DNS-SD TXT records (length-prefixed `key=value` strings).
@@ -61,19 +50,11 @@ public enum DNSSDTXT {
         var pairs: [String: String] = [:]
         var i = 0
         while i < bytes.count {
-            let n = Int(bytes[i])
-            i += 1
-            guard n > 0, i + n <= bytes.count else {
-                i += n
-                continue
-            }
-            let entry = String(decoding: bytes[i..<(i + n)], as: UTF8.self)
-            i += n
-            if let eq = entry.firstIndex(of: "=") {
-                pairs[String(entry[..<eq])] = String(entry[entry.index(after: eq)...])
-            } else {
-                pairs[entry] = ""
-            }
+            let start = i + 1
+            i = start + Int(bytes[i])
+            guard i > start, i <= bytes.count else { continue }
+            let entry = String(decoding: bytes[start..<i], as: UTF8.self).split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            pairs[String(entry[0])] = entry.count > 1 ? String(entry[1]) : ""
         }
         return pairs
     }
@@ -85,15 +66,28 @@ final class ServiceRefPump: @unchecked Sendable {
     // Only touched on `queue`.
     private var source: (any DispatchSourceRead)?
 
-    init(ref: DNSServiceRef, queue: DispatchQueue, onRelease: @escaping @Sendable () -> Void) {
-        let fd = DNSServiceRefSockFD(ref)
-        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-        let box = UnsafeSendable(ref)
-        source.setEventHandler {
-            _ = DNSServiceProcessResult(box.value)
+    /// Calls `operation` (`call`) with a new ref and `owner`, retained, as the callback
+    /// context, and pumps the ref on `queue`; `owner` is released after the ref's last
+    /// callback, or at once when the call fails.
+    static func start<Owner: AnyObject>(
+        _ operation: String, owner: Owner, queue: DispatchQueue,
+        _ call: (inout DNSServiceRef?, UnsafeMutableRawPointer) -> DNSServiceErrorType
+    ) -> Result<ServiceRefPump, DNSSDError> {
+        var ref: DNSServiceRef?
+        let context = UnsafeSendable(value: Unmanaged.passRetained(owner))
+        let err = call(&ref, context.value.toOpaque())
+        guard err == Int32(kDNSServiceErr_NoError), let ref else {
+            context.value.release()
+            return .failure(DNSSDError(code: err, operation: operation))
         }
+        return .success(ServiceRefPump(ref: UnsafeSendable(value: ref), queue: queue) { context.value.release() })
+    }
+
+    private init(ref: UnsafeSendable<DNSServiceRef>, queue: DispatchQueue, onRelease: @escaping @Sendable () -> Void) {
+        let source = DispatchSource.makeReadSource(fileDescriptor: DNSServiceRefSockFD(ref.value), queue: queue)
+        source.setEventHandler { _ = DNSServiceProcessResult(ref.value) }
         source.setCancelHandler {
-            DNSServiceRefDeallocate(box.value)
+            DNSServiceRefDeallocate(ref.value)
             onRelease()
         }
         self.source = source
@@ -110,7 +104,16 @@ final class ServiceRefPump: @unchecked Sendable {
 /// Carries a C pointer across a `@Sendable` boundary; used only on one queue.
 struct UnsafeSendable<T>: @unchecked Sendable {
     let value: T
-    init(_ value: T) { self.value = value }
+}
+
+/// The object behind a callback's context pointer (see `ServiceRefPump.start`).
+func owner<Owner: AnyObject>(_ context: UnsafeMutableRawPointer?) -> Owner? {
+    context.map { Unmanaged<Owner>.fromOpaque($0).takeUnretainedValue() }
+}
+
+/// A C string from a callback, or `empty` for none.
+func string(_ text: UnsafePointer<CChar>?, or empty: String = "") -> String {
+    text.map { String(cString: $0) } ?? empty
 }
 
 /// Turns off avahi's "this program uses the Apple Bonjour compatibility layer" warning.

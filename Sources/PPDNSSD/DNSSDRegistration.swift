@@ -23,12 +23,14 @@ public final class DNSSDRegistration: Service, @unchecked Sendable {
     private let handler: @Sendable (Event) -> Void
     private let type: String
     private let port: Int
-    private let txt: [String: String]
-    // Touched only on `queue`.
+    private let record: [UInt8]
     private let baseName: String
-    private var name: String
+    // Touched only on `queue`.
     private var pump: ServiceRefPump?
     private var conflicts = 0
+
+    /// The name to register: after a conflict, `name (2)`, `name (3)`, ...
+    private var name: String { self.conflicts == 0 ? self.baseName : "\(self.baseName) (\(self.conflicts + 1))" }
 
     /// A service `name` (of `type`, e.g. `_ppnode._tcp`) on `port` with a TXT record;
     /// `handler` hears how its registration goes.
@@ -36,10 +38,9 @@ public final class DNSSDRegistration: Service, @unchecked Sendable {
     /// A name taken by another service is retried as `name (2)`, `name (3)`, ...
     public init(name: String, type: String, port: Int, txt: [String: String], handler: @escaping @Sendable (Event) -> Void) {
         self.baseName = name
-        self.name = name
         self.type = type
         self.port = port
-        self.txt = txt
+        self.record = DNSSDTXT.encode(txt)
         self.handler = handler
     }
 
@@ -51,30 +52,18 @@ public final class DNSSDRegistration: Service, @unchecked Sendable {
         quietAvahi()
         try self.queue.sync { self.register() }.get()
         try? await gracefulShutdown()
-        self.queue.sync {
-            self.pump?.cancel()
-            self.pump = nil
-        }
+        self.queue.sync { self.pump?.cancel() }
     }
 
     private func register() -> Result<Void, DNSSDError> {
-        var ref: DNSServiceRef?
-        let record = DNSSDTXT.encode(self.txt)
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let err = record.withUnsafeBytes { txt in
-            DNSServiceRegister(
-                &ref, 0, 0, self.name, self.type, nil, nil, UInt16(self.port).bigEndian,
-                UInt16(txt.count), txt.baseAddress, registerReply, context
-            )
-        }
-        guard err == Int32(kDNSServiceErr_NoError), let ref else {
-            Unmanaged<DNSSDRegistration>.fromOpaque(context).release()
-            return .failure(DNSSDError(code: err, operation: "DNSServiceRegister"))
-        }
-        self.pump = ServiceRefPump(ref: ref, queue: self.queue) { [context = UnsafeSendable(context)] in
-            Unmanaged<DNSSDRegistration>.fromOpaque(context.value).release()
-        }
-        return .success(())
+        ServiceRefPump.start("DNSServiceRegister", owner: self, queue: self.queue) { ref, context in
+            self.record.withUnsafeBytes { txt in
+                DNSServiceRegister(
+                    &ref, 0, 0, self.name, self.type, nil, nil, UInt16(self.port).bigEndian,
+                    UInt16(txt.count), txt.baseAddress, registerReply, context
+                )
+            }
+        }.map { self.pump = $0 }
     }
 
     fileprivate func replied(error: DNSServiceErrorType, name: String?) {
@@ -83,7 +72,6 @@ public final class DNSSDRegistration: Service, @unchecked Sendable {
         } else if error == Int32(kDNSServiceErr_NameConflict), self.conflicts < 8 {
             self.conflicts += 1
             self.pump?.cancel()
-            self.name = "\(self.baseName) (\(self.conflicts + 1))"
             if case .failure(let e) = self.register() { self.handler(.failed(e)) }
         } else {
             self.handler(.failed(DNSSDError(code: error, operation: "DNSServiceRegister")))
@@ -96,7 +84,6 @@ private func registerReply(
     _ name: UnsafePointer<CChar>?, _ type: UnsafePointer<CChar>?, _ domain: UnsafePointer<CChar>?,
     _ context: UnsafeMutableRawPointer?
 ) {
-    guard let context else { return }
-    let registration = Unmanaged<DNSSDRegistration>.fromOpaque(context).takeUnretainedValue()
+    guard let registration: DNSSDRegistration = owner(context) else { return }
     registration.replied(error: error, name: name.map { String(cString: $0) })
 }

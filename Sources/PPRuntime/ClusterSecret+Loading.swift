@@ -18,8 +18,7 @@ extension ClusterSecret {
     /// and not empty. A secret the user named that cannot be used is an error, not a
     /// reason to run without nodes.
     public static var isNamedByEnvironment: Bool {
-        let environment = ProcessInfo.processInfo.environment
-        return !(environment["PP_SECRET"] ?? "").isEmpty || !(environment["PP_SECRET_FILE"] ?? "").isEmpty
+        ["PP_SECRET", "PP_SECRET_FILE"].contains { !(ProcessInfo.processInfo.environment[$0] ?? "").isEmpty }
     }
 
     /// Finds the secret, in this order: `file` (a `--secret-file` flag or config key),
@@ -40,12 +39,8 @@ extension ClusterSecret {
     public static func load(file: String?, origin: String = "--secret-file", create: Bool) throws -> (secret: ClusterSecret, created: Bool) {
         if let file { return (try Self.read(file, origin: origin), false) }
         let env = ProcessInfo.processInfo.environment
-        if let text = env["PP_SECRET"] {
-            return (try ClusterSecret(text: text, origin: "PP_SECRET"), false)
-        }
-        if let file = env["PP_SECRET_FILE"], !file.isEmpty {
-            return (try Self.read(file, origin: "PP_SECRET_FILE"), false)
-        }
+        if let text = env["PP_SECRET"] { return (try ClusterSecret(text: text, origin: "PP_SECRET"), false) }
+        if let file = env["PP_SECRET_FILE"], !file.isEmpty { return (try Self.read(file, origin: "PP_SECRET_FILE"), false) }
         let path = Self.defaultFile
         if let secret = try Self.readIfPresent(path) { return (secret, false) }
         guard create else {
@@ -91,8 +86,8 @@ extension ClusterSecret {
         }
         // For messages: a link is named with its target (chmod and chown follow links).
         var shown = path, target = path
-        if let link = try? FileManager.default.destinationOfSymbolicLink(atPath: path) {
-            target = Self.realPath(path) ?? link
+        if (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) != nil {
+            target = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
             shown = "\(path) (a link to \(target))"
         }
         guard st.st_mode & S_IFMT == S_IFREG else {
@@ -147,8 +142,7 @@ extension ClusterSecret {
         let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         defer { unlink(temporary) }
         let text = Hex.encode(randomBytes(32)) + "\n"
-        let bytes = Array(text.utf8)
-        let written = fchmod(fd, 0o600) == 0 && write(fd, bytes, bytes.count) == bytes.count && fsync(fd) == 0
+        let written = fchmod(fd, 0o600) == 0 && write(fd, text, text.utf8.count) == text.utf8.count && fsync(fd) == 0
         let writeErrno = errno
         close(fd)
         guard written else {
@@ -162,12 +156,6 @@ extension ClusterSecret {
             return (winner, false)
         }
         throw SecretError(message: "cannot create the secret file \(path): \(String(cString: strerror(e))); give --secret-file or PP_SECRET")
-    }
-
-    private static func realPath(_ path: String) -> String? {
-        guard let p = realpath(path, nil) else { return nil }
-        defer { free(p) }
-        return String(cString: p)
     }
 
     private static func userName(_ uid: uid_t) -> String? {

@@ -102,17 +102,14 @@ public struct DiscoverySocket: Sendable {
                 }
             }
         let channel: EventLoopFuture<any Channel>
-        switch binding {
-        case .wildcard:
-            channel = bootstrap.bind(host: "0.0.0.0", port: port)
-        case .wildcardOnInterface(let interface):
-            do {
-                channel = bootstrap.withBoundSocket(try Self.socket(port: port, interface: interface))
-            } catch {
-                channel = eventLoop.makeFailedFuture(error)
+        do {
+            channel = switch binding {
+            case .wildcard: bootstrap.bind(host: "0.0.0.0", port: port)
+            case .wildcardOnInterface(let interface): bootstrap.withBoundSocket(try Self.socket(port: port, interface: interface))
+            case .address(let host): bootstrap.bind(host: host, port: port)
             }
-        case .address(let host):
-            channel = bootstrap.bind(host: host, port: port)
+        } catch {
+            channel = eventLoop.makeFailedFuture(error)
         }
         return channel.map { DiscoverySocket(channel: $0) }
     }
@@ -135,9 +132,7 @@ public struct DiscoverySocket: Sendable {
     /// - Returns: a future that succeeds once the socket is closed (also when it already was).
     @discardableResult
     public func close() -> EventLoopFuture<Void> {
-        let promise = self.channel.eventLoop.makePromise(of: Void.self)
-        self.channel.close(promise: promise)
-        return promise.futureResult.flatMapErrorThrowing { error in
+        self.channel.close().flatMapErrorThrowing { error in
             if let error = error as? ChannelError, error == .alreadyClosed { return }
             throw error
         }
@@ -145,18 +140,15 @@ public struct DiscoverySocket: Sendable {
 
     /// A UDP socket bound to the wildcard address and `port` on `interface` only.
     private static func socket(port: Int, interface: String) throws -> CInt {
+        let address = try SocketAddress(ipAddress: "0.0.0.0", port: port)
         let fd = Glibc.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
         var one: CInt = 1
         var name = Array(interface.utf8CString)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = INADDR_ANY
         let ok = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size)) == 0
             && setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, socklen_t(MemoryLayout<CInt>.size)) == 0
             && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, &name, socklen_t(name.count)) == 0
-            && withUnsafePointer(to: &address, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }) == 0
+            && address.withSockAddr { bind(fd, $0, socklen_t($1)) } == 0
         guard ok else {
             let e = errno
             Glibc.close(fd)

@@ -7,17 +7,15 @@ import Darwin
 /// What this machine is, as a node announces it in its beacon and TXT record.
 public enum HostInfo {
     /// The machine architecture (`x86_64`, `aarch64`), from `uname`.
-    public static let architecture: String = Self.system.machine
+    public static let architecture = Self.field(\.machine)
 
     /// The operating system and its release (`Linux 6.1.0`), from `uname`.
-    public static let operatingSystem: String = Self.system.name + " " + Self.system.release
+    public static let operatingSystem = Self.field(\.sysname) + " " + Self.field(\.release)
 
-    private static let system: (machine: String, name: String, release: String) = {
+    /// One field of `uname`'s answer, as text.
+    private static func field<Field>(_ field: KeyPath<utsname, Field>) -> String {
         var u = utsname()
         _ = uname(&u)
-        func text<T>(_ field: T) -> String {
-            withUnsafeBytes(of: field) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        }
-        return (text(u.machine), text(u.sysname), text(u.release))
-    }()
+        return withUnsafeBytes(of: u[keyPath: field]) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
 }

@@ -40,18 +40,13 @@ public final class TLSContext: @unchecked Sendable {
         self.identity = keys.tlsIdentity
         self.psk = .allocate(capacity: 1)
         self.psk.initialize(to: pp_tls_psk())
-        withUnsafeMutableBytes(of: &self.psk.pointee.key) { raw in
-            for (i, b) in keys.tlsKey.prefix(32).enumerated() { raw[i] = b }
-        }
-        withUnsafeMutableBytes(of: &self.psk.pointee.identity) { raw in
-            let bytes = Array(keys.tlsIdentity.utf8.prefix(raw.count - 1))
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
+        // The struct starts zeroed: the identity stays NUL-terminated.
+        withUnsafeMutableBytes(of: &self.psk.pointee.key) { $0.copyBytes(from: keys.tlsKey.prefix(32)) }
+        withUnsafeMutableBytes(of: &self.psk.pointee.identity) { $0.copyBytes(from: keys.tlsIdentity.utf8.prefix($0.count - 1)) }
         guard let ctx = pp_tls_ctx_new(role == .server ? 1 : 0, self.psk) else {
             self.psk.deinitialize(count: 1)
             self.psk.deallocate()
-            throw TLSError(.internalError, "cannot create an OpenSSL TLS 1.3 context: \(TLSError.openSSLText()); check the system's libssl3")
+            throw TLSError(code: .internalError, message: "cannot create an OpenSSL TLS 1.3 context: \(TLSError.openSSLText()); check the system's libssl3")
         }
         self.ctx = ctx
     }
@@ -59,9 +54,7 @@ public final class TLSContext: @unchecked Sendable {
     deinit {
         SSL_CTX_free(self.ctx)
         // Wipe the key before giving the memory back.
-        withUnsafeMutableBytes(of: &self.psk.pointee.key) { raw in
-            for i in 0..<raw.count { raw[i] = 0 }
-        }
+        withUnsafeMutableBytes(of: &self.psk.pointee.key) { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) }
         self.psk.deinitialize(count: 1)
         self.psk.deallocate()
     }
@@ -84,12 +77,6 @@ public struct TLSError: Error, Sendable, CustomStringConvertible {
     public var code: Code
     /// What happened, with OpenSSL's reason where there is one.
     public var message: String
-
-    /// Creates an error.
-    public init(_ code: Code, _ message: String) {
-        self.code = code
-        self.message = message
-    }
 
     public var description: String { self.message }
 

@@ -29,17 +29,13 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private let tls: TLSContext
+    /// The connection; its read BIO takes ciphertext in, its write BIO holds ciphertext to send.
     private var ssl: OpaquePointer?
-    private var input: OpaquePointer?
-    private var output: OpaquePointer?
     private let conn: UnsafeMutablePointer<pp_tls_conn>
     private var state = State.idle
     private var waitingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     private var encryptedPromises: [EventLoopPromise<Void>] = []
     private var plaintext: ByteBuffer?
-
-    /// The suite agreed on, once the handshake has completed.
-    public private(set) var cipher: String?
 
     /// Creates a handler for one connection.
     ///
@@ -51,16 +47,9 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     deinit {
-        self.freeSSL()
+        if let ssl = self.ssl { SSL_free(ssl) }  // frees both BIOs too
         self.conn.deinitialize(count: 1)
         self.conn.deallocate()
-    }
-
-    private func freeSSL() {
-        if let ssl = self.ssl { SSL_free(ssl) }  // frees both BIOs too
-        self.ssl = nil
-        self.input = nil
-        self.output = nil
     }
 
     // MARK: Life cycle
@@ -69,20 +58,14 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var input: OpaquePointer?
         var output: OpaquePointer?
         self.ssl = pp_tls_new(self.tls.ctx, self.tls.role == .server ? 1 : 0, self.conn, &input, &output)
-        self.input = input
-        self.output = output
         if self.ssl == nil {
-            context.fireErrorCaught(TLSError(.internalError, "cannot create a TLS connection: \(TLSError.openSSLText())"))
-            context.close(promise: nil)
-            return
+            return self.fail(context: context, TLSError(code: .internalError, message: "cannot create a TLS connection: \(TLSError.openSSLText())"))
         }
         if context.channel.isActive { self.begin(context: context) }
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
-        self.failWaiting(ChannelError.ioOnClosedChannel)
-        self.freeSSL()
-        self.state = .closed
+        self.tearDown()
     }
 
     public func channelActive(context: ChannelHandlerContext) {
@@ -91,14 +74,20 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
-        self.state = .closed
-        self.failWaiting(ChannelError.ioOnClosedChannel)
-        self.freeSSL()
+        self.tearDown()
         context.fireChannelInactive()
     }
 
+    /// Fails what waits and frees the connection (its BIOs with it).
+    private func tearDown() {
+        self.state = .closed
+        self.failWaiting(ChannelError.ioOnClosedChannel)
+        if let ssl = self.ssl { SSL_free(ssl) }
+        self.ssl = nil
+    }
+
     private func begin(context: ChannelHandlerContext) {
-        guard case .idle = self.state, self.ssl != nil else { return }
+        guard case .idle = self.state else { return }
         self.state = .handshaking
         if self.tls.role == .client { self.handshake(context: context) }
     }
@@ -108,12 +97,12 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = Self.unwrapInboundIn(data)
         while bytes.readableBytes > 0 {
-            guard let input = self.input else { return }
+            guard let input = self.ssl.flatMap(SSL_get_rbio) else { return }
             let fed = bytes.withUnsafeReadableBytes { raw in
                 Int(BIO_write(input, raw.baseAddress, Int32(clamping: raw.count)))
             }
             guard fed > 0 else {
-                return self.fail(context: context, TLSError(.internalError, "cannot buffer TLS input: \(TLSError.openSSLText())"))
+                return self.fail(context: context, TLSError(code: .internalError, message: "cannot buffer TLS input: \(TLSError.openSSLText())"))
             }
             bytes.moveReaderIndex(forwardBy: fed)
             if case .handshaking = self.state { self.handshake(context: context) }
@@ -132,33 +121,28 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func handshake(context: ChannelHandlerContext) {
         guard let ssl = self.ssl else { return }
         let rc = SSL_do_handshake(ssl)
-        if rc == 1 {
-            self.state = .open
-            let cipher = String(cString: pp_tls_cipher_name(ssl))
-            self.cipher = cipher
+        guard rc == 1 else {
+            let error = SSL_get_error(ssl, rc)
+            // Whatever OpenSSL queued (its next flight, or the alert before it gives up) goes out.
             self.sendCiphertext(context: context)
-            context.fireUserInboundEventTriggered(Event.handshakeCompleted(cipher: cipher))
-            let waiting = self.waitingWrites
-            self.waitingWrites = []
-            guard !waiting.isEmpty else { return }
-            for (buffer, promise) in waiting { self.encrypt(buffer, promise: promise, context: context) }
-            self.sendCiphertext(context: context)
-            return
+            if error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE { return }
+            return self.fail(context: context, TLSError(code: .handshakeFailed, message: self.handshakeFailure(reason: TLSError.openSSLText())))
         }
-        let error = SSL_get_error(ssl, rc)
-        // Whatever OpenSSL queued (its next flight, or the alert before it gives up) goes out.
+        self.state = .open
         self.sendCiphertext(context: context)
-        if error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE { return }
-        self.fail(context: context, TLSError(.handshakeFailed, self.handshakeFailure(reason: TLSError.openSSLText())))
+        context.fireUserInboundEventTriggered(Event.handshakeCompleted(cipher: String(cString: pp_tls_cipher_name(ssl))))
+        let waiting = self.waitingWrites
+        self.waitingWrites = []
+        guard !waiting.isEmpty else { return }
+        for (buffer, promise) in waiting { self.encrypt(buffer, promise: promise, context: context) }
+        self.sendCiphertext(context: context)
     }
 
     /// Explains a failed handshake for the log of this side.
     private func handshakeFailure(reason: String) -> String {
         switch self.tls.role {
         case .server:
-            let offered = withUnsafeBytes(of: &self.conn.pointee.offered_identity) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let offered = withUnsafeBytes(of: self.conn.pointee.offered_identity) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             if offered.isEmpty {
                 return "TLS handshake failed (\(reason)): the peer offered no cluster key; it is not a ppnode client of protocol 2 or later"
             }
@@ -168,10 +152,10 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             return "TLS handshake failed (\(reason))"
         case .client:
-            if reason.contains("alert handshake failure") || reason.contains("alert decrypt") || reason.contains("alert illegal parameter") {
+            if ["alert handshake failure", "alert decrypt", "alert illegal parameter"].contains(where: reason.contains) {
                 return "TLS handshake failed: the node does not accept our key (key id \(self.tls.keyID)); it belongs to another cluster or has another secret: use that node's secret file"
             }
-            if reason.contains("wrong version number") || reason.contains("packet length too long") || reason.contains("record layer failure") {
+            if ["wrong version number", "packet length too long", "record layer failure"].contains(where: reason.contains) {
                 return "TLS handshake failed (\(reason)): the peer does not speak TLS 1.3; is it a ppnode of protocol 2 or later?"
             }
             return "TLS handshake failed (\(reason))"
@@ -201,7 +185,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
             return self.fail(
                 context: context,
-                TLSError(.recordFailed, "TLS record failed (\(TLSError.openSSLText())): bytes were changed or injected on the way, or the peer broke TLS")
+                TLSError(code: .recordFailed, message: "TLS record failed (\(TLSError.openSSLText())): bytes were changed or injected on the way, or the peer broke TLS")
             )
         }
         // Post-handshake messages (key updates) may have produced output.
@@ -247,7 +231,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 SSL_write(ssl, raw.baseAddress, Int32(clamping: raw.count))
             }
             guard written > 0 else {
-                promise?.fail(TLSError(.internalError, "TLS write failed: \(TLSError.openSSLText())"))
+                promise?.fail(TLSError(code: .internalError, message: "TLS write failed: \(TLSError.openSSLText())"))
                 return
             }
             rest.moveReaderIndex(forwardBy: Int(written))
@@ -257,7 +241,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Moves every ciphertext byte OpenSSL has queued to the channel, in one write.
     private func sendCiphertext(context: ChannelHandlerContext) {
-        guard let output = self.output else { return }
+        guard let output = self.ssl.flatMap(SSL_get_wbio) else { return }
         let pending = pp_bio_pending(output)
         let promises = self.encryptedPromises
         self.encryptedPromises = []
@@ -269,11 +253,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { raw in
             max(0, Int(BIO_read(output, raw.baseAddress, Int32(clamping: pending))))
         }
-        var promise: EventLoopPromise<Void>?
-        if !promises.isEmpty {
-            promise = context.eventLoop.makePromise()
-            for p in promises { promise!.futureResult.cascade(to: p) }
-        }
+        let promise = promises.isEmpty ? nil : context.eventLoop.makePromise(of: Void.self)
+        for p in promises { promise?.futureResult.cascade(to: p) }
         context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: promise)
     }
 
@@ -286,10 +267,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func failWaiting(_ error: any Error) {
-        let waiting = self.waitingWrites
+        let promises = self.waitingWrites.compactMap(\.1) + self.encryptedPromises
         self.waitingWrites = []
-        for (_, p) in waiting { p?.fail(error) }
-        let promises = self.encryptedPromises
         self.encryptedPromises = []
         for p in promises { p.fail(error) }
     }
