@@ -58,6 +58,16 @@ public final class JobHandle<T: Decodable & Sendable>: Sendable {
         await self.server.cancel(jobID: self.id)
     }
 
+    /// Stops the job wherever it is: queued, it is removed; running, on a local worker
+    /// or on a node, its worker is killed and replaced. It ends once, with
+    /// `JobError.Code.cancelled`, and its slot is free at once.
+    ///
+    /// - Returns: `true` when it was still queued here.
+    @discardableResult
+    public func stop() async -> Bool {
+        await self.server.stop(jobID: self.id)
+    }
+
     /// Records the outcome and wakes every waiter. Called once.
     func complete(_ outcome: JobOutcome) {
         let waiters = self.state.withLock { state -> [CheckedContinuation<JobOutcome, Never>] in

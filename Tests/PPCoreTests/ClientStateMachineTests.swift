@@ -343,6 +343,17 @@ struct SharedValueTests {
         #expect(e.jobs(fittingIn: .seconds(1), limit: 32) == 32)
         for _ in 0..<40 { e.add(nanoseconds: 100_000_000) }
         #expect(!e.jobsAreShort && e.jobs(fittingIn: .milliseconds(1), limit: 32) == 1)
+
+        // One tiny job moves the cautious estimate by a fifth; a node's window estimate
+        // takes it whole, then averages as usual.
+        var cautious = JobTimeEstimator()
+        var trusting = JobTimeEstimator(trustsFirstSample: true)
+        cautious.add(nanoseconds: 50_000)
+        trusting.add(nanoseconds: 50_000)
+        #expect(!cautious.jobsAreShort && trusting.jobsAreShort)
+        #expect(trusting.meanNanoseconds == 50_000)
+        trusting.add(nanoseconds: 1_050_000)
+        #expect(trusting.meanNanoseconds == 250_000)
     }
 
     @Test func cacheEvictsLeastRecentlyUsedByCost() {

@@ -31,7 +31,7 @@ struct CancelRunningTests {
         #expect(waitFor(seconds: 60) { FileManager.default.fileExists(atPath: started) })
 
         let stopAt = ContinuousClock.now
-        #expect(await server.stop(jobID: job.id) == false)  // it was running, not queued
+        #expect(await job.stop() == false)  // it was running, not queued
         let result = await job.result
         let took = ContinuousClock.now - stopAt
         guard case .failure(let error) = result else {

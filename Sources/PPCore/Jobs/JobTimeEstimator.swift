@@ -1,6 +1,5 @@
 /// How long the jobs of one executor take lately: an exponentially weighted moving
-/// average of their run times, in which the first real run time replaces the initial
-/// guess (so a client of tiny jobs gets a deep window from its first result). The single estimator behind every decision that depends
+/// average of their run times. The single estimator behind every decision that depends
 /// on job length: a worker's pipeline depth, the local executor's window and the window
 /// a node gives a client.
 public struct JobTimeEstimator: Sendable {
@@ -13,15 +12,22 @@ public struct JobTimeEstimator: Sendable {
     public private(set) var meanNanoseconds: Double
     /// Whether a run time was added (until then the estimate is the initial guess).
     private var measured = false
+    /// Whether the first run time replaces the initial guess instead of moving it by
+    /// `weight`.
+    private let trustsFirstSample: Bool
 
     /// Creates an estimator that starts at `initial` (the guess before any job ended).
-    public init(initial: Duration = .milliseconds(10)) {
+    /// With `trustsFirstSample`, the first run time replaces the guess: a node's window
+    /// for a client of tiny jobs then deepens with its first result. (A pool keeps the
+    /// cautious start: it would pipeline jobs deeply behind the first long one.)
+    public init(initial: Duration = .milliseconds(10), trustsFirstSample: Bool = false) {
         self.meanNanoseconds = Double(initial.nanosecondsInt64)
+        self.trustsFirstSample = trustsFirstSample
     }
 
     /// Adds a job's run time.
     public mutating func add(nanoseconds: UInt64) {
-        self.meanNanoseconds += (Double(nanoseconds) - self.meanNanoseconds) * (self.measured ? Self.weight : 1)
+        self.meanNanoseconds += (Double(nanoseconds) - self.meanNanoseconds) * (self.measured || !self.trustsFirstSample ? Self.weight : 1)
         self.measured = true
     }
 

@@ -155,7 +155,7 @@ public struct NodeSessionStateMachine: Sendable {
     /// Results of this event-loop turn, not written yet.
     private var pendingResults: [JobResult] = []
     private var flushScheduled = false
-    private var jobTime = JobTimeEstimator()
+    private var jobTime = JobTimeEstimator(trustsFirstSample: true)
 
     /// Creates the machine of a new connection, awaiting TLS and HELLO.
     public init(configuration: Configuration) {
