@@ -24,6 +24,12 @@ public struct SHA256Digest: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The digest in lower-case hexadecimal.
+    /// Hashes the 32 bytes in one call (the synthesized hash fed them one by one, on
+    /// every bundle look-up of every job).
+    public func hash(into hasher: inout Hasher) {
+        self.bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+
     public var hex: String { Hex.encode(self.bytes) }
 
     /// The first 12 hex digits, enough to tell digests apart in logs.

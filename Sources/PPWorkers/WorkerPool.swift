@@ -157,7 +157,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
     /// Queues one job.
     public func submit(_ job: Job) {
         self.start()
-        self.eventLoop.execute { self.run(self.machine.submit(CollectionOfOne(job), now: .now())) }
+        self.eventLoop.execute { self.run(self.machine.submit([job], now: .now())) }
     }
 
     /// Queues many jobs with one hop to the pool's loop.

@@ -60,7 +60,7 @@ final class Scheduler: @unchecked Sendable {
 
     // MARK: Jobs
 
-    func enqueue(_ jobs: some Sequence<Job>) {
+    func enqueue(_ jobs: [Job]) {
         Self.fail(self.machine.enqueue(jobs))
         self.dispatch()
     }

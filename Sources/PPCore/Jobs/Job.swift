@@ -14,10 +14,6 @@ public struct Job: Sendable {
     /// The id in the holder's id space: the client's job id, or on a node the id its
     /// pool's `IDAllocator` gave.
     public var id: UInt64
-    /// The function to call.
-    public var bundle: FunctionBundle
-    /// Its positional arguments.
-    public var arguments: JobArguments
     /// The longest the call may run before its worker is killed, or `nil`.
     public var timeout: Duration?
     /// Call or check.
@@ -26,14 +22,34 @@ public struct Job: Sendable {
     public var attempts = 0
     /// Times an executor handed the job back unrun (the client's scheduler counts).
     public var handBacks = 0
-    /// Whom the job runs for, for a node's fair share between its clients: a client
-    /// session (`"name #12"`). Empty for a pool's only client.
-    public var owner = ""
-    /// The owner's weight in the fair share: with 2 it gets twice the worker time of
-    /// an owner with 1 when both have jobs queued.
-    public var ownerWeight = 1.0
     /// Called once, on the holder's event loop, when the job ends.
     public var completion: @Sendable (JobResult) -> Void
+    /// The rest, behind one reference: a job is copied at every hop of its path
+    /// (queues, pipes, actions), and one retain is cheaper than one per field.
+    private var payload: Payload
+
+    /// The function to call.
+    public var bundle: FunctionBundle {
+        get { self.payload.bundle }
+        set { self.unique().bundle = newValue }
+    }
+    /// Its positional arguments.
+    public var arguments: JobArguments {
+        get { self.payload.arguments }
+        set { self.unique().arguments = newValue }
+    }
+    /// Whom the job runs for, for a node's fair share between its clients: a client
+    /// session (`"name #12"`). Empty for a pool's only client.
+    public var owner: String {
+        get { self.payload.owner }
+        set { self.unique().owner = newValue }
+    }
+    /// The owner's weight in the fair share: with 2 it gets twice the worker time of
+    /// an owner with 1 when both have jobs queued.
+    public var ownerWeight: Double {
+        get { self.payload.ownerWeight }
+        set { self.unique().ownerWeight = newValue }
+    }
 
     /// Creates a job.
     public init(
@@ -45,11 +61,37 @@ public struct Job: Sendable {
         completion: @escaping @Sendable (JobResult) -> Void
     ) {
         self.id = id
-        self.bundle = bundle
-        self.arguments = arguments
         self.timeout = timeout
         self.kind = kind
         self.completion = completion
+        self.payload = Payload(bundle: bundle, arguments: arguments)
+    }
+
+    /// The payload, copied first when another job shares it (copy on write).
+    private mutating func unique() -> Payload {
+        if !isKnownUniquelyReferenced(&self.payload) { self.payload = self.payload.copy() }
+        return self.payload
+    }
+
+    /// `@unchecked Sendable` is safe because a payload is changed only through
+    /// `unique()`, when no other job holds it.
+    private final class Payload: @unchecked Sendable {
+        var bundle: FunctionBundle
+        var arguments: JobArguments
+        var owner = ""
+        var ownerWeight = 1.0
+
+        init(bundle: FunctionBundle, arguments: JobArguments) {
+            self.bundle = bundle
+            self.arguments = arguments
+        }
+
+        func copy() -> Payload {
+            let c = Payload(bundle: self.bundle, arguments: self.arguments)
+            c.owner = self.owner
+            c.ownerWeight = self.ownerWeight
+            return c
+        }
     }
 
     /// Ends the job with `error`, run by `executor`.

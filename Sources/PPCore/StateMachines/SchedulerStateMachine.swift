@@ -45,7 +45,7 @@ public struct SchedulerStateMachine: Sendable {
     public var queued: Int { self.queue.count }
 
     /// New jobs join the end of the queue (or fail at once after `stop`).
-    public mutating func enqueue(_ jobs: some Sequence<Job>) -> [Failure] {
+    public mutating func enqueue(_ jobs: [Job]) -> [Failure] {
         guard !self.stopped else { return Self.shutDown(jobs) }
         self.queue.append(contentsOf: jobs)
         return []

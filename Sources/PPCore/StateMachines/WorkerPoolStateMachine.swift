@@ -139,6 +139,9 @@ public struct WorkerPoolStateMachine: Sendable {
         var reaping = false
         /// The bundles it has loaded, bounded in bytes.
         var loaded: BoundedCache<SHA256Digest, Void>
+        /// The bundle of the last job written to it: the next job of the same bundle
+        /// needs no look-up (it is the most recently used already).
+        var lastBundle: SHA256Digest?
         var jobsDone = 0
         var busyTime = Duration.zero
 
@@ -157,7 +160,7 @@ public struct WorkerPoolStateMachine: Sendable {
     public private(set) var isShuttingDown = false
     /// Jobs waiting for a worker, shared fairly between their owners by use.
     private var queue = FairQueue<Job>()
-    private var workers: [Int: Slot] = [:]
+    private var workers = SlotTable()
     private var gone: [WorkerStatistics] = []
     private var nextIndex = 1
     /// How long jobs take lately, which sets the pipeline depth.
@@ -550,7 +553,7 @@ public struct WorkerPoolStateMachine: Sendable {
     /// Queues jobs and hands them to ready workers. When starts had failed for good,
     /// new work tries again at once (the interpreter may have been installed
     /// meanwhile); the jobs fail if the next attempts fail too.
-    public mutating func submit(_ jobs: some Collection<Job>, now: NIODeadline) -> [Action] {
+    public mutating func submit(_ jobs: [Job], now: NIODeadline) -> [Action] {
         if self.isShuttingDown {
             return jobs.map { self.completion($0, JobError(code: .shutdown, message: "the worker pool is shutting down")) }
         }
@@ -627,11 +630,10 @@ public struct WorkerPoolStateMachine: Sendable {
     private mutating func dispatch(now: NIODeadline) {
         guard !self.queue.isEmpty else { return }
         let depth = self.jobTime.jobs(fittingIn: Self.pipelineTarget, limit: self.configuration.maxPipelineDepth)
-        let ready = self.workers.values.filter {
+        let ready = self.workers.indices {
             $0.state == .ready && $0.attached && $0.killReason == nil && !$0.stdoutClosed && $0.inflight.count < depth
         }
-        .sorted { ($0.inflight.count, $0.index) < ($1.inflight.count, $1.index) }
-        .map(\.index)
+        .sorted { (self.workers[$0]!.inflight.count, $0) < (self.workers[$1]!.inflight.count, $1) }
         guard !ready.isEmpty else { return }
         var buffers = [ByteBuffer](repeating: ByteBuffer(), count: ready.count)
         var progress = true
@@ -658,11 +660,59 @@ public struct WorkerPoolStateMachine: Sendable {
     /// Writes a bundle frame unless the worker has the bundle, dropping least recently
     /// used bundles past the cache limit (never one a job in its pipe still needs).
     private mutating func load(_ bundle: FunctionBundle, on index: Int, into buffer: inout ByteBuffer) {
+        if self.workers[index]!.lastBundle == bundle.digest { return }
+        self.workers[index]!.lastBundle = bundle.digest
         if self.workers[index]!.loaded.get(bundle.digest) != nil { return }
         let needed = Set(self.workers[index]!.inflight.map(\.job.bundle.digest))
         let evicted = self.workers[index]!.loaded.insert(bundle.digest, (), cost: bundle.spec.count) { needed.contains($0) }
         for (digest, _) in evicted { WorkerFrame.writeDrop(digest, to: &buffer) }
         WorkerFrame.writeBundle(bundle, to: &buffer)
+    }
+}
+
+/// The pool's workers by index, in an array: a pool has a few, so a scan finds one
+/// faster than hashing, and `_read`/`_modify` reach a slot in place (a dictionary's
+/// getter copies the whole slot, pipe and cache included, on every read).
+struct SlotTable: Sendable {
+    private var slots: [WorkerPoolStateMachine.Slot?] = []
+
+    private func position(_ index: Int) -> Int? {
+        self.slots.firstIndex { $0?.index == index }
+    }
+
+    subscript(index: Int) -> WorkerPoolStateMachine.Slot? {
+        _read {
+            if let p = self.position(index) { yield self.slots[p] } else { yield nil }
+        }
+        _modify {
+            if let p = self.position(index) {
+                yield &self.slots[p]
+                if self.slots[p] == nil { self.slots.remove(at: p) }
+            } else {
+                var new: WorkerPoolStateMachine.Slot?
+                yield &new
+                if let new { self.slots.append(new) }
+            }
+        }
+    }
+
+    var isEmpty: Bool { self.slots.isEmpty }
+    /// The slots, by index (they are added in index order).
+    var values: [WorkerPoolStateMachine.Slot] { self.slots.compactMap { $0 } }
+    /// The indices, in order.
+    var keys: [Int] { self.slots.compactMap { $0?.index } }
+
+    /// The indices of the slots that match, in order.
+    func indices(where matches: (borrowing WorkerPoolStateMachine.Slot) -> Bool) -> [Int] {
+        var out: [Int] = []
+        for p in self.slots.indices where matches(self.slots[p]!) { out.append(self.slots[p]!.index) }
+        return out
+    }
+
+    @discardableResult
+    mutating func removeValue(forKey index: Int) -> WorkerPoolStateMachine.Slot? {
+        guard let p = self.position(index) else { return nil }
+        return self.slots.remove(at: p)
     }
 }
 

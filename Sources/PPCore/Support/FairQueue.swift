@@ -25,11 +25,12 @@ import Darwin
 public struct FairQueue<Element>: Sendable where Element: Sendable {
     /// The worker time an owner used, and its queue.
     private struct Account: Sendable {
+        let owner: String
         var queue = Deque<Element>()
         /// Seconds of worker time, decayed to `stamp`.
         var used = 0.0
         var stamp: NIODeadline
-        var weight: Double
+        var weight = 1.0
         /// When it was last served, for ties (a serial number, not a time).
         var served: UInt64 = 0
         /// Elements taken out and not yet charged (running somewhere).
@@ -38,7 +39,9 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
 
     /// How long it takes for used time to count half.
     public let halfLife: Duration
-    private var accounts: [String: Account] = [:]
+    /// The owners, in the order they came: a node has a few clients at a time, so a
+    /// scan beats hashing their keys on every job.
+    private var accounts: [Account] = []
     private var serial: UInt64 = 0
     /// Elements queued, over all owners.
     public private(set) var count = 0
@@ -54,57 +57,60 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
     /// Queues `element` last in `owner`'s queue. `weight` (default 1) is the owner's
     /// from now on: with 2 it gets twice the worker time of an owner with 1.
     public mutating func append(_ element: Element, owner: String, weight: Double = 1, now: NIODeadline) {
-        self.open(owner, now: now)
-        self.accounts[owner]!.weight = max(weight, .leastNonzeroMagnitude)
-        self.accounts[owner]!.queue.append(element)
+        let i = self.open(owner, now: now)
+        self.accounts[i].weight = max(weight, .leastNonzeroMagnitude)
+        self.accounts[i].queue.append(element)
         self.count += 1
     }
 
     /// Puts `element` back first in `owner`'s queue (it was taken out but did not run).
     public mutating func prepend(_ element: Element, owner: String, now: NIODeadline) {
-        self.open(owner, now: now)
-        self.accounts[owner]!.queue.prepend(element)
-        self.accounts[owner]!.running = max(0, self.accounts[owner]!.running - 1)
+        let i = self.open(owner, now: now)
+        self.accounts[i].queue.prepend(element)
+        self.accounts[i].running = max(0, self.accounts[i].running - 1)
         self.count += 1
     }
 
     /// Takes the next element: the first of the owner that used the least time lately
     /// for its weight. The owner counts it as running until `charge`.
     public mutating func popNext(now: NIODeadline) -> Element? {
-        var best: String?
-        var bestUse = Double.infinity
-        var bestServed = UInt64.max
-        for (key, account) in self.accounts where !account.queue.isEmpty {
-            let use = self.decayed(account, to: now) / account.weight
-            if use < bestUse || (use == bestUse && account.served < bestServed) {
-                (best, bestUse, bestServed) = (key, use, account.served)
+        guard self.count > 0 else { return nil }
+        var best = -1
+        if self.accounts.count == 1 {
+            best = 0
+        } else {
+            var bestUse = Double.infinity
+            var bestServed = UInt64.max
+            for (i, account) in self.accounts.enumerated() where !account.queue.isEmpty {
+                let use = self.decayed(account, to: now) / account.weight
+                if use < bestUse || (use == bestUse && account.served < bestServed) {
+                    (best, bestUse, bestServed) = (i, use, account.served)
+                }
             }
         }
-        guard let key = best else { return nil }
         self.serial += 1
-        self.accounts[key]!.served = self.serial
-        self.accounts[key]!.running += 1
+        self.accounts[best].served = self.serial
+        self.accounts[best].running += 1
         self.count -= 1
-        return self.accounts[key]!.queue.removeFirst()
+        return self.accounts[best].queue.removeFirst()
     }
 
     /// Adds the worker time an element of `owner` used, once it ended (or was taken
     /// back from a worker). `seconds` 0 only ends its running count.
     public mutating func charge(_ owner: String, seconds: Double, now: NIODeadline) {
-        guard self.accounts[owner] != nil else { return }
-        let used = self.decayed(self.accounts[owner]!, to: now)
-        self.accounts[owner]!.used = used + max(0, seconds)
-        self.accounts[owner]!.stamp = now
-        self.accounts[owner]!.running = max(0, self.accounts[owner]!.running - 1)
+        guard let i = self.accounts.firstIndex(where: { $0.owner == owner }) else { return }
+        self.accounts[i].used = self.decayed(self.accounts[i], to: now) + max(0, seconds)
+        self.accounts[i].stamp = now
+        self.accounts[i].running = max(0, self.accounts[i].running - 1)
         self.forgetIdle(now: now)
     }
 
     /// Removes and returns the first element that matches.
     public mutating func remove(where matches: (Element) -> Bool) -> Element? {
-        for key in self.accounts.keys {
-            if let i = self.accounts[key]!.queue.firstIndex(where: matches) {
+        for i in self.accounts.indices {
+            if let j = self.accounts[i].queue.firstIndex(where: matches) {
                 self.count -= 1
-                return self.accounts[key]!.queue.remove(at: i)
+                return self.accounts[i].queue.remove(at: j)
             }
         }
         return nil
@@ -113,9 +119,9 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
     /// Removes and returns every element, owner by owner.
     public mutating func removeAll() -> [Element] {
         var all: [Element] = []
-        for key in self.accounts.keys.sorted() {
-            all.append(contentsOf: self.accounts[key]!.queue)
-            self.accounts[key]!.queue.removeAll()
+        for i in self.accounts.indices {
+            all.append(contentsOf: self.accounts[i].queue)
+            self.accounts[i].queue.removeAll()
         }
         self.count = 0
         return all
@@ -123,26 +129,34 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
 
     /// Every owner's use, weight, queue and running count, by least use first.
     public func shares(now: NIODeadline) -> [OwnerShare] {
-        self.accounts.map { key, a in
-            OwnerShare(owner: key, used: self.decayed(a, to: now), weight: a.weight, queued: a.queue.count, running: a.running)
+        self.accounts.map { a in
+            OwnerShare(owner: a.owner, used: self.decayed(a, to: now), weight: a.weight, queued: a.queue.count, running: a.running)
         }.sorted { ($0.used / $0.weight, $0.owner) < ($1.used / $1.weight, $1.owner) }
     }
 
-    private mutating func open(_ owner: String, now: NIODeadline) {
-        if self.accounts[owner] == nil { self.accounts[owner] = Account(stamp: now, weight: 1) }
+    /// The position of `owner`'s account, opened if it has none.
+    private mutating func open(_ owner: String, now: NIODeadline) -> Int {
+        if let i = self.accounts.firstIndex(where: { $0.owner == owner }) { return i }
+        self.accounts.append(Account(owner: owner, stamp: now))
+        return self.accounts.count - 1
     }
 
     private func decayed(_ account: Account, to now: NIODeadline) -> Double {
+        Self.decayed(account, to: now, halfLife: self.halfLife)
+    }
+
+    private static func decayed(_ account: Account, to now: NIODeadline, halfLife: Duration) -> Double {
         guard account.used > 0, now > account.stamp else { return account.used }
-        let halfLives = Double((now - account.stamp).nanoseconds) / Double(self.halfLife.nanosecondsInt64)
+        let halfLives = Double((now - account.stamp).nanoseconds) / Double(halfLife.nanosecondsInt64)
         return account.used * exp2(-halfLives)
     }
 
-    /// Drops accounts with nothing queued or running and under a millisecond of use.
+    /// Drops accounts with nothing queued or running whose use decayed under a
+    /// millisecond (a lone owner stays: it is the common case, and costs nothing).
     private mutating func forgetIdle(now: NIODeadline) {
-        for (key, a) in self.accounts where a.queue.isEmpty && a.running == 0 && self.decayed(a, to: now) < 0.001 {
-            self.accounts[key] = nil
-        }
+        guard self.accounts.count > 1 else { return }
+        let halfLife = self.halfLife
+        self.accounts.removeAll { $0.queue.isEmpty && $0.running == 0 && Self.decayed($0, to: now, halfLife: halfLife) < 0.001 }
     }
 }
 
