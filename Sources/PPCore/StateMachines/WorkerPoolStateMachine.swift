@@ -630,10 +630,10 @@ public struct WorkerPoolStateMachine: Sendable {
     private mutating func dispatch(now: NIODeadline) {
         guard !self.queue.isEmpty else { return }
         let depth = self.jobTime.jobs(fittingIn: Self.pipelineTarget, limit: self.configuration.maxPipelineDepth)
-        let ready = self.workers.indices {
+        var ready = self.workers.indices {
             $0.state == .ready && $0.attached && $0.killReason == nil && !$0.stdoutClosed && $0.inflight.count < depth
         }
-        .sorted { (self.workers[$0]!.inflight.count, $0) < (self.workers[$1]!.inflight.count, $1) }
+        if ready.count > 1 { ready.sort { (self.workers[$0]!.inflight.count, $0) < (self.workers[$1]!.inflight.count, $1) } }
         guard !ready.isEmpty else { return }
         var buffers = [ByteBuffer](repeating: ByteBuffer(), count: ready.count)
         var progress = true
@@ -642,10 +642,11 @@ public struct WorkerPoolStateMachine: Sendable {
             for (i, index) in ready.enumerated() where self.workers[index]!.inflight.count < depth {
                 guard let job = self.queue.popNext(now: now) else { break }
                 if buffers[i].capacity == 0 { buffers[i] = ByteBufferAllocator().buffer(capacity: 4096) }
-                self.load(job.bundle, on: index, into: &buffers[i])
+                let bundle = job.bundle
+                self.load(bundle, on: index, into: &buffers[i])
                 switch job.kind {
-                case .call: WorkerFrame.writeJob(id: job.id, bundle: job.bundle.digest, arguments: job.arguments, to: &buffers[i])
-                case .check: WorkerFrame.writeCheck(id: job.id, bundle: job.bundle.digest, to: &buffers[i])
+                case .call: WorkerFrame.writeJob(id: job.id, bundle: bundle.digest, arguments: job.arguments, to: &buffers[i])
+                case .check: WorkerFrame.writeCheck(id: job.id, bundle: bundle.digest, to: &buffers[i])
                 }
                 if self.workers[index]!.inflight.isEmpty { self.workers[index]!.headStartedAt = now }
                 self.workers[index]!.inflight.append((job, false))

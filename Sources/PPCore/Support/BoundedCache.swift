@@ -1,13 +1,21 @@
-import DequeModule
+public import DequeModule
 
 /// A least-recently-used cache bounded by the total cost of its entries (bytes, say):
 /// the one cache type behind the node's bundle cache and each worker's loaded bundles.
 /// Lookups, inserts and evictions are amortised O(1).
 public struct BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
-    private struct Entry: Sendable {
-        var value: Value
-        var cost: Int
-        var stamp: UInt64
+    @usableFromInline
+    struct Entry: Sendable {
+        @usableFromInline var value: Value
+        @usableFromInline var cost: Int
+        @usableFromInline var stamp: UInt64
+
+        @usableFromInline
+        init(value: Value, cost: Int, stamp: UInt64) {
+            self.value = value
+            self.cost = cost
+            self.stamp = stamp
+        }
     }
 
     /// The largest total cost kept.
@@ -16,11 +24,11 @@ public struct BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Sendable 
     public private(set) var totalCost = 0
     /// Entries dropped to stay under `capacity`, since creation.
     public private(set) var evictions = 0
-    private var entries: [Key: Entry] = [:]
+    @usableFromInline var entries: [Key: Entry] = [:]
     /// Keys in order of use, oldest first; an element whose stamp is not its entry's
     /// current stamp is stale and skipped.
-    private var order = Deque<(key: Key, stamp: UInt64)>()
-    private var clock: UInt64 = 0
+    @usableFromInline var order = Deque<(key: Key, stamp: UInt64)>()
+    @usableFromInline var clock: UInt64 = 0
 
     /// Creates an empty cache.
     public init(capacity: Int) {
@@ -34,9 +42,12 @@ public struct BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Sendable 
     public func contains(_ key: Key) -> Bool { self.entries[key] != nil }
 
     /// The value for `key`, marking it as just used.
+    @inlinable
     public mutating func get(_ key: Key) -> Value? {
         guard let entry = self.entries[key] else { return nil }
-        self.touch(key)
+        // The most recent entry stays so without a new stamp (a run of jobs of one
+        // bundle looks it up once per job).
+        if entry.stamp != self.clock { self.touch(key) }
         return entry.value
     }
 
@@ -77,7 +88,8 @@ public struct BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Sendable 
         self.totalCost -= entry.cost
     }
 
-    private mutating func touch(_ key: Key) {
+    @usableFromInline
+    mutating func touch(_ key: Key) {
         self.clock &+= 1
         self.entries[key]!.stamp = self.clock
         self.order.append((key, self.clock))
