@@ -16,6 +16,8 @@
 // (e) the unchanged ppft client against ppft's own ppserver and against ppnode's
 //     pp-compatible port: tiny jobs pipelined and one at a time, and the resident
 //     memory of each server with its workers afterwards.
+// (f) fair share on the node of (c): a busy client keeps half-second jobs queued; a
+//     second sends 20 tiny jobs; the time to its first and last result in job-times.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
 // alike; the ratios are what to compare across machines.
 
@@ -245,6 +247,37 @@ for _ in 0..<options.rounds {
     nodeRTT = min(nodeRTT, seconds(ContinuousClock.now - start) / Double(options.roundTrips))
 }
 await remote.shutdown()
+
+// (f) Fair share on the same node: a busy client keeps half-second jobs queued there; a
+// second client, already connected, then sends 20 tiny jobs. Its times to the first
+// and to the last result, in job-times (0.5 s): first come, first served, each of its
+// jobs would wait behind the busy client's queue at the node.
+func fairShare(port: Int) async -> (first: Double, all: Double) {
+    let configuration = JobServer.Configuration(
+        workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: port)], secret: try! ClusterSecret(text: secretText, origin: "ppbench"), discover: false
+    )
+    let busy = JobServer(configuration: configuration)
+    let polite = JobServer(configuration: configuration)
+    _ = await polite.mapResults(inc, arguments: [tinyArgs[0]], as: RawJSON.self)
+    let half = PythonFunction(name: "half", source: "import time\ndef half(x):\n    time.sleep(0.5)\n    return x\n")
+    let busyDone = Atomic<Int>(0)
+    for i in 0..<400 {
+        _ = busy.submit(half, arguments: tinyArgs[i], as: RawJSON.self) { _ in busyDone.add(1, ordering: .relaxed) }
+    }
+    while busyDone.load(ordering: .relaxed) < 2 { try? await Task.sleep(for: .milliseconds(5)) }
+    let start = ContinuousClock.now
+    let first = Mutex<ContinuousClock.Instant?>(nil)
+    let handles = (0..<20).map { i in
+        polite.submit(inc, arguments: tinyArgs[i], as: RawJSON.self) { _ in first.withLock { $0 = $0 ?? .now } }
+    }
+    for h in handles { _ = await h.result }
+    let all = seconds(ContinuousClock.now - start) / 0.5
+    let firstAt = first.withLock { $0 } ?? .now
+    await polite.shutdown()
+    await busy.shutdown()
+    return (seconds(firstAt - start) / 0.5, all)
+}
+let fairness = await fairShare(port: nodePort)
 node.terminate()
 node.waitUntilExit()
 
@@ -558,3 +591,6 @@ if let (theirs, ours) = ppftResult {
 } else {
     print("(e) ppft client against ppserver and ppnode: skipped")
 }
+print("(f) fair share: one client keeps half-second jobs queued on the node, another then sends 20 tiny jobs")
+print("    its first result after         \(fmt(fairness.first, 2)) job-times   (first come, first served: behind the queue)")
+print("    all 20 after                   \(fmt(fairness.all, 2)) job-times   (target: about 1)")
