@@ -262,13 +262,13 @@ func fairShare(port: Int) async -> (first: Double, all: Double) {
     let half = PythonFunction(name: "half", source: "import time\ndef half(x):\n    time.sleep(0.5)\n    return x\n")
     let busyDone = Atomic<Int>(0)
     for i in 0..<400 {
-        _ = busy.submit(half, arguments: tinyArgs[i], as: RawJSON.self) { _ in busyDone.add(1, ordering: .relaxed) }
+        _ = busy.submit(half, arguments: tinyArgs[i % tinyArgs.count], as: RawJSON.self) { _ in busyDone.add(1, ordering: .relaxed) }
     }
     while busyDone.load(ordering: .relaxed) < 2 { try? await Task.sleep(for: .milliseconds(5)) }
     let start = ContinuousClock.now
     let first = Mutex<ContinuousClock.Instant?>(nil)
     let handles = (0..<20).map { i in
-        polite.submit(inc, arguments: tinyArgs[i], as: RawJSON.self) { _ in first.withLock { $0 = $0 ?? .now } }
+        polite.submit(inc, arguments: tinyArgs[i % tinyArgs.count], as: RawJSON.self) { _ in first.withLock { $0 = $0 ?? .now } }
     }
     for h in handles { _ = await h.result }
     let all = seconds(ContinuousClock.now - start) / 0.5

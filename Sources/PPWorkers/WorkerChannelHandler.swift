@@ -1,13 +1,18 @@
 import NIOCore
 import PPCore
 
-/// Passes a worker's decoded messages and the end of its stdout to the pool's machine;
-/// lives on the pool's loop.
+/// Decodes a worker's frames and passes them and the end of its stdout to the pool's
+/// machine; lives on the pool's loop.
+///
+/// It decodes with a `NIOSingleStepByteToMessageProcessor` in place rather than behind
+/// a `ByteToMessageHandler`: that handler is generic code of another module and wrapped
+/// every result in `NIOAny`, unspecialized, on the hottest path of the local mode.
 final class WorkerChannelHandler: ChannelInboundHandler {
-    typealias InboundIn = WorkerMessage
+    typealias InboundIn = ByteBuffer
 
     private let pool: WorkerPool
     private let index: Int
+    private var frames = NIOSingleStepByteToMessageProcessor(WorkerMessageDecoder())
 
     init(pool: WorkerPool, index: Int) {
         self.pool = pool
@@ -15,7 +20,13 @@ final class WorkerChannelHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.pool.handle { $0.received(Self.unwrapInboundIn(data), from: self.index, now: .now()) }
+        do {
+            try self.frames.process(buffer: Self.unwrapInboundIn(data)) { message in
+                self.pool.handle { $0.received(message, from: self.index, now: .now()) }
+            }
+        } catch {
+            self.errorCaught(context: context, error: error)
+        }
     }
 
     /// The reads of one batch are done: the machine refills workers' pipes, one write each.

@@ -374,10 +374,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
         NIOPipeBootstrap(group: self.eventLoop)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(WorkerMessageDecoder()),
-                        WorkerChannelHandler(pool: self, index: index)
-                    )
+                    try channel.pipeline.syncOperations.addHandler(WorkerChannelHandler(pool: self, index: index))
                 }
             }
             .takingOwnershipOfDescriptors(input: process.stdoutRead, output: process.stdinWrite)

@@ -81,12 +81,20 @@ public final class JobHandle<T: Decodable & Sendable>: Sendable {
 }
 
 /// Decodes a job's JSON result as `T`: `RawJSON` keeps the bytes as they are.
+/// Inlinable, so the check for `RawJSON` folds away where `T` is known.
+@inlinable
 func decodeResult<T: Decodable>(_ type: T.Type, _ outcome: JobOutcome) -> Result<T, JobError> {
+    if T.self == RawJSON.self, case .success(let bytes) = outcome.result { return .success(RawJSON(bytes: bytes) as! T) }
+    return decodeJSON(type, outcome)
+}
+
+/// Decodes a job's JSON result as `T` with `JSONDecoder`.
+@usableFromInline
+func decodeJSON<T: Decodable>(_ type: T.Type, _ outcome: JobOutcome) -> Result<T, JobError> {
     switch outcome.result {
     case .failure(let error):
         return .failure(error)
     case .success(let bytes):
-        if T.self == RawJSON.self { return .success(RawJSON(bytes: bytes) as! T) }
         do {
             return .success(try JSONDecoder().decode(T.self, from: Data(bytes)))
         } catch {

@@ -234,21 +234,30 @@ public final class JobServer: Service, Sendable {
 
     /// Runs `function` once per argument list and returns every result, value or
     /// error, in input order.
+    @inlinable
     public func mapResults<T: Decodable & Sendable>(
         _ function: PythonFunction,
         arguments: [JobArguments],
         as type: T.Type = JSONValue.self,
         timeout: Duration? = nil
     ) async -> [Result<T, JobError>] {
+        // Decoded in the caller, once all are in, and specialized there: the loop only
+        // stores outcomes (a generic completion ran unspecialized on it, per job).
+        await self.outcomes(function, arguments: arguments, timeout: timeout).map { decodeResult(T.self, $0) }
+    }
+
+    /// Runs `function` once per argument list and returns every outcome in input order.
+    @usableFromInline
+    func outcomes(_ function: PythonFunction, arguments: [JobArguments], timeout: Duration?) async -> [JobOutcome] {
         guard !arguments.isEmpty else { return [] }
         return await withCheckedContinuation { continuation in
-            // The results in input order, and how many are still to come.
-            let state = Mutex((results: [Result<T, JobError>?](repeating: nil, count: arguments.count), remaining: arguments.count))
+            // The outcomes in input order, and how many are still to come.
+            let state = Mutex((outcomes: [JobOutcome?](repeating: nil, count: arguments.count), remaining: arguments.count))
             self.submitBatch(function, arguments: arguments, timeout: timeout) { index, outcome in
-                let all: [Result<T, JobError>]? = state.withLock { s in
-                    s.results[index] = decodeResult(T.self, outcome)
+                let all: [JobOutcome]? = state.withLock { s in
+                    s.outcomes[index] = outcome
                     s.remaining -= 1
-                    return s.remaining == 0 ? s.results.map { $0! } : nil
+                    return s.remaining == 0 ? s.outcomes.map { $0! } : nil
                 }
                 if let all { continuation.resume(returning: all) }
             }
