@@ -5,13 +5,15 @@ internal import Foundation  // JSONEncoder, JSONDecoder, Data: the beacon's JSON
 /// A beacon is the byte `S` (so Parallel Python's own autodiscovery recognises it),
 /// the magic `PPNB`, a format version byte (1), then a JSON object:
 /// `{"id","name","port","keyid","protocol","cores","workers","version"}` and, when
-/// known, `"arch"`, `"os"`, `"python"` and `"pp"` (the pp-compatible port).
+/// known, `"arch"`, `"os"`, `"python"` and `"pp"` (the pp-compatible port); a node that
+/// shuts down sends a few copies with `"leaving": true` (a goodbye beacon).
 /// A probe is `PPNQ`, a version byte (2) and zero bytes up to 1,400 in all; a node
 /// answers a probe at once with a beacon sent back to the probe's source address, and
 /// only when the beacon is no larger than the probe, so a forged source address
 /// cannot turn the node into an amplifier. Both fit one datagram (at most 1,400 bytes).
 public struct NodeBeacon: Sendable, Hashable, Codable {
-    /// The node's random id (new each start).
+    /// The node's random id, new each start: a new id at a known address is a new
+    /// instance (a restarted node).
     public var id: String
     /// Its human name.
     public var name: String
@@ -35,6 +37,8 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     public var python: String?
     /// The TCP port of its Parallel Python (ppft) compatible listener, when that is on.
     public var pp: Int?
+    /// `true` in the goodbye beacons of a node that shuts down; absent otherwise.
+    public var leaving: Bool?
 
     /// Creates a beacon.
     ///

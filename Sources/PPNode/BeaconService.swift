@@ -6,7 +6,8 @@ import ServiceLifecycle
 
 /// The broadcast half of a node's discovery: a beacon every `interval` to the
 /// broadcast target, and an immediate answer to every probe. (DNS-SD is the other
-/// half.) Lives on the node's loop.
+/// half.) When it stops it sends three goodbye beacons, so clients and ppnodes see the
+/// node leave at once rather than after its beacons fall silent. Lives on the node's loop.
 ///
 /// Creating one opens nothing. It is a `Service`: `run()` binds the discovery port and
 /// advertises until graceful shutdown or cancellation, then stops.
@@ -16,6 +17,8 @@ import ServiceLifecycle
 final class BeaconService: Service, @unchecked Sendable {
     private let loop: any EventLoop
     private let beacon: [UInt8]
+    /// The same beacon with `"leaving": true`, sent a few times when the service stops.
+    private let goodbye: [UInt8]
     private let port: Int
     /// The node's: its --host (the discovery socket listens on the interface that holds
     /// it), the broadcast target, the beacon interval and the logger.
@@ -45,6 +48,9 @@ final class BeaconService: Service, @unchecked Sendable {
 
     init(beacon: NodeBeacon, port: Int, style: Style, configuration: NodeConfiguration, loop: any EventLoop) {
         self.beacon = beacon.datagram
+        var goodbye = beacon
+        goodbye.leaving = true
+        self.goodbye = goodbye.datagram
         self.port = port
         self.style = style
         self.configuration = configuration
@@ -62,8 +68,16 @@ final class BeaconService: Service, @unchecked Sendable {
         await self.open()
         opened()
         try? await gracefulShutdown()
-        try? await self.loop.submit {
+        let sent = try? await self.loop.submit { () -> EventLoopFuture<Void> in
             self.timer?.cancel()
+            guard let socket = self.socket, self.style == .native, case .address(let host) = self.configuration.broadcast,
+                let destination = try? SocketAddress(ipAddress: host, port: self.port)
+            else { return self.loop.makeSucceededVoidFuture() }
+            // Three copies: a datagram may be lost, and a repeat costs the receivers nothing.
+            return .andAllComplete((0..<3).map { _ in socket.send(self.goodbye, to: destination) }, on: self.loop)
+        }.get()
+        try? await sent?.get()
+        try? await self.loop.submit {
             self.socket?.close()
             self.socket = nil
         }.get()

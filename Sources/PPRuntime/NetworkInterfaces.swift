@@ -19,6 +19,22 @@ public enum NetworkInterfaces {
         return Self.ipv4.first { $0.address.sin_addr.s_addr == wanted.s_addr }?.device.name
     }
 
+    /// The name of the interface whose IPv4 subnet holds `address`: the one a datagram
+    /// from that address arrives on, or a connection to it leaves by.
+    ///
+    /// - Parameter address: an IPv4 address in dotted form.
+    /// - Returns: the interface's name, or `nil` when no local subnet holds it (then it
+    ///   is reached through a gateway) or `address` is not an IPv4 address.
+    public static func name(reaching address: String) -> String? {
+        var wanted = in_addr()
+        guard inet_pton(AF_INET, address, &wanted) == 1 else { return nil }
+        return Self.ipv4.first { device, local in
+            guard case .v4(let mask) = device.netmask else { return false }
+            let m = mask.address.sin_addr.s_addr
+            return local.sin_addr.s_addr & m == wanted.s_addr & m
+        }?.device.name
+    }
+
     /// The IPv4 broadcast address of a network interface, if it has one.
     ///
     /// - Parameter name: the interface's name (`eth0`).

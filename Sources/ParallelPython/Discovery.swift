@@ -28,6 +28,8 @@ final class ResourceManager: @unchecked Sendable {
     private var reported: Set<String> = []
     /// DNS-SD service name -> address key, to act on removals.
     private var services: [String: String] = [:]
+    /// What is known of each node, by address (at most `maxReports`), for `verdicts()`.
+    private var sightings: [String: NodeSighting] = [:]
     /// Discovery: the beacon socket, the probe socket, the DNS-SD browser.
     private var sockets: [DiscoverySocket] = []
     private var browser: DNSSDBrowser?
@@ -63,7 +65,10 @@ final class ResourceManager: @unchecked Sendable {
     /// Adds the nodes given by address (each is retried for as long as the server
     /// runs) and starts discovery.
     func start() {
-        for address in self.configuration.nodes { self.add(address, discovered: false) }
+        for address in self.configuration.nodes {
+            self.sightings[address.description] = NodeSighting(address: address.description, via: ["given"], interface: NetworkInterfaces.name(reaching: address.host))
+            self.add(address, discovered: false)
+        }
         guard self.configuration.discover else { return }
         self.startBroadcast()
         if self.configuration.dnssd {
@@ -81,8 +86,26 @@ final class ResourceManager: @unchecked Sendable {
         if via == "DNS-SD", self.services.count < Self.maxReports || self.services[beacon.name] != nil {
             self.services[beacon.name] = address.description
         }
+        if self.sightings.count < Self.maxReports || self.sightings[address.description] != nil {
+            let interface = self.sightings[address.description]?.interface ?? NetworkInterfaces.name(reaching: host)
+            self.sightings[address.description, default: NodeSighting(address: address.description, interface: interface)]
+                .heard(beacon, via: via, at: Date().timeIntervalSince1970)
+        }
+        if beacon.leaving == true {
+            // A goodbye beacon: stop trying a node we are not connected to (a connected
+            // one says GOODBYE on its session and drains).
+            if let link = self.links[address.description], link.discovered, !link.connected {
+                self.scheduler.logger.info("node left (goodbye beacon)", metadata: [LogKey.node: "\(address)"])
+                link.stop()
+                self.forget(link)
+            }
+            return
+        }
         if let link = self.links[address.description] {
-            link.nudge()  // a node that came back is used at once, not after the backoff
+            // A node that came back (or restarted: a new id) is tried at once, not after
+            // the backoff. A connected link is kept whatever a beacon says: beacons are
+            // not authenticated, and a restarted node's old connection fails by itself.
+            link.nudge()
             return
         }
         guard let secret = self.secret, beacon.keyid == secret.keyID else {
@@ -92,6 +115,9 @@ final class ResourceManager: @unchecked Sendable {
         guard beacon.protocol >= Int(NodeProtocol.minimumVersion), beacon.protocol <= Int(NodeProtocol.version) else {
             let versions: Logger.Metadata = [LogKey.nodeProtocol: "\(beacon.protocol)", LogKey.ourProtocol: "\(NodeProtocol.version)"]
             return self.ignored(address, "protocol", "node with an incompatible protocol ignored", versions)
+        }
+        guard beacon.workers > 0 else {
+            return self.ignored(address, "workers", "node with no workers ignored", [LogKey.workers: "0"])
         }
         guard self.links.values.filter(\.discovered).count < Self.maxDiscoveredLinks else {
             let cap: Logger.Metadata = [LogKey.cap: "\(Self.maxDiscoveredLinks)"]
@@ -111,6 +137,16 @@ final class ResourceManager: @unchecked Sendable {
             link.stop()
             self.forget(link)
         }
+    }
+
+    /// The outcome of a connection attempt to `node`, for its verdict.
+    func contacted(_ node: String, _ contact: NodeSighting.Contact) {
+        self.sightings[node]?.contact = contact
+    }
+
+    /// Every node known, given or discovered, with whether it is used and why not.
+    func verdicts() -> [NodeVerdict] {
+        NodeVerdict.judge(Array(self.sightings.values), ourKeyID: self.secret?.keyID, now: Date().timeIntervalSince1970)
     }
 
     /// Drops a link that was stopped or gave up (until its node is announced again).

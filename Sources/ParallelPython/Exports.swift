@@ -22,6 +22,9 @@
 @_exported public import struct PPCore.ClusterSecret
 @_exported public import struct PPCore.SecretError
 @_exported public import enum PPCore.BroadcastTarget
+// NodeVerdict, NodeSighting: in `JobServer.nodes()` (why each node is used or not).
+@_exported public import struct PPCore.NodeVerdict
+@_exported public import struct PPCore.NodeSighting
 
 // MARK: Statistics of the local pool (`JobServerStatistics.localPool`)
 @_exported public import struct PPCore.PoolStatistics

@@ -405,6 +405,14 @@ public final class JobServer: Service, Sendable {
         return out
     }
 
+    /// Every node the server knows, named by address or discovered, used or not: for
+    /// each, whether it is used and, when not, why (another cluster, another protocol,
+    /// no workers, unreachable and from which interface, TLS refused, left, silent).
+    public func nodes() async -> [NodeVerdict] {
+        self.start()
+        return (try? await self.loop.submit { self.resources.verdicts() }.get()) ?? []
+    }
+
     /// The executors that take jobs now: `"local"` (when it has workers) and the
     /// addresses of connected nodes.
     public func activeExecutors() async -> [String] {

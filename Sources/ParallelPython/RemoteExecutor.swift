@@ -148,6 +148,7 @@ final class NodeLink: @unchecked Sendable {
             .whenFailure { [self] error in
                 guard self.executor === executor else { return }
                 self.executor = nil
+                self.manager.contacted(self.name, .unreachable(Self.describe(error)))
                 self.failed(Self.describe(error), retryAfter: nil)
             }
     }
@@ -157,6 +158,7 @@ final class NodeLink: @unchecked Sendable {
         if self.machine.connected() {
             self.logger.notice("node reachable again")
         }
+        self.manager.contacted(self.name, .connected)
         self.scheduler.add(executor)
     }
 
@@ -167,6 +169,7 @@ final class NodeLink: @unchecked Sendable {
         self.scheduler.remove(executor)
         // Stopped: the jobs go back unrun (the scheduler ends them if it stopped too).
         guard !self.machine.isStopped else { return self.scheduler.requeue(jobs, lost: nil, from: self.name) }
+        self.manager.contacted(self.name, executor.keyRejected ? .keyRejected(reason) : .lost(reason))
         if !jobs.isEmpty || wasReady {
             self.logger.warning("node lost", metadata: [LogKey.reason: "\(reason)", LogKey.jobsRescheduled: "\(jobs.count)"])
         }
@@ -207,6 +210,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     private var handshakeTimer: Scheduled<Void>?
     private var statsWaiters: [UInt64: EventLoopPromise<[UInt8]>] = [:]
     private var nextStatsToken: UInt64 = 1
+    /// The TLS handshake failed: the node does not accept our key.
+    private(set) var keyRejected = false
 
     init(link: NodeLink) {
         self.link = link
@@ -218,7 +223,7 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
 
     var name: String { self.link.name }
     var freeSlots: Int { self.machine.freeSlots }
-    var canRun: Bool { self.machine.isUsable }
+    var canRun: Bool { self.machine.takesJobs }
 
     // MARK: Executor
 
@@ -278,6 +283,7 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A failed TLS handshake means another key.
         let keyRejected = (error as? TLSError)?.code == .handshakeFailed
+        self.keyRejected = self.keyRejected || keyRejected
         let reason = (error as? NodeProtocolError).map { "protocol error from the node: \($0.message)" } ?? NodeLink.describe(error)
         self.execute(self.machine.errorCaught(reason, keyRejected: keyRejected))
     }

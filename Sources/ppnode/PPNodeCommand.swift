@@ -48,7 +48,7 @@ struct PPNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("TCP port of the native protocol (env PP_PORT; default 7340).", valueName: "PORT"))
     var port: Int?
 
-    @Option(help: ArgumentHelp("Worker processes, 1 or more (env PP_WORKERS; default: the usable cores).", valueName: "N"))
+    @Option(help: ArgumentHelp("Worker processes, 0 to 4096; 0 is a standby node that runs no jobs (env PP_WORKERS; default: the usable cores).", valueName: "N"))
     var workers: Int?
 
     @Option(help: ArgumentHelp("Python interpreter for workers (env PP_PYTHON; default python3).", valueName: "PATH"))

@@ -59,9 +59,10 @@ struct Settings {
 
         set(\.host, pick(c.host, "PP_HOST", "host")?.0)
         set(\.port, try int(c.port, "PP_PORT", "port", in: 0...65535))
-        // 0 is refused: such a node would advertise itself and hold its clients' jobs.
-        let workers = "a number of workers from 1 to 4096; a node needs at least one (leave it unset for one per core)"
-        set(\.workers, try value(c.workers.map(String.init), "PP_WORKERS", "workers", isNot: workers) { Self.int($0, in: 1...4096) })
+        // 0 is a standby node: it advertises and accepts clients (a check of the network
+        // and the secret before Python is installed) but gives them a window of 0.
+        let workers = "a number of workers from 0 to 4096; 0 runs no jobs (leave it unset for one per core)"
+        set(\.workers, try value(c.workers.map(String.init), "PP_WORKERS", "workers", isNot: workers) { Self.int($0, in: 0...4096) })
         set(\.python, pick(c.python, "PP_PYTHON", "python")?.0)
         if let v = c.secretOptions.secretFile {
             self.secretFile = v

@@ -25,6 +25,13 @@ struct PPNodes: AsyncParsableCommand {
             listed with what they announce. When one path is off, ppnodes says why once \
             and uses the other.
 
+            --why adds, for every node found or named with --node, whether a client \
+            would use it and, if not, why and what to do: another cluster, another \
+            protocol version, 0 workers, unreachable (and from which interface), TLS \
+            refused (another key), left (its goodbye beacon), restarted (a new id at its \
+            address), silent (its beacons stopped). --json always carries it as \
+            "status" and "reason".
+
             Exit status: 0 when at least one node was found, 1 when none, 2 on a bad \
             secret, PP_BROADCAST or PP_DISCOVERY_PORT, 64 on a bad command line.
 
@@ -32,6 +39,7 @@ struct PPNodes: AsyncParsableCommand {
               ppnodes
               ppnodes --json | python3 -m json.tool
               ppnodes --watch --timeout 1
+              ppnodes --why --node 10.0.0.5:7340
             """
     )
 
@@ -44,13 +52,25 @@ struct PPNodes: AsyncParsableCommand {
     @Flag(help: "Refresh the list every --timeout seconds until interrupted.")
     var watch = false
 
+    @Flag(help: "Say for each node whether a client would use it, and if not why.")
+    var why = false
+
+    @Option(name: .customLong("node"), help: ArgumentHelp("A node expected at HOST[:PORT] (repeatable): listed with why it did not answer.", valueName: "HOST[:PORT]"))
+    var nodes: [String] = []
+
     @OptionGroup var secretOptions: SecretOptions
 
     func validate() throws {
         guard self.timeout > 0, self.timeout <= 60, self.timeout.isFinite else {
             throw ValidationError("--timeout must be more than 0 and at most 60 seconds (got \(self.timeout))")
         }
+        for node in self.nodes { _ = try self.address(node) }
     }
+
+    func address(_ text: String) throws -> NodeAddress {
+        do { return try NodeAddress(parsing: text) } catch { throw ValidationError("--node: \(error)") }
+    }
+
 
     func run() async throws {
         let target: BroadcastTarget
@@ -77,24 +97,32 @@ struct PPNodes: AsyncParsableCommand {
         if case .address(let a) = target { paths.append("broadcast probe to \(a):\(port)") } else { paths.append("beacons on port \(port) (PP_BROADCAST=off)") }
         if !useDNSSD { FileHandle.standardError.write(Data("ppnodes: DNS-SD off (PP_DNSSD=off); listing nodes found by broadcast only\n".utf8)) }
         var dnssdReported = false
+        // What is known of each node, kept across --watch rounds (a node that left or
+        // restarted stays listed so).
+        var known: [String: NodeSighting] = [:]
+        for node in try self.nodes.map(self.address) {
+            known[node.description] = NodeSighting(address: node.description, via: ["given"], interface: NetworkInterfaces.name(reaching: node.host))
+        }
         repeat {
-            let browse = useDNSSD ? DNSSDCollector() : nil
+            let found = Found(known)
+            let browse = useDNSSD ? DNSSDCollector(found) : nil
             if let error = browse?.error, !dnssdReported {
                 dnssdReported = true
                 FileHandle.standardError.write(Data("ppnodes: DNS-SD off: \(error); listing nodes found by broadcast only\n".utf8))
             } else if browse?.error == nil, useDNSSD, !paths.contains("DNS-SD") {
                 paths.append("DNS-SD")
             }
-            let rows = await Self.survey(target: target, port: port, window: self.timeout, secret: secret, browse: browse)
+            let rows = await Self.survey(target: target, port: port, window: self.timeout, secret: secret, found: found, browse: browse)
+            known = Dictionary(rows.map { ($0.sighting.address, $0.sighting) }) { a, _ in a }
+            let answered = rows.contains { $0.sighting.beacon != nil || $0.sighting.contact == .connected }
             if self.watch, !self.json { print("\u{1B}[H\u{1B}[2J", terminator: "") }
             if self.json {
                 print(Self.jsonText(rows))
-            } else if rows.isEmpty {
+            } else if !answered {
                 FileHandle.standardError.write(Data("ppnodes: no node answered within \(self.timeout) s (looked by \(paths.joined(separator: " and "))); is a ppnode running on this network, and is PP_BROADCAST right?\n".utf8))
-            } else {
-                print(Self.table(rows))
             }
-            if !self.watch { throw ExitCode(rows.isEmpty ? 1 : 0) }
+            if !self.json, !rows.isEmpty, answered || self.why { print(Self.table(rows, why: self.why)) }
+            if !self.watch { throw ExitCode(answered ? 0 : 1) }
         } while true
     }
 
@@ -102,44 +130,56 @@ struct PPNodes: AsyncParsableCommand {
 
     /// One node as listed.
     struct Row {
-        var address: String
-        var beacon: NodeBeacon
-        var via: [String]
-        var inCluster: Bool
-        var accepted: Bool?
+        var verdict: NodeVerdict
         var stats: [String: JSONValue]
+        var sighting: NodeSighting { self.verdict.sighting }
+        var beacon: NodeBeacon? { self.sighting.beacon }
+        /// Whether its key id is ours.
+        var inCluster: Bool
+        /// Whether it accepted our secret: `nil` when not asked.
+        var accepted: Bool?
     }
 
-    static func survey(target: BroadcastTarget, port: Int, window: Double, secret: ClusterSecret?, browse: DNSSDCollector?) async -> [Row] {
-        let beacons = await Self.collectBeacons(target: target, port: port, window: window)
-        let services = browse?.finish() ?? [:]
-        var rows: [Row] = []
-        for key in Set(beacons.keys).union(services.keys) {
-            let beacon = beacons[key] ?? services[key]!
-            let via = (services[key] != nil ? ["DNS-SD"] : []) + (beacons[key] != nil ? ["broadcast"] : [])
-            rows.append(Row(address: key, beacon: beacon, via: via, inCluster: beacon.keyid == secret?.keyID, accepted: nil, stats: [:]))
-        }
-        let ours = rows.filter(\.inCluster).compactMap { try? NodeAddress(parsing: $0.address) }
-        if !ours.isEmpty, let secret {
+    /// Gathers beacons into `found` for `window` seconds (DNS-SD answers arrive there
+    /// too), then asks the nodes of our cluster that speak our protocol, and those
+    /// named with --node, for their counters; judges every node.
+    static func survey(target: BroadcastTarget, port: Int, window: Double, secret: ClusterSecret?, found: Found, browse: DNSSDCollector?) async -> [Row] {
+        await Self.collectBeacons(target: target, port: port, window: window, into: found)
+        browse?.finish()
+        var sightings = found.sightings.withLock { $0 }
+        let ask = sightings.values.filter { s in
+            guard let b = s.beacon else { return s.via.contains("given") }
+            return s.leftAt == nil && b.keyid == secret?.keyID && NodeVerdict.protocols.contains(b.protocol)
+        }.compactMap { try? NodeAddress(parsing: $0.address) }
+        var stats: [String: JSONValue] = [:]
+        if !ask.isEmpty, let secret {
             var logger = Logger(label: "ppnodes")
             logger.logLevel = .critical
-            let server = JobServer(configuration: .init(workers: 0, nodes: ours, secret: secret, discover: false, logger: logger))
-            // Wait (bounded) for the handshakes, then ask for counters.
-            for _ in 0..<100 where await server.activeExecutors().count < ours.count {
+            let server = JobServer(configuration: .init(workers: 0, nodes: ask, secret: secret, discover: false, logger: logger))
+            // Wait (bounded: a connection times out in 3 s) until every attempt has an
+            // outcome, then ask for counters.
+            var contacts: [String: NodeSighting.Contact] = [:]
+            for _ in 0..<400 {
+                contacts = Dictionary(await server.nodes().compactMap { v in v.sighting.contact.map { (v.sighting.address, $0) } }) { a, _ in a }
+                if contacts.count >= ask.count { break }
                 try? await Task.sleep(for: .milliseconds(10))
             }
-            let stats = await server.nodeStatistics()
+            stats = await server.nodeStatistics()
             await server.shutdown()
-            for i in rows.indices where rows[i].inCluster {
-                if case .object(let o) = stats[rows[i].address] {
-                    rows[i].stats = o
-                    rows[i].accepted = true
-                } else {
-                    rows[i].accepted = false
-                }
-            }
+            for (address, contact) in contacts { sightings[address]?.contact = contact }
         }
-        return rows.sorted { ($0.beacon.name, $0.address) < ($1.beacon.name, $1.address) }
+        let asked = Set(ask.map(\.description))
+        return NodeVerdict.judge(Array(sightings.values), ourKeyID: secret?.keyID, now: Date().timeIntervalSince1970).map { v in
+            let address = v.sighting.address
+            var row = Row(verdict: v, stats: [:], inCluster: v.sighting.beacon?.keyid == secret?.keyID, accepted: nil)
+            if case .object(let o) = stats[address] {
+                row.stats = o
+                row.accepted = true
+            } else if asked.contains(address), secret != nil {
+                row.accepted = false
+            }
+            return row
+        }.sorted { ($0.beacon?.name ?? "", $0.sighting.address) < ($1.beacon?.name ?? "", $1.sighting.address) }
     }
 
     /// Probes once, then gathers beacons (answers and periodic ones) for `window` seconds.
@@ -147,12 +187,11 @@ struct PPNodes: AsyncParsableCommand {
     /// Two discovery sockets: one on the shared discovery port (periodic beacons) and
     /// one on a free port, which sends the probe and hears the answers. A socket that
     /// cannot be opened is left out without a word, as is the probe when broadcast is off.
-    static func collectBeacons(target: BroadcastTarget, port: Int, window: Double) async -> [String: NodeBeacon] {
-        let found = Found()
+    static func collectBeacons(target: BroadcastTarget, port: Int, window: Double, into found: Found) async {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let receive: @Sendable (DiscoverySocket, DiscoverySocket.Datagram) -> Void = { _, datagram in
             guard let beacon = NodeBeacon(datagram: datagram.bytes), let host = datagram.source.ipAddress else { return }
-            found.byAddress.withLock { $0[NodeAddress(host: host, port: beacon.port).description] = beacon }
+            found.heard(beacon, host: host, via: "broadcast")
         }
         let listener = try? await DiscoverySocket.open(port: port, on: loop, receive: receive).get()
         let prober = try? await DiscoverySocket.open(port: 0, on: loop, receive: receive).get()
@@ -161,13 +200,27 @@ struct PPNodes: AsyncParsableCommand {
         }
         try? await Task.sleep(for: .milliseconds(Int64(window * 1000)))
         for socket in [listener, prober].compactMap({ $0 }) { _ = try? await socket.close().get() }
-        return found.byAddress.withLock { $0 }
     }
 
-    /// Beacons gathered by address, written on the sockets' event loop (and by the
-    /// DNS-SD browser's callbacks).
+    /// What is known of each node by address, written on the sockets' event loop and
+    /// by the DNS-SD browser's callbacks. At most 1,024 nodes (forged beacons cannot
+    /// grow it without end).
     final class Found: Sendable {
-        let byAddress = Mutex<[String: NodeBeacon]>([:])
+        let sightings: Mutex<[String: NodeSighting]>
+
+        init(_ known: [String: NodeSighting]) {
+            self.sightings = Mutex(known)
+        }
+
+        func heard(_ beacon: NodeBeacon, host: String, via: String) {
+            let key = NodeAddress(host: host, port: beacon.port).description
+            let now = Date().timeIntervalSince1970
+            self.sightings.withLock { all in
+                guard all.count < 1024 || all[key] != nil else { return }
+                if all[key] == nil { all[key] = NodeSighting(address: key, interface: NetworkInterfaces.name(reaching: host)) }
+                all[key]!.heard(beacon, via: via, at: now)
+            }
+        }
     }
 
     // MARK: Output
@@ -181,18 +234,23 @@ struct PPNodes: AsyncParsableCommand {
         }
     }
 
-    static func table(_ rows: [Row]) -> String {
-        let header = ["NAME", "ADDRESS", "CORES", "WORKERS", "BUSY", "DONE", "LOAD", "VERSION", "PROTO", "PYTHON", "PP PORT", "ARCH/OS", "RTT", "FOUND BY", "CLUSTER"]
+    static func table(_ rows: [Row], why: Bool) -> String {
+        let header = ["NAME", "ADDRESS", "CORES", "WORKERS", "BUSY", "DONE", "LOAD", "VERSION", "PROTO", "PYTHON", "PP PORT", "ARCH/OS", "RTT", "FOUND BY", "CLUSTER"] + (why ? ["WHY"] : [])
         var lines = [header]
         for r in rows {
-            let cluster = !r.inCluster ? "other (key id \(PeerText.cut(r.beacon.keyid, limit: 16)))" : (r.accepted == true ? "mine, secret accepted" : "mine, secret refused")
+            let cluster =
+                r.beacon == nil ? "?" : !r.inCluster ? "other (key id \(PeerText.cut(r.beacon!.keyid, limit: 16)))" : (r.accepted == false ? "mine, secret refused" : r.accepted == true ? "mine, secret accepted" : "mine")
             let rtt = r.stats["rtt_us"].map { if case .int(let us) = $0 { String(format: "%.1f ms", Double(us) / 1000) } else { "-" } } ?? "-"
+            let b = r.beacon
+            let number: (Int?) -> String = { $0.map(String.init) ?? "-" }
+            let system = b.map { PeerText.cut("\($0.arch ?? "?")/\($0.os ?? "?")", limit: 40) } ?? "-"
             // Beacon fields come from the network: escaped and cut before they reach a terminal.
-            lines.append([
-                PeerText.cut(r.beacon.name, limit: 40), r.address, String(r.beacon.cores), String(r.beacon.workers), Self.value(r.stats, "busy_workers"),
-                Self.value(r.stats, "jobs_done"), Self.value(r.stats, "load_average"), PeerText.cut(r.beacon.version, limit: 16), String(r.beacon.protocol),
-                PeerText.cut(r.python, limit: 16), r.beacon.pp.map(String.init) ?? "-", PeerText.cut("\(r.beacon.arch ?? "?")/\(r.beacon.os ?? "?")", limit: 40), rtt, r.via.joined(separator: "+"), cluster,
-            ])
+            var line: [String] = [PeerText.cut(b?.name ?? "-", limit: 40), r.sighting.address, number(b?.cores), number(b?.workers)]
+            line += [Self.value(r.stats, "busy_workers"), Self.value(r.stats, "jobs_done"), Self.value(r.stats, "load_average")]
+            line += [PeerText.cut(b?.version ?? "-", limit: 16), number(b?.protocol), PeerText.cut(r.python, limit: 16), number(b?.pp), system, rtt]
+            line += [r.sighting.via.sorted().joined(separator: "+"), cluster]
+            if why { line.append("\(r.verdict.status.rawValue): \(r.verdict.reason)") }
+            lines.append(line)
         }
         let widths = header.indices.map { c in lines.map { $0[c].count }.max() ?? 0 }
         return lines.map { row in
@@ -204,15 +262,21 @@ struct PPNodes: AsyncParsableCommand {
 
     static func jsonText(_ rows: [Row]) -> String {
         let values: [JSONValue] = rows.map { r in
+            let b = r.beacon
+            func text(_ v: String?) -> JSONValue { v.map { .string($0) } ?? .null }
+            func int(_ v: Int?) -> JSONValue { v.map { .int($0) } ?? .null }
             var o: [String: JSONValue] = [
-                "name": .string(r.beacon.name), "address": .string(r.address), "id": .string(r.beacon.id),
-                "cores": .int(r.beacon.cores), "workers": .int(r.beacon.workers), "version": .string(r.beacon.version),
-                "protocol": .int(r.beacon.protocol), "keyid": .string(r.beacon.keyid), "in_cluster": .bool(r.inCluster),
-                "arch": r.beacon.arch.map { .string($0) } ?? .null, "os": r.beacon.os.map { .string($0) } ?? .null,
+                "name": text(b?.name), "address": .string(r.sighting.address), "id": text(b?.id),
+                "cores": int(b?.cores), "workers": int(b?.workers), "version": text(b?.version),
+                "protocol": int(b?.protocol), "keyid": text(b?.keyid), "in_cluster": .bool(r.inCluster),
+                "arch": text(b?.arch), "os": text(b?.os),
                 "accepts_secret": r.accepted.map { .bool($0) } ?? .null,
                 "python": r.python == "-" ? .null : .string(r.python),
-                "found_by": .array(r.via.map { .string($0) }),
-                "pp_port": r.beacon.pp.map { .int($0) } ?? .null,
+                "found_by": .array(r.sighting.via.sorted().map { .string($0) }),
+                "pp_port": int(b?.pp),
+                "interface": text(r.sighting.interface),
+                "status": .string(r.verdict.status.rawValue), "reason": .string(r.verdict.reason),
+                "usable": .bool(r.verdict.usable),
             ]
             for key in ["busy_workers", "jobs_done", "load_average", "rtt_us", "queued"] {
                 o[key] = r.stats[key] ?? .null
@@ -227,25 +291,24 @@ extension PPNodes.Row {
     /// The Python version from the node's counters, else from its announcement.
     var python: String {
         if case .string(let v) = self.stats["python"], !v.isEmpty { return v }
-        return self.beacon.python ?? "-"
+        return self.beacon?.python ?? "-"
     }
 }
 
 /// Gathers `_ppnode._tcp` services resolved by DNS-SD while the survey runs.
 final class DNSSDCollector: Sendable {
-    private let found = PPNodes.Found()
     private let browser = Mutex<DNSSDBrowser?>(nil)
     /// Why DNS-SD is off, when it is.
     let error: DNSSDError?
 
-    init() {
+    /// Starts browsing; what is resolved goes into `found`.
+    init(_ found: PPNodes.Found) {
         do {
-            let found = self.found
-            let browser = try DNSSDBrowser(type: NodeBeacon.serviceType) { [found] event in
+            let browser = try DNSSDBrowser(type: NodeBeacon.serviceType) { event in
                 guard case .found(let service) = event,
                     let beacon = NodeBeacon(txt: service.txt, port: service.port, serviceName: service.name)
                 else { return }
-                found.byAddress.withLock { $0[NodeAddress(host: service.address, port: service.port).description] = beacon }
+                found.heard(beacon, host: service.address, via: "DNS-SD")
             }
             self.browser.withLock { $0 = browser }
             self.error = nil
@@ -254,9 +317,8 @@ final class DNSSDCollector: Sendable {
         }
     }
 
-    /// Stops browsing and returns what was found, by address.
-    func finish() -> [String: NodeBeacon] {
+    /// Stops browsing.
+    func finish() {
         self.browser.withLock { $0.take() }?.cancel()
-        return self.found.byAddress.withLock { $0 }
     }
 }

@@ -258,6 +258,7 @@ final class Engine: Sendable {
         let stats = await server.statistics()
         let nodes = await server.nodeStatistics()
         let active = await server.activeExecutors()
+        let why = await server.nodes()
         let value: JSONValue = .object([
             "workers": .int(stats.localPool.targetWorkers),
             "queued": .int(stats.queued),
@@ -267,6 +268,8 @@ final class Engine: Sendable {
                 .object(["name": .string(e.name), "jobs": .int(e.jobs), "seconds": .double(Double(e.totalTime.nanosecondsInt64) / 1e9)])
             }),
             "nodes": .object(nodes),
+            // Every node known, used or not, and why (as `ppnodes --why`).
+            "why": .object(Dictionary(why.map { v in (v.sighting.address, JSONValue.object(["status": .string(v.status.rawValue), "reason": .string(v.reason)])) }) { a, _ in a }),
         ])
         return Array(value.description.utf8)
     }

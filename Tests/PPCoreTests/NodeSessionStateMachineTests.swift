@@ -82,6 +82,12 @@ struct NodeSessionStateMachineTests {
         #expect(machine.handshakeTimedOut().isNone)
     }
 
+    @Test func aNodeOfNoWorkersGivesNoWindow() {
+        // A standby node (ppnode --workers 0) holds no jobs; one worker gets 2.
+        #expect(NodeSessionStateMachine.longJobWindow(workers: 0) == 0)
+        #expect(NodeSessionStateMachine.longJobWindow(workers: 1) == 2 && NodeSessionStateMachine.longJobWindow(workers: 4) == 8)
+    }
+
     @Test func helloMustComeFirst() throws {
         var node = Node()
         var machine = Machine(configuration: Self.configuration)

@@ -14,7 +14,8 @@ import Testing
 
 @Suite("NodeSession in an EmbeddedChannel")
 struct NodeSessionHandlerTests {
-    /// A node of 0 workers (window 2), a channel with the decoder and a session.
+    /// A node of 1 worker (window 2) that is never started (its pool spawns nothing
+    /// here: the jobs wait for a bundle), a channel with the decoder and a session.
     struct Harness {
         let node: NodeServer
         let channel: EmbeddedChannel
@@ -26,7 +27,8 @@ struct NodeSessionHandlerTests {
                 name: "embedded",
                 logger: Logger(label: "test")
             )
-            configuration.workers = 0
+            configuration.workers = 1
+            configuration.python = "/nonexistent/python3"
             self.node = try NodeServer(configuration: configuration)
             self.channel = EmbeddedChannel()
             self.limit = FrameLimit(NodeProtocol.preambleMaxFrame)

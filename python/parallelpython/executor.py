@@ -400,9 +400,13 @@ class Executor(_cf.Executor):
         jobs and busy seconds, and each node's own counters."""
         return self._engine.statistics()
 
-    def nodes(self):
-        """The nodes in use, with their counters (like ppnodes)."""
-        return self._engine.statistics().get("nodes", {})
+    def nodes(self, why=False):
+        """The nodes in use, with their counters (like ppnodes). With why=True, every
+        node known, used or not, each with "status" and "reason" (like ppnodes --why)."""
+        stats = self._engine.statistics()
+        if not why:
+            return stats.get("nodes", {})
+        return {a: dict(stats.get("nodes", {}).get(a, {}), **v) for a, v in stats.get("why", {}).items()}
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         self._shutdown = True

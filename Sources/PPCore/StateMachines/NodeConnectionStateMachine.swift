@@ -66,6 +66,10 @@ public struct NodeConnectionStateMachine: Sendable {
     /// Whether the node takes jobs (authenticated, not draining).
     public var isUsable: Bool { self.phase == .ready }
 
+    /// Whether the node takes jobs at all: ready with a window (a node of no workers
+    /// gives 0).
+    public var takesJobs: Bool { self.phase == .ready && self.window > 0 }
+
     /// How many more jobs the node takes now.
     public var freeSlots: Int { self.phase == .ready ? max(0, self.window - self.inflight.count) : 0 }
 

@@ -411,8 +411,9 @@ public struct NodeSessionStateMachine: Sendable {
     /// The window while jobs are short (mean under 2 ms): deep pipelining.
     public static func shortJobWindow(workers: Int) -> Int { max(1, workers) * 64 }
 
-    /// The window while jobs are long: a little more than the workers can run.
-    public static func longJobWindow(workers: Int) -> Int { max(2, max(1, workers) * 2) }
+    /// The window while jobs are long: a little more than the workers can run; 0 on a
+    /// node of no workers (a standby node holds no jobs).
+    public static func longJobWindow(workers: Int) -> Int { workers == 0 ? 0 : max(2, workers * 2) }
 
     // MARK: Drain and heartbeat
 
