@@ -3,8 +3,8 @@ public import NIOCore
 /// One client connection to a node, as a value: TLS, then HELLO and WELCOME, then jobs
 /// under the node's window, bundles on request, results, heartbeats, a node's drain.
 ///
-/// Everything the node sends is checked here: a WINDOW is capped, a NEED is answered
-/// once per bundle and only for bundles of jobs sent on this connection, a result must
+/// Everything the node sends is checked here: a WINDOW is capped, a NEED (NEED_BLOB) is
+/// answered once per bundle (large argument) and only for those of jobs the node holds, a result must
 /// be for a job in flight and (for a JSON job) carry one JSON value, and a job with a
 /// timeout that gets no result within twice its timeout plus `deadlineGrace` fails,
 /// whatever the node does. The driver (`RemoteExecutor`) turns channel events into
@@ -44,6 +44,7 @@ public struct NodeConnectionStateMachine: Sendable {
     /// (jobs with a timeout only). Their bundles are what a NEED may ask for.
     private var inflight: [UInt64: (job: Job, deadline: NIODeadline?)] = [:]
     private var bundlesSent: Set<SHA256Digest> = []
+    private var blobsSent: Set<SHA256Digest> = []
     private var heartbeat: Heartbeat
     /// Why the connection ends (the first reason wins).
     public private(set) var closeReason: String?
@@ -135,6 +136,15 @@ public struct NodeConnectionStateMachine: Sendable {
             }
             self.bundlesSent.insert(digest)
             return .send([.bundle(digest: digest, spec: bundle.spec)])
+        case (.ready, .needBlob(let digest)), (.draining, .needBlob(let digest)):
+            guard !self.blobsSent.contains(digest) else {
+                return self.abort("the node asked again for large argument \(digest), which it was sent on this connection")
+            }
+            guard let blob = self.inflight.values.lazy.compactMap({ $0.job.arguments.blobs.first { $0.digest == digest } }).first else {
+                return self.abort("the node asked for a large argument \(digest) of no job it holds")
+            }
+            self.blobsSent.insert(digest)
+            return .send([.blob(digest: digest, bytes: blob.bytes)])
         case (.ready, .window(let w)), (.draining, .window(let w)):
             self.window = min(Int(w), Self.maxWindow)
             return .send([])
