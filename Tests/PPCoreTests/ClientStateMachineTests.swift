@@ -184,6 +184,29 @@ struct NodeConnectionStateMachineTests {
         #expect(m.freeSlots == 1)
     }
 
+    @Test func needBlobIsAnsweredOnceAndOnlyForBlobsOfJobsInFlight() throws {
+        var m = self.ready()
+        var digester = BlobDigester()
+        let big = try JobArguments([String(repeating: "b", count: 64), 1]).movingLarge(above: 32, digester: &digester)
+        let blob = try #require(big.blobs.first)
+        #expect(big.json == Array("[1]".utf8) && blob.position == 0 && blob.bytes.count == 66)
+        let job = Job(id: 1, bundle: testBundle, arguments: big) { _ in }
+        guard case .submit(let wire) = m.submit([job], now: self.t0) else { Issue.record("no SUBMIT"); return }
+        #expect(wire[0].arguments.blobs == [blob])
+        guard case .send(let frames) = m.received(.needBlob(blob.digest), now: self.t0), case .blob(let d, let bytes) = frames.first else {
+            Issue.record("NEED_BLOB not answered")
+            return
+        }
+        #expect(d == blob.digest && bytes == blob.bytes)
+        guard case .close = m.received(.needBlob(blob.digest), now: self.t0) else { Issue.record("second NEED_BLOB answered"); return }
+        #expect(m.closed().reason.contains("asked again for large argument"))
+        // A digest of no job in flight (a bundle's is not a blob's).
+        var n = self.ready()
+        _ = n.submit([job], now: self.t0)
+        guard case .close = n.received(.needBlob(testBundle.digest), now: self.t0) else { Issue.record("unknown NEED_BLOB answered"); return }
+        #expect(n.closed().reason.contains("of no job it holds"))
+    }
+
     @Test func needIsAnsweredOnceAndOnlyForBundlesOfJobsInFlight() {
         var m = self.ready()
         let ends = Ends()

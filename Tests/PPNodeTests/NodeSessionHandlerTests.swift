@@ -58,7 +58,7 @@ struct NodeSessionHandlerTests {
 
         func hello() throws {
             self.tlsUp()
-            try self.send(.hello(minVersion: 2, maxVersion: 2, maxFrame: 1 << 20, name: "embedded-client"))
+            try self.send(.hello(minVersion: 3, maxVersion: 3, maxFrame: 1 << 20, name: "embedded-client"))
         }
 
         func stop() async throws {
