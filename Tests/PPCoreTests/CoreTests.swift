@@ -41,8 +41,8 @@ struct JSONTests {
     }
 }
 
-@Suite("Large arguments")
-struct LargeArgumentTests {
+@Suite("Large arguments, split")
+struct LargeArgumentSplitTests {
     @Test func largeElementsMoveIntoBlobsAndSharedOnesAreHashedOnce() throws {
         var digester = BlobDigester()
         let big = String(repeating: "z", count: 40)
