@@ -18,7 +18,7 @@
 //     memory of each server with its workers afterwards.
 // (f) fair share on the node of (c): a busy client keeps half-second jobs queued; a
 //     second sends 20 tiny jobs; the time to its first and last result in job-times.
-// (g) large arguments: 50 jobs sharing one 10 MiB argument through one ppnode, sent
+// (g) large arguments: 40 jobs sharing one 4 MiB argument through one ppnode, sent
 //     by digest (once) and inline (with every job): the bytes the node read (its
 //     /proc rchar: sockets and worker pipes) and the time of each, in the same run.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
@@ -580,13 +580,16 @@ func largeArguments(jobs: Int, size: Int) async -> [(bytes: Int, seconds: Double
         let before = bytesRead(), start = ContinuousClock.now
         // One job at a time: each encodes its arguments, as a program would.
         let handles = (0..<jobs).map { i in server.submit(measure, arguments: try! JobArguments([big, i]), as: Int.self) }
-        for (i, h) in handles.enumerated() where (try? await h.value) != size - 2 + i { fail("large-argument job \(i) failed") }
+        for (i, h) in handles.enumerated() {
+            let r = await h.result
+            guard (try? r.get()) == size - 2 + i else { node.terminate(); fail("large-argument job \(i): \(r)") }
+        }
         runs.append((bytesRead() - before, seconds(ContinuousClock.now - start)))
         await server.shutdown()
     }
     return runs
 }
-let large = (jobs: 50, size: 10 << 20)
+let large = (jobs: 40, size: 4 << 20)
 let largeRuns = await largeArguments(jobs: large.jobs, size: large.size)
 
 // MARK: Report
