@@ -189,7 +189,7 @@ struct NodeConnectionStateMachineTests {
         let big = JobArguments(jsonArray: Array("[\"\(String(repeating: "q", count: 400_000))\"]".utf8))
         let jobs = (1...3).map { Job(id: UInt64($0), bundle: testBundle, arguments: big) { _ in } }
         let frames = m.submit(jobs, now: self.t0) ?? []
-        #expect(frames.map { if case .submit(let w) = $0 { w.map(\.id) } else { [] } } == [[1, 2], [3]])
+        #expect(frames.map { if case .submit(let w) = $0 { w.map(\.id) } else { [] } } == [[UInt64(1), 2], [3]])
     }
 
     @Test func needBlobIsAnsweredOnceAndOnlyForBlobsOfJobsInFlight() throws {

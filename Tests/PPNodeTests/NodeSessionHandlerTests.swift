@@ -72,7 +72,7 @@ struct NodeSessionHandlerTests {
         #expect(h.node.state.unauthenticatedTotal == 1 && h.node.state.sessions.count == 1)
         try h.hello()
         let welcome = try h.written()
-        guard case .welcome(2, 2, let maxFrame, let info) = welcome.first, welcome.count == 1 else {
+        guard case .welcome(3, 2, let maxFrame, let info) = welcome.first, welcome.count == 1 else {
             Issue.record("no WELCOME: \(welcome)")
             return try await h.stop()
         }

@@ -327,7 +327,7 @@ struct SecurityTests {
         import struct, sys, time
         def frame(kind, body):
             return struct.pack(">IB", len(body) + 1, kind) + body
-        sys.stdout.buffer.write(frame(0x04, struct.pack(">HII", 2, 0xFFFFFFFF, 1 << 20) + b"{}"))
+        sys.stdout.buffer.write(frame(0x04, struct.pack(">HII", 3, 0xFFFFFFFF, 1 << 20) + b"{}"))
         sys.stdout.flush()
         time.sleep(1.5)  # the client has connected and sent its jobs by then
         payload = b'1\n"injected"'
