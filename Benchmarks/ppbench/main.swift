@@ -18,6 +18,9 @@
 //     memory of each server with its workers afterwards.
 // (f) fair share on the node of (c): a busy client keeps half-second jobs queued; a
 //     second sends 20 tiny jobs; the time to its first and last result in job-times.
+// (g) large arguments: 40 jobs sharing one 4 MiB argument through one ppnode, sent
+//     by digest (once) and inline (with every job): the bytes the node read (its
+//     /proc rchar: sockets and worker pipes) and the time of each, in the same run.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
 // alike; the ratios are what to compare across machines.
 
@@ -552,6 +555,43 @@ for _ in 0..<options.rounds {
 killDetect.sort()
 stopDetect.sort()
 
+// MARK: (g) large arguments
+
+/// (g): `jobs` jobs sharing one JSON string of `size` bytes through a fresh ppnode, with
+/// large arguments by digest (the default threshold) and inline (threshold above the
+/// size): bytes the node read and seconds, for each.
+func largeArguments(jobs: Int, size: Int) async -> [(bytes: Int, seconds: Double)] {
+    let (node, log) = startDaemon(binDir + "/ppnode", nodeArgs(options.workers), env: ["PP_SECRET": secretText, "PP_DNSSD": "off", "PP_BROADCAST": "off"], ready: "ppnode ready")
+    defer { node.terminate(); node.waitUntilExit() }
+    let line = log.split(separator: "\n").first { $0.contains("ppnode ready") }!
+    let port = Int(line.split(separator: " ").first { $0.hasPrefix("address=") }!.split(separator: ":").last!)!
+    func bytesRead() -> Int {
+        let io = (try? String(contentsOfFile: "/proc/\(node.processIdentifier)/io", encoding: .utf8)) ?? ""
+        return Int(io.split(separator: "\n").first { $0.hasPrefix("rchar:") }?.split(separator: " ").last ?? "") ?? 0
+    }
+    let measure = PythonFunction(name: "measure", source: "def measure(big, i):\n    return len(big) + i\n")
+    let big = RawJSON(bytes: [UInt8(ascii: "\"")] + [UInt8](repeating: UInt8(ascii: "a"), count: size - 2) + [UInt8(ascii: "\"")])
+    var runs: [(bytes: Int, seconds: Double)] = []
+    for threshold in [JobServer.Configuration().largeArgumentBytes, Int.max] {
+        var configuration = JobServer.Configuration(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: port)], secret: benchSecret, discover: false)
+        configuration.largeArgumentBytes = threshold
+        let server = JobServer(configuration: configuration)
+        _ = await server.mapResults(measure, arguments: [try! JobArguments(["x", 0])], as: Int.self)
+        let before = bytesRead(), start = ContinuousClock.now
+        // One job at a time: each encodes its arguments, as a program would.
+        let handles = (0..<jobs).map { i in server.submit(measure, arguments: try! JobArguments([big, i]), as: Int.self) }
+        for (i, h) in handles.enumerated() {
+            let r = await h.result
+            guard (try? r.get()) == size - 2 + i else { node.terminate(); fail("large-argument job \(i): \(r)") }
+        }
+        runs.append((bytesRead() - before, seconds(ContinuousClock.now - start)))
+        await server.shutdown()
+    }
+    return runs
+}
+let large = (jobs: 40, size: 4 << 20)
+let largeRuns = await largeArguments(jobs: large.jobs, size: large.size)
+
 // MARK: Report
 
 print("")
@@ -594,3 +634,7 @@ if let (theirs, ours) = ppftResult {
 print("(f) fair share: one client keeps half-second jobs queued on the node, another then sends 20 tiny jobs")
 print("    its first result after         \(fmt(fairness.first, 2)) job-times   (first come, first served: behind the queue)")
 print("    all 20 after                   \(fmt(fairness.all, 2)) job-times   (target: about 1)")
+print("(g) large arguments: \(large.jobs) jobs sharing one \(large.size >> 20) MiB argument through one ppnode")
+print("    by digest (default)            \(fmt(Double(largeRuns[0].bytes) / 1_048_576, 1)) MiB read by the node, \(fmt(largeRuns[0].seconds, 2)) s")
+print("    inline with every job          \(fmt(Double(largeRuns[1].bytes) / 1_048_576, 1)) MiB read by the node, \(fmt(largeRuns[1].seconds, 2)) s")
+print("    ratio inline/digest            \(fmt(Double(largeRuns[1].bytes) / Double(largeRuns[0].bytes), 1))x bytes, \(fmt(largeRuns[1].seconds / largeRuns[0].seconds, 1))x time")

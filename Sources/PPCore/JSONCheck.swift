@@ -18,6 +18,36 @@ public enum JSONCheck {
         }
     }
 
+    /// The byte ranges of the elements of a JSON array, or `nil` when `bytes` is not
+    /// exactly one array.
+    public static func arrayElements(_ bytes: [UInt8]) -> [Range<Int>]? {
+        bytes.withUnsafeBufferPointer { b -> [Range<Int>]? in
+            var i = 0, out: [Range<Int>] = []
+            skipSpace(b, &i)
+            guard i < b.count, b[i] == UInt8(ascii: "[") else { return nil }
+            i += 1
+            skipSpace(b, &i)
+            if i < b.count, b[i] == UInt8(ascii: "]") {
+                i += 1
+            } else {
+                while true {
+                    skipSpace(b, &i)
+                    let start = i
+                    guard value(b, &i, depth: 1) else { return nil }
+                    out.append(start..<i)
+                    skipSpace(b, &i)
+                    guard i < b.count else { return nil }
+                    i += 1
+                    if b[i - 1] == UInt8(ascii: ",") { continue }
+                    if b[i - 1] == UInt8(ascii: "]") { break }
+                    return nil
+                }
+            }
+            skipSpace(b, &i)
+            return i == b.count ? out : nil
+        }
+    }
+
     private static func skipSpace(_ b: UnsafeBufferPointer<UInt8>, _ i: inout Int) {
         while i < b.count, b[i] == 0x20 || b[i] == 0x0a || b[i] == 0x0d || b[i] == 0x09 { i += 1 }
     }

@@ -24,8 +24,39 @@ public enum WorkerFrame {
         buffer.writeBytes(digest.bytes)
     }
 
-    /// Appends a "run job" frame (`J`).
+    /// Appends a "load blob" frame (`L`): a large argument the worker keeps by digest.
+    public static func writeBlob(_ blob: ArgumentBlob, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(1 + 32 + blob.bytes.count))
+        buffer.writeInteger(UInt8(ascii: "L"))
+        buffer.writeBytes(blob.digest.bytes)
+        buffer.writeBytes(blob.bytes)
+    }
+
+    /// Appends a "drop blob" frame (`K`).
+    public static func writeDropBlob(_ digest: SHA256Digest, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(1 + 32))
+        buffer.writeInteger(UInt8(ascii: "K"))
+        buffer.writeBytes(digest.bytes)
+    }
+
+    /// Appends a "run job" frame (`J`, `O`, or `P` when arguments are blobs).
     public static func writeJob(id: UInt64, bundle: SHA256Digest, arguments: JobArguments, to buffer: inout ByteBuffer) {
+        guard arguments.blobs.isEmpty else {
+            // 'P': flags(1: bit 0 opaque) · count u16 · count × (position u16 · digest) · args.
+            let references = 34 * arguments.blobs.count
+            buffer.writeInteger(UInt32(1 + 8 + 32 + 1 + 2 + references + arguments.json.count))
+            buffer.writeInteger(UInt8(ascii: "P"))
+            buffer.writeInteger(id)
+            buffer.writeBytes(bundle.bytes)
+            buffer.writeInteger(UInt8(arguments.isOpaque ? 1 : 0))
+            buffer.writeInteger(UInt16(arguments.blobs.count))
+            for blob in arguments.blobs {
+                buffer.writeInteger(UInt16(blob.position))
+                buffer.writeBytes(blob.digest.bytes)
+            }
+            buffer.writeBytes(arguments.json)
+            return
+        }
         buffer.writeInteger(UInt32(1 + 8 + 32 + arguments.json.count))
         // 'O': the same job with opaque bytes instead of a JSON array.
         buffer.writeInteger(arguments.isOpaque ? UInt8(ascii: "O") : UInt8(ascii: "J"))

@@ -26,7 +26,8 @@ public struct NodeConfiguration: Sendable {
     public static let maxFrameRange: ClosedRange<Int> = (64 << 10)...(1 << 30)
     /// The fix for a frame limit out of `maxFrameRange`.
     public static let maxFrameAdvice = "give 65536 (64 KiB) to 1073741824 (1 GiB) bytes, such as 64MiB"
-    /// Bytes of function bundles kept for all clients.
+    /// Bytes of function bundles kept for all clients; the cache of large arguments
+    /// holds as many bytes again.
     public var cacheBytes: Int = 256 << 20
     /// A peer that has not finished its TLS handshake and HELLO within this time is
     /// disconnected.

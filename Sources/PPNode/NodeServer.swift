@@ -373,6 +373,11 @@ final class NodeState: @unchecked Sendable {
     var cache: BoundedCache<SHA256Digest, FunctionBundle>
     var bundlesReceived = 0
     var bundleBytesReceived = 0
+    /// Large arguments by digest, bounded in bytes like `cache` (and by the same
+    /// `--cache-bytes`): a shared argument travels once per node.
+    var blobs: BoundedCache<SHA256Digest, [UInt8]>
+    var blobsReceived = 0
+    var blobBytesReceived = 0
     var sessions: [ObjectIdentifier: NodeSession] = [:]
     var draining = false
     var sessionsAccepted = 0
@@ -388,6 +393,7 @@ final class NodeState: @unchecked Sendable {
 
     init(cacheBytes: Int) {
         self.cache = BoundedCache(capacity: cacheBytes)
+        self.blobs = BoundedCache(capacity: cacheBytes)
     }
 
     /// Counts a new connection against the caps, or says why it is refused.
@@ -441,6 +447,10 @@ final class NodeState: @unchecked Sendable {
             ("bundle_bytes_received", .int(self.bundleBytesReceived)),
             ("cache_entries", .int(self.cache.count)),
             ("cache_bytes", .int(self.cache.totalCost)),
+            ("blobs_received", .int(self.blobsReceived)),
+            ("blob_bytes_received", .int(self.blobBytesReceived)),
+            ("blob_cache_entries", .int(self.blobs.count)),
+            ("blob_cache_bytes", .int(self.blobs.totalCost)),
             ("python", .string(pool.pythonVersion ?? "")),
             ("pp_connections", .int(node.pp.connections)),
             ("pp_jobs_done", .int(node.pp.jobsDone)),

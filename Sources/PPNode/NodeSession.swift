@@ -114,6 +114,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             Self.unwrapInboundIn(data),
             now: context.eventLoop.now,
             bundle: { self.state.cache.get($0) },
+            blob: { self.state.blobs.get($0) },
             poolJobID: { self.node.pool.jobIDs.next() }
         )
         self.execute(action)
@@ -154,14 +155,22 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             self.startHeartbeat()
         case .submit(let received, let run, let need, let scheduleFlush):
             self.state.jobsReceived += received
-            self.send(need.map { .need($0) })
+            self.send(need)
             self.run(run)
             if scheduleFlush { self.scheduleFlush() }
-        case .storeBundle(let bundle, let jobs):
+        case .storeBundle(let bundle, let jobs, let need):
             self.state.cache.insert(bundle.digest, bundle, cost: bundle.spec.count)
             self.state.bundlesReceived += 1
             self.state.bundleBytesReceived += bundle.spec.count
             self.logger.debug("bundle received", metadata: [LogKey.bundle: "\(bundle.digest)", LogKey.bytes: "\(bundle.spec.count)"])
+            self.send(need)
+            self.run(jobs)
+        case .storeBlob(let digest, let bytes, let jobs, let need):
+            self.state.blobs.insert(digest, bytes, cost: bytes.count)
+            self.state.blobsReceived += 1
+            self.state.blobBytesReceived += bytes.count
+            self.logger.debug("blob received", metadata: [LogKey.bundle: "\(digest)", LogKey.bytes: "\(bytes.count)"])
+            self.send(need)
             self.run(jobs)
         case .cancelPoolJobs(let ids):
             self.node.pool.cancel(jobIDs: ids)

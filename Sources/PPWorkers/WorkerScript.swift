@@ -21,6 +21,10 @@ package enum WorkerScript {
 #   'J' id(8) hash(32) args run a job          outlen(4) out errlen(4) err payload
 #   'O' id(8) hash(32) bytes   run a job: fn(bytes), which returns bytes (opaque)
 #   'C' id(8) hash(32)      check bundle   'C' id(8) status(1) error-JSON  check reply
+#   'L' hash(32) bytes      load blob (a large argument)
+#   'K' hash(32)            drop blob
+#   'P' id(8) hash(32) flags(1) count(2) count x (position(2) hash(32)) args
+#                           run a job whose large arguments are blobs
 #                                          'X' reason(1)                retiring, exits
 #
 # Closing stdin asks the worker to exit.
@@ -59,6 +63,8 @@ BAD_ARGUMENTS = 4
 
 _header = struct.Struct(">IB")
 _job_header = struct.Struct(">Q32s")
+_refs_header = struct.Struct(">BH")
+_ref = struct.Struct(">H32s")
 _result_fields = struct.Struct(">BQBQI")
 _len = struct.Struct(">I")
 _perf_ns = time.perf_counter_ns
@@ -144,6 +150,8 @@ class Worker(object):
         self.rfd = rfd
         self.wfd = wfd
         self.bundles = {}
+        self.blobs = {}  # digest -> bytes of a large argument
+        self.parsed = {}  # digest -> its JSON value, parsed once: jobs share it
         self.out = []
         self.retire = False
 
@@ -206,7 +214,25 @@ class Worker(object):
 
     # -- jobs ---------------------------------------------------------------
 
-    def run_job(self, body, opaque=False):
+    def blob_args(self, body):
+        # 'P': flags(1) count(2) count x (position(2) digest(32)), then the inline args.
+        flags, count = _refs_header.unpack_from(body, 40)
+        refs = [_ref.unpack_from(body, 43 + 34 * i) for i in range(count)]
+        for _, d in refs:
+            if d not in self.blobs:
+                raise LookupError("large argument %s was never loaded on this worker" % d.hex())
+        if flags & 1:
+            return [self.blobs[refs[0][1]]]
+        args = _loads(body[43 + 34 * count :])
+        if args.__class__ is not list:
+            raise TypeError("arguments must be a JSON array, got %s" % type(args).__name__)
+        for position, d in refs:
+            if d not in self.parsed:
+                self.parsed[d] = _loads(self.blobs[d])
+            args.insert(position, self.parsed[d])
+        return args
+
+    def run_job(self, body, opaque=False, refs=False):
         job_id, h = _job_header.unpack_from(body, 0)
         fn = self.bundles.get(h)
         out_bytes = err_bytes = b""
@@ -219,7 +245,10 @@ class Worker(object):
             payload = fn.payload
         else:
             try:
-                if opaque:
+                if refs:
+                    args = self.blob_args(body)
+                    opaque = body[40] & 1 == 1
+                elif opaque:
                     args = [body[40:]]
                 else:
                     args = _loads(body[40:])
@@ -317,8 +346,8 @@ class Worker(object):
                     break
                 body = buf[pos + 5 : pos + 4 + length]
                 pos += 4 + length
-                if kind == 74 or kind == 79:  # 'J', or 'O' (opaque bytes)
-                    self.run_job(body, kind == 79)
+                if kind == 74 or kind == 79 or kind == 80:  # 'J', 'O' (opaque bytes), 'P' (blobs)
+                    self.run_job(body, kind == 79, kind == 80)
                     self.flush()
                     if self.retire:
                         self.send(ord("X"), b"\x01")
@@ -328,6 +357,11 @@ class Worker(object):
                     self.load_bundle(body[:32], body[32:])
                 elif kind == 68:  # 'D'
                     self.bundles.pop(body[:32], None)
+                elif kind == 76:  # 'L'
+                    self.blobs[body[:32]] = body[32:]
+                elif kind == 75:  # 'K'
+                    self.blobs.pop(body[:32], None)
+                    self.parsed.pop(body[:32], None)
                 elif kind == 67:  # 'C'
                     self.check(body)
                     self.flush()

@@ -58,6 +58,11 @@ public final class JobServer: Service, Sendable {
         public var heartbeatTimeout: Duration = .seconds(3)
         /// Queued jobs fail with `noExecutor` when nothing at all could run them for this long.
         public var noExecutorTimeout: Duration = .seconds(30)
+        /// An argument larger than this many encoded bytes (one element of the JSON
+        /// arguments, or opaque bytes as a whole) travels by its SHA-256: once per node
+        /// and once per worker, however many jobs share it. `Int.max` sends every
+        /// argument inline with its job.
+        public var largeArgumentBytes = 1 << 20
         /// Where the server logs.
         public var logger: Logger
 
@@ -105,6 +110,8 @@ public final class JobServer: Service, Sendable {
     /// Job ids: the local pool's id space, since local jobs keep their ids there.
     private var ids: IDAllocator { self.pool.jobIDs }
     private let book = Mutex(Book())
+    /// Hashes large arguments; jobs that share one are hashed once.
+    private let digester = Mutex(BlobDigester())
     private let startedAt = ContinuousClock.now
     /// Set by `shutdown()`. Submissions check it under the same lock in which they hand
     /// jobs to the loop, so every job either reaches the scheduler before it stops or
@@ -304,7 +311,9 @@ public final class JobServer: Service, Sendable {
 
     /// A job that, when it ends, is counted, tells `completion`, and leaves its group.
     private func job(_ id: UInt64, _ function: PythonFunction, _ arguments: JobArguments, timeout: Duration?, group: String, completion: @escaping @Sendable (JobOutcome) -> Void) -> Job {
-        Job(id: id, bundle: function.bundle, arguments: arguments, timeout: timeout) { [self] result in
+        let threshold = self.configuration.largeArgumentBytes
+        let arguments = arguments.json.count > threshold ? self.digester.withLock { arguments.movingLarge(above: threshold, digester: &$0) } : arguments
+        return Job(id: id, bundle: function.bundle, arguments: arguments, timeout: timeout) { [self] result in
             // The edge: bytes become text and a parsed error here, once.
             let outcome = result.outcome
             self.book.withLock { $0.record(outcome) }

@@ -230,7 +230,7 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     func send(_ jobs: [Job]) {
         // Nil once the connection is closed (or not ready yet): the jobs go back.
         guard let submit = self.machine.submit(jobs, now: .now()) else { return self.link.scheduler.requeue(jobs, lost: nil, from: self.name) }
-        self.write([submit])
+        self.write(submit)
     }
 
     func cancel(jobID: UInt64, stop: Bool) {

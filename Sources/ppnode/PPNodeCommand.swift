@@ -62,7 +62,7 @@ struct PPNodeCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-frame"), help: ArgumentHelp("Largest frame accepted: 64KiB to 1GiB, bytes or with a KiB/MiB/GiB suffix (env PP_MAX_FRAME; default 64MiB).", valueName: "BYTES"))
     var maxFrame: String?
 
-    @Option(name: .customLong("cache-bytes"), help: ArgumentHelp("Function bundle cache size, bytes or with a KiB/MiB/GiB suffix (env PP_CACHE_BYTES; default 256MiB).", valueName: "BYTES"))
+    @Option(name: .customLong("cache-bytes"), help: ArgumentHelp("Function bundle cache size, and that of the large-argument cache, bytes or with a KiB/MiB/GiB suffix (env PP_CACHE_BYTES; default 256MiB).", valueName: "BYTES"))
     var cacheBytes: String?
 
     @Option(name: .customLong("handshake-timeout"), help: ArgumentHelp("Seconds a peer has to authenticate (default 5).", valueName: "SECONDS"))

@@ -95,7 +95,7 @@ struct NetLabTests {
         let resolved = browse.lines.filter { $0.hasPrefix("=") }
         #expect(resolved.count == 2, "\(browse.stdout) \(browse.stderr)")
         for line in resolved {
-            for key in ["id=", "protocol=2", "cores=\(cores)", "workers=", "arch=", "os=Linux", "python=3.", "keyid="] {
+            for key in ["id=", "protocol=3", "cores=\(cores)", "workers=", "arch=", "os=Linux", "python=3.", "keyid="] {
                 #expect(line.contains("\"\(key)"), "\(line)")
             }
         }

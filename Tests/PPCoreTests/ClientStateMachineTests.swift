@@ -184,10 +184,41 @@ struct NodeConnectionStateMachineTests {
         #expect(m.freeSlots == 1)
     }
 
+    @Test func submitFramesStayUnderTheNodesFrameLimit() {
+        var m = self.ready()  // the node accepts frames of 1 MiB
+        let big = JobArguments(jsonArray: Array("[\"\(String(repeating: "q", count: 400_000))\"]".utf8))
+        let jobs = (1...3).map { Job(id: UInt64($0), bundle: testBundle, arguments: big) { _ in } }
+        let frames = m.submit(jobs, now: self.t0) ?? []
+        #expect(frames.map { if case .submit(let w) = $0 { w.map(\.id) } else { [] } } == [[UInt64(1), 2], [3]])
+    }
+
+    @Test func needBlobIsAnsweredOnceAndOnlyForBlobsOfJobsInFlight() throws {
+        var m = self.ready()
+        var digester = BlobDigester()
+        let big = try JobArguments([String(repeating: "b", count: 64), 1]).movingLarge(above: 32, digester: &digester)
+        let blob = try #require(big.blobs.first)
+        #expect(big.json == Array("[1]".utf8) && blob.position == 0 && blob.bytes.count == 66)
+        let job = Job(id: 1, bundle: testBundle, arguments: big) { _ in }
+        guard case .submit(let wire)? = m.submit([job], now: self.t0)?.first else { Issue.record("no SUBMIT"); return }
+        #expect(wire[0].arguments.blobs == [blob])
+        guard case .send(let frames) = m.received(.needBlob(blob.digest), now: self.t0), case .blob(let d, let bytes) = frames.first else {
+            Issue.record("NEED_BLOB not answered")
+            return
+        }
+        #expect(d == blob.digest && bytes == blob.bytes)
+        guard case .close = m.received(.needBlob(blob.digest), now: self.t0) else { Issue.record("second NEED_BLOB answered"); return }
+        #expect(m.closed().reason.contains("asked again for large argument"))
+        // A digest of no job in flight (a bundle's is not a blob's).
+        var n = self.ready()
+        _ = n.submit([job], now: self.t0)
+        guard case .close = n.received(.needBlob(testBundle.digest), now: self.t0) else { Issue.record("unknown NEED_BLOB answered"); return }
+        #expect(n.closed().reason.contains("of no job it holds"))
+    }
+
     @Test func needIsAnsweredOnceAndOnlyForBundlesOfJobsInFlight() {
         var m = self.ready()
         let ends = Ends()
-        guard case .submit(let wire) = m.submit([ends.job(1), ends.job(2)], now: self.t0) else { Issue.record("no SUBMIT"); return }
+        guard case .submit(let wire)? = m.submit([ends.job(1), ends.job(2)], now: self.t0)?.first else { Issue.record("no SUBMIT"); return }
         #expect(wire.map(\.id) == [1, 2] && wire.allSatisfy { $0.digest == testBundle.digest })
         guard case .send(let frames) = m.received(.need(testBundle.digest), now: self.t0), case .bundle(let d, let spec) = frames.first else {
             Issue.record("NEED not answered")

@@ -41,6 +41,30 @@ struct JSONTests {
     }
 }
 
+@Suite("Large arguments, split")
+struct LargeArgumentSplitTests {
+    @Test func largeElementsMoveIntoBlobsAndSharedOnesAreHashedOnce() throws {
+        var digester = BlobDigester()
+        let big = String(repeating: "z", count: 40)
+        // From values (element ends known) and from JSON text (scanned): the same split.
+        let fromValues = try JobArguments([1, big, "s", [big]]).movingLarge(above: 30, digester: &digester)
+        let fromText = JobArguments(jsonArray: Array(" [1, \"\(big)\" ,\"s\", [\"\(big)\"]] ".utf8)).movingLarge(above: 30, digester: &digester)
+        for arguments in [fromValues, fromText] {
+            #expect(String(decoding: arguments.json, as: UTF8.self) == #"[1,"s"]"#)
+            #expect(arguments.blobs.map(\.position) == [1, 3])
+            #expect(arguments.blobs.map { String(decoding: $0.bytes, as: UTF8.self) } == ["\"\(big)\"", "[\"\(big)\"]"])
+            #expect(arguments.blobs[0].digest == SHA256Digest(hashing: Array("\"\(big)\"".utf8)))
+        }
+        // Nothing large, or already split: unchanged.
+        #expect(try JobArguments([1, 2]).movingLarge(above: 3, digester: &digester).blobs.isEmpty)
+        #expect(fromValues.movingLarge(above: 1, digester: &digester) == fromValues)
+        // Opaque bytes move as a whole.
+        let opaque = JobArguments(opaque: [UInt8](repeating: 7, count: 64)).movingLarge(above: 10, digester: &digester)
+        #expect(opaque.json.isEmpty && opaque.isOpaque && opaque.blobs.map(\.position) == [0] && opaque.blobs[0].bytes.count == 64)
+        #expect(JSONCheck.arrayElements(Array("[1,]".utf8)) == nil && JSONCheck.arrayElements(Array("[]".utf8)) == [])
+    }
+}
+
 @Suite("Worker frame decoder")
 struct WorkerFrameTests {
     func decodeAll(_ bytes: [UInt8]) throws -> [WorkerMessage] {

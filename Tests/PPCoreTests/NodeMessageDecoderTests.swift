@@ -10,6 +10,12 @@ import Testing
 struct NodeMessageDecoderTests {
     static let digest = SHA256Digest(hashing: Array("bundle".utf8))
 
+    /// Arguments with two large elements moved into blobs (positions 0 and 2).
+    static let withBlobs: JobArguments = {
+        var digester = BlobDigester()
+        return try! JobArguments([String(repeating: "a", count: 40), 1, [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]]).movingLarge(above: 20, digester: &digester)
+    }()
+
     /// One message of every frame type.
     static let messages: [NodeMessage] = [
         .hello(minVersion: 2, maxVersion: 3, maxFrame: 65_536, name: "client"),
@@ -20,6 +26,9 @@ struct NodeMessageDecoderTests {
             WireJob(id: 2, digest: Self.digest, timeoutMilliseconds: 250, arguments: JobArguments(opaque: [0, 1, 2])),
         ]),
         .submit([]),
+        .submit([WireJob(id: 3, digest: Self.digest, timeoutMilliseconds: 9, arguments: Self.withBlobs)]),
+        .blob(digest: Self.digest, bytes: [7, 8, 9]),
+        .needBlob(Self.digest),
         .bundle(digest: Self.digest, spec: Array("{\"name\":\"f\"}".utf8)),
         .cancel(id: 3),
         .stop(id: 4),
@@ -118,6 +127,17 @@ struct NodeMessageDecoderTests {
             (Self.frame(type: 0x13, [1, 2, 3]), "PING: token needs 8 bytes, only 3 left in the frame", "token"),
             (Self.frame(type: 0x11, [1, 2]), "BUNDLE: digest needs 32 bytes, only 2 left in the frame", "digest"),
             (Self.frame(type: 0x7f, []), "unknown frame type 0x7f", nil),
+            (
+                Self.frame(type: 0x10, Self.be(UInt32(1)) + Self.be(UInt64(1)) + zero + Self.be(UInt32(1 << 30)) + Self.be(UInt32(0)) + Self.be(UInt16(2))
+                    + Self.be(UInt16(3)) + zero + Self.be(UInt16(3)) + zero),
+                "SUBMIT job 1 of 1: blob position: 3 does not follow 3", "blob position"
+            ),
+            (
+                Self.frame(type: 0x10, Self.be(UInt32(1)) + Self.be(UInt64(1)) + zero + Self.be(UInt32(3 << 30)) + Self.be(UInt32(1)) + [0] + Self.be(UInt16(1))
+                    + Self.be(UInt16(0)) + zero),
+                "SUBMIT job 1 of 1: blob count: opaque arguments by reference need exactly one blob and no inline bytes", "blob count"
+            ),
+            (Self.frame(type: 0x24, [1, 2]), "NEED_BLOB: digest needs 32 bytes, only 2 left in the frame", "digest"),
             (ByteBuffer(bytes: [0, 0, 0, 0]), "empty frame", nil),
         ]
         for (bytes, message, field) in cases {

@@ -41,7 +41,7 @@ struct NodeSessionStateMachineTests {
     static func ready(clientMaxFrame: UInt32 = 1 << 20, node: inout Node) throws -> Machine {
         var machine = Machine(configuration: Self.configuration)
         machine.tlsEstablished()
-        let action = Self.receive(&machine, .hello(minVersion: 2, maxVersion: 2, maxFrame: clientMaxFrame, name: "test"), node: &node)
+        let action = Self.receive(&machine, .hello(minVersion: 3, maxVersion: 3, maxFrame: clientMaxFrame, name: "test"), node: &node)
         guard case .welcome = action else { throw Unexpected(action) }
         return machine
     }
@@ -56,7 +56,7 @@ struct NodeSessionStateMachineTests {
         return (error, sendErrorFrame, counted)
     }
 
-    static func submission(_ action: Machine.Action) throws -> (received: Int, run: [Machine.JobToRun], need: [SHA256Digest], scheduleFlush: Bool) {
+    static func submission(_ action: Machine.Action) throws -> (received: Int, run: [Machine.JobToRun], need: [NodeMessage], scheduleFlush: Bool) {
         guard case .submit(let received, let run, let need, let scheduleFlush) = action else { throw Unexpected(action) }
         return (received, run, need, scheduleFlush)
     }
@@ -77,7 +77,7 @@ struct NodeSessionStateMachineTests {
         guard case .welcome(let version, let window, let maxFrame, let clientName) = action else { throw Unexpected(action) }
         // The highest common version; the long-job window (4 workers × 2); the node's
         // own frame limit; the name made safe for a log line.
-        #expect(version == 2 && window == 8 && maxFrame == 1 << 20 && clientName == "client\\none")
+        #expect(version == 3 && window == 8 && maxFrame == 1 << 20 && clientName == "client\\none")
         #expect(machine.isReady)
         #expect(machine.handshakeTimedOut().isNone)
     }
@@ -97,21 +97,21 @@ struct NodeSessionStateMachineTests {
         #expect(closing.error.message == "expected HELLO first; is this a ppnode client?")
         #expect(closing.sendErrorFrame && closing.countsAsProtocolError)
         // Closing: nothing more is read, and a second error is not sent.
-        #expect(Self.receive(&machine, .hello(minVersion: 2, maxVersion: 2, maxFrame: 65_536, name: "x"), node: &node).isNone)
+        #expect(Self.receive(&machine, .hello(minVersion: 3, maxVersion: 3, maxFrame: 65_536, name: "x"), node: &node).isNone)
         #expect(machine.failed(NodeProtocolError(.protocolViolation, "again")).isNone)
         #expect(machine.handshakeTimedOut().isNone)
     }
 
     @Test func versionsThatDoNotOverlapAreRefusedBothWays() throws {
         var node = Node()
-        for (minV, maxV) in [(UInt16(3), UInt16(4)), (1, 1)] {
+        for (minV, maxV) in [(UInt16(4), UInt16(5)), (2, 2)] {
             var machine = Machine(configuration: Self.configuration)
             machine.tlsEstablished()
             let closing = try Self.closing(Self.receive(&machine, .hello(minVersion: minV, maxVersion: maxV, maxFrame: 65_536, name: "old"), node: &node))
             #expect(closing.error.code == .versionMismatch)
             #expect(
                 closing.error.message
-                    == "protocol versions do not overlap: client speaks \(minV)-\(maxV), node speaks 2-2; upgrade the older side"
+                    == "protocol versions do not overlap: client speaks \(minV)-\(maxV), node speaks 3-3; upgrade the older side"
             )
             // Not a protocol error: an older or newer client is not misbehaving.
             #expect(closing.sendErrorFrame && !closing.countsAsProtocolError)
@@ -122,7 +122,7 @@ struct NodeSessionStateMachineTests {
         var node = Node()
         var machine = Machine(configuration: Self.configuration)
         machine.tlsEstablished()
-        let closing = try Self.closing(Self.receive(&machine, .hello(minVersion: 2, maxVersion: 2, maxFrame: 4095, name: "tiny"), node: &node))
+        let closing = try Self.closing(Self.receive(&machine, .hello(minVersion: 3, maxVersion: 3, maxFrame: 4095, name: "tiny"), node: &node))
         #expect(closing.error.code == .protocolViolation)
         #expect(closing.error.message == "the client accepts frames of only 4095 bytes")
         #expect(closing.countsAsProtocolError)
@@ -170,13 +170,13 @@ struct NodeSessionStateMachineTests {
         var machine = try Self.ready(node: &node)
         let digest = Self.bundle.digest
         let first = try Self.submission(Self.receive(&machine, .submit([Self.job(1), Self.job(2)]), node: &node))
-        #expect(first.received == 2 && first.run.isEmpty && first.need == [digest])
+        #expect(first.received == 2 && first.run.isEmpty && first.need == [.need(digest)])
         let second = try Self.submission(Self.receive(&machine, .submit([Self.job(3)]), node: &node))
         #expect(second.need.isEmpty && second.run.isEmpty)
         #expect(machine.jobsAwaitingBundle == 3)
 
         let action = Self.receive(&machine, .bundle(digest: digest, spec: Self.bundle.spec), node: &node)
-        guard case .storeBundle(let stored, let run) = action else { throw Unexpected(action) }
+        guard case .storeBundle(let stored, let run, let need) = action, need.isEmpty else { throw Unexpected(action) }
         #expect(stored.digest == digest)
         #expect(run.map(\.clientID) == [1, 2, 3] && run.map(\.poolID) == [100, 101, 102])
         #expect(run.allSatisfy { $0.bundle.spec == Self.bundle.spec && $0.timeout == nil })
@@ -194,6 +194,58 @@ struct NodeSessionStateMachineTests {
         timed.timeoutMilliseconds = 1500
         let cached = try Self.submission(Self.receive(&machine, .submit([timed]), node: &node))
         #expect(cached.need.isEmpty && cached.run.map(\.poolID) == [103] && cached.run[0].timeout == .milliseconds(1500))
+    }
+
+    // MARK: Large arguments
+
+    /// A job of `Self.bundle` whose first argument is `big` (by digest) and second `id`,
+    /// as the node decodes it from SUBMIT: the blob's bytes are not there.
+    static func blobJob(_ id: UInt64, _ big: String) throws -> WireJob {
+        var digester = BlobDigester()
+        let arguments = try JobArguments([big, Int(id)]).movingLarge(above: 16, digester: &digester)
+        var buffer = ByteBuffer()
+        NodeMessage.submit([WireJob(id: id, digest: Self.bundle.digest, timeoutMilliseconds: 0, arguments: arguments)]).write(to: &buffer)
+        var decoder = NodeMessageDecoder()
+        guard case .submit(let jobs) = try decoder.decode(buffer: &buffer) else { throw Unexpected(.none) }
+        return jobs[0]
+    }
+
+    @Test func anUnknownBlobIsNeededOnceAndItsJobsRunWhenItArrives() throws {
+        var node = Node()
+        var machine = try Self.ready(node: &node)
+        let big = String(repeating: "x", count: 100), blob = Array("\"\(String(repeating: "x", count: 100))\"".utf8)
+        let digest = SHA256Digest(hashing: blob)
+        // The bundle first (NEED), then the blob (NEED_BLOB), each asked for once.
+        let first = try Self.submission(Self.receive(&machine, .submit([try Self.blobJob(1, big), try Self.blobJob(2, big)]), node: &node))
+        #expect(first.need == [.need(Self.bundle.digest)] && first.run.isEmpty)
+        var action = Self.receive(&machine, .bundle(digest: Self.bundle.digest, spec: Self.bundle.spec), node: &node)
+        guard case .storeBundle(_, let none, let needBlob) = action else { throw Unexpected(action) }
+        #expect(none.isEmpty && needBlob == [.needBlob(digest)])
+        node.cache[Self.bundle.digest] = Self.bundle
+        let third = try Self.submission(Self.receive(&machine, .submit([try Self.blobJob(3, big)]), node: &node))
+        #expect(third.need.isEmpty && third.run.isEmpty && machine.jobsAwaitingBundle == 3)
+
+        // The blob arrives: the three parked jobs run, each with the blob's bytes.
+        action = Self.receive(&machine, .blob(digest: digest, bytes: blob), node: &node)
+        guard case .storeBlob(let stored, let bytes, let run, let need) = action else { throw Unexpected(action) }
+        #expect(stored == digest && bytes == blob && need.isEmpty && machine.jobsAwaitingBundle == 0)
+        #expect(run.map(\.clientID) == [1, 2, 3])
+        #expect(run.allSatisfy { $0.arguments.blobs.map(\.bytes) == [blob] && $0.arguments.blobs[0].position == 0 })
+        #expect(run[2].arguments.json == Array("[3]".utf8))
+        // A blob nobody waits for is dropped.
+        #expect(Self.receive(&machine, .blob(digest: digest, bytes: blob), node: &node).isNone)
+    }
+
+    @Test func aBlobThatDoesNotHashToItsDigestClosesTheSession() throws {
+        var node = Node()
+        node.cache[Self.bundle.digest] = Self.bundle
+        var machine = try Self.ready(node: &node)
+        let job = try Self.blobJob(1, String(repeating: "y", count: 50))
+        let submitted = try Self.submission(Self.receive(&machine, .submit([job]), node: &node))
+        #expect(submitted.need == [.needBlob(job.arguments.blobs[0].digest)])
+        let closing = try Self.closing(Self.receive(&machine, .blob(digest: job.arguments.blobs[0].digest, bytes: Array("\"z\"".utf8)), node: &node))
+        #expect(closing.error.code == .protocolViolation && closing.countsAsProtocolError)
+        #expect(closing.error.message == "blob bytes do not hash to the digest they were sent for")
     }
 
     @Test func aBundleThatDoesNotHashToItsDigestClosesTheSession() throws {

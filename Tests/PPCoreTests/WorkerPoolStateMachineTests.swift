@@ -47,6 +47,7 @@ private func frames(_ buffer: ByteBuffer) -> String {
         let type = Character(UnicodeScalar(body.readInteger(as: UInt8.self)!))
         switch type {
         case "B", "D": parts.append("\(type)(\(bundleNames[body.readBytes(length: 32)!] ?? "?"))")
+        case "L", "K": parts.append("\(type)(\(body.readBytes(length: 32)!.first!))")
         default: parts.append("\(type)\(body.readInteger(as: UInt64.self)!)")
         }
     }
@@ -209,6 +210,25 @@ struct WorkerPoolStateMachineTests {
         // Each worker loads a bundle itself.
         var two = readyPool(2)
         #expect(describe(two.submit([job(1, cube), job(2, cube)], now: t0)) == ["write 1: B(cube) J1", "write 2: B(cube) J2"])
+    }
+
+    @Test func blobsLoadOncePerWorkerAndTheLeastRecentlyUsedIsDropped() throws {
+        // Room for one blob of 100 bytes per worker.
+        var m = readyPool(2, Machine.Configuration(name: "test", python: "python3", blobCacheBytes: 150))
+        func withBlob(_ id: UInt64, _ fill: Character) throws -> Job {
+            var digester = BlobDigester()
+            let arguments = try JobArguments([String(repeating: fill, count: 98), Int(id)]).movingLarge(above: 50, digester: &digester)
+            return Job(id: id, bundle: square, arguments: arguments) { _ in }
+        }
+        let (x1, x2, x3, y4) = (try withBlob(1, "x"), try withBlob(2, "x"), try withBlob(3, "x"), try withBlob(4, "y"))
+        let (x, y) = (x1.arguments.blobs[0].digest.bytes[0], y4.arguments.blobs[0].digest.bytes[0])
+        // Each worker loads the blob once, before its first job that needs it ('P').
+        #expect(describe(m.submit([x1, x2], now: t0)) == ["write 1: B(square) L(\(x)) P1", "write 2: B(square) L(\(x)) P2"])
+        _ = m.received(result(1), from: 1, now: t0)
+        #expect(describe(m.submit([x3], now: t0)) == ["write 1: P3"])
+        _ = m.received(result(3), from: 1, now: t0)
+        // Another blob does not fit beside it: the unneeded one is dropped first.
+        #expect(describe(m.submit([y4], now: t0)) == ["write 1: K(\(x)) L(\(y)) P4"])
     }
 
     @Test func checksAnswerWhetherTheBundleLoaded() {

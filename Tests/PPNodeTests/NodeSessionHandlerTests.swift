@@ -60,7 +60,7 @@ struct NodeSessionHandlerTests {
 
         func hello() throws {
             self.tlsUp()
-            try self.send(.hello(minVersion: 2, maxVersion: 2, maxFrame: 1 << 20, name: "embedded-client"))
+            try self.send(.hello(minVersion: 3, maxVersion: 3, maxFrame: 1 << 20, name: "embedded-client"))
         }
 
         func stop() async throws {
@@ -74,7 +74,7 @@ struct NodeSessionHandlerTests {
         #expect(h.node.state.unauthenticatedTotal == 1 && h.node.state.sessions.count == 1)
         try h.hello()
         let welcome = try h.written()
-        guard case .welcome(2, 2, let maxFrame, let info) = welcome.first, welcome.count == 1 else {
+        guard case .welcome(3, 2, let maxFrame, let info) = welcome.first, welcome.count == 1 else {
             Issue.record("no WELCOME: \(welcome)")
             return try await h.stop()
         }

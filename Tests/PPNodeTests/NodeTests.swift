@@ -313,7 +313,7 @@ struct NodeTests {
         let beacon = try JSONDecoder().decode(NodeBeacon.self, from: Data(lines[1].utf8))
         #expect(beacon.port == node.port)
         #expect(beacon.keyid == (try ClusterSecret(text: secret, origin: "t")).keyID)
-        #expect(beacon.protocol == 2 && beacon.workers >= 1 && beacon.cores >= 1)
+        #expect(beacon.protocol == 3 && beacon.workers >= 1 && beacon.cores >= 1)
         #expect(lines[2] == String(node.port))
         #expect(node.logText.contains("broadcast beacons on"))
     }

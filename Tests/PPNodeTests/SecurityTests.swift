@@ -54,9 +54,9 @@ struct SecurityTests {
         let node = try NodeProcess(secret: secret)
         defer { node.stop() }
         let psk = try opensslPSK(secret)
-        // A HELLO frame of protocol 2 from s_client: the node answers WELCOME with its
+        // A HELLO frame of protocol 3 from s_client: the node answers WELCOME with its
         // info JSON, which s_client prints.
-        let hello = "import struct,sys,time; name=b'openssl'; body=b'\\x01PPNP'+struct.pack('>HHI',2,2,1<<20)+bytes([len(name)])+name; sys.stdout.buffer.write(struct.pack('>I',len(body))+body); sys.stdout.flush(); time.sleep(2)"
+        let hello = "import struct,sys,time; name=b'openssl'; body=b'\\x01PPNP'+struct.pack('>HHI',3,3,1<<20)+bytes([len(name)])+name; sys.stdout.buffer.write(struct.pack('>I',len(body))+body); sys.stdout.flush(); time.sleep(2)"
         let r = try runProcess(
             "/bin/sh",
             ["-c", "python3 -c \"\(hello)\" | openssl s_client -connect \(node.address) -tls1_3 -psk \(psk.hex) -psk_identity \(psk.identity) -brief"]
@@ -327,7 +327,7 @@ struct SecurityTests {
         import struct, sys, time
         def frame(kind, body):
             return struct.pack(">IB", len(body) + 1, kind) + body
-        sys.stdout.buffer.write(frame(0x04, struct.pack(">HII", 2, 0xFFFFFFFF, 1 << 20) + b"{}"))
+        sys.stdout.buffer.write(frame(0x04, struct.pack(">HII", 3, 0xFFFFFFFF, 1 << 20) + b"{}"))
         sys.stdout.flush()
         time.sleep(1.5)  # the client has connected and sent its jobs by then
         payload = b'1\n"injected"'
@@ -420,7 +420,7 @@ struct SecurityTests {
         print("ready", flush=True)
         for _ in range(150):
             for i, p in enumerate(ports):
-                beacon = {"id": "fake%d" % i, "name": "fake%d" % i, "port": p, "keyid": keyid, "protocol": 2,
+                beacon = {"id": "fake%d" % i, "name": "fake%d" % i, "port": p, "keyid": keyid, "protocol": 3,
                           "cores": 64, "workers": 64, "version": "0.1.0"}
                 b.sendto(b"SPPNB\x01" + json.dumps(beacon).encode(), ("127.255.255.255", port))
             time.sleep(0.2)

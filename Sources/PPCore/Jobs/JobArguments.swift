@@ -9,6 +9,19 @@ public struct JobArguments: Sendable, Hashable {
     /// Whether `json` holds opaque bytes: the function gets them as one `bytes`
     /// argument and must return `bytes`, which come back as they are (not JSON).
     public let isOpaque: Bool
+    /// Large arguments that travel by digest (`movingLarge(above:digester:)`): the
+    /// worker inserts each into the decoded array at its position; an opaque blob is
+    /// the whole opaque bytes (and `json` is empty).
+    public internal(set) var blobs: [ArgumentBlob] = []
+    /// Where each element of the JSON array ends in `json`, when the arguments were
+    /// encoded from values: large ones are then found without a scan.
+    private var elementEnds: [Int]?
+
+    init(json: [UInt8], isOpaque: Bool, blobs: [ArgumentBlob]) {
+        self.json = json
+        self.isOpaque = isOpaque
+        self.blobs = blobs
+    }
 
     /// Arguments already encoded as one JSON array (not checked here).
     public init(jsonArray: [UInt8]) {
@@ -20,6 +33,17 @@ public struct JobArguments: Sendable, Hashable {
     public init(opaque bytes: [UInt8]) {
         self.json = bytes
         self.isOpaque = true
+    }
+
+    /// Arguments are equal when their bytes, kind and blobs are.
+    public static func == (a: JobArguments, b: JobArguments) -> Bool {
+        a.json == b.json && a.isOpaque == b.isOpaque && a.blobs == b.blobs
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(self.json)
+        hasher.combine(self.isOpaque)
+        hasher.combine(self.blobs)
     }
 
     /// No arguments.
@@ -35,18 +59,51 @@ public struct JobArguments: Sendable, Hashable {
     public init(_ values: [any Encodable & Sendable]) throws {
         var w = JSONWriter(capacity: 16)
         w.raw("[")
+        var ends: [Int] = []
         for (i, v) in values.enumerated() {
             if i > 0 { w.raw(",") }
             try Self.write(v, to: &w)
+            ends.append(w.bytes.count)
         }
         w.raw("]")
         self.json = w.bytes
         self.isOpaque = false
+        self.elementEnds = ends
     }
 
     /// Encodes one value as the single positional argument.
     public init(single value: any Encodable & Sendable) throws {
         try self.init([value])
+    }
+
+    /// These arguments with every argument larger than `threshold` bytes moved into
+    /// `blobs`, to travel by digest: opaque bytes as a whole, or each such element of
+    /// the JSON array (the array keeps the others).
+    ///
+    /// - Parameters:
+    ///   - threshold: the largest argument that stays inline.
+    ///   - digester: hashes the large arguments (and remembers the last one).
+    /// - Returns: the arguments, unchanged when none is that large.
+    public func movingLarge(above threshold: Int, digester: inout BlobDigester) -> JobArguments {
+        guard self.blobs.isEmpty, self.json.count > threshold else { return self }
+        if self.isOpaque {
+            let (bytes, digest) = digester.digest(self.json)
+            return JobArguments(json: [], isOpaque: true, blobs: [ArgumentBlob(position: 0, digest: digest, bytes: bytes)])
+        }
+        let ranges = self.elementEnds.map { ends in ends.indices.map { i in (i == 0 ? 1 : ends[i - 1] + 1)..<ends[i] } } ?? JSONCheck.arrayElements(self.json)
+        guard let ranges, ranges.contains(where: { $0.count > threshold }) else { return self }
+        var kept: [UInt8] = [UInt8(ascii: "[")], blobs: [ArgumentBlob] = []
+        for (i, r) in ranges.enumerated() {
+            if r.count > threshold {
+                let (bytes, digest) = digester.digest(Array(self.json[r]))
+                blobs.append(ArgumentBlob(position: i, digest: digest, bytes: bytes))
+                continue
+            }
+            if kept.count > 1 { kept.append(UInt8(ascii: ",")) }
+            kept += self.json[r]
+        }
+        kept.append(UInt8(ascii: "]"))
+        return JobArguments(json: kept, isOpaque: false, blobs: blobs)
     }
 
     static func write(_ v: any Encodable, to w: inout JSONWriter) throws {

@@ -21,6 +21,8 @@ public struct NodeFrameError: Error, Sendable, Equatable, CustomStringConvertibl
         case badMagic([UInt8])
         /// Bytes follow the frame's last field.
         case leftOver(Int)
+        /// A field's value breaks a rule of its frame (said how).
+        case invalid(String)
     }
 
     /// The frame type, once known.
@@ -59,6 +61,8 @@ public struct NodeFrameError: Error, Sendable, Equatable, CustomStringConvertibl
             what = "bad magic 0x\(Hex.encode(bytes)) (expected \"PPNP\")"
         case .leftOver(let n):
             what = "\(n) bytes left over after \(field)"
+        case .invalid(let rule):
+            what = "\(field): \(rule)"
         }
         guard let frame = self.frame else { return what }
         return "\(frame.name)\(self.item.map { " \($0)" } ?? ""): \(what)"

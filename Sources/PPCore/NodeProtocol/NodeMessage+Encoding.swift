@@ -30,8 +30,10 @@ extension NodeMessage {
             Self.writeGoodbye(reason: reason, to: &buffer)
         case .results(let results):
             Self.writeResultsBody(results, to: &buffer)
-        case .need(let digest):
+        case .need(let digest), .needBlob(let digest):
             Self.writeNeed(digest, to: &buffer)
+        case .blob(let digest, let bytes):
+            Self.writeBlob(digest: digest, bytes: bytes, to: &buffer)
         case .window(let window):
             Self.writeWindow(window, to: &buffer)
         case .stats(let token, let json):

@@ -32,6 +32,10 @@ public enum NodeMessage: Sendable {
     case results([JobResult])
     /// Node → client: send the bundle with this digest.
     case need(SHA256Digest)
+    /// Client → node: a large argument the node asked for.
+    case blob(digest: SHA256Digest, bytes: [UInt8])
+    /// Node → client: send the large argument with this digest.
+    case needBlob(SHA256Digest)
     /// Node → client: the new job window.
     case window(UInt32)
     /// Node → client: the counters asked for by `statsRequest`.
@@ -55,6 +59,8 @@ public enum NodeMessage: Sendable {
         case .need: .need
         case .window: .window
         case .stats: .stats
+        case .blob: .blob
+        case .needBlob: .needBlob
         }
     }
 }

@@ -72,6 +72,8 @@ public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
         case .need: try NodeMessage.readNeed(&reader)
         case .window: try NodeMessage.readWindow(&reader)
         case .stats: try NodeMessage.readStats(&reader)
+        case .blob: try NodeMessage.readBlob(&reader)
+        case .needBlob: try NodeMessage.readNeedBlob(&reader)
         }
     }
 }

@@ -8,11 +8,12 @@
 /// encoder (`NodeMessage+Encoding.swift`) and the decoder (`NodeMessageDecoder`), whose
 /// errors (`NodeFrameError`) name the frame and the field that is wrong.
 public enum NodeProtocol {
-    /// The protocol version this build speaks. Version 2 runs inside TLS; version 1
-    /// (plaintext, HMAC challenge) is no longer spoken.
-    public static let version: UInt16 = 2
+    /// The protocol version this build speaks. Version 3 sends large arguments by
+    /// digest (BLOB, NEED_BLOB); version 2 (without them) and version 1 (plaintext,
+    /// HMAC challenge) are no longer spoken.
+    public static let version: UInt16 = 3
     /// The lowest version this build accepts.
-    public static let minimumVersion: UInt16 = 2
+    public static let minimumVersion: UInt16 = 3
     /// The four bytes that open every HELLO.
     public static let magic: [UInt8] = Array("PPNP".utf8)
     /// The default maximum frame size: 64 MiB.
@@ -30,6 +31,7 @@ public enum NodeProtocol {
         case hello = 0x01, welcome = 0x04, error = 0x05
         case submit = 0x10, bundle = 0x11, cancel = 0x12, ping = 0x13, pong = 0x14, statsRequest = 0x15, goodbye = 0x16, stop = 0x17
         case results = 0x20, need = 0x21, window = 0x22, stats = 0x23
+        case blob = 0x18, needBlob = 0x24
 
         /// The frame's name as docs/PROTOCOL.md spells it: the case's name in upper
         /// snake case (`SUBMIT`, `STATS_REQUEST`).

@@ -3,7 +3,11 @@ public import NIOCore
 // SUBMIT (0x10), client → node: a batch of jobs.
 // count u32 · count × job
 // job = id u64 · digest(32) · timeout ms u32 (0: none; bit 31: the arguments are opaque
-//       bytes) · argsLen u32 · args
+//       bytes; bit 30: blob references follow) · argsLen u32 · args
+//       [· refCount u16 · refCount × (position u16 · digest(32))]   (bit 30 only)
+// A reference is a large argument sent by digest (BLOB, asked for by NEED_BLOB), put
+// back into the argument list at its position; positions rise strictly. With bit 31
+// there is exactly one, at position 0, and args is empty: the opaque bytes are the blob.
 // A job takes at least 48 bytes, so a count is checked against the body before anything
 // is reserved for it.
 
@@ -20,8 +24,10 @@ public struct WireJob: Sendable {
 
     /// Bit 31 of a job's timeout field on the wire: its arguments are opaque bytes.
     public static let opaqueFlag: UInt32 = 1 << 31
-    /// The longest timeout the wire carries (bit 31 is the flag): about 24.8 days.
-    public static let maxTimeout: UInt32 = (1 << 31) - 1
+    /// Bit 30 of a job's timeout field on the wire: blob references follow the arguments.
+    public static let blobsFlag: UInt32 = 1 << 30
+    /// The longest timeout the wire carries (bits 31 and 30 are flags): about 12.4 days.
+    public static let maxTimeout: UInt32 = (1 << 30) - 1
     /// The fewest bytes a job takes in a SUBMIT body (empty arguments).
     public static let minimumSize = 8 + 32 + 4 + 4
 
@@ -46,9 +52,17 @@ extension NodeMessage {
         buffer.writeInteger(job.id)
         buffer.writeBytes(job.digest.bytes)
         // Bit 31 of the timeout field: the arguments are opaque bytes, not JSON.
-        buffer.writeInteger(min(job.timeoutMilliseconds, WireJob.maxTimeout) | (job.arguments.isOpaque ? WireJob.opaqueFlag : 0))
+        let blobs = job.arguments.blobs
+        let flags = (job.arguments.isOpaque ? WireJob.opaqueFlag : 0) | (blobs.isEmpty ? 0 : WireJob.blobsFlag)
+        buffer.writeInteger(min(job.timeoutMilliseconds, WireJob.maxTimeout) | flags)
         buffer.writeInteger(UInt32(job.arguments.json.count))
         buffer.writeBytes(job.arguments.json)
+        guard !blobs.isEmpty else { return }
+        buffer.writeInteger(UInt16(blobs.count))
+        for blob in blobs {
+            buffer.writeInteger(UInt16(blob.position))
+            buffer.writeBytes(blob.digest.bytes)
+        }
     }
 
     static func readSubmit(_ reader: inout NodeFrameReader) throws(NodeFrameError) -> NodeMessage {
@@ -58,9 +72,22 @@ extension NodeMessage {
                 let digest = try reader.digest()
                 let timeout = try reader.integer("timeout", as: UInt32.self)
                 let arguments = try reader.lengthPrefixed("argument")
+                let opaque = timeout & WireJob.opaqueFlag != 0
+                var blobs: [ArgumentBlob] = []
+                if timeout & WireJob.blobsFlag != 0 {
+                    let count = try reader.integer("blob count", as: UInt16.self)
+                    for _ in 0..<count {
+                        let position = Int(try reader.integer("blob position", as: UInt16.self))
+                        guard position > blobs.last?.position ?? -1 else { throw reader.error("blob position", .invalid("\(position) does not follow \(blobs.last!.position)")) }
+                        blobs.append(ArgumentBlob(position: position, digest: try reader.digest("blob digest"), bytes: []))
+                    }
+                    guard !opaque || (blobs.count == 1 && arguments.isEmpty) else {
+                        throw reader.error("blob count", .invalid("opaque arguments by reference need exactly one blob and no inline bytes"))
+                    }
+                }
                 return WireJob(
                     id: id, digest: digest, timeoutMilliseconds: timeout & WireJob.maxTimeout,
-                    arguments: timeout & WireJob.opaqueFlag != 0 ? JobArguments(opaque: arguments) : JobArguments(jsonArray: arguments)
+                    arguments: JobArguments(json: arguments, isOpaque: opaque, blobs: blobs)
                 )
             }
         )

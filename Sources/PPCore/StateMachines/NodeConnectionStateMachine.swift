@@ -3,8 +3,8 @@ public import NIOCore
 /// One client connection to a node, as a value: TLS, then HELLO and WELCOME, then jobs
 /// under the node's window, bundles on request, results, heartbeats, a node's drain.
 ///
-/// Everything the node sends is checked here: a WINDOW is capped, a NEED is answered
-/// once per bundle and only for bundles of jobs sent on this connection, a result must
+/// Everything the node sends is checked here: a WINDOW is capped, a NEED (NEED_BLOB) is
+/// answered once per bundle (large argument) and only for those of jobs the node holds, a result must
 /// be for a job in flight and (for a JSON job) carry one JSON value, and a job with a
 /// timeout that gets no result within twice its timeout plus `deadlineGrace` fails,
 /// whatever the node does. The driver (`RemoteExecutor`) turns channel events into
@@ -44,6 +44,7 @@ public struct NodeConnectionStateMachine: Sendable {
     /// (jobs with a timeout only). Their bundles are what a NEED may ask for.
     private var inflight: [UInt64: (job: Job, deadline: NIODeadline?)] = [:]
     private var bundlesSent: Set<SHA256Digest> = []
+    private var blobsSent: Set<SHA256Digest> = []
     private var heartbeat: Heartbeat
     /// Why the connection ends (the first reason wins).
     public private(set) var closeReason: String?
@@ -53,6 +54,8 @@ public struct NodeConnectionStateMachine: Sendable {
     public private(set) var wasReady = false
     /// The frame limit the decoder should apply now: a few KiB until WELCOME.
     public private(set) var maxFrame = NodeProtocol.preambleMaxFrame
+    /// The largest frame the node accepts (its WELCOME says): SUBMIT frames stay under it.
+    private var nodeMaxFrame = NodeProtocol.defaultMaxFrame
 
     /// Creates the machine for a new connection.
     public init(name: String, clientName: String, heartbeatTimeout: TimeAmount, now: NIODeadline) {
@@ -90,16 +93,25 @@ public struct NodeConnectionStateMachine: Sendable {
 
     // MARK: Jobs
 
-    /// Sends jobs (at most `freeSlots`). Returns the SUBMIT frame, or, when the
-    /// connection cannot take them, nil: the driver hands them back.
-    public mutating func submit(_ jobs: [Job], now: NIODeadline) -> NodeMessage? {
+    /// Sends jobs (at most `freeSlots`). Returns the SUBMIT frames (as many as keep
+    /// each under the node's frame limit), or, when the connection cannot take them,
+    /// nil: the driver hands them back.
+    public mutating func submit(_ jobs: [Job], now: NIODeadline) -> [NodeMessage]? {
         guard self.phase == .ready || self.phase == .draining, !jobs.isEmpty else { return nil }
-        return .submit(jobs.map { job in
+        var frames: [NodeMessage] = [], batch: [WireJob] = [], bytes = 0
+        for job in jobs {
             let deadline = job.timeout.map { now + .nanoseconds($0.nanosecondsInt64 &* 2) + Self.deadlineGrace }
             self.inflight[job.id] = (job, deadline)
             let timeout = job.timeout.map { UInt32(clamping: max(1, $0.nanosecondsInt64 / 1_000_000)) } ?? 0
-            return WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments)
-        })
+            let size = WireJob.minimumSize + job.arguments.json.count + (job.arguments.blobs.isEmpty ? 0 : 2 + 34 * job.arguments.blobs.count)
+            if !batch.isEmpty, bytes + size > self.nodeMaxFrame - 9 {
+                frames.append(.submit(batch))
+                (batch, bytes) = ([], 0)
+            }
+            batch.append(WireJob(id: job.id, digest: job.bundle.digest, timeoutMilliseconds: timeout, arguments: job.arguments))
+            bytes += size
+        }
+        return frames + [.submit(batch)]
     }
 
     /// For a job the node holds: CANCEL (it ends there if it has not started), or with
@@ -118,13 +130,14 @@ public struct NodeConnectionStateMachine: Sendable {
         case (_, .error(let code, let text)):
             if code == NodeErrorCode.versionMismatch.rawValue { self.retryAfter = .seconds(10) }
             return self.abort("the node refused us: \(PeerText.cut(text))")
-        case (.awaitingWelcome, .welcome(let version, let window, _, _)):
+        case (.awaitingWelcome, .welcome(let version, let window, let nodeMaxFrame, _)):
             guard version >= NodeProtocol.minimumVersion, version <= NodeProtocol.version else {
                 self.retryAfter = .seconds(10)
                 return self.abort("the node chose protocol version \(version), which this client does not speak")
             }
             self.window = min(Int(window), Self.maxWindow)
             self.maxFrame = NodeProtocol.defaultMaxFrame
+            self.nodeMaxFrame = max(Int(nodeMaxFrame), NodeProtocol.preambleMaxFrame)
             self.phase = .ready
             self.wasReady = true
             return .ready
@@ -139,6 +152,15 @@ public struct NodeConnectionStateMachine: Sendable {
             }
             self.bundlesSent.insert(digest)
             return .send([.bundle(digest: digest, spec: bundle.spec)])
+        case (.ready, .needBlob(let digest)), (.draining, .needBlob(let digest)):
+            guard !self.blobsSent.contains(digest) else {
+                return self.abort("the node asked again for large argument \(digest), which it was sent on this connection")
+            }
+            guard let blob = self.inflight.values.lazy.compactMap({ $0.job.arguments.blobs.first { $0.digest == digest } }).first else {
+                return self.abort("the node asked for a large argument \(digest) of no job it holds")
+            }
+            self.blobsSent.insert(digest)
+            return .send([.blob(digest: digest, bytes: blob.bytes)])
         case (.ready, .window(let w)), (.draining, .window(let w)):
             self.window = min(Int(w), Self.maxWindow)
             return .send([])

@@ -3,7 +3,7 @@ public import NIOCore
 /// The node's side of one native-protocol session, as a value: the handshake (HELLO,
 /// version negotiation, WELCOME), credits, bundles that travel once, results batched
 /// per event-loop turn, the window that follows job length, drain, heartbeats, and
-/// the client's job ids mapped to the pool's.
+/// the client's job ids mapped to the pool's; large arguments travel once like bundles.
 ///
 /// It does no I/O and holds no channel, loop or class: the driver (`NodeSession` in
 /// PPNode) turns channel events into calls of its `mutating` events and executes the
@@ -66,13 +66,18 @@ public struct NodeSessionStateMachine: Sendable {
         /// heartbeat timer. `clientName` is cut and escaped for logs.
         case welcome(version: UInt16, window: UInt32, maxFrame: UInt32, clientName: String)
         /// A SUBMIT within the window: count the jobs it carried (the node's
-        /// `jobs_received` counter), send NEED for the bundles to ask the client for
-        /// (each once while its jobs wait), run the jobs whose bundle the node has, and
-        /// schedule a flush if jobs ended at once (the node drains).
-        case submit(received: Int, run: [JobToRun], need: [SHA256Digest], scheduleFlush: Bool)
-        /// A BUNDLE that hashes to its digest: store it in the node's cache and run the
-        /// jobs that waited for it.
-        case storeBundle(FunctionBundle, run: [JobToRun])
+        /// `jobs_received` counter), send the NEED and NEED_BLOB frames in `need` (for
+        /// bundles and large arguments the node lacks, each once while its jobs wait),
+        /// run the jobs that have everything, and schedule a flush if jobs ended at once
+        /// (the node drains).
+        case submit(received: Int, run: [JobToRun], need: [NodeMessage], scheduleFlush: Bool)
+        /// A BUNDLE that hashes to its digest: store it in the node's cache, run the
+        /// jobs that waited for it and have everything now, send `need` for what the
+        /// others still lack.
+        case storeBundle(FunctionBundle, run: [JobToRun], need: [NodeMessage])
+        /// A BLOB that hashes to its digest and that jobs wait for: store it in the
+        /// node's blob cache (counting `blobs_received`), run and ask as for a bundle.
+        case storeBlob(digest: SHA256Digest, bytes: [UInt8], run: [JobToRun], need: [NodeMessage])
         /// Cancel these pool jobs if they have not started (CANCEL).
         case cancelPoolJobs([UInt64])
         /// Stop these pool jobs, queued or running (STOP).
@@ -150,8 +155,9 @@ public struct NodeSessionStateMachine: Sendable {
     public private(set) var inflight = 0
     /// Client job id → pool job id, for CANCEL, STOP and a client that leaves.
     private var poolJobIDs: [UInt64: UInt64] = [:]
-    /// Jobs waiting for their bundle, by digest (NEED was sent once for each digest).
-    private var parked: [SHA256Digest: [WireJob]] = [:]
+    /// Jobs waiting for their bundle or a large argument, by the digest they wait for
+    /// (NEED or NEED_BLOB was sent once for each), with the bundle once it is known.
+    private var parked: [SHA256Digest: [(job: WireJob, bundle: FunctionBundle?)]] = [:]
     /// Results of this event-loop turn, not written yet.
     private var pendingResults: [JobResult] = []
     private var flushScheduled = false
@@ -170,7 +176,7 @@ public struct NodeSessionStateMachine: Sendable {
         return false
     }
 
-    /// Jobs waiting for a bundle.
+    /// Jobs waiting for a bundle or a large argument.
     public var jobsAwaitingBundle: Int { self.parked.values.reduce(0) { $0 + $1.count } }
 
     // MARK: Connection events
@@ -221,11 +227,13 @@ public struct NodeSessionStateMachine: Sendable {
     ///   - message: the decoded frame.
     ///   - now: when it arrived (a sign of life).
     ///   - bundle: looks a digest up in the node's bundle cache.
+    ///   - blob: looks a digest up in the node's cache of large arguments.
     ///   - poolJobID: hands out the next id of the node's pool.
     public mutating func received(
         _ message: NodeMessage,
         now: NIODeadline,
         bundle: (SHA256Digest) -> FunctionBundle?,
+        blob: (SHA256Digest) -> [UInt8]? = { _ in nil },
         poolJobID: () -> UInt64
     ) -> Action {
         switch self.state {
@@ -234,7 +242,7 @@ public struct NodeSessionStateMachine: Sendable {
         case .ready(var ready):
             ready.heartbeat.heard(at: now)
             self.state = .ready(ready)
-            return self.serve(message, bundle: bundle, poolJobID: poolJobID)
+            return self.serve(message, bundle, blob, poolJobID)
         case .closing, .closed:
             return .none
         }
@@ -268,17 +276,32 @@ public struct NodeSessionStateMachine: Sendable {
         )
     }
 
-    private mutating func serve(_ message: NodeMessage, bundle: (SHA256Digest) -> FunctionBundle?, poolJobID: () -> UInt64) -> Action {
+    private mutating func serve(
+        _ message: NodeMessage, _ bundle: (SHA256Digest) -> FunctionBundle?, _ blob: (SHA256Digest) -> [UInt8]?, _ poolJobID: () -> UInt64
+    ) -> Action {
         switch message {
         case .submit(let jobs):
-            return self.submit(jobs, bundle: bundle, poolJobID: poolJobID)
+            return self.submit(jobs, bundle, blob, poolJobID)
         case .bundle(let digest, let spec):
             let received = FunctionBundle(spec: spec)
             guard received.digest == digest else {
                 return self.close(.protocolViolation, "bundle bytes do not hash to the digest they were sent for", counted: true)
             }
-            let waiting = self.parked.removeValue(forKey: digest) ?? []
-            return .storeBundle(received, run: waiting.map { self.jobToRun($0, received, poolJobID: poolJobID) })
+            var run: [JobToRun] = [], need: [NodeMessage] = []
+            for p in self.parked.removeValue(forKey: digest) ?? [] { self.advance(p.job, received, bundle, blob, poolJobID, &run, &need) }
+            return .storeBundle(received, run: run, need: need)
+        case .blob(let digest, let bytes):
+            guard SHA256Digest(hashing: bytes) == digest else {
+                return self.close(.protocolViolation, "blob bytes do not hash to the digest they were sent for", counted: true)
+            }
+            // A blob nobody waits for (the jobs ended as the node drains) is dropped.
+            guard let waiting = self.parked.removeValue(forKey: digest) else { return .none }
+            var run: [JobToRun] = [], need: [NodeMessage] = []
+            for var p in waiting {
+                for i in p.job.arguments.blobs.indices where p.job.arguments.blobs[i].digest == digest { p.job.arguments.blobs[i].bytes = bytes }
+                self.advance(p.job, p.bundle, bundle, blob, poolJobID, &run, &need)
+            }
+            return .storeBlob(digest: digest, bytes: bytes, run: run, need: need)
         case .cancel(let id):
             return self.poolJobIDs[id].map { .cancelPoolJobs([$0]) } ?? .none
         case .stop(let id):
@@ -292,12 +315,14 @@ public struct NodeSessionStateMachine: Sendable {
         case .goodbye:
             self.state = .closing
             return .closeAfterGoodbye
-        case .hello, .welcome, .error, .results, .need, .window, .stats:
+        case .hello, .welcome, .error, .results, .need, .needBlob, .window, .stats:
             return self.close(.protocolViolation, "unexpected \(message.kind.name) from a client", counted: true)
         }
     }
 
-    private mutating func submit(_ jobs: [WireJob], bundle: (SHA256Digest) -> FunctionBundle?, poolJobID: () -> UInt64) -> Action {
+    private mutating func submit(
+        _ jobs: [WireJob], _ bundle: (SHA256Digest) -> FunctionBundle?, _ blob: (SHA256Digest) -> [UInt8]?, _ poolJobID: () -> UInt64
+    ) -> Action {
         // The window bounds the node's queue: a client past the largest window it was
         // ever given is closed, so no client can flood the node.
         guard self.inflight + jobs.count <= self.maxWindow else {
@@ -311,19 +336,34 @@ public struct NodeSessionStateMachine: Sendable {
         if self.draining {
             return .submit(received: jobs.count, run: [], need: [], scheduleFlush: self.endWithShutdown(jobs))
         }
-        var run: [JobToRun] = [], need: [SHA256Digest] = []
+        var run: [JobToRun] = [], need: [NodeMessage] = []
         run.reserveCapacity(jobs.count)
-        for job in jobs {
-            if let found = bundle(job.digest) {
-                run.append(self.jobToRun(job, found, poolJobID: poolJobID))
-            } else if self.parked[job.digest] != nil {
-                self.parked[job.digest]!.append(job)
-            } else {
-                self.parked[job.digest] = [job]
-                need.append(job.digest)
-            }
-        }
+        for job in jobs { self.advance(job, nil, bundle, blob, poolJobID, &run, &need) }
         return .submit(received: jobs.count, run: run, need: need, scheduleFlush: false)
+    }
+
+    /// Runs `job` when its bundle and large arguments are all here (filling in the
+    /// blobs' bytes from the cache); else parks it under the first digest it lacks,
+    /// asking the client for that digest unless other jobs wait for it already.
+    private mutating func advance(
+        _ job: WireJob, _ known: FunctionBundle?, _ lookBundle: (SHA256Digest) -> FunctionBundle?, _ lookBlob: (SHA256Digest) -> [UInt8]?,
+        _ poolJobID: () -> UInt64, _ run: inout [JobToRun], _ need: inout [NodeMessage]
+    ) {
+        guard let bundle = known ?? lookBundle(job.digest) else {
+            return self.park(job, nil, under: job.digest, ask: .need(job.digest), &need)
+        }
+        var job = job
+        for i in job.arguments.blobs.indices where job.arguments.blobs[i].bytes.isEmpty {
+            let digest = job.arguments.blobs[i].digest
+            guard let bytes = lookBlob(digest) else { return self.park(job, bundle, under: digest, ask: .needBlob(digest), &need) }
+            job.arguments.blobs[i].bytes = bytes
+        }
+        run.append(self.jobToRun(job, bundle, poolJobID: poolJobID))
+    }
+
+    private mutating func park(_ job: WireJob, _ bundle: FunctionBundle?, under digest: SHA256Digest, ask: NodeMessage, _ need: inout [NodeMessage]) {
+        if self.parked[digest] == nil { need.append(ask) }
+        self.parked[digest, default: []].append((job, bundle))
     }
 
     private mutating func jobToRun(_ job: WireJob, _ bundle: FunctionBundle, poolJobID: () -> UInt64) -> JobToRun {
@@ -417,14 +457,14 @@ public struct NodeSessionStateMachine: Sendable {
 
     // MARK: Drain and heartbeat
 
-    /// The node shuts down: window 0 and GOODBYE; jobs still waiting for a bundle will
+    /// The node shuts down: window 0 and GOODBYE; jobs still waiting for a bundle or a blob will
     /// not run here and end with `shutdown` (the client runs them elsewhere), as will
     /// jobs submitted from now on. Running and queued pool jobs are the pool's to end.
     public mutating func drain() -> Action {
         self.draining = true
         guard case .ready = self.state else { return .none }
         self.window = 0
-        let waiting = self.parked.values.flatMap { $0 }
+        let waiting = self.parked.values.flatMap { $0.map(\.job) }
         self.parked.removeAll()
         return .send([.window(0), .goodbye(reason: "node shutting down")], scheduleFlush: self.endWithShutdown(waiting))
     }

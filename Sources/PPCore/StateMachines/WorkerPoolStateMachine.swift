@@ -31,6 +31,8 @@ public struct WorkerPoolStateMachine: Sendable {
         /// Bytes of bundles each worker keeps loaded before it drops the least
         /// recently used one.
         public var bundleCacheBytes: Int
+        /// Bytes of large arguments (blobs) each worker keeps loaded likewise.
+        public var blobCacheBytes: Int
         /// How long `shutdown` lets running jobs finish before it kills their workers.
         public var shutdownGrace: TimeAmount
 
@@ -41,12 +43,17 @@ public struct WorkerPoolStateMachine: Sendable {
         ///   - python: the interpreter's name or path.
         ///   - maxPipelineDepth: the most jobs in one worker's pipe.
         ///   - bundleCacheBytes: bytes of loaded bundles per worker.
+        ///   - blobCacheBytes: bytes of loaded large arguments per worker.
         ///   - shutdownGrace: the time running jobs get at shutdown.
-        public init(name: String, python: String, maxPipelineDepth: Int = 32, bundleCacheBytes: Int = 64 << 20, shutdownGrace: TimeAmount = .seconds(5)) {
+        public init(
+            name: String, python: String, maxPipelineDepth: Int = 32, bundleCacheBytes: Int = 64 << 20, blobCacheBytes: Int = 256 << 20,
+            shutdownGrace: TimeAmount = .seconds(5)
+        ) {
             self.name = name
             self.python = python
             self.maxPipelineDepth = maxPipelineDepth
             self.bundleCacheBytes = bundleCacheBytes
+            self.blobCacheBytes = blobCacheBytes
             self.shutdownGrace = shutdownGrace
         }
     }
@@ -139,6 +146,8 @@ public struct WorkerPoolStateMachine: Sendable {
         var reaping = false
         /// The bundles it has loaded, bounded in bytes.
         var loaded: BoundedCache<SHA256Digest, Void>
+        /// The large arguments it holds, bounded in bytes.
+        var blobs: BoundedCache<SHA256Digest, Void>
         /// The bundle of the last job written to it: the next job of the same bundle
         /// needs no look-up (it is the most recently used already).
         var lastBundle: SHA256Digest?
@@ -319,7 +328,9 @@ public struct WorkerPoolStateMachine: Sendable {
         self.nextIndex += 1
         // The slot exists before the process does, so that a `maintain` between this
         // action and its `workerSpawned` does not start a second worker for it.
-        self.workers[index] = Slot(index: index, loaded: BoundedCache(capacity: self.configuration.bundleCacheBytes))
+        self.workers[index] = Slot(
+            index: index, loaded: BoundedCache(capacity: self.configuration.bundleCacheBytes), blobs: BoundedCache(capacity: self.configuration.blobCacheBytes)
+        )
         self.actions.append(.spawnWorker(index: index))
     }
 
@@ -644,6 +655,7 @@ public struct WorkerPoolStateMachine: Sendable {
                 if buffers[i].capacity == 0 { buffers[i] = ByteBufferAllocator().buffer(capacity: 4096) }
                 let bundle = job.bundle
                 self.load(bundle, on: index, into: &buffers[i])
+                for blob in job.arguments.blobs { self.load(blob, of: job, on: index, into: &buffers[i]) }
                 switch job.kind {
                 case .call: WorkerFrame.writeJob(id: job.id, bundle: bundle.digest, arguments: job.arguments, to: &buffers[i])
                 case .check: WorkerFrame.writeCheck(id: job.id, bundle: bundle.digest, to: &buffers[i])
@@ -668,6 +680,16 @@ public struct WorkerPoolStateMachine: Sendable {
         let evicted = self.workers[index]!.loaded.insert(bundle.digest, (), cost: bundle.spec.count) { needed.contains($0) }
         for (digest, _) in evicted { WorkerFrame.writeDrop(digest, to: &buffer) }
         WorkerFrame.writeBundle(bundle, to: &buffer)
+    }
+
+    /// Writes a blob frame unless the worker holds the blob, dropping least recently
+    /// used blobs past the cache limit (never one `job` or a job in its pipe needs).
+    private mutating func load(_ blob: ArgumentBlob, of job: Job, on index: Int, into buffer: inout ByteBuffer) {
+        if self.workers[index]!.blobs.get(blob.digest) != nil { return }
+        let needed = Set((self.workers[index]!.inflight.map(\.job) + [job]).flatMap { $0.arguments.blobs.map(\.digest) })
+        let evicted = self.workers[index]!.blobs.insert(blob.digest, (), cost: blob.bytes.count) { needed.contains($0) }
+        for (digest, _) in evicted { WorkerFrame.writeDropBlob(digest, to: &buffer) }
+        WorkerFrame.writeBlob(blob, to: &buffer)
     }
 }
 
