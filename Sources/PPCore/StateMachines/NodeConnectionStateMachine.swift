@@ -53,6 +53,9 @@ public struct NodeConnectionStateMachine: Sendable {
     public private(set) var wasReady = false
     /// The frame limit the decoder should apply now: a few KiB until WELCOME.
     public private(set) var maxFrame = NodeProtocol.preambleMaxFrame
+    /// What the node said of itself in WELCOME (its beacon object: name, Python
+    /// version...), when that parsed.
+    public private(set) var node: NodeBeacon?
 
     /// Creates the machine for a new connection.
     public init(name: String, clientName: String, heartbeatTimeout: TimeAmount, now: NIODeadline) {
@@ -114,13 +117,14 @@ public struct NodeConnectionStateMachine: Sendable {
         case (_, .error(let code, let text)):
             if code == NodeErrorCode.versionMismatch.rawValue { self.retryAfter = .seconds(10) }
             return self.abort("the node refused us: \(PeerText.cut(text))")
-        case (.awaitingWelcome, .welcome(let version, let window, _, _)):
+        case (.awaitingWelcome, .welcome(let version, let window, _, let info)):
             guard version >= NodeProtocol.minimumVersion, version <= NodeProtocol.version else {
                 self.retryAfter = .seconds(10)
                 return self.abort("the node chose protocol version \(version), which this client does not speak")
             }
             self.window = min(Int(window), Self.maxWindow)
             self.maxFrame = NodeProtocol.defaultMaxFrame
+            self.node = NodeBeacon(json: info)
             self.phase = .ready
             self.wasReady = true
             return .ready
