@@ -95,6 +95,7 @@ final class Scheduler: @unchecked Sendable {
         self.executors.append(executor)
         self.machine.added(Self.id(executor), name: executor.label, python: executor.python)
         self.machine.nodeProblems[executor.name] = nil
+        self.machine.joining.remove(executor.name)
         self.logger.info("executor added", metadata: [LogKey.executor: "\(executor.name)"])
         self.dispatch()
     }
@@ -107,6 +108,12 @@ final class Scheduler: @unchecked Sendable {
     /// A node became usable (`problem` nil) or could not be used, and why.
     func nodeProblem(_ problem: String?, node: String) {
         self.machine.nodeProblems[node] = problem
+        if self.machine.joining.remove(node) != nil { self.dispatchSoon() }
+    }
+
+    /// A node's first connection starts: jobs no executor present can run wait for it.
+    func joining(node: String) {
+        self.machine.joining.insert(node)
     }
 
     /// Runs a dispatch after the current batch of events (coalesces many completions):

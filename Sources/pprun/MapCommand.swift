@@ -138,7 +138,7 @@ struct MapCommand: AsyncParsableCommand {
         )
         do {
             try await server.load(function)
-        } catch where ["ModuleNotFoundError", "ImportError", "RequirementError"].contains(error.pythonType ?? "") && (!self.nodes.isEmpty || !self.noDiscover) {
+        } catch where ["ModuleNotFoundError", "ImportError"].contains(error.pythonType ?? "") && (!self.nodes.isEmpty || !self.noDiscover) {
             // Nodes may have what this machine lacks: the jobs go where they load.
             Console.error("pprun: note: \(self.function) does not load here (\(error.pythonType ?? ""): \(error.message)); its jobs run on nodes that can load it")
         } catch {

@@ -60,6 +60,11 @@ struct PlacementTests {
         let sent = s.dispatch([(a, 1), (b, 1)]).batches
         #expect(s.refused(sent[0].jobs[0], error: noModule("127.0.0.1:7341"), by: a).isEmpty)
         #expect(s.refused(sent[1].jobs[0], error: noModule("127.0.0.1:7342"), by: b).isEmpty)
+        // While a node is still connecting for the first time, the jobs wait for it.
+        s.joining = ["127.0.0.1:7343"]
+        let wait = s.dispatch([(a, 4), (b, 4)])
+        #expect(wait.batches.isEmpty && wait.failures.isEmpty && s.queued == 2)
+        s.joining = []
         let out = s.dispatch([(a, 4), (b, 4)])
         #expect(out.batches.isEmpty && s.queued == 0)
         #expect(out.failures.map(\.job.id).sorted() == [1, 2])

@@ -57,6 +57,9 @@ public struct SchedulerStateMachine: Sendable {
     /// Why nodes are unavailable, by name, for the no-executor message: the driver sets
     /// a node's problem when it cannot be used, and removes it when it can again.
     public var nodeProblems: [String: String] = [:]
+    /// Nodes whose first connection is under way, by name: a job that no executor
+    /// present can run waits for them instead of failing.
+    public var joining: Set<String> = []
     private var placements: [ExecutorID: Placement] = [:]
     /// Whether dispatch must check each job against each executor: an executor refused
     /// a function, or a job needs a Python version. Until then it takes the fast path.
@@ -115,7 +118,7 @@ public struct SchedulerStateMachine: Sendable {
     /// the executor with the most free slots among those that can run it (not known
     /// unable, its Python in the job's range); a job that only busy executors can run
     /// waits, looking past at most `lookahead` of them; a job that no executor present
-    /// can run fails, naming each and why.
+    /// can run fails, naming each and why, unless nodes are still `joining`.
     ///
     /// - Parameter executors: the executors that take jobs now, each with its id and
     ///   free slots, in the order ties go.
@@ -151,7 +154,7 @@ public struct SchedulerStateMachine: Sendable {
                 assigned[best].append(job)
                 slots[best] -= 1
                 free -= 1
-            } else if able {
+            } else if able || !self.joining.isEmpty {
                 waiting.append(job)
             } else {
                 failures.append(self.unavailable(job, on: executors.map(\.id)))

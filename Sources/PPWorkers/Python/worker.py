@@ -132,18 +132,14 @@ def simple_error(kind, message):
     return _dumps({"type": kind, "message": message, "traceback": ""}).encode()
 
 
-class RequirementError(Exception):
-    """This worker's Python lacks what a bundle's "requires" asks for."""
-
-
 def check_requires(requires):
-    """Raises RequirementError (or the ImportError of a module) unless this Python is
+    """Raises ImportError (ModuleNotFoundError for a module) unless this Python is
     the implementation, in the version range (PEP 440 release comparisons; == and !=
     take a trailing .*) and has the modules that `requires` names."""
     here = "%s %s" % (sys.implementation.name, sys.version.split()[0])
     implementation = requires.get("implementation")
     if implementation and implementation.lower() != sys.implementation.name:
-        raise RequirementError("needs Python implementation %s; this worker runs %s" % (implementation, here))
+        raise ImportError("needs Python implementation %s; this worker runs %s" % (implementation, here))
     version, wanted = tuple(sys.version_info[:3]), requires.get("python")
     for clause in wanted.split(",") if wanted else ():
         clause = clause.strip()
@@ -158,7 +154,7 @@ def check_requires(requires):
             a, b = version + (0,) * (n - len(version)), release + (0,) * (n - len(release))
             inside = {">=": a >= b, "<=": a <= b, ">": a > b, "<": a < b, "==": a == b, "!=": a != b}[op]
         if not inside:
-            raise RequirementError("needs Python %s; this worker runs %s" % (wanted, here))
+            raise ImportError("needs Python %s; this worker runs %s" % (wanted, here))
     for module in requires.get("modules", ()):
         importlib.import_module(module)
 
