@@ -96,10 +96,14 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     /// Parses a beacon datagram; `nil` for anything else (a probe, ppft's own beacons,
     /// garbage, an oversized datagram).
     public init?(datagram: [UInt8]) {
-        guard datagram.count <= Self.maxSize, datagram.starts(with: Self.beaconMagic),
-            let beacon = try? JSONDecoder().decode(NodeBeacon.self, from: Data(datagram.dropFirst(Self.beaconMagic.count))),
-            (1...65535).contains(beacon.port)
-        else { return nil }
+        guard datagram.count <= Self.maxSize, datagram.starts(with: Self.beaconMagic) else { return nil }
+        self.init(json: Array(datagram.dropFirst(Self.beaconMagic.count)))
+    }
+
+    /// Parses the beacon's JSON object alone (a WELCOME's node info); `nil` for
+    /// anything else.
+    public init?(json: [UInt8]) {
+        guard let beacon = try? JSONDecoder().decode(NodeBeacon.self, from: Data(json)), (1...65535).contains(beacon.port) else { return nil }
         self = beacon
     }
 

@@ -159,6 +159,7 @@ final class ResourceManager: @unchecked Sendable {
         guard !self.stopped, self.links[address.description] == nil else { return }
         let link = NodeLink(address: address, manager: self, discovered: discovered)
         self.links[address.description] = link
+        self.scheduler.joining(node: link.name)
         link.start()
     }
 

@@ -17,6 +17,9 @@
 @_exported public import struct PPCore.RawJSON
 // FunctionBundle: in `PythonFunction.bundle` and `PythonFunction(bundle:)`.
 @_exported public import struct PPCore.FunctionBundle
+// Requirements: in `PythonFunction`'s initialisers.
+@_exported public import struct PPCore.Requirements
+@_exported public import struct PPCore.RequirementsError
 
 // MARK: Nodes: the cluster secret and where probes go
 @_exported public import struct PPCore.ClusterSecret

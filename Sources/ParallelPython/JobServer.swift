@@ -152,6 +152,11 @@ public final class JobServer: Service, Sendable {
             self.scheduler.add(self.local)
             self.resources.start()
         }
+        // Placement checks version ranges against the local Python once a worker says which.
+        Task { [self] in
+            guard (try? await self.pool.waitUntilReady()) != nil, let python = await self.pool.statistics().pythonVersion, !self.stopped.withLock({ $0 }) else { return }
+            self.loop.execute { self.scheduler.learned(python: python, of: self.local) }
+        }
     }
 
     /// Serves until graceful shutdown (or cancellation) of the task, then shuts down:

@@ -28,8 +28,10 @@ public struct PythonFunction: Sendable, Hashable {
     ///   - source: Python source.
     ///   - dependencies: helper sources (other functions, classes) run before `source`.
     ///   - imports: modules to import first, like pp's `modules=` (`"math"`, `"os.path"`).
-    public init(name: String, source: String, dependencies: [String] = [], imports: [String] = []) {
-        self.bundle = FunctionBundle(name: name, source: source, filename: "<\(name)>", dependencies: dependencies, imports: imports)
+    ///   - requires: what it needs of the worker's Python; its jobs run only where that
+    ///     holds (see `Requirements`).
+    public init(name: String, source: String, dependencies: [String] = [], imports: [String] = [], requires: Requirements? = nil) {
+        self.bundle = FunctionBundle(name: name, source: source, filename: "<\(name)>", dependencies: dependencies, imports: imports, requirements: requires)
     }
 
     /// Defines a function from a `.py` file. The whole file is the bundle; its directory
@@ -39,8 +41,9 @@ public struct PythonFunction: Sendable, Hashable {
     ///   - path: the file.
     ///   - name: the function to call, defined in the file.
     ///   - imports: extra modules to import first.
+    ///   - requires: what it needs of the worker's Python (see `Requirements`).
     /// - Throws: `PythonFunctionError` when the file cannot be read.
-    public init(file path: String, name: String, imports: [String] = []) throws {
+    public init(file path: String, name: String, imports: [String] = [], requires: Requirements? = nil) throws {
         let url = URL(fileURLWithPath: path)
         let data: Data
         do {
@@ -56,15 +59,18 @@ public struct PythonFunction: Sendable, Hashable {
             source: source,
             filename: url.path,
             imports: imports,
-            searchPath: url.deletingLastPathComponent().path
+            searchPath: url.deletingLastPathComponent().path,
+            requirements: requires
         )
     }
 
     /// Parses `FILE.py:FUNCTION`, the form `pprun` takes.
     ///
-    /// - Parameter spec: a file path, a colon, and a function name.
+    /// - Parameters:
+    ///   - spec: a file path, a colon, and a function name.
+    ///   - requires: what it needs of the worker's Python (see `Requirements`).
     /// - Throws: `PythonFunctionError` when the form is wrong or the file cannot be read.
-    public init(spec: String) throws {
+    public init(spec: String, requires: Requirements? = nil) throws {
         guard let colon = spec.lastIndex(of: ":"), colon != spec.startIndex, spec.index(after: colon) != spec.endIndex else {
             throw PythonFunctionError(message: "'\(spec)' is not FILE.py:FUNCTION; write e.g. examples/sum_primes.py:sum_primes")
         }
@@ -72,7 +78,7 @@ public struct PythonFunction: Sendable, Hashable {
         guard name.first.map({ $0 == "_" || $0.isLetter }) == true, name.allSatisfy({ $0 == "_" || $0.isLetter || $0.isNumber }) else {
             throw PythonFunctionError(message: "'\(name)' is not a Python function name (in '\(spec)'); write FILE.py:FUNCTION")
         }
-        try self.init(file: String(spec[..<colon]), name: name)
+        try self.init(file: String(spec[..<colon]), name: name, requires: requires)
     }
 
     private static func reason(_ error: any Error) -> String {

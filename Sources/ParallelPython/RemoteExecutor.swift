@@ -222,6 +222,8 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     }
 
     var name: String { self.link.name }
+    var label: String { self.machine.node.map { "\(PeerText.cut($0.name, limit: 64)) (\(self.name))" } ?? self.name }
+    var python: String? { self.machine.node?.python }
     var freeSlots: Int { self.machine.freeSlots }
     var canRun: Bool { self.machine.takesJobs }
 
@@ -315,7 +317,9 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
             self.link.ready(self)
         case .deliver(let results, let handedBack, let frames):
             self.write(frames)
-            for (job, result) in results { job.completion(result) }
+            for (job, result) in results {
+                if result.code == .functionUnavailable { self.link.scheduler.refused(job, result, by: self) } else { job.completion(result) }
+            }
             if !handedBack.isEmpty { self.link.scheduler.requeue(handedBack, lost: nil, from: self.name) }
             self.link.scheduler.dispatchSoon()
         case .close:

@@ -7,6 +7,10 @@ import PPWorkers
 protocol Executor: AnyObject {
     /// The name in statistics: `"local"` or `"host:port"`.
     var name: String { get }
+    /// The name in placement errors: `"local"` or `"NODE (host:port)"`.
+    var label: String { get }
+    /// Its workers' Python version, when known.
+    var python: String? { get }
     /// How many more jobs it takes now.
     var freeSlots: Int { get }
     /// Whether it can run jobs at all now (a pool with workers, a node that is
@@ -89,18 +93,27 @@ final class Scheduler: @unchecked Sendable {
 
     func add(_ executor: any Executor) {
         self.executors.append(executor)
+        self.machine.added(Self.id(executor), name: executor.label, python: executor.python)
         self.machine.nodeProblems[executor.name] = nil
+        self.machine.joining.remove(executor.name)
         self.logger.info("executor added", metadata: [LogKey.executor: "\(executor.name)"])
         self.dispatch()
     }
 
     func remove(_ executor: any Executor) {
         self.executors.removeAll { $0 === executor }
+        self.machine.removed(Self.id(executor))
     }
 
     /// A node became usable (`problem` nil) or could not be used, and why.
     func nodeProblem(_ problem: String?, node: String) {
         self.machine.nodeProblems[node] = problem
+        if self.machine.joining.remove(node) != nil { self.dispatchSoon() }
+    }
+
+    /// A node's first connection starts: jobs no executor present can run wait for it.
+    func joining(node: String) {
+        self.machine.joining.insert(node)
     }
 
     /// Runs a dispatch after the current batch of events (coalesces many completions):
@@ -114,15 +127,40 @@ final class Scheduler: @unchecked Sendable {
         }
     }
 
-    /// Hands queued jobs to the executors with the most free slots.
+    /// Hands queued jobs to the executors with the most free slots (that can run them).
     func dispatch() {
         guard self.machine.queued > 0 else { return }
-        // Batches go by index into this list (sending may remove an executor from
+        // Batches go by id into this list (sending may remove an executor from
         // `executors`; one removed takes its batch and hands it back).
-        let executors = self.executors
-        for (index, jobs) in self.machine.dispatch(freeSlots: executors.map(\.freeSlots)) {
-            executors[index].send(jobs)
+        let executors = self.executors.filter(\.canRun)
+        let (batches, failures) = self.machine.dispatch(executors.map { (Self.id($0), $0.freeSlots) })
+        Self.fail(failures)
+        for (id, jobs) in batches {
+            executors.first { Self.id($0) == id }!.send(jobs)
         }
+    }
+
+    // MARK: Placement
+
+    /// An executor's id for the machine: its object's identity (unique while present;
+    /// the machine forgets it on `remove`).
+    private static func id(_ executor: any Executor) -> SchedulerStateMachine.ExecutorID {
+        Int(bitPattern: UInt(bitPattern: ObjectIdentifier(executor)))
+    }
+
+    /// `executor` answered that it cannot load `job`'s function (`result` has status 3):
+    /// the job is placed elsewhere, or fails when no executor present can run it.
+    func refused(_ job: Job, _ result: JobResult, by executor: any Executor) {
+        guard case .failure(let error) = result.outcome.result else { return }
+        self.logger.debug("function unavailable on an executor", metadata: [LogKey.executor: "\(executor.name)", LogKey.reason: "\(error.message)"])
+        Self.fail(self.machine.refused(job, error: error, by: Self.id(executor)))
+        self.dispatchSoon()
+    }
+
+    /// The executor's Python version became known (the local pool's first worker).
+    func learned(python: String, of executor: any Executor) {
+        self.machine.learned(python: python, of: Self.id(executor))
+        self.dispatch()
     }
 }
 
@@ -135,6 +173,8 @@ final class Scheduler: @unchecked Sendable {
 /// that loop) calls its completions.
 final class LocalExecutor: Executor, @unchecked Sendable {
     let name = "local"
+    var label: String { self.name }
+    let python: String? = nil  // the scheduler learns it from the pool's first worker
     let pool: WorkerPool
     private unowned let scheduler: Scheduler
     private var inflight: Set<UInt64> = []
@@ -157,14 +197,20 @@ final class LocalExecutor: Executor, @unchecked Sendable {
 
     func send(_ jobs: [Job]) {
         // Each job's completion also frees its slot here and learns its run time.
-        self.pool.submit(contentsOf: jobs.map { job in
-            var job = job
+        // A job whose function does not load here goes back to the scheduler to be
+        // placed elsewhere.
+        self.pool.submit(contentsOf: jobs.map { original in
+            var job = original
             self.inflight.insert(job.id)
-            job.completion = { [self, id = job.id, completion = job.completion] result in
-                self.inflight.remove(id)
+            job.completion = { [self] result in
+                self.inflight.remove(original.id)
                 self.jobTime.add(nanoseconds: result.nanoseconds)
-                completion(result)
-                self.scheduler.dispatchSoon()
+                if result.code == .functionUnavailable {
+                    self.scheduler.refused(original, result, by: self)
+                } else {
+                    original.completion(result)
+                    self.scheduler.dispatchSoon()
+                }
             }
             return job
         })

@@ -172,7 +172,13 @@ final class Engine: Sendable {
         switch frame.kind {
         case UInt8(ascii: "B"):
             guard frame.body.count > 32, let digest = SHA256Digest(bytes: Array(frame.body[0..<32])) else { Self.fatal("BUNDLE too short") }
-            let bundle = FunctionBundle(spec: Array(frame.body[32...]))
+            let spec = Array(frame.body[32...])
+            let bundle: FunctionBundle
+            do {
+                bundle = FunctionBundle(spec: spec, requirements: try Requirements.read(bundleSpec: spec))
+            } catch {
+                Self.fatal("BUNDLE: \(error)")
+            }
             guard bundle.digest == digest else { Self.fatal("BUNDLE bytes do not hash to their digest") }
             self.state.withLock { $0.functions[digest] = PythonFunction(bundle: bundle) }
         case UInt8(ascii: "X"), UInt8(ascii: "K"):

@@ -57,6 +57,25 @@ struct MapCommand: AsyncParsableCommand {
     @Flag(name: .long, inversion: .prefixedNo, help: "Show a progress bar on stderr (default: only when stderr is a terminal).")
     var progress: Bool?
 
+    @Option(name: .customLong("requires-python"), help: ArgumentHelp("Run jobs only on workers whose Python is in RANGE.", valueName: "RANGE"))
+    var requiresPython: String?
+
+    @Option(name: .customLong("requires-module"), help: ArgumentHelp("Run jobs only on workers that can import NAME (repeatable).", valueName: "NAME"))
+    var requiresModules: [String] = []
+
+    @Option(name: .customLong("requires-implementation"), help: ArgumentHelp("Run jobs only on workers of this Python implementation (cpython, pypy).", valueName: "NAME"))
+    var requiresImplementation: String?
+
+    /// The `--requires-*` options, or nil when none is given.
+    private func requirements() throws -> Requirements? {
+        guard self.requiresPython != nil || !self.requiresModules.isEmpty || self.requiresImplementation != nil else { return nil }
+        do {
+            return try Requirements(python: self.requiresPython, implementation: self.requiresImplementation, modules: self.requiresModules)
+        } catch {
+            throw ValidationError("--requires-*: \(error)")
+        }
+    }
+
     func validate() throws {
         switch [!self.args.isEmpty, self.range != nil, self.input != nil].filter({ $0 }).count {
         case 0: throw ValidationError("no inputs: give ARGs, --range START:STOP[:STEP] or --input PATH (or - for stdin)")
@@ -64,6 +83,7 @@ struct MapCommand: AsyncParsableCommand {
         default: throw ValidationError("give inputs one way only: ARGs, --range or --input")
         }
         if let range { _ = try RangeSpec(range) }
+        _ = try self.requirements()
         for node in self.nodes {
             do { _ = try NodeAddress(parsing: node) } catch { throw ValidationError("--node: \(error)") }
         }
@@ -89,7 +109,7 @@ struct MapCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let function = try Self.orCannotStart { try PythonFunction(spec: self.function) }
+        let function = try Self.orCannotStart { try PythonFunction(spec: self.function, requires: try self.requirements()) }
         let inputs = try Self.orCannotStart { try self.makeInputs() }
 
         // From here on a signal kills the workers and says how far the run got.
@@ -118,6 +138,9 @@ struct MapCommand: AsyncParsableCommand {
         )
         do {
             try await server.load(function)
+        } catch where ["ModuleNotFoundError", "ImportError"].contains(error.pythonType ?? "") && (!self.nodes.isEmpty || !self.noDiscover) {
+            // Nodes may have what this machine lacks: the jobs go where they load.
+            Console.error("pprun: note: \(self.function) does not load here (\(error.pythonType ?? ""): \(error.message)); its jobs run on nodes that can load it")
         } catch {
             Console.error("pprun: cannot load \(self.function): \(error.pythonType.map { "\($0): " } ?? "")\(error.message)")
             if !error.traceback.isEmpty { Console.error(error.traceback, newline: false) }

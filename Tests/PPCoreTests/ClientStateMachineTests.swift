@@ -30,16 +30,16 @@ struct SchedulerStateMachineTests {
         var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))
         #expect(s.enqueue((1...10).map { ends.job($0) }).isEmpty)
         let (a, b) = (0, 1)
-        let batches = s.dispatch(freeSlots: [3, 5])
+        let batches = s.dispatch([(a, 3), (b, 5)]).batches
         // The one with most room first, then the other; nothing past the slots.
         #expect(batches.map(\.executor) == [b, a])
         #expect(batches[0].jobs.map(\.id) == [1, 2, 3, 4, 5])
         #expect(batches[1].jobs.map(\.id) == [6, 7, 8])
         #expect(s.queued == 2)
-        #expect(s.dispatch(freeSlots: [0, 0]).isEmpty)
+        #expect(s.dispatch([(a, 0), (b, 0)]).batches.isEmpty)
         // A batch never exceeds the cap.
         #expect(s.enqueue((11...2000).map { ends.job($0) }).isEmpty)
-        let big = s.dispatch(freeSlots: [10_000])
+        let big = s.dispatch([(a, 10_000)]).batches
         #expect(big.allSatisfy { $0.jobs.count <= SchedulerStateMachine.maxBatch })
         #expect(big.flatMap(\.jobs).map(\.id) == Array(9...2000))
     }
@@ -48,12 +48,12 @@ struct SchedulerStateMachineTests {
         let ends = Ends()
         var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))
         _ = s.enqueue([ends.job(1), ends.job(2), ends.job(3)])
-        var sent = s.dispatch(freeSlots: [2]).flatMap(\.jobs)
+        var sent = s.dispatch([(0, 2)]).batches.flatMap(\.jobs)
         #expect(sent.map(\.id) == [1, 2])
         // Lost with their node: back at the front, in order.
         for attempt in 1..<SchedulerStateMachine.maxAttempts {
             #expect(s.requeue(sent, lost: "connection reset", from: "n:1").isEmpty)
-            sent = s.dispatch(freeSlots: [2]).flatMap(\.jobs)
+            sent = s.dispatch([(0, 2)]).batches.flatMap(\.jobs)
             #expect(sent.map(\.id) == [1, 2] && sent.allSatisfy { $0.attempts == attempt })
         }
         let failed = s.requeue(sent, lost: "connection reset", from: "n:1")
@@ -69,7 +69,7 @@ struct SchedulerStateMachineTests {
         var failures: [SchedulerStateMachine.Failure] = []
         var rounds = 0
         while failures.isEmpty {
-            let sent = s.dispatch(freeSlots: [1]).flatMap(\.jobs)
+            let sent = s.dispatch([(0, 1)]).batches.flatMap(\.jobs)
             failures = s.requeue(sent, lost: nil, from: "n:1")
             rounds += 1
         }
@@ -81,7 +81,7 @@ struct SchedulerStateMachineTests {
         let ends = Ends()
         var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))
         _ = s.enqueue([ends.job(1), ends.job(2)])
-        _ = s.dispatch(freeSlots: [1])
+        _ = s.dispatch([(0, 1)])
         #expect(s.cancelQueued(jobID: 1) == nil)  // on an executor
         let f = s.cancelQueued(jobID: 2)
         #expect(f?.error.code == .cancelled && s.queued == 0)

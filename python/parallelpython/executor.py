@@ -4,6 +4,7 @@ import concurrent.futures as _cf
 import json
 import os
 import pickle
+import re
 import sys
 import threading
 import time
@@ -48,6 +49,35 @@ class _RemoteTraceback(Exception):
 
     def __str__(self):
         return self.tb
+
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_CLAUSE = re.compile(r"\s*(?:(?:==|!=)\s*\d+(?:\.\d+){0,3}\.\*|(?:>=|<=|==|!=|>|<)\s*\d+(?:\.\d+){0,3})\s*")
+
+
+def _requirements(requires):
+    """The bundle's "requires" object for `requires`, checked here so that a typo
+    fails in the caller, not in the engine."""
+    if requires is None:
+        return None
+    if not isinstance(requires, dict) or not set(requires) <= {"python", "implementation", "modules"}:
+        raise ValueError("requires must be a dict with the keys python, implementation, modules, "
+                         "e.g. {'python': '>=3.9,<3.13', 'modules': ['numpy']}; got %r" % (requires,))
+    python, implementation = requires.get("python"), requires.get("implementation")
+    modules = list(requires.get("modules", ()))
+    if python is not None and not (isinstance(python, str) and all(_CLAUSE.fullmatch(c) for c in python.split(","))):
+        raise ValueError("requires python %r is not a version range; write clauses such as '>=3.9,<3.13' or '==3.11.*'" % (python,))
+    if implementation is not None and not (isinstance(implementation, str) and re.fullmatch(_NAME, implementation)):
+        raise ValueError("requires implementation %r is not a name; write e.g. 'cpython' or 'pypy'" % (implementation,))
+    for module in modules:
+        if not (isinstance(module, str) and re.fullmatch(r"%s(?:\.%s)*" % (_NAME, _NAME), module)):
+            raise ValueError("requires modules: %r is not a module name; write e.g. 'numpy' or 'os.path'" % (module,))
+    out = {"modules": modules}
+    if python is not None:
+        out["python"] = python
+    if implementation is not None:
+        out["implementation"] = implementation
+    return out
 
 
 def _main_source():
@@ -227,13 +257,18 @@ class Executor(_cf.Executor):
         DNS-SD and broadcast (default True); secret_file: the cluster secret (default
         $PP_SECRET, then ~/.config/ppnode/secret); python: the workers' interpreter
         (default: the one running this program); timeout: default per-job timeout.
+      requires (per Executor): what its jobs need of a worker's Python, a dict of
+        python (a version range, e.g. '>=3.9,<3.13'), implementation ('cpython',
+        'pypy') and modules (names that must import); jobs run only on workers where
+        that holds, and fail with RemoteError naming every executor when none can.
     """
 
-    def __init__(self, max_workers=None, *, workers=None, nodes=(), discover=True, secret_file=None, python=None, timeout=None, secret=None):
+    def __init__(self, max_workers=None, *, workers=None, nodes=(), discover=True, secret_file=None, python=None, timeout=None, secret=None, requires=None):
         if workers is None:
             workers = max_workers
         if workers is not None and workers < 0:
             raise ValueError("workers must be 0 or more, not %r" % (workers,))
+        self._requires = _requirements(requires)
         config = {
             "workers": workers,
             "nodes": list(nodes),
@@ -262,6 +297,8 @@ class Executor(_cf.Executor):
             local = _local_modules(_main_dir())
             header = "MAIN_SOURCE = %r\nMAIN_FILE = %r\nCLIENT_PATH = %r\nLOCAL_MODULES = %r\n" % (source, path, client_path, local)
             spec = {"name": "__pp_call__", "filename": "<parallelpython adapter>", "imports": [], "deps": [], "source": header + _ADAPTER}
+            if self._requires:
+                spec["requires"] = self._requires
             digest = self._engine.ensure_bundle(json.dumps(spec).encode())
             self._bundles[source] = digest
         return digest
@@ -286,6 +323,8 @@ class Executor(_cf.Executor):
         }
         if path:
             spec["path"] = os.path.dirname(path)
+        if self._requires:
+            spec["requires"] = self._requires
         self._digest = self._engine.ensure_bundle(json.dumps(spec).encode())
 
     # -- submitting -----------------------------------------------------------

@@ -16,7 +16,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import parallelpython  # noqa: E402
-from parallelpython import Executor, JobTimeout  # noqa: E402
+from parallelpython import Executor, JobTimeout, RemoteError  # noqa: E402
 
 
 def square(x):
@@ -231,6 +231,19 @@ class Extras(unittest.TestCase):
         ex.shutdown()
         with self.assertRaises(RuntimeError):
             ex.submit(square, 1)
+
+
+    def test_requires_places_jobs_where_they_can_run(self):
+        ok = Executor(workers=2, discover=False, requires={"python": ">=3.0", "modules": ["json"]})
+        self.assertEqual(list(ok.map(square, [1, 2])), [1, 4])
+        for requires, text in (({"modules": ["ppplace_missing"]}, "No module named 'ppplace_missing'"), ({"python": ">=99"}, "needs Python >=99")):
+            ex = Executor(workers=2, discover=False, requires=requires)
+            with self.assertRaises(RemoteError) as caught:
+                ex.submit(square, 1).result()
+            self.assertIn(text, str(caught.exception))
+        with self.assertRaises(ValueError) as caught:
+            Executor(workers=2, discover=False, requires={"python": "3.9"})
+        self.assertIn("'3.9' is not a version range", str(caught.exception))
 
 
 class Engine(unittest.TestCase):

@@ -14,6 +14,8 @@ public struct FunctionBundle: Sendable, Hashable {
     public let imports: [String]
     /// A directory added to the worker's `sys.path`, so a file's sibling modules import.
     public let searchPath: String?
+    /// What the function needs of the Python that runs it (`"requires"` in the spec).
+    public let requirements: Requirements?
     /// The spec as the worker reads it: canonical JSON.
     public let spec: [UInt8]
     /// SHA-256 of `spec`: the bundle's name on the wire.
@@ -28,13 +30,15 @@ public struct FunctionBundle: Sendable, Hashable {
     ///   - dependencies: helper sources run before `source`.
     ///   - imports: modules to import first.
     ///   - searchPath: a directory to add to `sys.path`.
+    ///   - requirements: what the function needs of the worker's Python.
     public init(
         name: String,
         source: String,
         filename: String = "<string>",
         dependencies: [String] = [],
         imports: [String] = [],
-        searchPath: String? = nil
+        searchPath: String? = nil,
+        requirements: Requirements? = nil
     ) {
         self.name = name
         self.source = source
@@ -42,6 +46,7 @@ public struct FunctionBundle: Sendable, Hashable {
         self.dependencies = dependencies
         self.imports = imports
         self.searchPath = searchPath
+        self.requirements = requirements
         var w = JSONWriter()
         w.raw("{\"name\":")
         w.string(name)
@@ -55,6 +60,10 @@ public struct FunctionBundle: Sendable, Hashable {
             w.raw(",\"path\":")
             w.string(searchPath)
         }
+        if let requirements {
+            w.raw(",\"requires\":")
+            requirements.write(to: &w)
+        }
         w.raw(",\"source\":")
         w.string(source)
         w.raw("}")
@@ -63,16 +72,21 @@ public struct FunctionBundle: Sendable, Hashable {
     }
 
     /// A bundle received as its spec bytes (from a client, by a node). Only `spec` and
-    /// `digest` are meaningful; the worker reads the rest from the spec itself.
+    /// `digest` (and `requirements`, when given) are meaningful; the worker reads the
+    /// rest from the spec itself.
     ///
-    /// - Parameter spec: the spec JSON; its SHA-256 becomes the digest.
-    public init(spec: [UInt8]) {
+    /// - Parameters:
+    ///   - spec: the spec JSON; its SHA-256 becomes the digest.
+    ///   - requirements: its `"requires"` (see `Requirements.read(bundleSpec:)`), for
+    ///     the client's scheduler.
+    public init(spec: [UInt8], requirements: Requirements? = nil) {
         self.name = ""
         self.source = ""
         self.filename = ""
         self.dependencies = []
         self.imports = []
         self.searchPath = nil
+        self.requirements = requirements
         self.spec = spec
         self.digest = SHA256Digest(hashing: spec)
     }

@@ -22,6 +22,9 @@ public struct Job: Sendable {
     public var attempts = 0
     /// Times an executor handed the job back unrun (the client's scheduler counts).
     public var handBacks = 0
+    /// Times an executor answered that it cannot load the job's function (the client's
+    /// scheduler counts: it then places the job elsewhere).
+    public var refusals = 0
     /// Called once, on the holder's event loop, when the job ends.
     public var completion: @Sendable (JobResult) -> Void
     /// The rest, behind one reference: a job is copied at every hop of its path

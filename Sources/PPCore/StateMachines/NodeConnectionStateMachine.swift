@@ -56,6 +56,9 @@ public struct NodeConnectionStateMachine: Sendable {
     public private(set) var maxFrame = NodeProtocol.preambleMaxFrame
     /// The largest frame the node accepts (its WELCOME says): SUBMIT frames stay under it.
     private var nodeMaxFrame = NodeProtocol.defaultMaxFrame
+    /// What the node said of itself in WELCOME (its beacon object: name, Python
+    /// version...), when that parsed.
+    public private(set) var node: NodeBeacon?
 
     /// Creates the machine for a new connection.
     public init(name: String, clientName: String, heartbeatTimeout: TimeAmount, now: NIODeadline) {
@@ -130,7 +133,7 @@ public struct NodeConnectionStateMachine: Sendable {
         case (_, .error(let code, let text)):
             if code == NodeErrorCode.versionMismatch.rawValue { self.retryAfter = .seconds(10) }
             return self.abort("the node refused us: \(PeerText.cut(text))")
-        case (.awaitingWelcome, .welcome(let version, let window, let nodeMaxFrame, _)):
+        case (.awaitingWelcome, .welcome(let version, let window, let nodeMaxFrame, let info)):
             guard version >= NodeProtocol.minimumVersion, version <= NodeProtocol.version else {
                 self.retryAfter = .seconds(10)
                 return self.abort("the node chose protocol version \(version), which this client does not speak")
@@ -138,6 +141,7 @@ public struct NodeConnectionStateMachine: Sendable {
             self.window = min(Int(window), Self.maxWindow)
             self.maxFrame = NodeProtocol.defaultMaxFrame
             self.nodeMaxFrame = max(Int(nodeMaxFrame), NodeProtocol.preambleMaxFrame)
+            self.node = NodeBeacon(json: info)
             self.phase = .ready
             self.wasReady = true
             return .ready

@@ -4,7 +4,10 @@ public import NIOCore
 /// The client's scheduler as a value: one queue of jobs, shared out over executors (the
 /// local pool, nodes) in proportion to their free slots; jobs whose executor was lost
 /// come back to the front a bounded number of times; when nothing at all can run the
-/// queue for `noExecutorTimeout`, the queued jobs fail and say why.
+/// queue for `noExecutorTimeout`, the queued jobs fail and say why. Placement: an
+/// executor that cannot load a function (or whose Python is outside the function's
+/// range) is not sent it again; its jobs run on the others, and fail, naming every
+/// executor and its reason, only when none present can run them.
 ///
 /// The driver (`Scheduler` in ParallelPython) owns the executors and their I/O; it tells
 /// the machine their free slots when it dispatches, and calls the completions of the
@@ -27,6 +30,25 @@ public struct SchedulerStateMachine: Sendable {
     public static let maxHandBacks = 16
     /// The most jobs handed to one executor in one batch.
     public static let maxBatch = 512
+    /// A job refused more often than this ends (a node that keeps reconnecting, each
+    /// time with a clean slate, does not bounce it for ever).
+    public static let maxRefusals = 16
+    /// The most queued jobs one dispatch looks past that only busy executors can run.
+    public static let lookahead = 4096
+
+    /// An executor's id: the driver's choice, unique among the executors present.
+    public typealias ExecutorID = Int
+
+    /// What placement knows of one executor.
+    private struct Placement {
+        var name: String
+        var python: String?
+        /// The functions it cannot run, and why: its status-3 error, or the Python
+        /// version a function's range excludes.
+        var unable: [SHA256Digest: JobError] = [:]
+        /// The functions whose version range its Python is in.
+        var fits: Set<SHA256Digest> = []
+    }
 
     private var queue = Deque<Job>()
     private var stopped = false
@@ -35,6 +57,13 @@ public struct SchedulerStateMachine: Sendable {
     /// Why nodes are unavailable, by name, for the no-executor message: the driver sets
     /// a node's problem when it cannot be used, and removes it when it can again.
     public var nodeProblems: [String: String] = [:]
+    /// Nodes whose first connection is under way, by name: a job that no executor
+    /// present can run waits for them instead of failing.
+    public var joining: Set<String> = []
+    private var placements: [ExecutorID: Placement] = [:]
+    /// Whether dispatch must check each job against each executor: an executor refused
+    /// a function, or a job needs a Python version. Until then it takes the fast path.
+    private var placing = false
 
     /// Creates a scheduler.
     public init(noExecutorTimeout: TimeAmount) {
@@ -47,6 +76,7 @@ public struct SchedulerStateMachine: Sendable {
     /// New jobs join the end of the queue (or fail at once after `stop`).
     public mutating func enqueue(_ jobs: [Job]) -> [Failure] {
         guard !self.stopped else { return Self.shutDown(jobs) }
+        if !self.placing { self.placing = jobs.contains { $0.bundle.requirements?.python != nil } }
         self.queue.append(contentsOf: jobs)
         return []
     }
@@ -83,22 +113,128 @@ public struct SchedulerStateMachine: Sendable {
     }
 
     /// Shares queued jobs out: repeatedly, the executor with the most free slots gets
-    /// as many jobs as it has slots (at most `maxBatch`).
+    /// as many jobs as it has slots (at most `maxBatch`). Once placement matters (an
+    /// executor refused a function, or a job needs a Python version), each job goes to
+    /// the executor with the most free slots among those that can run it (not known
+    /// unable, its Python in the job's range); a job that only busy executors can run
+    /// waits, looking past at most `lookahead` of them; a job that no executor present
+    /// can run fails, naming each and why, unless nodes are still `joining`.
     ///
-    /// - Parameter freeSlots: each executor's free slots now, in the order ties go.
-    /// - Returns: the batches to send, in order, each with its executor's index in
-    ///   `freeSlots`.
-    public mutating func dispatch(freeSlots: [Int]) -> [(executor: Int, jobs: [Job])] {
-        var slots = freeSlots
-        var batches: [(executor: Int, jobs: [Job])] = []
-        // The first of those with the most slots, while it has any.
-        while !self.queue.isEmpty, let best = slots.indices.max(by: { slots[$0] < slots[$1] }), slots[best] > 0 {
-            let n = min(slots[best], self.queue.count, Self.maxBatch)
-            batches.append((best, Array(self.queue.prefix(n))))
-            self.queue.removeFirst(n)
-            slots[best] -= n
+    /// - Parameter executors: the executors that take jobs now, each with its id and
+    ///   free slots, in the order ties go.
+    /// - Returns: the batches to send, in order, each with its executor's id; and the
+    ///   jobs that failed.
+    public mutating func dispatch(_ executors: [(id: ExecutorID, freeSlots: Int)]) -> (batches: [(executor: ExecutorID, jobs: [Job])], failures: [Failure]) {
+        var slots = executors.map(\.freeSlots)
+        var batches: [(executor: ExecutorID, jobs: [Job])] = []
+        guard self.placing else {
+            // The first of those with the most slots, while it has any.
+            while !self.queue.isEmpty, let best = slots.indices.max(by: { slots[$0] < slots[$1] }), slots[best] > 0 {
+                let n = min(slots[best], self.queue.count, Self.maxBatch)
+                batches.append((executors[best].id, Array(self.queue.prefix(n))))
+                self.queue.removeFirst(n)
+                slots[best] -= n
+            }
+            return (batches, [])
         }
-        return batches
+        var free = slots.reduce(0, +)
+        var assigned = [[Job]](repeating: [], count: executors.count)
+        var order: [Int] = []  // executors by their first job
+        var waiting: [Job] = []
+        var failures: [Failure] = []
+        while free > 0, waiting.count < Self.lookahead, let job = self.queue.popFirst() {
+            var best: Int?
+            var able = false
+            for i in executors.indices where self.canRun(job.bundle, on: executors[i].id) {
+                able = true
+                if slots[i] > 0, best.map({ slots[i] > slots[$0] }) ?? true { best = i }
+            }
+            if let best {
+                if assigned[best].isEmpty { order.append(best) }
+                assigned[best].append(job)
+                slots[best] -= 1
+                free -= 1
+            } else if able || !self.joining.isEmpty {
+                waiting.append(job)
+            } else {
+                failures.append(self.unavailable(job, on: executors.map(\.id)))
+            }
+        }
+        self.queue.prepend(contentsOf: waiting)
+        for i in order {
+            for start in stride(from: 0, to: assigned[i].count, by: Self.maxBatch) {
+                batches.append((executors[i].id, Array(assigned[i][start..<min(start + Self.maxBatch, assigned[i].count)])))
+            }
+        }
+        return (batches, failures)
+    }
+
+    // MARK: Placement
+
+    /// An executor joined: a new connection, so nothing is known against it yet.
+    ///
+    /// - Parameters:
+    ///   - id: its id, unique among the executors present.
+    ///   - name: how messages name it (`"local"`, `"b (10.0.0.2:7340)"`).
+    ///   - python: its workers' Python version, when known.
+    public mutating func added(_ id: ExecutorID, name: String, python: String?) {
+        self.placements[id] = Placement(name: name, python: python)
+    }
+
+    /// An executor left; what was known against it goes with it.
+    public mutating func removed(_ id: ExecutorID) {
+        self.placements[id] = nil
+    }
+
+    /// An executor's Python version became known (the local pool's first worker said hello).
+    public mutating func learned(python: String, of id: ExecutorID) {
+        self.placements[id]?.python = python
+    }
+
+    /// Executor `id` answered that it cannot load `job`'s function (a result with
+    /// status 3: `error`). That executor is not sent the function again; the job goes
+    /// back to the front of the queue (not counted as an attempt or a hand-back), and
+    /// `dispatch` places it on another executor or fails it when none present can run
+    /// it. A job refused more than `maxRefusals` times ends with `error`.
+    public mutating func refused(_ job: Job, error: JobError, by id: ExecutorID) -> [Failure] {
+        guard !self.stopped else { return Self.shutDown([job]) }
+        self.placements[id]?.unable[job.bundle.digest] = error
+        self.placing = true
+        var job = job
+        job.refusals += 1
+        guard job.refusals <= Self.maxRefusals else { return [Failure(job: job, error: error, executor: error.executor ?? "none")] }
+        self.queue.prepend(job)
+        return []
+    }
+
+    /// Whether `bundle` may go to executor `id`: it did not refuse it, and its Python
+    /// (when known) is in the bundle's range. A mismatch is remembered as a refusal.
+    private mutating func canRun(_ bundle: FunctionBundle, on id: ExecutorID) -> Bool {
+        guard let placement = self.placements[id] else { return true }
+        if placement.unable[bundle.digest] != nil { return false }
+        guard let python = placement.python, let range = bundle.requirements, range.python != nil, !placement.fits.contains(bundle.digest) else { return true }
+        guard let why = range.mismatch(pythonVersion: python) else {
+            self.placements[id]!.fits.insert(bundle.digest)
+            return true
+        }
+        self.placements[id]!.unable[bundle.digest] = JobError(code: .functionUnavailable, message: why, executor: placement.name)
+        return false
+    }
+
+    /// The failure of a job that none of `ids` can run: one executor's own error, or a
+    /// message naming each executor and its reason.
+    private func unavailable(_ job: Job, on ids: [ExecutorID]) -> Failure {
+        let refusals = ids.compactMap { id in self.placements[id].flatMap { p in p.unable[job.bundle.digest].map { (name: p.name, error: $0) } } }
+        if refusals.count == 1 { return Failure(job: job, error: refusals[0].error, executor: refusals[0].error.executor ?? refusals[0].name) }
+        let why = refusals.map { r in
+            let type = r.error.pythonType.flatMap { r.error.message.hasPrefix($0) ? nil : "\($0): " } ?? ""
+            return "\(r.name): \(type)\(r.error.message)"
+        }
+        let error = JobError(
+            code: .functionUnavailable, message: "no executor can run the function: \(why.joined(separator: "; "))",
+            traceback: refusals.first { !$0.error.traceback.isEmpty }?.error.traceback ?? ""
+        )
+        return Failure(job: job, error: error, executor: "none")
     }
 
     /// The periodic check: when nothing at all can run jobs (`anyExecutorCanRun` is

@@ -138,6 +138,33 @@ def simple_error(kind, message):
     return _dumps({"type": kind, "message": message, "traceback": ""}).encode()
 
 
+def check_requires(requires):
+    """Raises ImportError (ModuleNotFoundError for a module) unless this Python is
+    the implementation, in the version range (PEP 440 release comparisons; == and !=
+    take a trailing .*) and has the modules that `requires` names."""
+    here = "%s %s" % (sys.implementation.name, sys.version.split()[0])
+    implementation = requires.get("implementation")
+    if implementation and implementation.lower() != sys.implementation.name:
+        raise ImportError("needs Python implementation %s; this worker runs %s" % (implementation, here))
+    version, wanted = tuple(sys.version_info[:3]), requires.get("python")
+    for clause in wanted.split(",") if wanted else ():
+        clause = clause.strip()
+        op = clause[:2] if clause[:2] in (">=", "<=", "==", "!=") else clause[:1]
+        number = clause[len(op):].strip()
+        prefix = number.endswith(".*") and op in ("==", "!=")
+        release = tuple(int(part) for part in (number[:-2] if prefix else number).split("."))
+        if prefix:
+            inside = (version[:len(release)] == release) == (op == "==")
+        else:
+            n = max(len(version), len(release))
+            a, b = version + (0,) * (n - len(version)), release + (0,) * (n - len(release))
+            inside = {">=": a >= b, "<=": a <= b, ">": a > b, "<": a < b, "==": a == b, "!=": a != b}[op]
+        if not inside:
+            raise ImportError("needs Python %s; this worker runs %s" % (wanted, here))
+    for module in requires.get("modules", ()):
+        importlib.import_module(module)
+
+
 class Worker(object):
     def __init__(self, rfd, wfd):
         self.rfd = rfd
@@ -174,6 +201,8 @@ class Worker(object):
             if path and path not in sys.path:
                 # First, where `python3 FILE.py` puts it (the cwd entry is gone).
                 sys.path.insert(0, path)
+            if "requires" in spec:
+                check_requires(spec["requires"])
             module = types.ModuleType("__ppbundle__")
             module.__file__ = filename
             namespace = module.__dict__
