@@ -24,3 +24,14 @@
 // info, random bytes, the discovery socket), or belongs to the modules that run things
 // (PPWorkers, PPNode, ParallelPython). A test of PPCore needs no file, socket or
 // process: `swift test --filter PPCoreTests`.
+
+/// This build's version, as beacons, `--version` and the node's counters carry it.
+public enum ParallelPythonVersion {
+    /// The version string.
+    public static let string = "0.1.0"
+
+    /// What `--version` prints for `command`: "ppnode 0.1.0 (protocol 3)".
+    public static func text(_ command: String) -> String {
+        "\(command) \(Self.string) (protocol \(NodeProtocol.version))"
+    }
+}

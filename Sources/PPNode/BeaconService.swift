@@ -127,12 +127,12 @@ final class BeaconService: Service, @unchecked Sendable {
         socket.send(bytes, to: destination).whenComplete { [self] result in
             switch result {
             case .success:
-                if self.lastSendError != nil { self.logger.notice("broadcast beacons sent again", metadata: [LogKey.broadcast: "\(destination)"]) }
+                if self.lastSendError != nil { self.logger.notice("broadcast beacons sent again", metadata: [LogKey.broadcast: "\(PeerText.address(destination))"]) }
                 self.lastSendError = nil
             case .failure(let error):
                 let text = "\(error)"
                 if self.lastSendError != text {
-                    self.logger.warning("cannot send a broadcast beacon; broadcast discovery is off until it works", metadata: [LogKey.broadcast: "\(destination)", LogKey.error: "\(text)"])
+                    self.logger.warning("cannot send a broadcast beacon; broadcast discovery is off until it works", metadata: [LogKey.broadcast: "\(PeerText.address(destination))", LogKey.error: "\(text)"])
                 }
                 self.lastSendError = text
             }

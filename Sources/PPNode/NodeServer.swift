@@ -204,7 +204,7 @@ public final class NodeServer: Service, Sendable {
             logger.warning("pp-compatible listener accepts Parallel Python's published default secret (--pp-allow-default-secret): anyone who has read ppft's source can run code on this node")
         }
         let bootstrap = self.bootstrap(autoRead: true) { [self] channel in
-            let peer = channel.remoteAddress.map { "\($0)" } ?? "?"
+            let peer = channel.remoteAddress.map(PeerText.address) ?? "?"
             try channel.pipeline.syncOperations.addHandlers(
                 QuickAckHandler(),
                 ByteToMessageHandler(PPFrameDecoder(maxFrame: self.configuration.maxFrame)),
@@ -217,7 +217,7 @@ public final class NodeServer: Service, Sendable {
             logger.warning(
                 "Parallel Python compatible port open (--pp-port): ppft's protocol is unencrypted and unauthenticated after its SHA-1 challenge, so anyone on the network path can read every job and result and can inject into or take over an authenticated connection; and anyone who knows the secret can run code as this user. Open it only on a network you trust."
             )
-            logger.info("pp-compatible listener ready", metadata: [LogKey.ppAddress: "\(channel.localAddress!)", LogKey.ppVersion: "\(self.configuration.ppVersion)"])
+            logger.info("pp-compatible listener ready", metadata: [LogKey.ppAddress: "\(PeerText.address(channel.localAddress!))", LogKey.ppVersion: "\(self.configuration.ppVersion)"])
         } catch {
             throw NodeStartError(
                 message: "cannot listen on \(self.configuration.host):\(port) for Parallel Python clients: \(Self.listenProblem(error, host: self.configuration.host, portFlag: "--pp-port"))"
@@ -356,12 +356,6 @@ public struct NodeStartError: Error, Sendable, CustomStringConvertible {
     public init(message: String) { self.message = message }
 
     public var description: String { self.message }
-}
-
-/// This build's version.
-public enum ParallelPythonVersion {
-    /// The version string.
-    public static let string = "0.1.0"
 }
 
 /// The node's shared state: cache, sessions, counters. Confined to the node's loop.

@@ -132,22 +132,9 @@ extension ClusterSecret {
     ///
     /// - Returns: the secret, and whether this call created it.
     static func create(at path: String) throws -> (secret: ClusterSecret, created: Bool) {
-        let dir = (path as NSString).deletingLastPathComponent
-        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        var template = Array("\(dir)/.secret.XXXXXX".utf8CString)
-        let fd = mkstemp(&template)  // mode 0600
-        guard fd >= 0 else {
-            throw SecretError(message: "cannot create the secret file \(path): \(String(cString: strerror(errno))); give --secret-file or PP_SECRET")
-        }
-        let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        defer { unlink(temporary) }
         let text = Hex.encode(randomBytes(32)) + "\n"
-        let written = fchmod(fd, 0o600) == 0 && write(fd, text, text.utf8.count) == text.utf8.count && fsync(fd) == 0
-        let writeErrno = errno
-        close(fd)
-        guard written else {
-            throw SecretError(message: "cannot write the secret file \(path): \(String(cString: strerror(writeErrno))); give --secret-file or PP_SECRET")
-        }
+        let temporary = try Self.writeTemporary(text, for: path)
+        defer { unlink(temporary) }
         if link(temporary, path) == 0 {
             return (try ClusterSecret(text: text, origin: path), true)
         }
@@ -156,6 +143,54 @@ extension ClusterSecret {
             return (winner, false)
         }
         throw SecretError(message: "cannot create the secret file \(path): \(String(cString: strerror(e))); give --secret-file or PP_SECRET")
+    }
+
+    /// Installs a secret copied from another machine as the file `path` (mode 0600,
+    /// parents made 0700), atomically.
+    ///
+    /// - Parameters:
+    ///   - text: the secret, as `ppnode secret --show` printed it.
+    ///   - origin: where the text came from, for messages.
+    ///   - replace: replace a different secret already at `path` (a new cluster for
+    ///     this machine); without it that is an error.
+    /// - Returns: the secret, and whether the file changed (false: it held it already).
+    /// - Throws: `SecretError` naming the fix.
+    public static func install(_ text: String, origin: String, at path: String, replace: Bool) throws -> (secret: ClusterSecret, changed: Bool) {
+        let secret = try ClusterSecret(text: text, origin: origin)
+        if let old = try Self.readIfPresent(path) {
+            if old.bytes == secret.bytes { return (old, false) }
+            guard replace else {
+                throw SecretError(message: "\(path) already holds another secret (key id \(old.keyID)); add --force to replace it (this machine then leaves that cluster)")
+            }
+        }
+        let temporary = try Self.writeTemporary(String(decoding: secret.bytes, as: UTF8.self) + "\n", for: path)
+        guard rename(temporary, path) == 0 else {
+            let e = errno
+            unlink(temporary)
+            throw SecretError(message: "cannot write the secret file \(path): \(String(cString: strerror(e))); check the permissions of its directory")
+        }
+        return (try ClusterSecret(text: text, origin: path), true)
+    }
+
+    /// Writes `text` to a new temporary file (mode 0600, synced) next to `path`, whose
+    /// directory it creates (0700) when missing; returns the temporary file's path.
+    private static func writeTemporary(_ text: String, for path: String) throws -> String {
+        let dir = (path as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        var template = Array("\(dir)/.secret.XXXXXX".utf8CString)
+        let fd = mkstemp(&template)  // mode 0600
+        guard fd >= 0 else {
+            throw SecretError(message: "cannot create the secret file \(path): \(String(cString: strerror(errno))); give --secret-file or PP_SECRET")
+        }
+        let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let written = fchmod(fd, 0o600) == 0 && write(fd, text, text.utf8.count) == text.utf8.count && fsync(fd) == 0
+        let writeErrno = errno
+        close(fd)
+        guard written else {
+            unlink(temporary)
+            throw SecretError(message: "cannot write the secret file \(path): \(String(cString: strerror(writeErrno))); give --secret-file or PP_SECRET")
+        }
+        return temporary
     }
 
     private static func userName(_ uid: uid_t) -> String? {

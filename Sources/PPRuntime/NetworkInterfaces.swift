@@ -44,6 +44,13 @@ public enum NetworkInterfaces {
         Self.ipv4.lazy.compactMap { $0.device.name == name ? $0.device.broadcastAddress?.ipAddress : nil }.first
     }
 
+    /// This machine's IPv4 addresses, those of loopback last: where clients may reach a
+    /// listener bound to 0.0.0.0.
+    public static var addresses: [String] {
+        let all = Self.ipv4.compactMap { $0.device.address?.ipAddress }
+        return all.filter { !$0.hasPrefix("127.") } + all.filter { $0.hasPrefix("127.") }
+    }
+
     /// This machine's interfaces, once per IPv4 address they hold.
     private static var ipv4: [(device: NIONetworkDevice, address: sockaddr_in)] {
         ((try? System.enumerateDevices()) ?? []).compactMap { device in

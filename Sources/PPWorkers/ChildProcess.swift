@@ -27,19 +27,27 @@ package struct ChildProcess: Sendable {
     /// its event loop's thread, which lives until the pool has shut down and every
     /// worker was reaped).
     ///
-    /// - Parameter arguments: the program and its arguments.
+    /// - Parameters:
+    ///   - arguments: the program and its arguments.
+    ///   - name: the child's `argv[0]` (what ps shows) in place of the program, a Python
+    ///     interpreter's: `PYTHONEXECUTABLE` tells it the file it runs from (for
+    ///     `sys.executable` and its venv), and it should drop that variable.
     /// - Throws: `SpawnError` when the pipes or the process cannot be created, or the
     ///   program cannot be executed (its errno comes back from the child).
-    package static func spawn(_ arguments: [String]) throws -> ChildProcess {
+    package static func spawn(_ arguments: [String], name: String? = nil) throws -> ChildProcess {
         let program = arguments[0]
         guard let path = Self.resolve(program) else { throw SpawnError(program: program, errno: ENOENT, step: "start") }
-        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { for p in argv { free(p) } }
+        let argv: [UnsafeMutablePointer<CChar>?] = ([name ?? program] + arguments.dropFirst()).map { strdup($0) } + [nil]
+        let executable = name == nil ? nil : strdup("PYTHONEXECUTABLE=" + path)
+        defer {
+            for p in argv { free(p) }
+            free(executable)
+        }
         // The workers' environment is ours without the cluster secret: user code runs there.
-        var envp: [UnsafeMutablePointer<CChar>?] = []
+        var envp: [UnsafeMutablePointer<CChar>?] = executable == nil ? [] : [executable]
         if var entry = Optional(environ) {
             while let variable = entry.pointee {
-                if strncmp(variable, "PP_SECRET=", 10) != 0 { envp.append(variable) }
+                if strncmp(variable, "PP_SECRET=", 10) != 0, executable == nil || strncmp(variable, "PYTHONEXECUTABLE=", 17) != 0 { envp.append(variable) }
                 entry += 1
             }
         }

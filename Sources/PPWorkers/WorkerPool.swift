@@ -355,6 +355,20 @@ public final class WorkerPool: Service, @unchecked Sendable {
         }
     }
 
+    /// What a worker runs (`ppworker -B -c BOOTSTRAP`, so that ps and top show a short
+    /// `ppworker` line): it reads the worker script from stdin (10 digits of length,
+    /// then the script) and runs it.
+    static let bootstrap = """
+        import os;n=int(os.read(0,10));s=b""
+        while len(s)<n:s+=os.read(0,n-len(s))
+        exec(compile(s,"ppworker.py","exec"))
+        """
+    /// The first bytes written to every worker: the script, after its length.
+    static let framedScript: [UInt8] = {
+        let script = Array(WorkerScript.source.utf8), length = String(script.count)
+        return Array((String(repeating: "0", count: 10 - length.count) + length).utf8) + script
+    }()
+
     /// Starts worker `index` and attaches its pipes.
     ///
     /// Runs on the pool's event loop, always: PR_SET_PDEATHSIG kills the child when the
@@ -364,7 +378,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
         self.eventLoop.preconditionInEventLoop()
         let process: ChildProcess
         do {
-            process = try ChildProcess.spawn([self.configuration.python, "-B", "-c", WorkerScript.source])
+            process = try ChildProcess.spawn([self.configuration.python, "-B", "-c", Self.bootstrap], name: "ppworker")
         } catch {
             self.run(self.machine.spawnFailed(index: index, reason: "\(error)"))
             return
@@ -385,6 +399,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
                     channel.close(promise: nil)
                 case .success(let channel):
                     self.workers[index]!.channel = channel
+                    channel.writeAndFlush(ByteBuffer(bytes: Self.framedScript), promise: nil)
                     self.run(self.machine.workerAttached(index: index))
                 case .failure(let error):
                     self.configuration.logger.error("cannot attach worker pipes", metadata: [LogKey.error: "\(error)"])

@@ -24,6 +24,7 @@
 // MARK: Nodes: the cluster secret and where probes go
 @_exported public import struct PPCore.ClusterSecret
 @_exported public import struct PPCore.SecretError
+@_exported public import enum PPCore.ParallelPythonVersion
 @_exported public import enum PPCore.BroadcastTarget
 // NodeVerdict, NodeSighting: in `JobServer.nodes()` (why each node is used or not).
 @_exported public import struct PPCore.NodeVerdict

@@ -29,14 +29,22 @@ struct PPNodeCommand: AsyncParsableCommand {
             Exit status 2: bad configuration, an unusable secret, a port that cannot \
             be bound, or no worker that can start; the message names the fix.
 
-            SIGTERM or SIGINT stops it gracefully: it stops accepting, tells clients, \
-            lets running jobs finish (--drain-timeout), and hands queued jobs back.
+            SIGTERM, SIGINT or SIGHUP stops it gracefully: it stops accepting, tells \
+            clients, lets running jobs finish (--drain-timeout), and hands queued jobs \
+            back (under systemd, Restart= starts it again with the new configuration).
+
+            `ppnode secret` says where the secret is and copies it to other machines. \
+            Shell completions: ppnode --generate-completion-script bash (or zsh, fish).
 
             Examples:
               ppnode
               ppnode --port 7341 --workers 8 --secret-file /etc/ppnode/secret
+              ppnode --config /etc/ppnode/ppnode.conf --log-level debug
+              ppnode secret --show | ssh other-host ppnode secret --install -
               PP_SECRET=$(cat shared-secret) ppnode --log-level debug
-            """
+            """,
+        version: ParallelPythonVersion.text("ppnode"),
+        subcommands: [SecretCommand.self]
     )
 
     @Option(help: ArgumentHelp("Config file of `key = value` lines.", valueName: "PATH"))
@@ -129,10 +137,11 @@ struct PPNodeCommand: AsyncParsableCommand {
 
         let node = try NodeServer(configuration: configuration)
         let ready: @Sendable (SocketAddress) -> Void = { address in
+            let addresses = ["0.0.0.0", "::"].contains(address.ipAddress ?? "") ? NetworkInterfaces.addresses.map { "\($0):\(address.port!)" } : [PeerText.address(address)]
             logger.info(
-                "ppnode ready",
+                "ppnode ready; clients connect to \(addresses.joined(separator: " or "))",
                 metadata: [
-                    LogKey.address: "\(address)",
+                    LogKey.address: "\(PeerText.address(address))",
                     LogKey.nodeID: "\(node.nodeID)",
                     LogKey.nodeName: "\(node.configuration.name)",
                     LogKey.workers: "\(node.workers)",
@@ -141,13 +150,18 @@ struct PPNodeCommand: AsyncParsableCommand {
                     LogKey.protocolVersion: "\(NodeProtocol.version)",
                 ]
             )
+            if loaded.created {
+                logger.notice(
+                    "new cluster secret in \(loaded.secret.origin) (key id \(loaded.secret.keyID)); every client and node of this cluster needs it: run `ppnode secret --show | ssh OTHER-HOST ppnode secret --install -`, or copy the file there (mode 0600)"
+                )
+            }
         }
-        // SIGTERM and SIGINT start a graceful shutdown: the node drains (window 0 and
-        // GOODBYE to clients, running jobs finish within --drain-timeout), then closes.
+        // SIGTERM, SIGINT and SIGHUP start a graceful shutdown: the node drains (window 0
+        // and GOODBYE to clients, running jobs finish within --drain-timeout), then closes.
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: NodeService(node: node, ready: ready))],
-                gracefulShutdownSignals: [.sigterm, .sigint],
+                gracefulShutdownSignals: [.sigterm, .sigint, .sighup],
                 logger: logger
             )
         )

@@ -25,25 +25,33 @@ struct Settings {
 
     init(command c: PPNodeCommand) throws {
         let env = ProcessInfo.processInfo.environment
-        var file: [String: (value: String, line: Int)] = [:]
-        var configPath = c.config ?? env["PP_CONFIG"]
-        if configPath == nil, FileManager.default.fileExists(atPath: "/etc/ppnode/ppnode.conf") {
-            configPath = "/etc/ppnode/ppnode.conf"
-        }
-        if let configPath { file = try Self.parse(configPath) }
+        let (configPath, file) = try Self.configFile(c.config)
 
-        func pick(_ flag: String?, _ envName: String, _ key: String) -> (String, String)? {
-            if let flag { return (flag, "--\(key)") }
-            if let v = env[envName], !v.isEmpty { return (v, envName) }
-            if let v = file[key] { return (v.value, "\(configPath!):\(v.line) (\(key))") }
-            return nil
+        /// Every value given for a setting, the one that counts first: flag, environment,
+        /// config file.
+        func given(_ flag: String?, _ envName: String, _ key: String) -> [(text: String, origin: String)] {
+            var out: [(String, String)] = []
+            if let flag { out.append((flag, "--\(key)")) }
+            if let v = env[envName], !v.isEmpty { out.append((v, envName)) }
+            if let v = file[key] { out.append((v.value, "\(configPath!):\(v.line) (\(key))")) }
+            return out
         }
-        /// The setting's value, `nil` when unset; text that `parse` refuses is an error
-        /// that names where it came from: "ORIGIN: 'TEXT' is not `what`".
+        func pick(_ flag: String?, _ envName: String, _ key: String) -> (String, String)? {
+            given(flag, envName, key).first
+        }
+        /// The setting's value, `nil` when unset. Every value given is checked, also one
+        /// that another overrides; text that `parse` refuses is an error that names where
+        /// it came from: "ORIGIN: 'TEXT' is not `what`".
         func value<T>(_ flag: String?, _ envName: String, _ key: String, isNot what: String, _ parse: (String) -> T?) throws -> T? {
-            guard let (text, origin) = pick(flag, envName, key) else { return nil }
-            guard let v = parse(text) else { throw ValidationError("\(origin): '\(text)' is not \(what)") }
-            return v
+            var result: T?
+            for (text, origin) in given(flag, envName, key) {
+                guard let v = parse(text) else { throw ValidationError("\(origin): '\(text)' is not \(what)") }
+                result = result ?? v
+            }
+            return result
+        }
+        func text(_ flag: String?, _ envName: String, _ key: String, isNot what: String) throws -> String? {
+            try value(flag, envName, key, isNot: what) { $0.trimmingCharacters(in: .whitespaces).isEmpty ? nil : $0 }
         }
         func int(_ flag: Int?, _ envName: String, _ key: String, in range: ClosedRange<Int>) throws -> Int? {
             try value(flag.map(String.init), envName, key, isNot: "a whole number from \(range.lowerBound) to \(range.upperBound)") { Self.int($0, in: range) }
@@ -53,24 +61,25 @@ struct Settings {
                 Double(text).flatMap { $0 > 0 && $0.isFinite ? .milliseconds(Int64($0 * 1000)) : nil }
             }
         }
+        func bool(_ flag: Bool?, _ envName: String, _ key: String) throws -> Bool? {
+            try value(flag.map { $0 ? "yes" : "no" }, envName, key, isNot: Self.boolean, Self.yesNo)
+        }
         func set<T>(_ key: WritableKeyPath<NodeConfiguration, T>, _ value: T?) {
             if let value { self.node.append { $0[keyPath: key] = value } }
         }
 
-        set(\.host, pick(c.host, "PP_HOST", "host")?.0)
+        set(\.host, try text(c.host, "PP_HOST", "host", isNot: "an address; give one of this machine's addresses, or 0.0.0.0 for every interface"))
         set(\.port, try int(c.port, "PP_PORT", "port", in: 0...65535))
         // 0 is a standby node: it advertises and accepts clients (a check of the network
         // and the secret before Python is installed) but gives them a window of 0.
         let workers = "a number of workers from 0 to 4096; 0 runs no jobs (leave it unset for one per core)"
         set(\.workers, try value(c.workers.map(String.init), "PP_WORKERS", "workers", isNot: workers) { Self.int($0, in: 0...4096) })
-        set(\.python, pick(c.python, "PP_PYTHON", "python")?.0)
-        if let v = c.secretOptions.secretFile {
-            self.secretFile = v
-        } else if let v = file["secret-file"] {
-            self.secretFile = v.value
-            self.secretFileOrigin = "\(configPath!):\(v.line) (secret-file)"
+        set(\.python, try text(c.python, "PP_PYTHON", "python", isNot: "an interpreter; give python3 or the path of one"))
+        if try text(c.secretOptions.secretFile, "", "secret-file", isNot: "a file; give the path of the secret file") != nil {
+            (self.secretFile, self.secretFileOrigin) = pick(c.secretOptions.secretFile, "", "secret-file")!
         }
-        set(\.name, pick(c.name, "PP_NODE_NAME", "name")?.0)
+        let name = "a node name; give 1 to 63 bytes of text, such as rack1-node3"
+        set(\.name, try value(c.name, "PP_NODE_NAME", "name", isNot: name) { $0.isEmpty || $0.utf8.count > 63 ? nil : $0 })
         let maxFrame = "a frame limit ppnode supports; \(NodeConfiguration.maxFrameAdvice)"
         set(\.maxFrame, try value(c.maxFrame, "PP_MAX_FRAME", "max-frame", isNot: maxFrame) { Self.byteCount($0).flatMap { NodeConfiguration.maxFrameRange.contains($0) ? $0 : nil } })
         let cacheBytes = "a number of bytes; give bytes or a KiB, MiB or GiB size, such as 256MiB"
@@ -80,27 +89,29 @@ struct Settings {
         set(\.drainTimeout, try seconds(c.drainTimeout, "PP_DRAIN_TIMEOUT", "drain-timeout"))
         set(\.discoveryPort, try int(c.discoveryPort, "PP_DISCOVERY_PORT", "discovery-port", in: 1...65535))
         set(\.beaconInterval, try seconds(c.beaconInterval, "PP_BEACON_INTERVAL", "beacon-interval"))
-        if let (text, origin) = pick(c.broadcast, "PP_BROADCAST", "broadcast") {
+        var broadcast: BroadcastTarget?
+        for (text, origin) in given(c.broadcast, "PP_BROADCAST", "broadcast") {
             do {
-                set(\.broadcast, try BroadcastTarget.parse(text.trimmingCharacters(in: .whitespaces), origin: origin))
+                let target = try BroadcastTarget.parse(text.trimmingCharacters(in: .whitespaces), origin: origin)
+                broadcast = broadcast ?? target
             } catch {
                 throw ValidationError("\(error)")
             }
         }
-        set(\.dnssd, try value(c.noDNSSD ? "off" : nil, "PP_DNSSD", "dnssd", isNot: "on or off", Self.onOff))
-        if c.noPP {
-            if c.ppPort != nil { throw ValidationError("--pp-port and --no-pp contradict each other; give one") }
-        } else if let (text, origin) = pick(c.ppPort.map(String.init), "PP_PP_PORT", "pp-port"), text.lowercased() != "off" {
-            guard let v = Self.int(text, in: 0...65535) else { throw ValidationError("\(origin): '\(text)' is not a port (0-65535) or off") }
-            set(\.ppPort, v)
+        set(\.broadcast, broadcast)
+        set(\.dnssd, try bool(c.noDNSSD ? false : nil, "PP_DNSSD", "dnssd"))
+        if c.noPP, c.ppPort != nil { throw ValidationError("--pp-port and --no-pp contradict each other; give one") }
+        // nil: off.
+        let ppPort = try value(c.ppPort.map(String.init), "PP_PP_PORT", "pp-port", isNot: "a port (0-65535) or off") { text -> Int?? in
+            text.lowercased() == "off" ? .some(nil) : Self.int(text, in: 0...65535).map { .some($0) }
         }
+        if !c.noPP, let port = ppPort ?? nil { set(\.ppPort, port) }
         // ppft compares it with its own version string (ASCII, such as 1.7.8).
         let ppVersion = "a ppft version string; give the version your ppft clients run, such as 1.7.8"
         set(\.ppVersion, try value(c.ppVersion, "PP_PP_VERSION", "pp-version", isNot: ppVersion) { v in
             !v.isEmpty && v.count <= 64 && v.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 }) ? v : nil
         })
-        let allowDefaultSecret = try value(nil, "PP_PP_ALLOW_DEFAULT_SECRET", "pp-allow-default-secret", isNot: "yes or no", Self.onOff)
-        set(\.ppAllowDefaultSecret, c.ppAllowDefaultSecret || allowDefaultSecret == true)
+        set(\.ppAllowDefaultSecret, try bool(c.ppAllowDefaultSecret ? true : nil, "PP_PP_ALLOW_DEFAULT_SECRET", "pp-allow-default-secret"))
         let weights = "a list of ADDRESS=WEIGHT pairs, such as 10.0.0.5=2,10.0.0.7=0.5 (weights from 0.01 to 100)"
         set(\.clientWeights, try value(c.clientWeights, "PP_CLIENT_WEIGHTS", "client-weights", isNot: weights, Self.weights))
         let logLevel = "a log level; use trace, debug, info, notice, warning, error or critical"
@@ -124,8 +135,12 @@ struct Settings {
         return out.isEmpty ? nil : out
     }
 
-    /// on, yes, true, 1 or off, no, false, 0; `nil` for anything else.
-    static func onOff(_ text: String) -> Bool? {
+    /// What a boolean setting takes, for messages.
+    static let boolean = "yes or no (on/off, true/false and 1/0 work too)"
+
+    /// yes, on, true, 1 or no, off, false, 0 (any case): the one vocabulary of every
+    /// boolean setting; `nil` for anything else.
+    static func yesNo(_ text: String) -> Bool? {
         switch text.lowercased() {
         case "on", "yes", "true", "1": true
         case "off", "no", "false", "0": false
@@ -146,7 +161,15 @@ struct Settings {
         return overflow || v > 1 << 53 ? nil : v
     }
 
-    /// Reads `key = value` lines; `#` starts a comment.
+    /// The config file (`--config`, `$PP_CONFIG`, else /etc/ppnode/ppnode.conf when it
+    /// exists) and its settings.
+    static func configFile(_ flag: String?) throws -> (path: String?, settings: [String: (value: String, line: Int)]) {
+        var path = flag ?? ProcessInfo.processInfo.environment["PP_CONFIG"].flatMap { $0.isEmpty ? nil : $0 }
+        if path == nil, FileManager.default.fileExists(atPath: "/etc/ppnode/ppnode.conf") { path = "/etc/ppnode/ppnode.conf" }
+        return (path, try path.map(Self.parse) ?? [:])
+    }
+
+    /// Reads `key = value` lines; `#` starts a comment. A key may appear once.
     static func parse(_ path: String) throws -> [String: (value: String, line: Int)] {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ValidationError("cannot read the config file \(path): \(String(cString: strerror(errno)))")
@@ -162,6 +185,9 @@ struct Settings {
             }
             guard Self.keys.contains(parts[0]) else {
                 throw ValidationError("\(path):\(i + 1): unknown key '\(parts[0])'; known keys: \(Self.keys.sorted().joined(separator: ", "))")
+            }
+            if let first = out[parts[0]] {
+                throw ValidationError("\(path):\(i + 1): '\(parts[0])' is set again (first on line \(first.line)); keep one of the two lines")
             }
             out[parts[0]] = (parts[1], i + 1)
         }

@@ -32,6 +32,10 @@ struct PPNodes: AsyncParsableCommand {
             address), silent (its beacons stopped). --json always carries it as \
             "status" and "reason".
 
+            The table fits the terminal (or $COLUMNS): the less useful columns are \
+            left out first; --wide shows them all. Shell completions: ppnodes \
+            --generate-completion-script bash (or zsh, fish).
+
             Exit status: 0 when at least one node was found, 1 when none, 2 on a bad \
             secret, PP_BROADCAST or PP_DISCOVERY_PORT, 64 on a bad command line.
 
@@ -39,8 +43,11 @@ struct PPNodes: AsyncParsableCommand {
               ppnodes
               ppnodes --json | python3 -m json.tool
               ppnodes --watch --timeout 1
+              ppnodes --wide                         # every column, however wide
+              ppnodes --watch --json | jq -c '.[] | {name, busy_workers}'
               ppnodes --why --node 10.0.0.5:7340
-            """
+            """,
+        version: ParallelPythonVersion.text("ppnodes")
     )
 
     @Option(help: ArgumentHelp("Seconds to wait for nodes (default 2).", valueName: "SECONDS"))
@@ -49,8 +56,11 @@ struct PPNodes: AsyncParsableCommand {
     @Flag(help: "Print JSON (an array of nodes) for scripts.")
     var json = false
 
-    @Flag(help: "Refresh the list every --timeout seconds until interrupted.")
+    @Flag(help: "Refresh the list every --timeout seconds until interrupted; into a pipe, each survey is written as it ends (with --json, one JSON document per line).")
     var watch = false
+
+    @Flag(help: "Show every column, however wide (default: the columns that fit the terminal, $COLUMNS, else all).")
+    var wide = false
 
     @Flag(help: "Say for each node whether a client would use it, and if not why.")
     var why = false
@@ -115,13 +125,15 @@ struct PPNodes: AsyncParsableCommand {
             let rows = await Self.survey(target: target, port: port, window: self.timeout, secret: secret, found: found, browse: browse)
             known = Dictionary(rows.map { ($0.sighting.address, $0.sighting) }) { a, _ in a }
             let answered = rows.contains { $0.sighting.beacon != nil || $0.sighting.contact == .connected }
-            if self.watch, !self.json { print("\u{1B}[H\u{1B}[2J", terminator: "") }
+            if self.watch, !self.json, isatty(STDOUT_FILENO) == 1 { print("\u{1B}[H\u{1B}[2J", terminator: "") }
             if self.json {
                 print(Self.jsonText(rows))
             } else if !answered {
                 FileHandle.standardError.write(Data("ppnodes: no node answered within \(self.timeout) s (looked by \(paths.joined(separator: " and "))); is a ppnode running on this network, and is PP_BROADCAST right?\n".utf8))
             }
-            if !self.json, !rows.isEmpty, answered || self.why { print(Self.table(rows, why: self.why)) }
+            if !self.json, !rows.isEmpty, answered || self.why { print(Self.table(rows, why: self.why, width: self.wide ? nil : Self.terminalWidth())) }
+            // Into a pipe stdout is block-buffered: each survey goes out as it ends.
+            fflush(nil)
             if !self.watch { throw ExitCode(answered ? 0 : 1) }
         } while true
     }
@@ -234,7 +246,20 @@ struct PPNodes: AsyncParsableCommand {
         }
     }
 
-    static func table(_ rows: [Row], why: Bool) -> String {
+    /// The width to fit: `$COLUMNS`, else the terminal's on stdout; `nil` (every
+    /// column) when neither is known.
+    static func terminalWidth() -> Int? {
+        if let c = ProcessInfo.processInfo.environment["COLUMNS"].flatMap({ Int($0) }), c > 0 { return c }
+        var size = winsize()
+        return ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0 && size.ws_col > 0 ? Int(size.ws_col) : nil
+    }
+
+    /// The columns left out first when the table is wider than the terminal, in order.
+    static let dropOrder = ["FOUND BY", "PP PORT", "ARCH/OS", "PROTO", "VERSION", "RTT", "PYTHON", "CORES", "DONE", "LOAD"]
+
+    /// The table of `rows`; with `width`, columns of `dropOrder` are left out until it
+    /// fits (NAME, ADDRESS, WORKERS, BUSY, CLUSTER and WHY stay).
+    static func table(_ rows: [Row], why: Bool, width: Int? = nil) -> String {
         let header = ["NAME", "ADDRESS", "CORES", "WORKERS", "BUSY", "DONE", "LOAD", "VERSION", "PROTO", "PYTHON", "PP PORT", "ARCH/OS", "RTT", "FOUND BY", "CLUSTER"] + (why ? ["WHY"] : [])
         var lines = [header]
         for r in rows {
@@ -253,8 +278,13 @@ struct PPNodes: AsyncParsableCommand {
             lines.append(line)
         }
         let widths = header.indices.map { c in lines.map { $0[c].count }.max() ?? 0 }
+        var shown = Array(header.indices)
+        for name in Self.dropOrder {
+            guard let width, shown.map({ widths[$0] + 2 }).reduce(-2, +) > width else { break }
+            shown.removeAll { header[$0] == name }
+        }
         return lines.map { row in
-            var line = row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            var line = shown.map { row[$0].padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
             while line.hasSuffix(" ") { line.removeLast() }
             return line
         }.joined(separator: "\n")

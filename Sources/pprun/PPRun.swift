@@ -27,6 +27,7 @@ struct PPRun: AsyncParsableCommand {
               pprun map work.py:pair --input pairs.jsonl   # a line [1, 2] calls pair(1, 2)
               pprun map work.py:f --range 0:1000 --node 10.0.0.5:7340 --node 10.0.0.6:7340 --workers 0
             """,
+        version: ParallelPythonVersion.text("pprun"),
         subcommands: [MapCommand.self, EngineCommand.self]
     )
 }

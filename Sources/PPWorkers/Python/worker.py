@@ -3,7 +3,8 @@
 # A long-lived process that runs Python functions for the Swift WorkerPool. It is
 # embedded in the Swift binaries (WorkerScript.swift is generated from this file by
 # scripts/embed-worker; a test checks that the two match) and started as
-# `python3 -B -c <this script>`. Standard library only.
+# `ppworker -B -c <bootstrap>` (argv[0] ppworker, the interpreter's own file), whose
+# bootstrap reads this script from stdin. Standard library only.
 #
 # Frames on stdin and stdout: a 4-byte big-endian length N, then N bytes: one type
 # byte and the body. docs/WORKER-PROTOCOL.md describes every frame byte by byte.
@@ -399,6 +400,16 @@ def main():
     # A worker keeps no descriptor it inherited by accident (a pipe of another child of
     # its parent would otherwise stay open, and that child's reader never see EOF).
     os.closerange(3, 1 << 16)
+    # Started as ppworker (argv[0]), the interpreter learnt its own file from
+    # PYTHONEXECUTABLE (Python 3.11+; older ones leave sys.executable empty). Jobs
+    # inherit neither the variable nor the name.
+    sys.executable = sys.executable or os.environ.get("PYTHONEXECUTABLE", "")
+    os.environ.pop("PYTHONEXECUTABLE", None)
+    try:  # ps -e and top show ppworker, as ps -f does (argv[0])
+        with open("/proc/self/comm", "w") as comm:
+            comm.write("ppworker")
+    except OSError:
+        pass
     # Frames use private copies of fds 0 and 1. User code that reads stdin reads
     # /dev/null, and C code that writes to fd 1 writes to stderr: neither can corrupt
     # the frame stream.
