@@ -273,7 +273,11 @@ struct SecurityTests {
         server.standardError = FileHandle.nullDevice
         try server.run()
         defer { stopProcess(server) }
-        try await Task.sleep(for: .milliseconds(300))
+        // Wait until s_server listens (it accepts one connection only: do not probe it).
+        let listening = String(format: ":%04X 00000000:0000 0A", port)
+        for _ in 0..<500 where !((try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)) ?? "").contains(listening) {
+            try await Task.sleep(for: .milliseconds(10))
+        }
         var configuration = JobServer.Configuration(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: port)], secret: try ClusterSecret(text: secret, origin: "test"), discover: false)
         configuration.noExecutorTimeout = .seconds(30)
         let client = JobServer(configuration: configuration)
