@@ -29,6 +29,22 @@ struct PPRun: AsyncParsableCommand {
             """,
         subcommands: [MapCommand.self, EngineCommand.self]
     )
+
+    /// Parses and runs as usual; a bad command line with a negative number before `--`
+    /// (taken for an option) gets a hint.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        do {
+            var command = try parseAsRoot(arguments)
+            if var command = command as? any AsyncParsableCommand { try await command.run() } else { try command.run() }
+        } catch {
+            let negative = arguments.prefix { $0 != "--" }.first { $0.count > 1 && $0.hasPrefix("-") && Double($0) != nil }
+            guard let negative, exitCode(for: error) == .validationFailure else { exit(withError: error) }
+            Console.error(fullMessage(for: error))
+            Console.error("pprun: \(negative) was taken for an option; put -- before ARGs that start with -, e.g. pprun map FILE.py:FUNC -- \(negative)")
+            exit(withError: ExitCode.validationFailure)
+        }
+    }
 }
 
 /// Exit codes of `pprun`, documented in man/pprun.1.

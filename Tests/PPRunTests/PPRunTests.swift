@@ -45,7 +45,7 @@ struct PPRunTests {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let file = try dir.write("work.py", work)
-        let r = try runProcess(pprun, ["map", file + ":kind", "1", "2.5", "abc", "\"quoted\"", "[1,2]", "{\"a\":1}", "null", "true"])
+        let r = try runProcess(pprun, ["map", file + ":kind", "--no-spread", "1", "2.5", "abc", "\"quoted\"", "[1,2]", "{\"a\":1}", "null", "true"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.lines == ["\"int\"", "\"float\"", "\"str\"", "\"str\"", "\"list\"", "\"dict\"", "\"NoneType\"", "\"bool\""])
     }
