@@ -1,5 +1,6 @@
 import Foundation
 import PPWorkers
+import Synchronization
 
 /// Writes to stdout and stderr without Foundation's buffering surprises.
 enum Console {
@@ -38,6 +39,9 @@ enum Console {
 /// Ends a run at once: kills the workers (their queued and running jobs with them;
 /// nodes drop the jobs of a connection that closes) and exits.
 enum Stop {
+    /// Set once every result is written: the watcher then lets the reader go.
+    static let outputComplete = Atomic<Bool>(false)
+
     static func now(status: Int32) -> Never {
         WorkerProcesses.killAll()
         // Everything printed went out with write(2): leave without running other
@@ -60,7 +64,10 @@ enum Stop {
             var fd = pollfd(fd: 1, events: 0, revents: 0)
             while true {
                 // A pipe's write end reports POLLERR once no reader is left.
-                if poll(&fd, 1, -1) > 0, fd.revents & Int16(POLLERR | POLLHUP) != 0 { Self.outputClosed() }
+                if poll(&fd, 1, -1) > 0, fd.revents & Int16(POLLERR | POLLHUP) != 0 {
+                    if Self.outputComplete.load(ordering: .relaxed) { return }
+                    Self.outputClosed()
+                }
             }
         }
         watcher.stackSize = 1 << 16

@@ -40,13 +40,13 @@ struct MapCommand: AsyncParsableCommand {
     @Argument(help: ArgumentHelp("The function: a Python file, a colon, a function name.", valueName: "FILE.py:FUNC"))
     var function: String
 
-    @Argument(help: ArgumentHelp("One job per ARG: JSON values, or strings.", valueName: "ARG"))
+    @Argument(help: ArgumentHelp("One job per ARG: JSON values, or strings (--strings: always strings).", valueName: "ARG"))
     var args: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("Integers START, START+STEP, ... below STOP.", valueName: "START:STOP[:STEP]"))
     var range: String?
 
-    @Option(name: .long, help: ArgumentHelp("Read JSON lines from PATH, or stdin for '-'.", valueName: "PATH"))
+    @Option(name: .long, help: ArgumentHelp("Read inputs from PATH, or stdin for '-': JSON lines (or --lines, -0, --csv).", valueName: "PATH"))
     var input: String?
 
     @Option(name: [.customShort("j"), .long], help: ArgumentHelp("Local worker processes (default: the usable cores; 0: nodes only).", valueName: "N"))
@@ -69,7 +69,7 @@ struct MapCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The Python interpreter for workers (default: $PP_PYTHON or python3).", valueName: "PATH"))
     var python: String?
 
-    @Flag(name: .long, inversion: .prefixedNo, help: "Show a progress bar on stderr (default: only when stderr is a terminal).")
+    @Flag(name: .long, inversion: .prefixedNo, help: "Show a progress bar on stderr (default: only when stderr is a terminal, without -q).")
     var progress: Bool?
 
     // MARK: Inputs and outputs (issue 14)
@@ -167,8 +167,7 @@ struct MapCommand: AsyncParsableCommand {
                 retries: self.retries,
                 maxFailures: self.haltOnError ? 1 : self.maxFailures,
                 joblog: try self.joblog.map { try JobLog(path: $0, resume: self.resume) },
-                done: try self.resume ? JobLog.succeeded(in: self.joblog!) : [:],
-                quiet: self.quiet
+                done: try self.resume ? JobLog.succeeded(in: self.joblog!) : [:]
             )
         }
 

@@ -18,8 +18,6 @@ struct MapOptions: Sendable {
     var joblog: JobLog?
     /// Inputs that succeeded in the run `--resume` goes on from: index → input JSON.
     var done: [Int: JSONValue] = [:]
-    /// No progress bar, no summary (`-q`).
-    var quiet = false
 }
 
 /// Feeds inputs to the job server from a producer thread (at most `window` jobs
@@ -97,6 +95,8 @@ struct MapRunner: Sendable {
             self.progress?.update(done: done, failed: report.failed)
             if let total, done >= total { break }
         }
+        // Every result is out: a reader that leaves now cut nothing short.
+        Stop.outputComplete.store(true, ordering: .relaxed)
         self.progress?.finish(done: done, failed: report.failed)
         report.printSummary()
         return (done, report.failed)
