@@ -94,10 +94,10 @@ final class Progress: @unchecked Sendable {
         self.lastDraw = now
         let elapsed = max((now - self.started) / .seconds(1), 0.001)
         let rate = Double(done) / elapsed
-        var counts = "\(done)"
+        var counts = "\(done) done"
         var eta = ""
         if let total, total > 0 {
-            counts += "/\(total)"
+            counts = "\(done)/\(total)"
             if rate > 0, done < total { eta = " ETA " + Self.clock(Double(total - done) / rate) }
         }
         var tail = " \(counts) \(Self.clock(elapsed))\(eta) " + String(format: "%.1f/s", rate)

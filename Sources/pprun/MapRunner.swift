@@ -206,14 +206,18 @@ struct FailureReport {
     private var seen: [String: (error: JobError, count: Int)] = [:]
     private var order: [String] = []
     private static let shown = 3
+    /// Distinct errors remembered; past them, each failure is printed in full.
+    private static let distinctKept = 1024
 
     /// Counts a failure; returns what to print for it now.
     mutating func add(_ error: JobError, input: String) -> String {
         self.failed += 1
         let key = "\(error.code)\u{0}\(error.pythonType ?? "")\u{0}\(error.message)"
         let count = (self.seen[key]?.count ?? 0) + 1
-        if count == 1 { self.order.append(key) }
-        self.seen[key] = (error, count)
+        if count == 1, self.order.count < Self.distinctKept {
+            self.order.append(key)
+        }
+        if count > 1 || self.order.last == key { self.seen[key] = (error, count) }
         guard count <= Self.shown else { return "" }
         var text = "pprun: job failed for input \(input): \(PeerText.cut(error.description, limit: 500))\n"
         if count == 1, !error.traceback.isEmpty {

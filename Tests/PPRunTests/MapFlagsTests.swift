@@ -283,7 +283,9 @@ struct MapFlagsTests {
     @Test func quietLogLevelAndSilenceWhenOff() throws {
         let (dir, file) = try workFile()
         defer { dir.remove() }
-        let off = try runProcess(pprun, ["map", file + ":same", "1"], environment: ["PP_DNSSD": "off", "PP_BROADCAST": "off"])
+        // A discovery port of its own: no beacon of another test's node is heard.
+        let port = String(Int.random(in: 40_000..<60_000))
+        let off = try runProcess(pprun, ["map", file + ":same", "1"], environment: ["PP_DNSSD": "off", "PP_BROADCAST": "off", "PP_DISCOVERY_PORT": port])
         #expect(off.status == 0)
         #expect(off.stderr.isEmpty, "\(off.stderr)")
         let info = try runProcess(pprun, ["map", file + ":same", "1"], environment: ["PP_DNSSD": "off", "PP_LOG_LEVEL": "info"])
@@ -330,7 +332,7 @@ struct ProgressBarTests {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let file = try dir.write("work.py", flagsWork)
-        let r = try terminalOutput(["map", file + ":nap", "--range", "0:300", "-j", "2", "--progress"], columns: 30, in: dir)
+        let r = try terminalOutput(["map", file + ":nap", "--range", "0:300", "-j", "2", "--progress", "--no-discover"], columns: 30, in: dir)
         #expect(r.status == 0, "\(r.terminal)")
         #expect(r.stdout.split(separator: "\n").count == 300)
         let text = r.terminal.replacingOccurrences(of: "\u{1B}[2K", with: "")
