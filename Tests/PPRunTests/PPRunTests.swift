@@ -124,6 +124,12 @@ struct PPRunTests {
         (["map", "x.py:f", "1", "--node", "host:notaport"], "is not a node address"),
         (["map", "x.py:f", "1", "--timeout", "0"], "--timeout must be a positive"),
         (["map", "x.py:f", "1", "--bogus"], "Unknown option '--bogus'"),
+        (["map", "x.py:f", "1", "--lines"], "--lines, -0 and --csv describe --input"),
+        (["map", "x.py:f", "--input", "-", "--lines", "--csv"], "give one of --lines, -0 and --csv"),
+        (["map", "x.py:f", "--range", "0:3", "--strings"], "--strings is for ARGs; for --input use --lines"),
+        (["map", "x.py:f", "1", "--retries=-1"], "--retries must be 0 or more"),
+        (["map", "x.py:f", "1", "--max-failures", "0"], "--max-failures must be 1 or more"),
+        (["map", "x.py:f", "1", "--halt-on-error", "--max-failures", "2"], "give --halt-on-error or --max-failures N, not both"),
         (["frobnicate"], "Unexpected argument 'frobnicate'"),
     ])
     func badFlags(args: [String], message: String) throws {
