@@ -310,6 +310,23 @@ struct MapFlagsTests {
         #expect(ok.lines == ["-5", "-2.5"], "\(ok.stderr)")
     }
 
+    @Test func keywordArgumentsAndJoblogThroughANode() throws {
+        let secret = "map-flags-node-secret-0123456789"
+        let node = try NodeProcess(secret: secret)
+        defer { node.stop() }
+        let (dir, file) = try workFile()
+        defer { dir.remove() }
+        let csv = try dir.write("people.csv", "name,age\nann,3\nbob,4\n")
+        let log = dir.path + "/run.log"
+        let remote = ["-j", "0", "--no-discover", "--node", node.address, "--joblog", log]
+        let r = try runProcess(pprun, ["map", file + ":person", "--input", csv, "--csv", "--tag"] + remote, environment: ["PP_SECRET": secret])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.lines == ["{\"input\":{\"age\":\"3\",\"name\":\"ann\"},\"value\":\"ann:3\"}", "{\"input\":{\"age\":\"4\",\"name\":\"bob\"},\"value\":\"bob:4\"}"])
+        #expect(try String(contentsOfFile: log, encoding: .utf8).components(separatedBy: "\"node\":\"\(node.address)\"").count == 3)
+        let kwargs = try runProcess(pprun, ["map", file + ":sub", "--kwargs", "{\"a\":5,\"b\":1}"] + remote, environment: ["PP_SECRET": secret])
+        #expect(kwargs.lines == ["4"], "\(kwargs.stderr)")
+    }
+
     @Test func unicodeEscapedInputIsDecoded() throws {
         let (dir, file) = try workFile()
         defer { dir.remove() }
