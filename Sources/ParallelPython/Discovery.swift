@@ -74,7 +74,7 @@ final class ResourceManager: @unchecked Sendable {
         if self.configuration.dnssd {
             self.startDNSSD()
         } else {
-            self.scheduler.logger.notice("DNS-SD off (PP_DNSSD=off); finding nodes by broadcast beacons and given addresses only")
+            self.scheduler.logger.info("DNS-SD off (PP_DNSSD=off); finding nodes by broadcast beacons and given addresses only")
         }
     }
 
@@ -198,7 +198,7 @@ final class ResourceManager: @unchecked Sendable {
             }
         }
         guard case .address(let host) = self.configuration.broadcast else {
-            logger.notice("broadcast probes off (PP_BROADCAST=off); listening for beacons only")
+            logger.info("broadcast probes off (PP_BROADCAST=off); listening for beacons only")
             return
         }
         DiscoverySocket.open(port: 0, on: loop, receive: receive).whenComplete { [self] result in

@@ -1,6 +1,5 @@
 import Dispatch
 import Foundation
-import PPWorkers
 import ParallelPython
 import Synchronization
 
@@ -37,13 +36,10 @@ enum Interruption {
     }
 
     private static func stop(_ number: Int32, _ counters: RunCounters) -> Never {
-        WorkerProcesses.killAll()
         let done = counters.finished.load(ordering: .relaxed)
         let total = counters.total ?? counters.submitted.load(ordering: .relaxed)
         let clear = Console.stderrIsTerminal ? "\r\u{1B}[2K" : ""
         Console.error("\(clear)pprun: interrupted: \(done) of \(total) done")
-        // Results already printed went out with write(2), nothing is buffered: leave at
-        // once, without running other threads' exit-time code under their feet.
-        _exit(128 + number)
+        Stop.now(status: 128 + number)
     }
 }

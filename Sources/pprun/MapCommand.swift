@@ -12,29 +12,44 @@ struct MapCommand: AsyncParsableCommand {
         commandName: "map",
         abstract: "Call FILE.py:FUNC once per input; print each result as a JSON line.",
         discussion: """
-            Inputs come from exactly one of: the ARG list (an ARG that parses as JSON is \
-            that value, otherwise it is a string), --range (integers, like Python's \
-            range), or --input (JSON lines: an array is the job's positional arguments, \
-            any other value its single argument).
+            Inputs come from exactly one of: the ARG list, --range (integers, like \
+            Python's range), or --input (one input per line). An input is JSON (an ARG \
+            that is not JSON is a string; --strings: every ARG is a string), or with \
+            --lines one string per line, with -0 one string per NUL-separated item, \
+            with --csv one row of keyword arguments named by the header row. A JSON \
+            array is the positional arguments (--no-spread: it is the one argument); a \
+            JSON object is the one argument (--kwargs: the keyword arguments).
 
-            What a job prints goes to stderr; stdout holds only results, one per \
-            successful job, in input order.
-            """
-    )
+            stdout holds one line per successful job, in input order (--unordered: as \
+            they finish); --tag prints every input as {"input":…,"value":…} or \
+            {"input":…,"error":{…}}. What a job prints goes to stderr, with one line \
+            per failure (the traceback the first time an error is seen).
+
+            Examples:
+              ls *.py | pprun map f.py:size --input - --lines
+              find . -name '*.txt' -print0 | pprun map f.py:count --input - -0
+              pprun map f.py:add --input people.csv --csv      # add(name=..., age=...)
+              pprun map f.py:f --strings 2024 true              # f("2024"), f("true")
+              pprun map f.py:f -- -5 -3                         # negative numbers after --
+              pprun map f.py:f --range 0:100000 --unordered --tag --joblog run.log
+              pprun map f.py:f --range 0:100000 --joblog run.log --resume --retries 2
+              pprun map f.py:check --input - --halt-on-error < todo.jsonl
+              pprun map f.py:f --range 0:1000000 | head -n 5    # stops: exit 141
+            """    )
 
     @Argument(help: ArgumentHelp("The function: a Python file, a colon, a function name.", valueName: "FILE.py:FUNC"))
     var function: String
 
-    @Argument(help: ArgumentHelp("One job per ARG: JSON values, or strings.", valueName: "ARG"))
+    @Argument(help: ArgumentHelp("One job per ARG: JSON values, or strings (--strings: always strings).", valueName: "ARG"))
     var args: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("Integers START, START+STEP, ... below STOP.", valueName: "START:STOP[:STEP]"))
     var range: String?
 
-    @Option(name: .long, help: ArgumentHelp("Read JSON lines from PATH, or stdin for '-'.", valueName: "PATH"))
+    @Option(name: .long, help: ArgumentHelp("Read inputs from PATH, or stdin for '-': JSON lines (or --lines, -0, --csv).", valueName: "PATH"))
     var input: String?
 
-    @Option(name: .long, help: ArgumentHelp("Local worker processes (default: the usable cores; 0: nodes only).", valueName: "N"))
+    @Option(name: [.customShort("j"), .long], help: ArgumentHelp("Local worker processes (default: the usable cores; 0: nodes only).", valueName: "N"))
     var workers: Int?
 
     @Option(name: .customLong("node"), help: ArgumentHelp("A ppnode to use (repeatable).", valueName: "HOST:PORT"))
@@ -54,7 +69,7 @@ struct MapCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The Python interpreter for workers (default: $PP_PYTHON or python3).", valueName: "PATH"))
     var python: String?
 
-    @Flag(name: .long, inversion: .prefixedNo, help: "Show a progress bar on stderr (default: only when stderr is a terminal).")
+    @Flag(name: .long, inversion: .prefixedNo, help: "Show a progress bar on stderr (default: only when stderr is a terminal, without -q).")
     var progress: Bool?
 
     @Option(name: .customLong("requires-python"), help: ArgumentHelp("Run jobs only on workers whose Python is in RANGE.", valueName: "RANGE"))
@@ -76,6 +91,50 @@ struct MapCommand: AsyncParsableCommand {
         }
     }
 
+    // MARK: Inputs and outputs (issue 14)
+
+    @Flag(name: .long, help: "--input: each line is one string argument, not JSON.")
+    var lines = false
+
+    @Flag(name: [.customShort("0"), .customLong("null")], help: "--input: items end with NUL (find -print0); each is one string argument.")
+    var null = false
+
+    @Flag(name: .long, help: "--input is CSV: the header row names the keyword arguments of each following row (strings).")
+    var csv = false
+
+    @Flag(name: .long, help: "Every ARG is a string, even one that looks like JSON (2024, true, [1]).")
+    var strings = false
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "A JSON array input is the positional arguments ([1,2] calls f(1, 2)); --no-spread: it is the one argument.")
+    var spread = true
+
+    @Flag(name: .long, help: "A JSON object input is the keyword arguments ({\"a\":1} calls f(a=1)), not the one argument.")
+    var kwargs = false
+
+    @Flag(name: .long, help: "Print results as jobs finish, not in input order.")
+    var unordered = false
+
+    @Flag(name: [.long, .customLong("with-input")], help: "Print each input with its value or error: {\"input\":…,\"value\":…} or {\"input\":…,\"error\":{\"kind\",\"type\",\"message\"}}, failures included.")
+    var tag = false
+
+    @Option(name: .long, help: ArgumentHelp("Write one JSON line per finished input to FILE: seq, input, status, attempts, seconds, ended, node, error.", valueName: "FILE"))
+    var joblog: String?
+
+    @Flag(name: .long, help: "Skip the inputs --joblog FILE records as ok (same position, same input), and append to it.")
+    var resume = false
+
+    @Option(name: .long, help: ArgumentHelp("Run a failed job up to N more times (not when the function does not load).", valueName: "N"))
+    var retries = 0
+
+    @Option(name: .long, help: ArgumentHelp("Stop everything after N failed inputs (exit 1).", valueName: "N"))
+    var maxFailures: Int?
+
+    @Flag(name: .long, help: "Stop everything at the first failed input (--max-failures 1).")
+    var haltOnError = false
+
+    @Flag(name: .shortAndLong, help: "Quiet: no progress bar and no notices (only errors and failures).")
+    var quiet = false
+
     func validate() throws {
         switch [!self.args.isEmpty, self.range != nil, self.input != nil].filter({ $0 }).count {
         case 0: throw ValidationError("no inputs: give ARGs, --range START:STOP[:STEP] or --input PATH (or - for stdin)")
@@ -84,6 +143,16 @@ struct MapCommand: AsyncParsableCommand {
         }
         if let range { _ = try RangeSpec(range) }
         _ = try self.requirements()
+        if [self.lines, self.null, self.csv].filter({ $0 }).count > 1 { throw ValidationError("give one of --lines, -0 and --csv") }
+        if self.lines || self.null || self.csv, self.input == nil {
+            throw ValidationError("--lines, -0 and --csv describe --input; ARGs are JSON or, with --strings, strings")
+        }
+        if self.strings, self.args.isEmpty { throw ValidationError("--strings is for ARGs; for --input use --lines") }
+        if self.resume, self.joblog == nil { throw ValidationError("--resume needs --joblog FILE: the joblog of the run to resume") }
+        if self.retries < 0 { throw ValidationError("--retries must be 0 or more (got \(self.retries))") }
+        if let maxFailures, maxFailures < 1 { throw ValidationError("--max-failures must be 1 or more (got \(maxFailures))") }
+        if self.haltOnError, self.maxFailures != nil { throw ValidationError("give --halt-on-error or --max-failures N, not both") }
+        _ = try Self.logLevel(quiet: self.quiet)
         for node in self.nodes {
             do { _ = try NodeAddress(parsing: node) } catch { throw ValidationError("--node: \(error)") }
         }
@@ -111,6 +180,16 @@ struct MapCommand: AsyncParsableCommand {
     func run() async throws {
         let function = try Self.orCannotStart { try PythonFunction(spec: self.function, requires: try self.requirements()) }
         let inputs = try Self.orCannotStart { try self.makeInputs() }
+        let options = try Self.orCannotStart {
+            MapOptions(
+                unordered: self.unordered,
+                tag: self.tag,
+                retries: self.retries,
+                maxFailures: self.haltOnError ? 1 : self.maxFailures,
+                joblog: try self.joblog.map { try JobLog(path: $0, resume: self.resume) },
+                done: try self.resume ? JobLog.succeeded(in: self.joblog!) : [:]
+            )
+        }
 
         // From here on a signal kills the workers and says how far the run got.
         let counters = RunCounters(total: inputs.count)
@@ -124,7 +203,7 @@ struct MapCommand: AsyncParsableCommand {
         let needsSecret = !self.nodes.isEmpty || self.secretOptions.secretFile != nil || (!self.noDiscover && ClusterSecret.isNamedByEnvironment)
         let secret = try Self.orCannotStart { try needsSecret ? self.secretOptions.load().secret : nil }
         var logger = Logger(label: "pprun")
-        logger.logLevel = .notice
+        logger.logLevel = try Self.logLevel(quiet: self.quiet)
         let server = JobServer(
             configuration: .init(
                 workers: self.workers,
@@ -148,13 +227,14 @@ struct MapCommand: AsyncParsableCommand {
             throw ExitCode(ExitCodes.cannotStart)
         }
 
-        let showProgress = self.progress ?? Console.stderrIsTerminal
-        let runner = MapRunner(server: server, function: function, progress: showProgress ? Progress(total: inputs.count) : nil, counters: counters)
-        let summary = await runner.run(inputs)
+        let showProgress = self.progress ?? (Console.stderrIsTerminal && !self.quiet)
+        let runner = MapRunner(server: server, function: function, progress: showProgress ? Progress(total: inputs.count) : nil, counters: counters, options: options)
+        Stop.watchOutput()
+        let summary = await runner.run(inputs, format: self.format)
         if self.stats { Console.error(await server.statisticsTable()) }
         await server.shutdown()
         if summary.failed > 0 {
-            Console.error("pprun: \(summary.failed) of \(summary.total) jobs failed")
+            if !showProgress { Console.error("pprun: \(summary.failed) of \(summary.total) jobs failed") }
             throw ExitCode(ExitCodes.jobFailed)
         }
     }
@@ -172,14 +252,31 @@ struct MapCommand: AsyncParsableCommand {
     private func makeInputs() throws -> InputSource {
         if let range { return .range(try RangeSpec(range)) }
         if let input {
-            if input == "-" { return .lines(LineReader(fd: 0), name: "stdin") }
+            let separator: UInt8 = self.null ? 0 : 10
+            if input == "-" { return .records(LineReader(fd: 0, separator: separator), name: "stdin") }
             let fd = open(input, O_RDONLY)
             guard fd >= 0 else {
                 throw ValidationError("cannot open --input \(input): \(String(cString: strerror(errno)))")
             }
-            return .lines(LineReader(fd: fd), name: input)
+            return .records(LineReader(fd: fd, separator: separator), name: input)
         }
         return .arguments(self.args)
+    }
+
+    /// How inputs become arguments.
+    private var format: InputFormat {
+        let kind: InputFormat.Kind = self.csv ? .csv : self.lines || self.null || self.strings ? .string : .json
+        return InputFormat(kind: kind, spread: self.spread, kwargs: self.kwargs)
+    }
+
+    /// `PP_LOG_LEVEL` (default notice), or error with `-q`.
+    static func logLevel(quiet: Bool) throws -> Logger.Level {
+        if quiet { return .error }
+        guard let text = ProcessInfo.processInfo.environment["PP_LOG_LEVEL"], !text.isEmpty else { return .notice }
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            throw ValidationError("PP_LOG_LEVEL='\(PeerText.cut(text, limit: 40))' is not a level: give trace, debug, info, notice, warning, error or critical")
+        }
+        return level
     }
 }
 

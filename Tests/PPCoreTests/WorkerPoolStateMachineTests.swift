@@ -255,7 +255,7 @@ struct WorkerPoolStateMachineTests {
         #expect(describe(m.processEnded(worker: 1, now: at(1_353))).isEmpty)  // reaped once
         #expect(
             describe(m.workerReaped(worker: 1, status: .signaled(9), now: at(1_353)), logs: true) == [
-                "log warning: worker ended during a job",
+                "log debug: worker ended during a job",
                 "complete 2: timeout: the job ran longer than its timeout of 0.3 s; its worker (pid 101) was killed and replaced",
                 "spawn 2",
             ]

@@ -45,7 +45,7 @@ struct PPRunTests {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let file = try dir.write("work.py", work)
-        let r = try runProcess(pprun, ["map", file + ":kind", "1", "2.5", "abc", "\"quoted\"", "[1,2]", "{\"a\":1}", "null", "true"])
+        let r = try runProcess(pprun, ["map", file + ":kind", "--no-spread", "1", "2.5", "abc", "\"quoted\"", "[1,2]", "{\"a\":1}", "null", "true"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.lines == ["\"int\"", "\"float\"", "\"str\"", "\"str\"", "\"list\"", "\"dict\"", "\"NoneType\"", "\"bool\""])
     }
@@ -124,6 +124,12 @@ struct PPRunTests {
         (["map", "x.py:f", "1", "--node", "host:notaport"], "is not a node address"),
         (["map", "x.py:f", "1", "--timeout", "0"], "--timeout must be a positive"),
         (["map", "x.py:f", "1", "--bogus"], "Unknown option '--bogus'"),
+        (["map", "x.py:f", "1", "--lines"], "--lines, -0 and --csv describe --input"),
+        (["map", "x.py:f", "--input", "-", "--lines", "--csv"], "give one of --lines, -0 and --csv"),
+        (["map", "x.py:f", "--range", "0:3", "--strings"], "--strings is for ARGs; for --input use --lines"),
+        (["map", "x.py:f", "1", "--retries=-1"], "--retries must be 0 or more"),
+        (["map", "x.py:f", "1", "--max-failures", "0"], "--max-failures must be 1 or more"),
+        (["map", "x.py:f", "1", "--halt-on-error", "--max-failures", "2"], "give --halt-on-error or --max-failures N, not both"),
         (["frobnicate"], "Unexpected argument 'frobnicate'"),
     ])
     func badFlags(args: [String], message: String) throws {

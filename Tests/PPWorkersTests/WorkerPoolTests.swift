@@ -269,7 +269,9 @@ struct WorkerPoolTests {
         #expect(await pool.check(bundle("square")) == nil)
         // A job of a broken bundle ends with the load error; bad arguments are reported.
         #expect(failure(await run(pool, syntax, "[1]"))?.code == .functionUnavailable)
-        #expect(failure(await run(pool, bundle("square"), "{\"not\": \"a list\"}"))?.code == .badArguments)
+        #expect(failure(await run(pool, bundle("square"), "\"not a list\""))?.code == .badArguments)
+        // A JSON object is the keyword arguments.
+        #expect(failure(await run(pool, bundle("square"), "{\"x\": 3, \"y\": 2}"))?.message.contains("unexpected keyword argument 'y'") == true)
         #expect(failure(await run(pool, bundle("square"), "[1, 2]"))?.pythonType == "TypeError")
         await pool.shutdown()
     }

@@ -427,7 +427,9 @@ public struct WorkerPoolStateMachine: Sendable {
         if let head = inflight.popFirst(), !head.cancelled {
             let error = self.deathError(of: slot, status: status)
             let metadata = [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(slot.pid)", LogKey.jobID: "\(head.job.id)", LogKey.reason: error.message]
-            self.actions.append(.log(.warning, "worker ended during a job", metadata: metadata))
+            // The job's error tells its owner (pprun prints one line per failure): debug,
+            // not a second report of the same failure.
+            self.actions.append(.log(.debug, "worker ended during a job", metadata: metadata))
             self.actions.append(self.completion(head.job, error))
         }
         // Jobs behind the head never started: run them elsewhere (stopped ones ended).

@@ -62,7 +62,15 @@ _ref = struct.Struct(">H32s")
 _result_fields = struct.Struct(">BQBQI")
 _len = struct.Struct(">I")
 _perf_ns = time.perf_counter_ns
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+def _plain(value):
+    """numpy scalars and arrays (anything with tolist()) as plain numbers and lists."""
+    tolist = getattr(value, "tolist", None)
+    if tolist is None:
+        raise TypeError("Object of type %s is not JSON serializable" % type(value).__name__)
+    return tolist()
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_plain).encode
 _loads = json.loads
 
 
@@ -260,6 +268,7 @@ class Worker(object):
         fn = self.bundles.get(h)
         out_bytes = err_bytes = b""
         elapsed = 0
+        kwargs = None
         if fn is None:
             status = BUNDLE_ERROR
             payload = simple_error("ProtocolError", "bundle %s was never loaded on this worker" % h.hex())
@@ -275,8 +284,10 @@ class Worker(object):
                     args = [body[40:]]
                 else:
                     args = _loads(body[40:])
-                    if args.__class__ is not list:
-                        raise TypeError("arguments must be a JSON array, got %s" % type(args).__name__)
+                    if args.__class__ is dict:  # keyword arguments
+                        kwargs, args = args, ()
+                    elif args.__class__ is not list:
+                        raise TypeError("arguments must be a JSON array or object, got %s" % type(args).__name__)
             except Exception as exc:
                 args = None
                 status = BAD_ARGUMENTS
@@ -288,7 +299,7 @@ class Worker(object):
                 sys.stdout, sys.stderr = out, err
                 start = _perf_ns()
                 try:
-                    value = fn(*args)
+                    value = fn(*args) if kwargs is None else fn(**kwargs)
                     status = OK
                 except BaseException as exc:
                     status = RAISED
@@ -308,11 +319,13 @@ class Worker(object):
                         payload = _dumps(value).encode()
                     except (TypeError, ValueError, RecursionError) as exc:
                         status = NOT_JSON
+                        hint = "return None, bool, int, float, str, or lists and dicts of them"
+                        if isinstance(exc, ValueError):
+                            hint = "NaN and infinity have no JSON form: return None or a string such as 'nan' for them"
                         payload = simple_error(
                             type(exc).__name__,
-                            "the function returned a %s, which JSON cannot encode (%s); "
-                            "return None, bool, int, float, str, or lists and dicts of them"
-                            % (type(value).__name__, exc),
+                            "the function returned a %s, which JSON cannot encode (%s); %s"
+                            % (type(value).__name__, exc, hint),
                         )
                 else:
                     payload = error_payload(value, tb_skip=1)
@@ -357,6 +370,19 @@ class Worker(object):
             if not chunk:
                 break
             buf = buf + chunk if buf else chunk
+            if len(buf) >= 5:
+                # A large frame: read the rest of it now and join once (appending chunk
+                # by chunk would copy it over and over: time quadratic in its size).
+                need = 4 + unpack(buf, 0)[0] - len(buf)
+                if 0 < need <= MAX_FRAME:
+                    parts = [buf]
+                    while need > 0:
+                        chunk = read(rfd, min(need, 1 << 24))
+                        if not chunk:
+                            break
+                        parts.append(chunk)
+                        need -= len(chunk)
+                    buf = b"".join(parts)
             pos = 0
             end = len(buf)
             while end - pos >= 5:
