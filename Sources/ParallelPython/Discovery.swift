@@ -236,7 +236,9 @@ final class ResourceManager: @unchecked Sendable {
                 }
             }
         } catch {
-            logger.notice("DNS-SD off: \(error); finding nodes by broadcast beacons and given addresses only")
+            // Info, not notice: a machine without avahi-daemon is common, and a run that
+            // only wants local workers should not say so every time (ppnodes --why does).
+            logger.info("DNS-SD off: \(error); finding nodes by broadcast beacons and given addresses only")
         }
     }
 }

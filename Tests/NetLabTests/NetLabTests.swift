@@ -113,7 +113,7 @@ struct NetLabTests {
         let rows2 = try Self.rows(byBroadcast.stdout)
         #expect(Set(rows2.compactMap { $0["address"] as? String }) == ["10.88.0.1:7340", "10.88.0.2:7340"])
         #expect(rows2.allSatisfy { $0["found_by"] as? [String] == ["broadcast"] && $0["cores"] as? Int == cores })
-        let run2 = try lab.run(3, "pprun", ["map", file + ":where", "--range", "0:30", "--workers", "0"], environment: ["PP_SECRET": labSecret])
+        let run2 = try lab.run(3, "pprun", ["map", file + ":where", "--range", "0:30", "--workers", "0"], environment: ["PP_SECRET": labSecret, "PP_LOG_LEVEL": "info"])
         #expect(run2.status == 0, "\(run2.stderr)")
         #expect(run2.stderr.contains("DNS-SD off"), "\(run2.stderr)")
         #expect(run2.lines.compactMap(Placement.init).map(\.index) == Array(0..<30))
