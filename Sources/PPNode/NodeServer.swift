@@ -92,11 +92,7 @@ public final class NodeServer: Service, Sendable {
             // a few KiB.
             let limit = FrameLimit(NodeProtocol.preambleMaxFrame)
             let session = NodeSession(node: self, channel: channel, frameLimit: limit)
-            try channel.pipeline.syncOperations.addHandlers(
-                TLSHandler(context: self.tls),
-                ByteToMessageHandler(NodeMessageDecoder(limit: limit)),
-                session
-            )
+            try channel.pipeline.syncOperations.addHandlers(TLSHandler(context: self.tls), session)
         }
         let channel: any Channel
         do {

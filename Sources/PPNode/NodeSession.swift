@@ -17,7 +17,7 @@ import PPWorkers
 /// `@unchecked Sendable` is safe because the session lives on its channel's event loop,
 /// the node's single loop; pool completions (which capture it) run on that same loop.
 final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = NodeMessage
+    typealias InboundIn = ByteBuffer
 
     private let node: NodeServer
     private var machine: NodeSessionStateMachine
@@ -25,6 +25,9 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     private var channel: (any Channel)?
     private let peerHost: String
     private let frameLimit: FrameLimit
+    /// Frames decoded in place (a `ByteToMessageHandler` in front ran unspecialized and
+    /// boxed every message in `NIOAny`); its limit is `frameLimit`.
+    private var frames: NIOSingleStepByteToMessageProcessor<NodeMessageDecoder>
     private var logger: Logger
     /// Counted in the node's unauthenticated connections until HELLO.
     private var countedUnauthenticated = false
@@ -38,6 +41,7 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
         self.node = node
         self.channel = channel
         self.frameLimit = frameLimit
+        self.frames = NIOSingleStepByteToMessageProcessor(NodeMessageDecoder(limit: frameLimit))
         self.peerHost = channel.remoteAddress?.ipAddress ?? "?"
         var logger = node.configuration.logger
         logger[metadataKey: LogKey.peer] = "\(channel.remoteAddress.map { PeerText.address($0) } ?? "?")"
@@ -94,8 +98,6 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
             context.close(promise: nil)
         } else if let e = error as? NodeProtocolError {
             self.execute(self.machine.failed(e))
-        } else if let e = error as? ByteToMessageDecoderError.PayloadTooLargeError {
-            self.execute(self.machine.failed(NodeProtocolError(.frameTooLarge, "\(e)"), countsAsProtocolError: false))
         } else {
             self.logger.info("connection error", metadata: [LogKey.error: "\(PeerText.cut("\(error)"))"])
             context.close(promise: nil)
@@ -110,14 +112,22 @@ final class NodeSession: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let action = self.machine.received(
-            Self.unwrapInboundIn(data),
-            now: context.eventLoop.now,
-            bundle: { self.state.cache.get($0) },
-            blob: { self.state.blobs.get($0) },
-            poolJobID: { self.node.pool.jobIDs.next() }
-        )
-        self.execute(action)
+        do {
+            try self.frames.process(buffer: Self.unwrapInboundIn(data)) { message in
+                // A frame after one that closed the session is not read.
+                guard self.channel != nil else { return }
+                let action = self.machine.received(
+                    message,
+                    now: context.eventLoop.now,
+                    bundle: { self.state.cache.get($0) },
+                    blob: { self.state.blobs.get($0) },
+                    poolJobID: { self.node.pool.jobIDs.next() }
+                )
+                self.execute(action)
+            }
+        } catch {
+            self.errorCaught(context: context, error: error)
+        }
     }
 
     // MARK: Node events

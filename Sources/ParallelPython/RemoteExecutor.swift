@@ -137,11 +137,7 @@ final class NodeLink: @unchecked Sendable {
             .connectTimeout(.seconds(3))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        TLSHandler(context: tls),
-                        ByteToMessageHandler(NodeMessageDecoder(limit: executor.frameLimit)),
-                        executor
-                    )
+                    try channel.pipeline.syncOperations.addHandlers(TLSHandler(context: tls), executor)
                 }
             }
             .connect(host: self.address.host, port: self.address.port)
@@ -199,11 +195,13 @@ final class NodeLink: @unchecked Sendable {
 /// Confined to the job server's loop: the channel handler methods run there, and so
 /// does everything the scheduler calls (`@unchecked Sendable` for that reason).
 final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable {
-    typealias InboundIn = NodeMessage
+    typealias InboundIn = ByteBuffer
 
     unowned let link: NodeLink
     /// The decoder's frame limit: a few KiB until WELCOME.
     let frameLimit = FrameLimit(NodeProtocol.preambleMaxFrame)
+    /// Frames decoded in place (not behind an unspecialized `ByteToMessageHandler`).
+    private lazy var frames = NIOSingleStepByteToMessageProcessor(NodeMessageDecoder(limit: self.frameLimit))
     private var machine: NodeConnectionStateMachine
     private var channel: (any Channel)?
     private var timer: RepeatedTask?
@@ -298,11 +296,18 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let message = Self.unwrapInboundIn(data)
-        if case .stats(let token, let json) = message {
-            self.statsWaiters.removeValue(forKey: token)?.succeed(json)
+        do {
+            try self.frames.process(buffer: Self.unwrapInboundIn(data)) { message in
+                // A frame after one that closed the connection is not read.
+                guard self.channel != nil else { return }
+                if case .stats(let token, let json) = message {
+                    self.statsWaiters.removeValue(forKey: token)?.succeed(json)
+                }
+                self.execute(self.machine.received(message, now: .now()))
+            }
+        } catch {
+            self.errorCaught(context: context, error: error)
         }
-        self.execute(self.machine.received(message, now: .now()))
     }
 
     // MARK: Actions

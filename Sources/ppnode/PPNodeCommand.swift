@@ -138,6 +138,12 @@ struct PPNodeCommand: AsyncParsableCommand {
         let node = try NodeServer(configuration: configuration)
         let ready: @Sendable (SocketAddress) -> Void = { address in
             let addresses = ["0.0.0.0", "::"].contains(address.ipAddress ?? "") ? NetworkInterfaces.addresses.map { "\($0):\(address.port!)" } : [PeerText.address(address)]
+            // Before the ready line: whoever waits for "ready" has seen it.
+            if loaded.created {
+                logger.notice(
+                    "new cluster secret in \(loaded.secret.origin) (key id \(loaded.secret.keyID)); every client and node of this cluster needs it: run `ppnode secret --show | ssh OTHER-HOST ppnode secret --install -`, or copy the file there (mode 0600)"
+                )
+            }
             logger.info(
                 "ppnode ready; clients connect to \(addresses.joined(separator: " or "))",
                 metadata: [
@@ -150,11 +156,6 @@ struct PPNodeCommand: AsyncParsableCommand {
                     LogKey.protocolVersion: "\(NodeProtocol.version)",
                 ]
             )
-            if loaded.created {
-                logger.notice(
-                    "new cluster secret in \(loaded.secret.origin) (key id \(loaded.secret.keyID)); every client and node of this cluster needs it: run `ppnode secret --show | ssh OTHER-HOST ppnode secret --install -`, or copy the file there (mode 0600)"
-                )
-            }
         }
         // SIGTERM, SIGINT and SIGHUP start a graceful shutdown: the node drains (window 0
         // and GOODBYE to clients, running jobs finish within --drain-timeout), then closes.

@@ -187,7 +187,9 @@ struct PPNodes: AsyncParsableCommand {
             if case .object(let o) = stats[address] {
                 row.stats = o
                 row.accepted = true
-            } else if asked.contains(address), secret != nil {
+            } else if asked.contains(address), case .keyRejected = v.sighting.contact {
+                // Only a failed TLS handshake says the secret was refused (no counters
+                // may also mean the node was slow to answer).
                 row.accepted = false
             }
             return row

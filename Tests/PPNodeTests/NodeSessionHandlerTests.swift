@@ -33,7 +33,7 @@ struct NodeSessionHandlerTests {
             self.channel = EmbeddedChannel()
             self.limit = FrameLimit(NodeProtocol.preambleMaxFrame)
             let session = NodeSession(node: self.node, channel: self.channel, frameLimit: self.limit)
-            try self.channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(NodeMessageDecoder(limit: self.limit)), session)
+            try self.channel.pipeline.syncOperations.addHandler(session)
             try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7340)).wait()
         }
 

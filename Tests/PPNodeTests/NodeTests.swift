@@ -86,7 +86,16 @@ struct RawPeer {
     func close() { Glibc.close(self.fd) }
 }
 
-/// Sends `signal` to `node` 0.3 s after it has authenticated its first client.
+extension NodeProcess {
+    /// A node on a discovery port of its own: clients of tests running at the same time
+    /// (same secret) neither find it nor make it look busy to `signalWhenBusy` before
+    /// the test's own client has connected.
+    static func `private`(_ arguments: [String] = []) throws -> NodeProcess {
+        try NodeProcess(arguments + ["--discovery-port", String(Int.random(in: 20_000...29_999))], secret: secret)
+    }
+}
+
+/// Sends `signal` to `node` 300 ms after its first client authenticated.
 func signalWhenBusy(_ node: NodeProcess, _ signal: Int32) {
     Thread {
         for _ in 0..<500 where !node.logText.contains("client authenticated") { usleep(10_000) }
@@ -205,7 +214,7 @@ struct NodeTests {
     }
 
     @Test func killNineOfOneNodeLosesNothing() throws {
-        let a = try NodeProcess(secret: secret), b = try NodeProcess(secret: secret)
+        let a = try NodeProcess.private(), b = try NodeProcess.private()
         defer { a.stop(); b.stop() }
         signalWhenBusy(b, SIGKILL)
         let r = try runTwoHundredOn(a, b)
@@ -213,7 +222,7 @@ struct NodeTests {
     }
 
     @Test func frozenNodeIsDroppedByHeartbeat() throws {
-        let a = try NodeProcess(secret: secret), b = try NodeProcess(secret: secret)
+        let a = try NodeProcess.private(), b = try NodeProcess.private()
         defer {
             b.signal(SIGCONT)
             a.stop()
@@ -226,7 +235,7 @@ struct NodeTests {
     }
 
     @Test func sigtermOnABusyNodeLosesNothing() throws {
-        let a = try NodeProcess(["--drain-timeout", "5"], secret: secret), b = try NodeProcess(secret: secret)
+        let a = try NodeProcess.private(["--drain-timeout", "5"]), b = try NodeProcess.private()
         defer { a.stop(); b.stop() }
         signalWhenBusy(a, SIGTERM)
         _ = try runTwoHundredOn(a, b)

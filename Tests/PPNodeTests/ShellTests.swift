@@ -72,7 +72,7 @@ struct ShellTests {
     }
 
     @Test func sighupOnABusyNodeDrainsAndLosesNothing() throws {
-        let a = try NodeProcess(["--drain-timeout", "5"], secret: secret), b = try NodeProcess(secret: secret)
+        let a = try NodeProcess.private(["--drain-timeout", "5"]), b = try NodeProcess.private()
         defer { a.stop(); b.stop() }
         signalWhenBusy(a, SIGHUP)
         _ = try runTwoHundredOn(a, b)
@@ -172,10 +172,11 @@ struct ShellTests {
         let env = ["PP_SECRET": secret, "PP_BROADCAST": "off", "PP_DNSSD": "off"]
         let narrow = try runProcess(builtCommand("ppnodes"), ["--node", node.address, "--timeout", "0.2"], environment: env.merging(["COLUMNS": "80"]) { $1 })
         #expect(narrow.status == 0, "\(narrow.stderr)")
-        #expect(narrow.lines.count == 2 && narrow.lines.allSatisfy { $0.count <= 80 }, "\(narrow.stdout)")
+        // Nodes of other tests (same secret) may be listed too: ours is one of the rows.
+        #expect(narrow.lines.count >= 2 && narrow.lines.contains { $0.contains(node.address) } && narrow.lines.allSatisfy { $0.count <= 80 }, "\(narrow.stdout)")
         #expect(narrow.lines[0].hasPrefix("NAME") && narrow.lines[0].contains("WORKERS") && !narrow.lines[0].contains("FOUND BY"), "\(narrow.stdout)")
         let wide = try runProcess(builtCommand("ppnodes"), ["--node", node.address, "--timeout", "0.2", "--wide"], environment: env.merging(["COLUMNS": "80"]) { $1 })
-        #expect(wide.lines.count == 2 && wide.lines[0].contains("FOUND BY") && wide.lines[0].contains("ARCH/OS") && wide.lines[0].count > 80, "\(wide.stdout)")
+        #expect(wide.lines.count >= 2 && wide.lines[0].contains("FOUND BY") && wide.lines[0].contains("ARCH/OS") && wide.lines[0].count > 80, "\(wide.stdout)")
     }
 
     @Test func ppnodesWatchWritesEachSurveyIntoAPipe() throws {
