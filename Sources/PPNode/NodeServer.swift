@@ -333,7 +333,7 @@ public final class NodeServer: Service, Sendable {
         try? await self.serverChannel.withLock({ $0 })?.close()
         try? await self.loop.submit { self.state.beginDrain() }.get()
         await self.pool.shutdown()
-        try? await self.loop.submit { self.state.closeAll(on: self.loop) }.get().get()
+        try? await self.loop.submit { EventLoopFuture.andAllComplete(self.state.sessions.values.map { $0.closeAfterFlush() }, on: self.loop) }.get().get()
     }
 
     /// Counters of the node, as the STATS reply carries them.
@@ -410,10 +410,6 @@ final class NodeState: @unchecked Sendable {
     func beginDrain() {
         self.draining = true
         for s in self.sessions.values { s.drain() }
-    }
-
-    func closeAll(on loop: any EventLoop) -> EventLoopFuture<Void> {
-        EventLoopFuture.andAllComplete(self.sessions.values.map { $0.closeAfterFlush() }, on: loop)
     }
 
     func statisticsJSON(node: NodeServer, pool: PoolStatistics) -> [UInt8] {

@@ -359,8 +359,8 @@ public final class JobServer: Service, Sendable {
 
     // MARK: Waiting
 
-    /// Waits until every job submitted to `group` so far has ended.
-    public func wait(group: String) async {
+    /// Waits until every job submitted to `group` so far has ended (`nil`: every job).
+    public func wait(group: String?) async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             if self.book.withLock({ $0.addWaiter(c, group: group) }) { c.resume() }
         }
@@ -368,9 +368,7 @@ public final class JobServer: Service, Sendable {
 
     /// Waits until every job submitted so far has ended.
     public func waitAll() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            if self.book.withLock({ $0.addWaiter(c, group: nil) }) { c.resume() }
-        }
+        await self.wait(group: nil)
     }
 
     // MARK: Workers

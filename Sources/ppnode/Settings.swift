@@ -36,9 +36,6 @@ struct Settings {
             if let v = file[key] { out.append((v.value, "\(configPath!):\(v.line) (\(key))")) }
             return out
         }
-        func pick(_ flag: String?, _ envName: String, _ key: String) -> (String, String)? {
-            given(flag, envName, key).first
-        }
         /// The setting's value, `nil` when unset. Every value given is checked, also one
         /// that another overrides; text that `parse` refuses is an error that names where
         /// it came from: "ORIGIN: 'TEXT' is not `what`".
@@ -76,7 +73,7 @@ struct Settings {
         set(\.workers, try value(c.workers.map(String.init), "PP_WORKERS", "workers", isNot: workers) { Self.int($0, in: 0...4096) })
         set(\.python, try text(c.python, "PP_PYTHON", "python", isNot: "an interpreter; give python3 or the path of one"))
         if try text(c.secretOptions.secretFile, "", "secret-file", isNot: "a file; give the path of the secret file") != nil {
-            (self.secretFile, self.secretFileOrigin) = pick(c.secretOptions.secretFile, "", "secret-file")!
+            (self.secretFile, self.secretFileOrigin) = given(c.secretOptions.secretFile, "", "secret-file")[0]
         }
         let name = "a node name; give 1 to 63 bytes of text, such as rack1-node3"
         set(\.name, try value(c.name, "PP_NODE_NAME", "name", isNot: name) { $0.isEmpty || $0.utf8.count > 63 ? nil : $0 })
@@ -89,16 +86,8 @@ struct Settings {
         set(\.drainTimeout, try seconds(c.drainTimeout, "PP_DRAIN_TIMEOUT", "drain-timeout"))
         set(\.discoveryPort, try int(c.discoveryPort, "PP_DISCOVERY_PORT", "discovery-port", in: 1...65535))
         set(\.beaconInterval, try seconds(c.beaconInterval, "PP_BEACON_INTERVAL", "beacon-interval"))
-        var broadcast: BroadcastTarget?
-        for (text, origin) in given(c.broadcast, "PP_BROADCAST", "broadcast") {
-            do {
-                let target = try BroadcastTarget.parse(text.trimmingCharacters(in: .whitespaces), origin: origin)
-                broadcast = broadcast ?? target
-            } catch {
-                throw ValidationError("\(error)")
-            }
-        }
-        set(\.broadcast, broadcast)
+        let broadcasts = try given(c.broadcast, "PP_BROADCAST", "broadcast").map { try BroadcastTarget.parse($0.text.trimmingCharacters(in: .whitespaces), origin: $0.origin) }
+        set(\.broadcast, broadcasts.first)
         set(\.dnssd, try bool(c.noDNSSD ? false : nil, "PP_DNSSD", "dnssd"))
         if c.noPP, c.ppPort != nil { throw ValidationError("--pp-port and --no-pp contradict each other; give one") }
         // nil: off.

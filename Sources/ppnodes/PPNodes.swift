@@ -115,14 +115,14 @@ struct PPNodes: AsyncParsableCommand {
         }
         repeat {
             let found = Found(known)
-            let browse = useDNSSD ? DNSSDCollector(found) : nil
-            if let error = browse?.error, !dnssdReported {
+            let browse = useDNSSD ? Self.browse(into: found) : nil
+            if case .failure(let error) = browse, !dnssdReported {
                 dnssdReported = true
                 FileHandle.standardError.write(Data("ppnodes: DNS-SD off: \(error); listing nodes found by broadcast only\n".utf8))
-            } else if browse?.error == nil, useDNSSD, !paths.contains("DNS-SD") {
+            } else if case .success = browse, !paths.contains("DNS-SD") {
                 paths.append("DNS-SD")
             }
-            let rows = await Self.survey(target: target, port: port, window: self.timeout, secret: secret, found: found, browse: browse)
+            let rows = await Self.survey(target: target, port: port, window: self.timeout, secret: secret, found: found, browse: try? browse?.get())
             known = Dictionary(rows.map { ($0.sighting.address, $0.sighting) }) { a, _ in a }
             let answered = rows.contains { $0.sighting.beacon != nil || $0.sighting.contact == .connected }
             if self.watch, !self.json, isatty(STDOUT_FILENO) == 1 { print("\u{1B}[H\u{1B}[2J", terminator: "") }
@@ -155,9 +155,9 @@ struct PPNodes: AsyncParsableCommand {
     /// Gathers beacons into `found` for `window` seconds (DNS-SD answers arrive there
     /// too), then asks the nodes of our cluster that speak our protocol, and those
     /// named with --node, for their counters; judges every node.
-    static func survey(target: BroadcastTarget, port: Int, window: Double, secret: ClusterSecret?, found: Found, browse: DNSSDCollector?) async -> [Row] {
+    static func survey(target: BroadcastTarget, port: Int, window: Double, secret: ClusterSecret?, found: Found, browse: DNSSDBrowser?) async -> [Row] {
         await Self.collectBeacons(target: target, port: port, window: window, into: found)
-        browse?.finish()
+        browse?.cancel()
         var sightings = found.sightings.withLock { $0 }
         let ask = sightings.values.filter { s in
             guard let b = s.beacon else { return s.via.contains("given") }
@@ -214,6 +214,18 @@ struct PPNodes: AsyncParsableCommand {
         }
         try? await Task.sleep(for: .milliseconds(Int64(window * 1000)))
         for socket in [listener, prober].compactMap({ $0 }) { _ = try? await socket.close().get() }
+    }
+
+    /// Browses `_ppnode._tcp` while the survey runs; what is resolved goes into `found`.
+    static func browse(into found: Found) -> Result<DNSSDBrowser, DNSSDError> {
+        Result { () throws(DNSSDError) in
+            try DNSSDBrowser(type: NodeBeacon.serviceType) { event in
+                guard case .found(let service) = event,
+                    let beacon = NodeBeacon(txt: service.txt, port: service.port, serviceName: service.name)
+                else { return }
+                found.heard(beacon, host: service.address, via: "DNS-SD")
+            }
+        }
     }
 
     /// What is known of each node by address, written on the sockets' event loop and
@@ -324,33 +336,5 @@ extension PPNodes.Row {
     var python: String {
         if case .string(let v) = self.stats["python"], !v.isEmpty { return v }
         return self.beacon?.python ?? "-"
-    }
-}
-
-/// Gathers `_ppnode._tcp` services resolved by DNS-SD while the survey runs.
-final class DNSSDCollector: Sendable {
-    private let browser = Mutex<DNSSDBrowser?>(nil)
-    /// Why DNS-SD is off, when it is.
-    let error: DNSSDError?
-
-    /// Starts browsing; what is resolved goes into `found`.
-    init(_ found: PPNodes.Found) {
-        do {
-            let browser = try DNSSDBrowser(type: NodeBeacon.serviceType) { event in
-                guard case .found(let service) = event,
-                    let beacon = NodeBeacon(txt: service.txt, port: service.port, serviceName: service.name)
-                else { return }
-                found.heard(beacon, host: service.address, via: "DNS-SD")
-            }
-            self.browser.withLock { $0 = browser }
-            self.error = nil
-        } catch {
-            self.error = error
-        }
-    }
-
-    /// Stops browsing.
-    func finish() {
-        self.browser.withLock { $0.take() }?.cancel()
     }
 }

@@ -11,9 +11,6 @@ public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
     /// has been read (until then it is `NodeProtocol.preambleMaxFrame`).
     public let limit: FrameLimit
 
-    /// The largest frame accepted now.
-    public var maxFrame: Int { self.limit.value }
-
     /// Creates a decoder with a fixed limit.
     public init(maxFrame: Int = NodeProtocol.defaultMaxFrame) {
         self.limit = FrameLimit(maxFrame)
@@ -31,8 +28,8 @@ public struct NodeMessageDecoder: NIOSingleStepByteToMessageDecoder {
     public mutating func decode(buffer: inout ByteBuffer) throws(NodeProtocolError) -> NodeMessage? {
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
         guard length >= 1 else { throw NodeProtocolError(NodeFrameError(frame: nil, problem: .emptyFrame)) }
-        guard Int(length) <= self.maxFrame else {
-            throw NodeProtocolError(NodeFrameError(frame: nil, problem: .tooLarge(length: Int(length), limit: self.maxFrame)))
+        guard Int(length) <= self.limit.value else {
+            throw NodeProtocolError(NodeFrameError(frame: nil, problem: .tooLarge(length: Int(length), limit: self.limit.value)))
         }
         guard buffer.readableBytes >= 4 + Int(length) else { return nil }
         buffer.moveReaderIndex(forwardBy: 4)

@@ -20,26 +20,16 @@ extension NodeMessage {
     /// Appends `results` as as many RESULTS frames as needed so that none is larger
     /// than `maxFrame` (each result alone must fit: see `JobResult.encodedSize`).
     public static func writeResults(_ results: [JobResult], maxFrame: Int, to buffer: inout ByteBuffer) {
-        var index = 0
-        while index < results.count {
-            let start = buffer.writerIndex
-            buffer.writeInteger(UInt32(0))
-            buffer.writeInteger(NodeProtocol.Kind.results.rawValue)
-            let countAt = buffer.writerIndex
-            buffer.writeInteger(UInt32(0))
-            var size = Self.resultFrameOverhead
-            var count: UInt32 = 0
-            while index < results.count {
-                let next = results[index].encodedSize
-                if count > 0, size + next > maxFrame { break }
-                Self.writeResult(results[index], to: &buffer)
-                size += next
-                count += 1
-                index += 1
+        var batch: [JobResult] = [], size = Self.resultFrameOverhead
+        for r in results {
+            if !batch.isEmpty, size + r.encodedSize > maxFrame {
+                NodeMessage.results(batch).write(to: &buffer)
+                (batch, size) = ([], Self.resultFrameOverhead)
             }
-            buffer.setInteger(count, at: countAt)
-            buffer.setInteger(UInt32(buffer.writerIndex - start - 4), at: start)
+            batch.append(r)
+            size += r.encodedSize
         }
+        if !batch.isEmpty { NodeMessage.results(batch).write(to: &buffer) }
     }
 
     /// Appends one result of a RESULTS body.

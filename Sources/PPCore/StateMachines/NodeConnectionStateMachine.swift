@@ -43,8 +43,8 @@ public struct NodeConnectionStateMachine: Sendable {
     /// The jobs the node holds, each with the time the client stops waiting for it
     /// (jobs with a timeout only). Their bundles are what a NEED may ask for.
     private var inflight: [UInt64: (job: Job, deadline: NIODeadline?)] = [:]
-    private var bundlesSent: Set<SHA256Digest> = []
-    private var blobsSent: Set<SHA256Digest> = []
+    /// The digests sent on this connection, by the frame type that asked (NEED, NEED_BLOB).
+    private var sent: [NodeProtocol.Kind: Set<SHA256Digest>] = [:]
     private var heartbeat: Heartbeat
     /// Why the connection ends (the first reason wins).
     public private(set) var closeReason: String?
@@ -147,24 +147,8 @@ public struct NodeConnectionStateMachine: Sendable {
             return .ready
         case (.ready, .results(let results)), (.draining, .results(let results)):
             return self.results(results)
-        case (.ready, .need(let digest)), (.draining, .need(let digest)):
-            guard !self.bundlesSent.contains(digest) else {
-                return self.abort("the node asked again for function bundle \(digest), which it was sent on this connection")
-            }
-            guard let bundle = self.inflight.values.first(where: { $0.job.bundle.digest == digest })?.job.bundle else {
-                return self.abort("the node asked for a function bundle \(digest) this client never sent")
-            }
-            self.bundlesSent.insert(digest)
-            return .send([.bundle(digest: digest, spec: bundle.spec)])
-        case (.ready, .needBlob(let digest)), (.draining, .needBlob(let digest)):
-            guard !self.blobsSent.contains(digest) else {
-                return self.abort("the node asked again for large argument \(digest), which it was sent on this connection")
-            }
-            guard let blob = self.inflight.values.lazy.compactMap({ $0.job.arguments.blobs.first { $0.digest == digest } }).first else {
-                return self.abort("the node asked for a large argument \(digest) of no job it holds")
-            }
-            self.blobsSent.insert(digest)
-            return .send([.blob(digest: digest, bytes: blob.bytes)])
+        case (.ready, .need(let digest)), (.draining, .need(let digest)), (.ready, .needBlob(let digest)), (.draining, .needBlob(let digest)):
+            return self.answer(message.kind, digest)
         case (.ready, .window(let w)), (.draining, .window(let w)):
             self.window = min(Int(w), Self.maxWindow)
             return .send([])
@@ -180,6 +164,24 @@ public struct NodeConnectionStateMachine: Sendable {
         default:
             return self.abort("unexpected \(PeerText.cut("\(message)", limit: 80)) from the node")
         }
+    }
+
+    /// Answers a NEED (NEED_BLOB) once per digest, and only for a bundle (large argument)
+    /// of a job the node holds.
+    private mutating func answer(_ kind: NodeProtocol.Kind, _ digest: SHA256Digest) -> Action {
+        let what = kind == .need ? "function bundle" : "large argument"
+        guard self.sent[kind, default: []].insert(digest).inserted else {
+            return self.abort("the node asked again for \(what) \(digest), which it was sent on this connection")
+        }
+        let jobs = self.inflight.values.lazy.map(\.job)
+        let reply: NodeMessage? =
+            kind == .need
+            ? jobs.first { $0.bundle.digest == digest }.map { .bundle(digest: digest, spec: $0.bundle.spec) }
+            : jobs.compactMap { $0.arguments.blobs.first { $0.digest == digest } }.first.map { .blob(digest: digest, bytes: $0.bytes) }
+        guard let reply else {
+            return self.abort("the node asked for a \(what) \(digest) \(kind == .need ? "this client never sent" : "of no job it holds")")
+        }
+        return .send([reply])
     }
 
     private mutating func results(_ results: [JobResult]) -> Action {
