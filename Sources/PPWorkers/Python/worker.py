@@ -110,12 +110,16 @@ class Capture(io.TextIOBase):
     def flush(self):
         pass
 
-    def getbytes(self):
+    def take(self):
+        """What was written since the last take, as bytes; the sink starts empty again."""
         if not self.parts:
             return b""
         data = "".join(self.parts).encode("utf-8", "replace")
+        self.parts = []
+        self.size = 0
         if len(data) > OUTPUT_LIMIT or self.truncated:
             data = data[:OUTPUT_LIMIT] + b"\n[output truncated at 1 MiB]\n"
+            self.truncated = False
         return data
 
 
@@ -183,6 +187,7 @@ class Worker(object):
         self.parsed = {}  # digest -> its JSON value, parsed once: jobs share it
         self.out = []
         self.retire = False
+        self.captured = (Capture(), Capture())  # each job's stdout and stderr, emptied after it
 
     # -- output -------------------------------------------------------------
 
@@ -293,8 +298,7 @@ class Worker(object):
                 status = BAD_ARGUMENTS
                 payload = simple_error(type(exc).__name__, "bad job arguments: %s" % exc)
             if args is not None:
-                out = Capture()
-                err = Capture()
+                out, err = self.captured
                 saved_out, saved_err = sys.stdout, sys.stderr
                 sys.stdout, sys.stderr = out, err
                 start = _perf_ns()
@@ -316,7 +320,7 @@ class Worker(object):
                         )
                 elif status == OK:
                     try:
-                        payload = _dumps(value).encode()
+                        payload = str(value).encode() if value.__class__ is int else _dumps(value).encode()
                     except (TypeError, ValueError, RecursionError) as exc:
                         status = NOT_JSON
                         hint = "return None, bool, int, float, str, or lists and dicts of them"
@@ -331,8 +335,8 @@ class Worker(object):
                     payload = error_payload(value, tb_skip=1)
                     if isinstance(value, MemoryError):
                         self.retire = True
-                out_bytes = out.getbytes()
-                err_bytes = err.getbytes()
+                out_bytes = out.take()
+                err_bytes = err.take()
         fields = _result_fields.pack(82, job_id, status, elapsed, len(out_bytes))  # 82 = 'R'
         body_len = len(fields) + len(out_bytes) + 4 + len(err_bytes) + len(payload)
         self.out.append(
