@@ -11,32 +11,30 @@ public enum WorkerFrame {
 
     /// Appends a "load bundle" frame (`B`).
     public static func writeBundle(_ bundle: FunctionBundle, to buffer: inout ByteBuffer) {
-        buffer.writeInteger(UInt32(1 + 32 + bundle.spec.count))
-        buffer.writeInteger(UInt8(ascii: "B"))
-        buffer.writeBytes(bundle.digest.bytes)
-        buffer.writeBytes(bundle.spec)
+        self.write("B", bundle.digest, bundle.spec, to: &buffer)
     }
 
     /// Appends a "drop bundle" frame (`D`).
     public static func writeDrop(_ digest: SHA256Digest, to buffer: inout ByteBuffer) {
-        buffer.writeInteger(UInt32(1 + 32))
-        buffer.writeInteger(UInt8(ascii: "D"))
-        buffer.writeBytes(digest.bytes)
+        self.write("D", digest, [], to: &buffer)
     }
 
     /// Appends a "load blob" frame (`L`): a large argument the worker keeps by digest.
     public static func writeBlob(_ blob: ArgumentBlob, to buffer: inout ByteBuffer) {
-        buffer.writeInteger(UInt32(1 + 32 + blob.bytes.count))
-        buffer.writeInteger(UInt8(ascii: "L"))
-        buffer.writeBytes(blob.digest.bytes)
-        buffer.writeBytes(blob.bytes)
+        self.write("L", blob.digest, blob.bytes, to: &buffer)
     }
 
     /// Appends a "drop blob" frame (`K`).
     public static func writeDropBlob(_ digest: SHA256Digest, to buffer: inout ByteBuffer) {
-        buffer.writeInteger(UInt32(1 + 32))
-        buffer.writeInteger(UInt8(ascii: "K"))
+        self.write("K", digest, [], to: &buffer)
+    }
+
+    /// Appends a frame of `kind` whose body is a digest and then `body`.
+    private static func write(_ kind: Unicode.Scalar, _ digest: SHA256Digest, _ body: [UInt8], to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(1 + 32 + body.count))
+        buffer.writeInteger(UInt8(ascii: kind))
         buffer.writeBytes(digest.bytes)
+        buffer.writeBytes(body)
     }
 
     /// Appends a "run job" frame (`J`, `O`, or `P` when arguments are blobs).
