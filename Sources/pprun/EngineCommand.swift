@@ -40,10 +40,10 @@ struct EngineCommand: AsyncParsableCommand {
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             Thread { [reader] in
                 var reader = reader
-                var jobs: [(opaque: Bool, body: [UInt8])] = []
+                var jobs: [EngineFrame] = []
                 while let frame = reader.next(), frame.kind != UInt8(ascii: "Q") {
-                    let isJob = frame.kind == UInt8(ascii: "J") || frame.kind == UInt8(ascii: "O")
-                    if isJob { jobs.append((frame.kind == UInt8(ascii: "O"), frame.body)) }
+                    let isJob = Engine.jobKinds.contains(frame.kind)
+                    if isJob { jobs.append(frame) }
                     // Consecutive jobs already read go to the job server in one batch.
                     if !jobs.isEmpty, !isJob || !reader.hasBufferedFrame || jobs.count >= 4096 {
                         engine.submit(jobs)
@@ -158,10 +158,20 @@ final class EngineOutput: Sendable {
     }
 }
 
-/// The engine's state: bundles by digest, and the Python ids of jobs in flight.
+/// The engine's state: bundles and large parts by digest, and the Python ids of jobs
+/// in flight.
 final class Engine: Sendable {
     let server: JobServer
-    private let state = Mutex<(functions: [SHA256Digest: PythonFunction], engineIDs: [UInt64: UInt64], doneEarly: Set<UInt64>)>(([:], [:], []))
+    private struct State {
+        var functions: [SHA256Digest: PythonFunction] = [:]
+        /// Large parts of opaque jobs (`L` frames), kept until the package drops them (`U`).
+        var parts: [SHA256Digest: [UInt8]] = [:]
+        var engineIDs: [UInt64: UInt64] = [:]
+        var doneEarly: Set<UInt64> = []
+    }
+    private let state = Mutex(State())
+    /// The frame types that are jobs: `J` (JSON), `O` (opaque), `P` (opaque in parts).
+    static let jobKinds: Set<UInt8> = [UInt8(ascii: "J"), UInt8(ascii: "O"), UInt8(ascii: "P")]
 
     init(server: JobServer) {
         self.server = server
@@ -181,6 +191,15 @@ final class Engine: Sendable {
             }
             guard bundle.digest == digest else { Self.fatal("BUNDLE bytes do not hash to their digest") }
             self.state.withLock { $0.functions[digest] = PythonFunction(bundle: bundle) }
+        case UInt8(ascii: "L"):
+            // A large part of opaque jobs, named by its SHA-256 (checked once, here).
+            guard frame.body.count >= 32, let digest = SHA256Digest(bytes: Array(frame.body[0..<32])) else { Self.fatal("PART too short") }
+            let bytes = Array(frame.body[32...])
+            guard SHA256Digest(hashing: bytes) == digest else { Self.fatal("PART bytes do not hash to their digest") }
+            self.state.withLock { $0.parts[digest] = bytes }
+        case UInt8(ascii: "U"):
+            guard frame.body.count == 32, let digest = SHA256Digest(bytes: frame.body) else { Self.fatal("DROP PART is not 32 bytes") }
+            _ = self.state.withLock { $0.parts.removeValue(forKey: digest) }
         case UInt8(ascii: "X"), UInt8(ascii: "K"):
             // X cancels a job that has not started; K stops it wherever it is, running
             // included (its worker is killed and replaced).
@@ -200,12 +219,14 @@ final class Engine: Sendable {
         }
     }
 
-    /// JOBs (`J`: arguments JSON) and OPAQUE jobs (`O`: bytes the function gets as they
-    /// are), each: python id u64 · digest(32) · timeout ms u32 · arguments. Jobs of one
-    /// bundle and timeout go to the job server in one batch.
-    func submit(_ bodies: [(opaque: Bool, body: [UInt8])]) {
+    /// JOBs (`J`: arguments JSON), OPAQUE jobs (`O`: bytes the function gets as they
+    /// are) and PARTED jobs (`P`: opaque, with large parts named by digest), each:
+    /// python id u64 · digest(32) · timeout ms u32 · arguments, where a `P` job's
+    /// arguments are count u16 · count × (position u16 · part digest(32)) · inline bytes.
+    /// Jobs of one bundle and timeout go to the job server in one batch.
+    func submit(_ frames: [EngineFrame]) {
         var groups: [(function: PythonFunction, ms: UInt64, ids: [UInt64], arguments: [JobArguments])] = []
-        for (opaque, body) in bodies {
+        for (kind, body) in frames {
             guard body.count >= 44, let digest = SHA256Digest(bytes: Array(body[8..<40])) else { Self.fatal("JOB too short") }
             let id = Self.uint(body, 0)
             let ms = Self.uint(body, 40, bytes: 4)
@@ -213,7 +234,17 @@ final class Engine: Sendable {
                 Self.answer(id, .failure(JobError(code: .protocolError, message: "the engine has no bundle \(digest)"), executor: "engine"))
                 continue
             }
-            let arguments = opaque ? JobArguments(opaque: Array(body[44...])) : JobArguments(jsonArray: Array(body[44...]))
+            let arguments: JobArguments
+            switch kind {
+            case UInt8(ascii: "J"): arguments = JobArguments(jsonArray: Array(body[44...]))
+            case UInt8(ascii: "O"): arguments = JobArguments(opaque: Array(body[44...]))
+            default:
+                guard let parted = self.partedArguments(body) else {
+                    Self.answer(id, .failure(JobError(code: .protocolError, message: "the engine does not hold a large part this job names"), executor: "engine"))
+                    continue
+                }
+                arguments = parted
+            }
             if groups.last?.function != function || groups.last?.ms != ms { groups.append((function, ms, [], [])) }
             groups[groups.count - 1].ids.append(id)
             groups[groups.count - 1].arguments.append(arguments)
@@ -234,6 +265,26 @@ final class Engine: Sendable {
                     s.engineIDs[id] = engineID
                 }
             }
+        }
+    }
+
+    /// The arguments of a `P` job, its parts filled in from the table; nil when one is
+    /// not there.
+    private func partedArguments(_ body: [UInt8]) -> JobArguments? {
+        guard body.count >= 46 else { Self.fatal("PARTED JOB too short") }
+        let count = Int(Self.uint(body, 44, bytes: 2))
+        let inline = 46 + 34 * count
+        guard body.count >= inline else { Self.fatal("PARTED JOB: \(count) parts do not fit in \(body.count) bytes") }
+        return self.state.withLock { s -> JobArguments? in
+            var parts: [ArgumentBlob] = []
+            for i in 0..<count {
+                let at = 46 + 34 * i
+                let position = Int(Self.uint(body, at, bytes: 2))
+                guard position > parts.last?.position ?? -1 else { Self.fatal("PARTED JOB: part positions must rise") }
+                guard let digest = SHA256Digest(bytes: Array(body[(at + 2)..<(at + 34)])), let bytes = s.parts[digest] else { return nil }
+                parts.append(ArgumentBlob(position: position, digest: digest, bytes: bytes))
+            }
+            return JobArguments(opaque: Array(body[inline...]), parts: parts)
         }
     }
 

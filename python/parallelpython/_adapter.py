@@ -104,11 +104,14 @@ def _error(exc, tb):
 _functions = {}
 
 
-def __pp_call__(blob):
+def __pp_call__(blob, *parts):
     """Runs one job. `blob` (opaque bytes, as the engine got them): u32 length of the
     function's pickle, the function's pickle (unpickled once per worker and kept), and
-    the pickle of (args, kwargs). Returns b"v" + the value's pickle, or b"e" + the
-    error's (see _error)."""
+    the pickle of (args, kwargs). A job in parts gets its large pickles as `parts`
+    (each loaded once per worker): a length of 0xFFFFFFFF says the function's pickle
+    is parts[0], and the pickle is of (args, kwargs, refs), each ref (index or keyword,
+    part number) naming an argument whose pickle is that part. Returns b"v" + the
+    value's pickle, or b"e" + the error's (see _error)."""
     saved = _sys.modules.get("__main__")
     try:
         main = _load_main()
@@ -119,14 +122,26 @@ def __pp_call__(blob):
     try:
         try:
             n = int.from_bytes(blob[:4], "big")
-            key = blob[4:4 + n]
+            if n == 0xFFFFFFFF:
+                key, n = parts[0], 0
+            else:
+                key = blob[4:4 + n]
             fn = _functions.get(key)
             if fn is None:
                 fn = _pickle.loads(key)
                 if len(_functions) >= 256:
                     _functions.clear()
                 _functions[key] = fn
-            args, kwargs = _pickle.loads(blob[4 + n:])
+            call = _pickle.loads(blob[4 + n:])
+            args, kwargs = call[0], call[1]
+            if len(call) == 3:
+                # Large arguments: a fresh copy for each job, as multiprocessing gives.
+                args = list(args)
+                for where, index in call[2]:
+                    if where.__class__ is int:
+                        args[where] = _pickle.loads(parts[index])
+                    else:
+                        kwargs[where] = _pickle.loads(parts[index])
         except BaseException as exc:
             return _error(exc, _traceback.format_exc())
         try:

@@ -7,6 +7,7 @@ so it never outlives this process, and it kills its workers then.
 """
 
 import atexit
+import collections
 import hashlib
 import itertools
 import json
@@ -20,6 +21,13 @@ import threading
 _HEADER = struct.Struct(">IB")
 _JOB = struct.Struct(">Q32sI")
 _RESULT = struct.Struct(">QBQI")
+_PARTED = struct.Struct(">Q32sIH")
+_REF = struct.Struct(">H32s")
+
+# Large parts no job uses any more stay in the engine up to this many bytes (least
+# recently used dropped first), so a program that submits one job at a time with the
+# same large argument still sends it once.
+PART_BUDGET = 512 << 20
 
 
 class EngineError(RuntimeError):
@@ -67,6 +75,11 @@ class Engine(object):
         self._pending = {}  # job id -> callback(status, ns, stdout, stderr, payload)
         self._stats = {}
         self._bundles = set()
+        self._parts = collections.OrderedDict()  # digest -> size, least recently used first
+        self._part_users = {}  # digest -> jobs (and reservations) that use it
+        self._part_bytes = 0
+        self._job_parts = {}  # job id -> the digests of its parts
+        self._recent = collections.OrderedDict()  # len -> (bytes, digest): compared, not hashed
         self._ids = itertools.count(1)
         self._closed = False
         self._reason = None
@@ -125,6 +138,8 @@ class Engine(object):
                 payload = body[pos + errlen:]
                 with self._lock:
                     callback = self._pending.pop(job_id, None)
+                    if self._job_parts:
+                        self._release(self._job_parts.pop(job_id, ()))
                 if callback is not None:
                     callback(status, ns, out, err, payload)
             elif kind == b"S":
@@ -159,10 +174,59 @@ class Engine(object):
             self._bundles.add(digest)
         return digest
 
+    def ensure_part(self, data):
+        """Sends a large part of opaque jobs to the engine once (while it is kept there);
+        returns its digest, reserved for one job: pass it in that job's parts."""
+        recent = self._recent.get(len(data))
+        if recent is not None and (recent[0] is data or recent[0] == data):
+            digest = recent[1]
+        else:
+            digest = hashlib.sha256(data).digest()
+            self._recent[len(data)] = (data, digest)
+            while len(self._recent) > 2:
+                self._recent.popitem(last=False)
+        with self._lock:
+            known = digest in self._parts
+            self._part_users[digest] = self._part_users.get(digest, 0) + 1
+        if not known:
+            self._write(_HEADER.pack(len(data) + 33, 76) + digest + data)  # 'L'
+        with self._lock:
+            if digest in self._parts:
+                self._parts.move_to_end(digest)
+            else:
+                self._parts[digest] = len(data)
+                self._part_bytes += len(data)
+                self._trim()
+        return digest
+
+    def _release(self, digests):
+        for digest in digests:
+            users = self._part_users.get(digest, 0) - 1
+            if users > 0:
+                self._part_users[digest] = users
+            else:
+                self._part_users.pop(digest, None)
+
+    def _trim(self):
+        """Drops the least recently used parts no job uses while over the budget
+        (under self._lock; only when a part is added, so the reader thread never writes)."""
+        if self._part_bytes <= PART_BUDGET:
+            return
+        for digest in [d for d in self._parts if d not in self._part_users]:
+            if self._part_bytes <= PART_BUDGET:
+                break
+            self._part_bytes -= self._parts.pop(digest)
+            try:
+                self._send(b"U", digest)
+            except EngineError:
+                return
+
     def submit_many(self, digest, jobs, timeout):
-        """Queues opaque jobs `(argument_bytes, callback)` with one write; returns their
-        ids. Each `callback(status, ns, stdout, stderr, payload)` runs on the reader
-        thread (status None: the engine stopped)."""
+        """Queues opaque jobs `(argument_bytes, callback)`, or `(inline_bytes, callback,
+        part_digests)` for jobs in parts (`ensure_part`; the function gets the inline
+        bytes and then each part), with one write; returns their ids. Each
+        `callback(status, ns, stdout, stderr, payload)` runs on the reader thread
+        (status None: the engine stopped)."""
         if self._closed:
             raise EngineError("the engine has stopped: %s" % (self._reason or "unknown reason"))
         ms = 0 if timeout is None else max(1, int(timeout * 1000))
@@ -171,12 +235,18 @@ class Engine(object):
         pack_header = _HEADER.pack
         pack_job = _JOB.pack
         with self._lock:
-            for arguments_json, callback in jobs:
+            for job in jobs:
                 job_id = next(self._ids)
-                self._pending[job_id] = callback
+                self._pending[job_id] = job[1]
                 ids.append(job_id)
-                # 'O': the arguments are opaque bytes (pickles) the engine does not read.
-                parts.append(pack_header(len(arguments_json) + 45, 79) + pack_job(job_id, digest, ms) + arguments_json)
+                if len(job) == 2:
+                    # 'O': the arguments are opaque bytes (pickles) the engine does not read.
+                    parts.append(pack_header(len(job[0]) + 45, 79) + pack_job(job_id, digest, ms) + job[0])
+                else:
+                    # 'P': the inline bytes at position 0, the parts after them.
+                    refs = b"".join(_REF.pack(i + 1, d) for i, d in enumerate(job[2]))
+                    self._job_parts[job_id] = job[2]
+                    parts.append(pack_header(len(job[0]) + len(refs) + 47, 80) + _PARTED.pack(job_id, digest, ms, len(job[2])) + refs + job[0])
         self._write(b"".join(parts))
         return ids
 

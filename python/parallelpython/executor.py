@@ -112,6 +112,35 @@ def _dumps_any(obj):
         raise first
 
 
+# A job whose pickles pass this size travels in parts: the function's pickle and each
+# argument larger than this go to the engine once, by SHA-256, and from there once to
+# each node and each worker; jobs name them.
+LARGE_PART = 1 << 20
+
+
+def _size_hint(value):
+    """The size of bytes, str and arrays (numpy's nbytes), else 0: cheap, no pickling."""
+    if value.__class__ in _SIZED:
+        return len(value)
+    n = getattr(value, "nbytes", 0)
+    return n if n.__class__ is int else 0
+
+
+_SIZED = (bytes, bytearray, str)
+
+
+def _looks_large(args, kwargs):
+    """Whether an argument is plainly larger than LARGE_PART, so the job goes straight
+    to parts without pickling the whole call first."""
+    for value in args:
+        if _size_hint(value) > LARGE_PART:
+            return True
+    for value in kwargs.values():
+        if _size_hint(value) > LARGE_PART:
+            return True
+    return False
+
+
 def _pickle_function(fn):
     try:
         data = _dumps_any(fn)
@@ -283,6 +312,8 @@ class Executor(_cf.Executor):
         self._lock = threading.Lock()
         self._futures = set()
         self._functions = {}
+        self._function_part = None  # (prefix, the function pickle as a part), last used
+        self._argument_part = None  # (a large bytes or str, its pickle), last used
         self._shutdown = False
         self._shipped = set()
         self._bundles = {}
@@ -346,15 +377,65 @@ class Executor(_cf.Executor):
         jobs = []
         futures = []
         for args, kwargs in calls:
-            blob = _pickle_args(fn, args, kwargs)
             future = _Future(self)
             futures.append(future)
-            jobs.append((prefix + blob, completion(future)))
+            jobs.append(self._job(fn, prefix, args, kwargs, completion(future)))
         with self._lock:
             self._futures.update(futures)
         for future, job_id in zip(futures, self._engine.submit_many(digest or self._digest, jobs, timeout)):
             future._job_id = job_id
         return futures
+
+    def _job(self, fn, prefix, args, kwargs, callback):
+        """One job for Engine.submit_many: its bytes inline, or in parts when large."""
+        if len(prefix) <= LARGE_PART and not _looks_large(args, kwargs):
+            blob = _pickle_args(fn, args, kwargs)
+            if len(prefix) + len(blob) <= LARGE_PART:
+                return (prefix + blob, callback)
+            return self._parted_job(fn, prefix, args, kwargs, blob, callback)
+        return self._parted_job(fn, prefix, args, kwargs, None, callback)
+
+    def _parted_job(self, fn, prefix, args, kwargs, blob, callback):
+        """A job whose large pickles travel as parts (`Engine.ensure_part`): the
+        inline bytes are the function's u32 length and pickle, or 0xFFFFFFFF when the
+        function is the first part, then the pickle of (args, kwargs, refs) with each
+        large argument None and named in refs as (index or keyword, part number)."""
+        engine = self._engine
+        parts = []
+        if len(prefix) > LARGE_PART:
+            cached = self._function_part
+            if cached is None or cached[0] is not prefix:
+                cached = self._function_part = (prefix, prefix[4:])
+            parts.append(engine.ensure_part(cached[1]))  # the same bytes object: not hashed again
+            prefix = b"\xff\xff\xff\xff"
+        if blob is None or len(blob) > LARGE_PART:
+            args, kwargs, refs = list(args), dict(kwargs), []
+            for key, value in list(enumerate(args)) + list(kwargs.items()):
+                data = self._part_pickle(fn, key, value)
+                if len(data) > LARGE_PART:
+                    refs.append((key, len(parts)))
+                    parts.append(engine.ensure_part(data))
+                    if isinstance(key, int):
+                        args[key] = None
+                    else:
+                        kwargs[key] = None
+            blob = _dumps_any((tuple(args), kwargs, tuple(refs))) if refs else _pickle_args(fn, tuple(args), kwargs)
+        return (prefix + blob, callback, parts) if parts else (prefix + blob, callback)
+
+    def _part_pickle(self, fn, key, value):
+        """One argument's pickle. The last large bytes or str (immutable) is pickled
+        once while the same object comes back, as in `submit(f, big, i)` in a loop."""
+        cached = self._argument_part
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        try:
+            data = _dumps_any(value)
+        except Exception as exc:
+            where = "argument %d" % key if isinstance(key, int) else "keyword argument %r" % key
+            raise TypeError("%s of %s (a %s) cannot be pickled: %s" % (where, _name(fn), type(value).__name__, exc)) from None
+        if value.__class__ in (bytes, str) and len(data) > LARGE_PART:
+            self._argument_part = (value, data)
+        return data
 
     def _function_blob(self, fn):
         """The job prefix for a function: u32 length and its pickle, made once per
@@ -412,7 +493,9 @@ class Executor(_cf.Executor):
         prefix = self._function_blob(fn)
         ids = []
         for start in range(0, len(calls), 2048):
-            jobs = [(prefix + _pickle_args(fn, args, {}), batch.completion(start + k)) for k, args in enumerate(calls[start:start + 2048])]
+            jobs = []
+            for k, args in enumerate(calls[start:start + 2048]):
+                jobs.append(self._job(fn, prefix, args, {}, batch.completion(start + k)))
             ids += self._engine.submit_many(self._digest, jobs, self._timeout)
         engine = self._engine
 

@@ -5,6 +5,7 @@ the real engine ($PP_ENGINE or pprun on PATH) and real workers. Run:
 """
 
 import concurrent.futures as cf
+import functools
 import os
 import signal
 import subprocess
@@ -67,6 +68,16 @@ def announce_then_sleep(path, seconds):
     return "finished"
 
 
+def grow_and_sum(data, i, extra=b""):
+    # Changes its large argument in place: the next job must still get the original.
+    data[0] += 1
+    return data[0] + i, len(data), len(extra)
+
+
+def take(table, i):
+    return table[i]
+
+
 class SameAsProcessPool(unittest.TestCase):
     """Each check runs the same calls on ProcessPoolExecutor and on ours."""
 
@@ -90,6 +101,22 @@ class SameAsProcessPool(unittest.TestCase):
         self.assertEqual(ours, theirs)
         theirs, ours = self.both(lambda ex: ex.submit(kw, 1, c=9).result())
         self.assertEqual(ours, theirs)
+
+    def test_large_arguments_and_functions(self):
+        # Over LARGE_PART, arguments and functions travel as parts (once per worker);
+        # each job still gets its own copy, changed in place or not.
+        big = bytearray(3 << 20)
+        table = list(range(300_000))
+
+        def run(ex):
+            futures = [ex.submit(grow_and_sum, big, i) for i in range(6)]
+            futures.append(ex.submit(grow_and_sum, bytearray(b"ab"), 5, extra=bytes(2 << 20)))
+            futures.append(ex.submit(grow_and_sum, bytearray(b"ab"), 1, extra=b"x"))
+            return [f.result() for f in futures], list(ex.map(functools.partial(take, table), range(0, 300_000, 30_000)))
+
+        theirs, ours = self.both(run)
+        self.assertEqual(ours, theirs)
+        self.assertEqual(big[0], 0)
 
     def test_user_classes_travel_both_ways(self):
         theirs, ours = self.both(lambda ex: ex.submit(moved, Point(1, 2), 10).result())

@@ -10,8 +10,9 @@ public struct JobArguments: Sendable, Hashable {
     /// argument and must return `bytes`, which come back as they are (not JSON).
     public let isOpaque: Bool
     /// Large arguments that travel by digest (`movingLarge(above:digester:)`): the
-    /// worker inserts each into the decoded array at its position; an opaque blob is
-    /// the whole opaque bytes (and `json` is empty).
+    /// worker inserts each into the decoded array at its position. For opaque
+    /// arguments the list is `json` as one `bytes` argument (none when empty) with each
+    /// blob's bytes inserted at its position.
     public internal(set) var blobs: [ArgumentBlob] = []
     /// Where each element of the JSON array ends in `json`, when the arguments were
     /// encoded from values: large ones are then found without a scan.
@@ -33,6 +34,19 @@ public struct JobArguments: Sendable, Hashable {
     public init(opaque bytes: [UInt8]) {
         self.json = bytes
         self.isOpaque = true
+    }
+
+    /// Opaque arguments in parts: the function gets `inline` (when not empty) and each
+    /// blob's bytes as `bytes` arguments, every blob at its position. The blobs travel
+    /// by digest, once per node and per worker, so a large part shared by many jobs
+    /// (the Python package's large arguments and functions) moves once.
+    ///
+    /// - Parameters:
+    ///   - inline: bytes that travel with the job.
+    ///   - parts: the large parts, positions strictly rising; their bytes must hash to
+    ///     their digests.
+    public init(opaque inline: [UInt8], parts: [ArgumentBlob]) {
+        self.init(json: inline, isOpaque: true, blobs: parts)
     }
 
     /// Arguments are equal when their bytes, kind and blobs are.

@@ -7,7 +7,8 @@ public import NIOCore
 //       [· refCount u16 · refCount × (position u16 · digest(32))]   (bit 30 only)
 // A reference is a large argument sent by digest (BLOB, asked for by NEED_BLOB), put
 // back into the argument list at its position; positions rise strictly. With bit 31
-// there is exactly one, at position 0, and args is empty: the opaque bytes are the blob.
+// the argument list is the opaque bytes as one `bytes` argument (none when empty) and
+// each blob, as bytes, at its position.
 // A job takes at least 48 bytes, so a count is checked against the body before anything
 // is reserved for it.
 
@@ -80,9 +81,6 @@ extension NodeMessage {
                         let position = Int(try reader.integer("blob position", as: UInt16.self))
                         guard position > blobs.last?.position ?? -1 else { throw reader.error("blob position", .invalid("\(position) does not follow \(blobs.last!.position)")) }
                         blobs.append(ArgumentBlob(position: position, digest: try reader.digest("blob digest"), bytes: []))
-                    }
-                    guard !opaque || (blobs.count == 1 && arguments.isEmpty) else {
-                        throw reader.error("blob count", .invalid("opaque arguments by reference need exactly one blob and no inline bytes"))
                     }
                 }
                 return WireJob(

@@ -258,7 +258,12 @@ class Worker(object):
             if d not in self.blobs:
                 raise LookupError("large argument %s was never loaded on this worker" % d.hex())
         if flags & 1:
-            return [self.blobs[refs[0][1]]]
+            # Opaque: the inline bytes (when any) are one bytes argument, the blobs others.
+            inline = body[43 + 34 * count :]
+            args = [inline] if inline else []
+            for position, d in refs:
+                args.insert(position, self.blobs[d])
+            return args
         args = _loads(body[43 + 34 * count :])
         if args.__class__ is not list:
             raise TypeError("arguments must be a JSON array, got %s" % type(args).__name__)
