@@ -22,6 +22,7 @@ final class WorkerChannelHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         do {
             try self.frames.process(buffer: Self.unwrapInboundIn(data)) { message in
+                if case .hello(let body) = message { self.pool.learnInterpreter(hello: body) }
                 self.pool.handle { $0.received(message, from: self.index, now: .now()) }
             }
         } catch {

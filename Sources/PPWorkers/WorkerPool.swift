@@ -378,7 +378,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
         self.eventLoop.preconditionInEventLoop()
         let process: ChildProcess
         do {
-            process = try ChildProcess.spawn([self.configuration.python, "-B", "-c", Self.bootstrap], name: "ppworker")
+            process = try ChildProcess.spawn([self.interpreter ?? self.configuration.python, "-B", "-c", Self.bootstrap], name: "ppworker")
         } catch {
             self.run(self.machine.spawnFailed(index: index, reason: "\(error)"))
             return
@@ -417,6 +417,32 @@ public final class WorkerPool: Service, @unchecked Sendable {
 
     /// Feeds the machine an event from a worker's pipes (`WorkerChannelHandler`) and
     /// carries out its actions.
+    /// The file later workers start from, once a worker said which interpreter it is:
+    /// the real one when the configured program is a script (a pyenv shim or another
+    /// wrapper on PATH, which costs its run at every start). Loop-bound.
+    private var interpreter: String?
+    private var interpreterDecided = false
+
+    /// Reads the interpreter's real file from the first hello (`interpreter`).
+    func learnInterpreter(hello body: ByteBuffer) {
+        guard !self.interpreterDecided else { return }
+        self.interpreterDecided = true
+        guard let real = WorkerPoolStateMachine.helloString("interpreter", body), real.hasPrefix("/"), access(real, X_OK) == 0,
+            let configured = ChildProcess.resolve(self.configuration.python), configured != real, Self.isScript(configured)
+        else { return }
+        self.interpreter = real
+        self.configuration.logger.debug("workers start from the real interpreter", metadata: [LogKey.pool: "\(self.configuration.name)", "configured": "\(configured)", "interpreter": "\(real)"])
+    }
+
+    /// Whether the file starts with `#!` (a script, not the interpreter itself).
+    private static func isScript(_ path: String) -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var head: (UInt8, UInt8) = (0, 0)
+        return withUnsafeMutableBytes(of: &head) { read(fd, $0.baseAddress, 2) } == 2 && head == (UInt8(ascii: "#"), UInt8(ascii: "!"))
+    }
+
     func handle(_ event: (inout WorkerPoolStateMachine) -> [Action]) {
         self.run(event(&self.machine))
     }

@@ -183,6 +183,24 @@ struct WorkerPoolTests {
         await pool.shutdown()
     }
 
+    @Test func aWrapperScriptStartsOnlyTheFirstWorkers() async throws {
+        // A wrapper on PATH (as a pyenv shim is) runs at every start it is used for; once
+        // a worker named its real interpreter, replacements start from that file.
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let log = dir.path + "/starts"
+        let wrapper = try dir.write("python-wrapper", "#!/bin/sh\necho start >> \(log)\nexec python3 \"$@\"\n")
+        chmod(wrapper, 0o755)
+        let pool = WorkerPool(configuration: .init(workers: 1, python: wrapper))
+        for _ in 0..<3 {
+            let e = try #require(failure(await run(pool, bundle("exit_now"), "[3]")))
+            #expect(e.code == .workerDied)
+        }
+        #expect(text(await run(pool, bundle("square"), "[7]")) == "49")
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == "start\n")
+        await pool.shutdown()
+    }
+
     @Test func memoryErrorRetiresTheWorker() async throws {
         let pool = WorkerPool(configuration: .init(workers: 1))
         let before = await run(pool, bundle("pid"), "[]")

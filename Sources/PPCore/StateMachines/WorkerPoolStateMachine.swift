@@ -553,11 +553,19 @@ public struct WorkerPoolStateMachine: Sendable {
         return self.take()
     }
 
-    /// The Python version in a hello body `{"pid":123,"python":"3.11.7",...}`: a tiny
-    /// scan, which avoids a JSON parser here.
+    /// The Python version in a hello body `{"pid":123,"python":"3.11.7",...}`.
     static func pythonVersion(hello body: ByteBuffer) -> String? {
+        self.helloString("python", body)
+    }
+
+    /// A string field of a hello body without escapes (nil if absent or escaped): a
+    /// tiny scan, which avoids a JSON parser here.
+    public static func helloString(_ name: String, _ body: ByteBuffer) -> String? {
         let bytes = body.readableBytesView
-        guard let key = bytes.firstRange(of: #""python":""#.utf8), let end = bytes[key.upperBound...].firstIndex(of: UInt8(ascii: "\"")) else { return nil }
+        guard let key = bytes.firstRange(of: Array("\"\(name)\":\"".utf8)),
+            let end = bytes[key.upperBound...].firstIndex(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }),
+            bytes[end] == UInt8(ascii: "\"")
+        else { return nil }
         return String(decoding: bytes[key.upperBound..<end], as: UTF8.self)
     }
 

@@ -178,6 +178,19 @@ def check_requires(requires):
         importlib.import_module(module)
 
 
+def real_interpreter():
+    """The interpreter's own file, which starts this same Python without a wrapper (a
+    pyenv shim runs bash and more at every start): /proc/self/exe, or in a venv its
+    bin/python; "" when unknown."""
+    try:
+        if sys.prefix == sys.base_prefix:
+            return os.readlink("/proc/self/exe")
+        candidate = os.path.join(sys.prefix, "bin", "python3")
+        return candidate if os.access(candidate, os.X_OK) else ""
+    except OSError:
+        return ""
+
+
 class Worker(object):
     def __init__(self, rfd, wfd):
         self.rfd = rfd
@@ -367,6 +380,7 @@ class Worker(object):
             "python": sys.version.split()[0],
             "implementation": sys.implementation.name,
             "executable": sys.executable,
+            "interpreter": real_interpreter(),
         }
         self.send(ord("H"), _dumps(hello).encode())
         self.flush()
