@@ -21,6 +21,12 @@
 // (g) large arguments: 40 jobs sharing one 4 MiB argument through one ppnode, sent
 //     by digest (once) and inline (with every job): the bytes the node read (its
 //     /proc rchar: sockets and worker pipes) and the time of each, in the same run.
+// (h) pprun end to end: `pprun map m.py:f --range 0:N` (--pprun-jobs, 100,000) as a
+//     whole process, on local workers and through one ppnode (--workers 0), against a
+//     Python program running multiprocessing.Pool's map with chunksize=1 and with its
+//     automatic chunks; each prints the N results to /dev/null.
+// Round trips are reported as p50 and p99 of every call of every round; sum_primes
+// runs 5 times, each against its own serial loop, with the spread of the speed-ups.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
 // alike; the ratios are what to compare across machines.
 
@@ -41,6 +47,7 @@ struct Options {
     // ppft runs ~45 jobs/s here (Nagle and delayed ACKs): keep its share of the run short.
     var ppftJobs = 200
     var ppftRoundTrips = 20
+    var pprunJobs = 100_000
 
     init(_ args: [String]) {
         var i = 1
@@ -57,8 +64,9 @@ struct Options {
             case "--python": self.python = value()
             case "--round-trips": self.roundTrips = Int(value()) ?? self.roundTrips
             case "--no-ppft": self.ppft = false
+            case "--pprun-jobs": self.pprunJobs = Int(value()) ?? self.pprunJobs
             case "-h", "--help":
-                print("usage: ppbench [--jobs N] [--workers N] [--rounds N] [--round-trips N] [--python PATH] [--no-ppft]")
+                print("usage: ppbench [--jobs N] [--workers N] [--rounds N] [--round-trips N] [--pprun-jobs N] [--python PATH] [--no-ppft]")
                 exit(0)
             default: fail("unknown option \(args[i]); see --help")
             }
@@ -101,6 +109,25 @@ func seconds(_ d: Duration) -> Double {
 
 func fmt(_ v: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", v) }
 
+/// The p-th percentile (0...1) of `samples`, nearest rank.
+func percentile(_ samples: [Double], _ p: Double) -> Double {
+    let sorted = samples.sorted()
+    guard !sorted.isEmpty else { return .nan }
+    return sorted[min(sorted.count - 1, max(0, Int((p * Double(sorted.count)).rounded(.up)) - 1))]
+}
+
+/// Times `count` synchronous calls of `call`, each on its own; returns every time.
+func roundTrips(_ count: Int, _ call: (Int) async throws -> Void) async rethrows -> [Double] {
+    var samples: [Double] = []
+    samples.reserveCapacity(count)
+    for i in 0..<count {
+        let start = ContinuousClock.now
+        try await call(i)
+        samples.append(seconds(ContinuousClock.now - start))
+    }
+    return samples
+}
+
 let options = Options(CommandLine.arguments)
 let primesFile = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("../../examples/sum_primes.py").standardized.path
@@ -127,16 +154,14 @@ for _ in 0..<options.rounds {
 }
 
 // The synchronous round trip in local mode: the same path minus TLS and the node.
-var localRTT = Double.infinity
+var localRTTs: [Double] = []
 for _ in 0..<options.rounds {
-    let start = ContinuousClock.now
-    for i in 0..<options.roundTrips {
+    localRTTs += try await roundTrips(options.roundTrips) { i in
         _ = try await server.submit(inc, arguments: tinyArgs[i % tinyArgs.count], as: RawJSON.self).value
     }
-    localRTT = min(localRTT, seconds(ContinuousClock.now - start) / Double(options.roundTrips))
 }
 
-let poolTiny = python(
+let poolTinyRates = python(
     """
     import multiprocessing, time
     def f(x):
@@ -144,46 +169,55 @@ let poolTiny = python(
     if __name__ == "__main__":
         with multiprocessing.Pool(\(options.workers)) as pool:
             pool.map(f, range(200), chunksize=1)
-            best = 0.0
+            best = auto = 0.0
             for _ in range(\(options.rounds)):
                 t = time.perf_counter()
                 pool.map(f, range(\(options.jobs)), chunksize=1)
                 best = max(best, \(options.jobs) / (time.perf_counter() - t))
+                t = time.perf_counter()
+                pool.map(f, range(\(options.jobs)))
+                auto = max(auto, \(options.jobs) / (time.perf_counter() - t))
         print(best)
+        print(auto)
     """,
     options
-).first ?? 0
+)
+let poolTiny = poolTinyRates.first ?? 0
+let poolTinyAuto = poolTinyRates.dropFirst().first ?? 0
 
 // MARK: (b) CPU-bound batch
 
 let sumPrimes = try PythonFunction(file: primesFile, name: "sum_primes")
 _ = try await server.map(sumPrimes, [10], as: Int.self)
-var oursCPU = Double.infinity
+// Five repetitions, each a serial loop then the same inputs on the workers, so that
+// each speed-up compares two runs taken a moment apart.
+let primeRepetitions = 5
+var speedUps: [Double] = []
+var oursCPU = Double.infinity, serialCPU = Double.infinity
 var sums: [Int] = []
-for _ in 0..<options.rounds {
-    let start = ContinuousClock.now
-    sums = try await server.map(sumPrimes, primeInputs, as: Int.self)
-    oursCPU = min(oursCPU, seconds(ContinuousClock.now - start))
-}
-let serial = python(
-    """
-    import sys, time
-    sys.path.insert(0, \(String(reflecting: URL(fileURLWithPath: primesFile).deletingLastPathComponent().path)))
-    from sum_primes import sum_primes
-    best = float("inf")
-    for _ in range(\(options.rounds)):
+for _ in 0..<primeRepetitions {
+    let serial = python(
+        """
+        import sys, time
+        sys.path.insert(0, \(String(reflecting: URL(fileURLWithPath: primesFile).deletingLastPathComponent().path)))
+        from sum_primes import sum_primes
         t = time.perf_counter()
         sums = [sum_primes(n) for n in \(primeInputs)]
-        best = min(best, time.perf_counter() - t)
-    print(best)
-    for s in sums:
-        print(s)
-    """,
-    options
-)
-let serialCPU = serial.first ?? 0
-let serialSums = serial.dropFirst().map { Int($0) }
-guard serialSums == sums else { fail("sum_primes results differ from the serial loop: \(sums) vs \(serialSums)") }
+        print(time.perf_counter() - t)
+        for s in sums:
+            print(s)
+        """,
+        options
+    )
+    let start = ContinuousClock.now
+    sums = try await server.map(sumPrimes, primeInputs, as: Int.self)
+    let ours = seconds(ContinuousClock.now - start)
+    let serialSums = serial.dropFirst().map { Int($0) }
+    guard serialSums == sums else { fail("sum_primes results differ from the serial loop: \(sums) vs \(serialSums)") }
+    speedUps.append((serial.first ?? 0) / ours)
+    oursCPU = min(oursCPU, ours)
+    serialCPU = min(serialCPU, serial.first ?? 0)
+}
 await server.shutdown()
 
 // MARK: (c) through one ppnode
@@ -241,14 +275,13 @@ for _ in 0..<options.rounds {
     guard results.allSatisfy({ if case .success = $0 { true } else { false } }) else { fail("tiny jobs failed through ppnode") }
     nodeTiny = max(nodeTiny, Double(options.jobs) / elapsed)
 }
-var nodeRTT = Double.infinity
+var nodeRTTs: [Double] = []
 for _ in 0..<options.rounds {
-    let start = ContinuousClock.now
-    for i in 0..<options.roundTrips {
+    nodeRTTs += try await roundTrips(options.roundTrips) { i in
         _ = try await remote.submit(inc, arguments: tinyArgs[i % tinyArgs.count], as: RawJSON.self).value
     }
-    nodeRTT = min(nodeRTT, seconds(ContinuousClock.now - start) / Double(options.roundTrips))
 }
+let nodeRTT = percentile(nodeRTTs, 0.5)
 await remote.shutdown()
 
 // (f) Fair share on the same node: a busy client keeps half-second jobs queued there; a
@@ -284,25 +317,29 @@ let fairness = await fairShare(port: nodePort)
 node.terminate()
 node.waitUntilExit()
 
-let poolRTT = python(
+let poolRTTs = python(
     """
-    import multiprocessing, time
+    import math, multiprocessing, time
     def f(x):
         return x + 1
     if __name__ == "__main__":
         with multiprocessing.Pool(\(options.workers)) as pool:
             for i in range(200):
                 pool.apply(f, (i,))
-            best = float("inf")
+            samples = []
             for _ in range(\(options.rounds)):
-                t = time.perf_counter()
                 for i in range(\(options.roundTrips)):
+                    t = time.perf_counter()
                     pool.apply(f, (i,))
-                best = min(best, (time.perf_counter() - t) / \(options.roundTrips))
-        print(best)
+                    samples.append(time.perf_counter() - t)
+        samples.sort()
+        for p in (0.5, 0.99):
+            print(samples[min(len(samples) - 1, max(0, math.ceil(p * len(samples)) - 1))])
     """,
     options
-).first ?? 0
+)
+let poolRTT = poolRTTs.first ?? 0
+let poolRTT99 = poolRTTs.dropFirst().first ?? 0
 
 /// What the unchanged ppft client measured against one server.
 struct PPFTRun {
@@ -592,25 +629,91 @@ func largeArguments(jobs: Int, size: Int) async -> [(bytes: Int, seconds: Double
 let large = (jobs: 40, size: 4 << 20)
 let largeRuns = await largeArguments(jobs: large.jobs, size: large.size)
 
+// MARK: (h) pprun end to end
+
+/// The interpreter's own file (a pyenv shim on PATH costs every start it runs): the
+/// contenders of (h) all start from it.
+func realPython() -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = [options.python, "-c", "import sys; print(sys.executable)"]
+    let out = Pipe()
+    p.standardOutput = out
+    do { try p.run() } catch { fail("cannot run \(options.python): \(error)") }
+    let path = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    p.waitUntilExit()
+    return path.isEmpty ? options.python : path
+}
+
+/// Runs a command to its end, its output to /dev/null; returns its wall time.
+func timeProcess(_ executable: String, _ args: [String], env: [String: String]) -> Double {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments = args
+    var e = ProcessInfo.processInfo.environment
+    for (k, v) in env { e[k] = v }
+    p.environment = e
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    let start = ContinuousClock.now
+    do { try p.run() } catch { fail("cannot start \(executable): \(error)") }
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { fail("\(executable) \(args.joined(separator: " ")) failed (status \(p.terminationStatus))") }
+    return seconds(ContinuousClock.now - start)
+}
+
+func pprunEndToEnd() -> (local: Double, node: Double, pool: Double, poolAuto: Double) {
+    let n = options.pprunJobs, interpreter = realPython()
+    let dir = NSTemporaryDirectory() + "/ppbench-h-\(getpid())"
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    FileManager.default.createFile(atPath: dir + "/tiny.py", contents: Data("def f(x):\n    return x + 1\n".utf8))
+    FileManager.default.createFile(atPath: dir + "/pool.py", contents: Data("""
+        import multiprocessing, sys
+        from tiny import f
+        if __name__ == "__main__":
+            n, chunks = int(sys.argv[1]), int(sys.argv[2])
+            with multiprocessing.Pool(\(options.workers)) as pool:
+                out = pool.map(f, range(n), chunksize=chunks) if chunks else pool.map(f, range(n))
+            sys.stdout.write("\\n".join(map(str, out)) + "\\n")
+        """.utf8))
+    let (node, log) = startDaemon(binDir + "/ppnode", nodeArgs(options.workers), env: ["PP_SECRET": secretText, "PP_DNSSD": "off", "PP_BROADCAST": "off", "PP_PYTHON": interpreter], ready: "ppnode ready")
+    defer { node.terminate(); node.waitUntilExit() }
+    let line = log.split(separator: "\n").first { $0.contains("ppnode ready") }!
+    let address = String(line.split(separator: " ").first { $0.hasPrefix("address=") }!.dropFirst("address=".count))
+    let env = ["PP_SECRET": secretText, "PP_DNSSD": "off", "PP_BROADCAST": "off", "PP_PYTHON": interpreter]
+    let pprun = binDir + "/pprun", map = ["map", dir + "/tiny.py:f", "--range", "0:\(n)", "--no-discover", "-q"]
+    var best = (local: Double.infinity, node: Double.infinity, pool: Double.infinity, poolAuto: Double.infinity)
+    for _ in 0..<options.rounds {
+        best.local = min(best.local, timeProcess(pprun, map + ["-j", String(options.workers)], env: env))
+        best.node = min(best.node, timeProcess(pprun, map + ["-j", "0", "--node", address], env: env))
+        best.pool = min(best.pool, timeProcess(interpreter, [dir + "/pool.py", String(n), "1"], env: ["PYTHONPATH": dir]))
+        best.poolAuto = min(best.poolAuto, timeProcess(interpreter, [dir + "/pool.py", String(n), "0"], env: ["PYTHONPATH": dir]))
+    }
+    return (Double(n) / best.local, Double(n) / best.node, Double(n) / best.pool, Double(n) / best.poolAuto)
+}
+let endToEnd = pprunEndToEnd()
+
 // MARK: Report
 
 print("")
 print("(a) \(options.jobs) tiny jobs on \(options.workers) workers")
 print("    ParallelPython local mode      \(fmt(oursTiny, 0)) jobs/s")
 print("    multiprocessing.Pool(cs=1)     \(fmt(poolTiny, 0)) jobs/s")
-print("    ratio ours/Pool                \(fmt(oursTiny / poolTiny, 2))   (target >= 1.00)")
+print("    ratio ours/Pool                \(fmt(oursTiny / poolTiny, 2))   (target >= 1.00; library local mode >= 250000 jobs/s)")
+print("    multiprocessing.Pool, auto     \(fmt(poolTinyAuto, 0)) jobs/s (its own chunks)")
 print("(b) sum_primes over \(primeInputs.count) inputs (\(primeInputs.first!)..\(primeInputs.last!))")
-print("    serial Python loop             \(fmt(serialCPU, 3)) s")
-print("    ParallelPython, \(options.workers) workers      \(fmt(oursCPU, 3)) s")
-print("    speed-up                       \(fmt(serialCPU / oursCPU, 2))   (target >= 1.90 on 2 workers)")
+print("    serial Python loop             \(fmt(serialCPU, 3)) s (best of \(primeRepetitions))")
+print("    ParallelPython, \(options.workers) workers      \(fmt(oursCPU, 3)) s (best of \(primeRepetitions))")
+print("    speed-up, \(primeRepetitions) repetitions       \(speedUps.map { fmt($0, 2) }.joined(separator: " "))   min \(fmt(speedUps.min()!, 2)) max \(fmt(speedUps.max()!, 2))   (target >= 1.90 each, on 2 workers)")
 print("    results equal to serial loop   yes (first \(sums.first!))")
 print("(c) through one ppnode on loopback, TLS 1.3 keyed by the cluster secret (\(options.workers) workers)")
 print("    tiny jobs, pipelined           \(fmt(nodeTiny, 0)) jobs/s   (target >= 50000)")
 print("      vs local mode (a)            ratio \(fmt(nodeTiny / oursTiny, 2))   (target >= 0.75)")
 print("      vs multiprocessing.Pool      ratio \(fmt(nodeTiny / poolTiny, 2))")
-print("    round trip, one at a time      \(fmt(nodeRTT * 1e6, 1)) us   (target <= Pool.apply)")
-print("      multiprocessing.Pool.apply   \(fmt(poolRTT * 1e6, 1)) us   ratio Pool/ours \(fmt(poolRTT / nodeRTT, 2))")
-print("      local mode, one at a time    \(fmt(localRTT * 1e6, 1)) us")
+print("    round trip, one at a time      p50 \(fmt(nodeRTT * 1e6, 1)) us, p99 \(fmt(percentile(nodeRTTs, 0.99) * 1e6, 1)) us   (target p50 <= 100)")
+print("      multiprocessing.Pool.apply   p50 \(fmt(poolRTT * 1e6, 1)) us, p99 \(fmt(poolRTT99 * 1e6, 1)) us   ratio Pool/ours (p50) \(fmt(poolRTT / nodeRTT, 2))")
+print("      local mode, one at a time    p50 \(fmt(percentile(localRTTs, 0.5) * 1e6, 1)) us, p99 \(fmt(percentile(localRTTs, 0.99) * 1e6, 1)) us")
 if let ppft = ppftResult?.ppserver {
     print("    ppft 1.7.8 ppserver + client   \(fmt(ppft.rate, 0)) jobs/s pipelined (\(options.ppftJobs) jobs), \(fmt(ppft.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips))")
     print("      ratio ours/ppft              \(fmt(nodeTiny / ppft.rate, 1))x pipelined, \(fmt(ppft.rtt / nodeRTT, 1))x round trip")
@@ -638,3 +741,8 @@ print("(g) large arguments: \(large.jobs) jobs sharing one \(large.size >> 20) M
 print("    by digest (default)            \(fmt(Double(largeRuns[0].bytes) / 1_048_576, 1)) MiB read by the node, \(fmt(largeRuns[0].seconds, 2)) s")
 print("    inline with every job          \(fmt(Double(largeRuns[1].bytes) / 1_048_576, 1)) MiB read by the node, \(fmt(largeRuns[1].seconds, 2)) s")
 print("    ratio inline/digest            \(fmt(Double(largeRuns[1].bytes) / Double(largeRuns[0].bytes), 1))x bytes, \(fmt(largeRuns[1].seconds / largeRuns[0].seconds, 1))x time")
+print("(h) pprun end to end, \(options.pprunJobs) tiny jobs, whole processes with their start, results to /dev/null")
+print("    pprun, \(options.workers) local workers        \(fmt(endToEnd.local, 0)) jobs/s   ratio to Pool(cs=1) \(fmt(endToEnd.local / endToEnd.pool, 2))   (target >= 5)")
+print("    pprun through one ppnode       \(fmt(endToEnd.node, 0)) jobs/s   ratio to Pool(cs=1) \(fmt(endToEnd.node / endToEnd.pool, 2))   (target >= 100000 and >= 3)")
+print("    multiprocessing.Pool(cs=1)     \(fmt(endToEnd.pool, 0)) jobs/s")
+print("    multiprocessing.Pool, auto     \(fmt(endToEnd.poolAuto, 0)) jobs/s (its own chunks)")
