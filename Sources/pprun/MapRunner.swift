@@ -47,7 +47,7 @@ struct MapRunner: Sendable {
 
     /// Runs every input; returns how many there were and how many failed.
     func run(_ inputs: InputSource, format: InputFormat) async -> (total: Int, failed: Int) {
-        let (events, sink) = AsyncStream.makeStream(of: Event.self)
+        let sink = EventInbox<Event>()
         let slots = DispatchSemaphore(value: Self.window)
         let producer = Thread { self.produce(inputs, format: format, slots: slots, sink: sink) }
         producer.stackSize = 1 << 20
@@ -71,29 +71,36 @@ struct MapRunner: Sendable {
                 Stop.now(status: ExitCodes.jobFailed)
             }
         }
-        for await event in events {
-            switch event {
-            case .finished(let item, let ending, let attempt):
-                if case .job(let outcome) = ending, case .failure(let error) = outcome.result, attempt <= self.options.retries, Self.isRetryable(error) {
-                    self.submit([(item, attempt + 1)], sink: sink)
-                    continue
-                }
-                self.counters.finished.add(1, ordering: .relaxed)
-                self.options.joblog?.record(item, ending, attempts: attempt)
-                if self.options.unordered {
-                    finish(item, ending)
-                } else {
-                    pending[item.index] = (item, ending)
-                    while let (item, ending) = pending.removeValue(forKey: next) {
+        // Events come in bursts (all that arrived since the last turn): one wake-up, one
+        // write and one progress update per burst, not per job.
+        while total.map({ done < $0 }) ?? true {
+            for event in await sink.take() {
+                switch event {
+                case .finished(let item, let ending, let attempt):
+                    if case .job(let outcome) = ending, case .failure(let error) = outcome.result, attempt <= self.options.retries, Self.isRetryable(error) {
+                        self.submit([(item, attempt + 1)], sink: sink)
+                        continue
+                    }
+                    self.counters.finished.add(1, ordering: .relaxed)
+                    self.options.joblog?.record(item, ending, attempts: attempt)
+                    if self.options.unordered {
+                        finish(item, ending)
+                    } else if item.index == next {
+                        // In order already (the common case): no detour through `pending`.
                         finish(item, ending)
                         next += 1
+                        while let (item, ending) = pending.removeValue(forKey: next) {
+                            finish(item, ending)
+                            next += 1
+                        }
+                    } else {
+                        pending[item.index] = (item, ending)
                     }
+                case .end(let n): total = n
                 }
-            case .end(let n): total = n
             }
             self.write(&out)
             self.progress?.update(done: done, failed: report.failed)
-            if let total, done >= total { break }
         }
         // Every result is out: a reader that leaves now cut nothing short.
         Stop.outputComplete.store(true, ordering: .relaxed)
@@ -109,18 +116,18 @@ struct MapRunner: Sendable {
     }
 
     /// Submits jobs; each one's outcome comes back as an event.
-    private func submit(_ jobs: [(item: InputItem, attempt: Int)], sink: AsyncStream<Event>.Continuation) {
+    private func submit(_ jobs: [(item: InputItem, attempt: Int)], sink: EventInbox<Event>) {
         let arguments = jobs.map { job in
             guard case .success(let arguments) = job.item.arguments else { preconditionFailure("only inputs with arguments run") }
             return arguments
         }
         self.server.submitBatch(self.function, arguments: arguments) { i, outcome in
-            sink.yield(.finished(jobs[i].item, .job(outcome), attempt: jobs[i].attempt))
+            sink.post(.finished(jobs[i].item, .job(outcome), attempt: jobs[i].attempt))
         }
     }
 
     /// Runs on the producer thread.
-    private func produce(_ inputs: InputSource, format: InputFormat, slots: DispatchSemaphore, sink: AsyncStream<Event>.Continuation) {
+    private func produce(_ inputs: InputSource, format: InputFormat, slots: DispatchSemaphore, sink: EventInbox<Event>) {
         var batch: [(item: InputItem, attempt: Int)] = []
         func submitPending() {
             guard !batch.isEmpty else { return }
@@ -131,19 +138,19 @@ struct MapRunner: Sendable {
             slots.wait()
             self.counters.submitted.add(1, ordering: .relaxed)
             if let input = self.options.done[item.index], input == (try? JSONDecoder().decode(JSONValue.self, from: Data(item.json))) {
-                sink.yield(.finished(item, .skipped, attempt: 0))
+                sink.post(.finished(item, .skipped, attempt: 0))
                 return
             }
             switch item.arguments {
             case .failure(let error):
-                sink.yield(.finished(item, .input(error), attempt: 1))
+                sink.post(.finished(item, .input(error), attempt: 1))
             case .success:
                 batch.append((item, 1))
                 if batch.count >= Self.batchSize { submitPending() }
             }
         }
         submitPending()
-        sink.yield(.end(total: self.counters.submitted.load(ordering: .relaxed)))
+        sink.post(.end(total: self.counters.submitted.load(ordering: .relaxed)))
     }
 
     /// Prints one finished input: its value (or, with `--tag`, the input with its value
@@ -194,6 +201,42 @@ struct MapRunner: Sendable {
         if Console.stdoutIsTerminal { self.progress?.clear() }
         if !Console.writeAll(fd: 1, out) { Stop.outputClosed() }
         out.removeAll(keepingCapacity: true)
+    }
+}
+
+/// Events from any thread to one consumer task, taken in bursts: `take()` returns all
+/// that arrived since the last call, waiting for the first. A burst of results (read
+/// in one turn of the event loop) wakes the consumer once, where a stream of single
+/// events would wake it per event.
+final class EventInbox<Event: Sendable>: Sendable {
+    private let state = Mutex<(events: [Event], waiter: CheckedContinuation<[Event], Never>?)>(([], nil))
+
+    /// Adds an event; wakes the consumer if it waits.
+    func post(_ event: Event) {
+        let wake = self.state.withLock { s -> (CheckedContinuation<[Event], Never>, [Event])? in
+            guard let waiter = s.waiter else {
+                s.events.append(event)
+                return nil
+            }
+            s.waiter = nil
+            return (waiter, [event])
+        }
+        if let (waiter, events) = wake { waiter.resume(returning: events) }
+    }
+
+    /// Every event posted since the last call (at least one: waits for it).
+    func take() async -> [Event] {
+        await withCheckedContinuation { c in
+            let ready = self.state.withLock { s -> [Event]? in
+                guard !s.events.isEmpty else {
+                    s.waiter = c
+                    return nil
+                }
+                defer { s.events.removeAll(keepingCapacity: true) }
+                return s.events
+            }
+            if let ready { c.resume(returning: ready) }
+        }
     }
 }
 
