@@ -63,6 +63,24 @@ public enum WorkerFrame {
         buffer.writeBytes(arguments.json)
     }
 
+    /// Appends a "run jobs" frame (`M`): consecutive jobs of one bundle, all with JSON
+    /// arguments or all opaque, none with blobs. The worker runs them in order and
+    /// answers each with its own `R` frame.
+    public static func writeBatch(_ jobs: some Collection<Job>, bundle: SHA256Digest, opaque: Bool, to buffer: inout ByteBuffer) {
+        let lengthIndex = buffer.writerIndex
+        buffer.writeInteger(UInt32(0))
+        buffer.writeInteger(UInt8(ascii: "M"))
+        buffer.writeBytes(bundle.bytes)
+        buffer.writeInteger(UInt8(opaque ? 1 : 0))
+        buffer.writeInteger(UInt32(jobs.count))
+        for job in jobs {
+            buffer.writeInteger(job.id)
+            buffer.writeInteger(UInt32(job.arguments.json.count))
+            buffer.writeBytes(job.arguments.json)
+        }
+        buffer.setInteger(UInt32(buffer.writerIndex - lengthIndex - 4), at: lengthIndex)
+    }
+
     /// Appends a "check bundle" frame (`C`): the worker answers whether the bundle loaded.
     public static func writeCheck(id: UInt64, bundle: SHA256Digest, to buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt32(1 + 8 + 32))

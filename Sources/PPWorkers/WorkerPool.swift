@@ -16,9 +16,10 @@ import Glibc
 /// time, kills and replaces a worker whose job passes its timeout (or is stopped with
 /// `stop(jobIDs:)`), replaces a worker
 /// that dies (its running job ends with a `workerDied` error that says how, the jobs
-/// queued behind it run elsewhere) and keeps statistics. Short jobs are pipelined: the
-/// pool keeps several jobs in each worker's pipe when the measured job time is small,
-/// so tiny jobs cost few system calls each.
+/// queued behind it run elsewhere) and keeps statistics. Short jobs are pipelined and
+/// batched: the pool keeps several jobs in each worker's pipe when the measured job
+/// time is small, consecutive jobs of one bundle in one frame, and the worker writes
+/// their results together, so tiny jobs cost few system calls each.
 ///
 /// All state lives on one event loop; every public method may be called from any thread.
 /// Completion handlers run on that event loop and must return quickly.
@@ -32,7 +33,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
         /// A label for this pool in statistics and errors (`"local"`, a node name).
         public var name: String
         /// The most jobs kept in one worker's pipe when jobs are short.
-        public var maxPipelineDepth = 32
+        public var maxPipelineDepth = 1024
         /// Bytes of function bundles each worker keeps loaded before it drops the least
         /// recently used one.
         public var bundleCacheBytes = 64 << 20

@@ -26,6 +26,9 @@ package enum WorkerScript {
 #   'K' hash(32)            drop blob
 #   'P' id(8) hash(32) flags(1) count(2) count x (position(2) hash(32)) args
 #                           run a job whose large arguments are blobs
+#   'M' hash(32) flags(1) count(4) count x (id(8) len(4) args)
+#                           run a batch of jobs; results flush at its end, or
+#                           when 1 ms passed since the last flush
 #                                          'X' reason(1)                retiring, exits
 #
 # Closing stdin asks the worker to exit.
@@ -67,6 +70,9 @@ _job_header = struct.Struct(">Q32s")
 _refs_header = struct.Struct(">BH")
 _ref = struct.Struct(">H32s")
 _result_fields = struct.Struct(">BQBQI")
+_batch_header = struct.Struct(">32sBI")
+_batch_entry = struct.Struct(">QI")
+FLUSH_NS = 1000000  # inside a batch, results wait at most this long after the last flush
 _len = struct.Struct(">I")
 _perf_ns = time.perf_counter_ns
 def _plain(value):
@@ -295,6 +301,29 @@ class Worker(object):
 
     def run_job(self, body, opaque=False, refs=False):
         job_id, h = _job_header.unpack_from(body, 0)
+        self.run(job_id, h, body if refs else body[40:], opaque, refs)
+
+    def run_batch(self, body):
+        # 'M': hash(32) flags(1: bit 0 opaque) count(4), then count x (id(8) len(4) args).
+        h, flags, count = _batch_header.unpack_from(body, 0)
+        opaque = flags & 1 == 1
+        pos = 37
+        last = _perf_ns()
+        for _ in range(count):
+            job_id, n = _batch_entry.unpack_from(body, pos)
+            pos += 12
+            self.run(job_id, h, body[pos : pos + n], opaque, False)
+            pos += n
+            if self.retire:
+                return
+            now = _perf_ns()
+            if now - last > FLUSH_NS:  # a long job does not hold back finished ones
+                self.flush()
+                last = now
+
+    def run(self, job_id, h, data, opaque, refs):
+        """Runs one job on `data` (its arguments; a 'P' frame's whole body with refs)
+        and queues its 'R' frame."""
         fn = self.bundles.get(h)
         out_bytes = err_bytes = b""
         elapsed = 0
@@ -308,12 +337,12 @@ class Worker(object):
         else:
             try:
                 if refs:
-                    args = self.blob_args(body)
-                    opaque = body[40] & 1 == 1
+                    args = self.blob_args(data)
+                    opaque = data[40] & 1 == 1
                 elif opaque:
-                    args = [body[40:]]
+                    args = [data]
                 else:
-                    args = _loads(body[40:])
+                    args = _loads(data)
                     if args.__class__ is dict:  # keyword arguments
                         kwargs, args = args, ()
                     elif args.__class__ is not list:
@@ -425,8 +454,11 @@ class Worker(object):
                     break
                 body = buf[pos + 5 : pos + 4 + length]
                 pos += 4 + length
-                if kind == 74 or kind == 79 or kind == 80:  # 'J', 'O' (opaque bytes), 'P' (blobs)
-                    self.run_job(body, kind == 79, kind == 80)
+                if kind == 74 or kind == 79 or kind == 80 or kind == 77:  # 'J', 'O' (opaque), 'P' (blobs), 'M' (batch)
+                    if kind == 77:
+                        self.run_batch(body)
+                    else:
+                        self.run_job(body, kind == 79, kind == 80)
                     self.flush()
                     if self.retire:
                         self.send(ord("X"), b"\x01")

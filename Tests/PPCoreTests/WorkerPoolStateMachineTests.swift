@@ -39,7 +39,7 @@ private func text(_ t: TimeAmount) -> String {
     t.nanoseconds % 1_000_000_000 == 0 ? "\(t.nanoseconds / 1_000_000_000)s" : "\(t.nanoseconds / 1_000_000)ms"
 }
 
-/// The frames of a write: `B(name)`, `D(name)`, `J<id>`, `O<id>`, `C<id>`.
+/// The frames of a write: `B(name)`, `D(name)`, `J<id>`, `O<id>`, `C<id>`, `M(<id> <id> ...)`.
 private func frames(_ buffer: ByteBuffer) -> String {
     var b = buffer
     var parts: [String] = []
@@ -48,6 +48,14 @@ private func frames(_ buffer: ByteBuffer) -> String {
         switch type {
         case "B", "D": parts.append("\(type)(\(bundleNames[body.readBytes(length: 32)!] ?? "?"))")
         case "L", "K": parts.append("\(type)(\(body.readBytes(length: 32)!.first!))")
+        case "M":
+            body.moveReaderIndex(forwardBy: 33)
+            let ids = (0..<body.readInteger(as: UInt32.self)!).map { _ in
+                let id = body.readInteger(as: UInt64.self)!
+                body.moveReaderIndex(forwardBy: Int(body.readInteger(as: UInt32.self)!))
+                return "\(id)"
+            }
+            parts.append("M(\(ids.joined(separator: " ")))")
         default: parts.append("\(type)\(body.readInteger(as: UInt64.self)!)")
         }
     }
@@ -174,7 +182,7 @@ struct WorkerPoolStateMachineTests {
         // Never more than maxPipelineDepth in one pipe.
         var limited = readyPool(1, configuration(depth: 4))
         warmUp(&limited)
-        #expect(describe(limited.submit((1...10).map { job($0) }, now: t0)) == ["write 1: J1 J2 J3 J4"])
+        #expect(describe(limited.submit((1...10).map { job($0) }, now: t0)) == ["write 1: M(1 2 3 4)"])
         #expect(limited.statistics.running == 4)
         // Slow jobs (50 ms) bring the depth back to one: nothing is written until the
         // pipe holds fewer than one job.
@@ -187,8 +195,9 @@ struct WorkerPoolStateMachineTests {
     @Test func jobsGoToTheLeastLoadedWorkers() {
         var m = readyPool(2)
         warmUp(&m)  // on worker 1 alone: each warm-up job ends before the next comes
-        #expect(describe(m.submit([job(1), job(2), job(3)], now: t0)) == ["write 1: J1 J3", "write 2: B(square) J2"])
-        #expect(describe(m.submit([job(4), job(5), job(6)], now: t0)) == ["write 2: J4 J6", "write 1: J5"])
+        // Each gets its share of the queue, in a batch.
+        #expect(describe(m.submit([job(1), job(2), job(3)], now: t0)) == ["write 1: M(1 2)", "write 2: B(square) J3"])
+        #expect(describe(m.submit([job(4), job(5), job(6)], now: t0)) == ["write 2: M(4 5)", "write 1: J6"])
     }
 
     @Test func bundlesLoadOncePerWorkerAndTheLeastRecentlyUsedIsDropped() {
@@ -265,23 +274,111 @@ struct WorkerPoolStateMachineTests {
 
     @Test func aWorkerThatDiesMidJobFailsItsHeadJobAndRequeuesTheRest() {
         var m = readyPool(1)
-        warmUp(&m)
-        #expect(describe(m.submit([job(1), job(2), job(3)], now: t0)) == ["write 1: J1 J2 J3"])
-        _ = m.submit([job(4)], now: t0)
-        #expect(m.statistics.queued == 0 && m.statistics.running == 4)
+        #expect(describe(m.submit([job(3), job(4)], now: t0)) == ["write 1: B(square) J3"])  // 10 ms jobs: one in the pipe
         _ = m.stdoutClosed(worker: 1)
         #expect(describe(m.processEnded(worker: 1, now: at(10))) == ["reap 1"])
         #expect(
             describe(m.workerReaped(worker: 1, status: .exited(3), now: at(10))) == [
-                "complete 1: worker died: the worker process (pid 101) exited with status 3 while running this job; it was replaced",
+                "complete 3: worker died: the worker process (pid 101) exited with status 3 while running this job; it was replaced",
                 "spawn 2",
             ]
         )
+        #expect(m.statistics.queued == 1)  // 4 runs on the replacement
+    }
+
+    @Test func aWorkerThatDiesInsideABatchRunsTheBatchAgainJobByJob() {
+        var m = readyPool(1)
+        warmUp(&m)
+        #expect(describe(m.submit([job(1), job(2), job(3)], now: t0)) == ["write 1: M(1 2 3)"])
+        _ = m.submit([job(4)], now: t0)
+        #expect(describe(m.received(result(1, ns: 10_000), from: 1, now: t0)) == ["complete 1: ok"])
+        // It dies with 2 and 3 unanswered: either may have run and killed it. Nothing
+        // ends; they run again, each alone, and 4 (not in that batch) after them.
+        _ = m.stdoutClosed(worker: 1)
+        _ = m.processEnded(worker: 1, now: at(10))
+        #expect(describe(m.workerReaped(worker: 1, status: .signaled(9), now: at(10))) == ["spawn 2"])
         #expect(m.statistics.queued == 3)
         _ = m.workerSpawned(index: 2, pid: 102)
         _ = m.workerAttached(index: 2)
-        // The replacement runs them in their order, after loading the bundle itself.
         #expect(describe(m.received(hello, from: 2, now: at(20)) + m.readComplete(now: at(20))) == ["ready", "write 2: B(square) J2 J3 J4"])
+        #expect(describe(m.received(result(2, ns: 10_000), from: 2, now: at(21))) == ["complete 2: ok"])
+        // Job 3 kills this worker too: alone in its frame, it is the one that ran.
+        _ = m.stdoutClosed(worker: 2)
+        _ = m.processEnded(worker: 2, now: at(30))
+        #expect(
+            describe(m.workerReaped(worker: 2, status: .signaled(9), now: at(30))) == [
+                "complete 3: worker died: the worker process (pid 102) was killed by signal 9 (SIGKILL) while running this job; it was replaced", "spawn 3",
+            ]
+        )
+        #expect(m.statistics.queued == 1)  // 4 runs on the next worker
+    }
+
+    @Test func batchesHoldConsecutiveJobsOfOneBundleOneOwnerAndNoTimeout() {
+        var m = readyPool(1)
+        warmUp(&m)
+        func owned(_ id: UInt64, _ bundle: FunctionBundle = square, owner: String = "", timeout: Duration? = nil) -> Job {
+            var j = job(id, bundle, timeout: timeout)
+            j.owner = owner
+            return j
+        }
+        // A bundle change ends a batch; a job with a timeout travels alone (its time
+        // counts from the result before it); a check is never in a batch.
+        let jobs = [owned(1), owned(2), owned(3, cube), owned(4, cube), owned(5), owned(6, timeout: .seconds(1)), owned(7), owned(8)]
+        #expect(describe(m.submit(jobs + [job(9, kind: .check)], now: t0)) == ["write 1: M(1 2) B(cube) M(3 4) J5 J6 M(7 8) C9"])
+        for id in UInt64(1)...8 { _ = m.received(result(id, ns: 10_000), from: 1, now: t0) }
+        _ = m.received(.checkReply(id: 9, error: nil), from: 1, now: t0)
+        // An owner change ends a batch.
+        let mixed = [owned(20, owner: "a"), owned(21, owner: "a"), owned(22, owner: "b"), owned(23, owner: "b")]
+        #expect(describe(m.submit(mixed, now: t0)) == ["write 1: M(20 21) M(22 23)"])
+    }
+
+    @Test func batchSizesFollowJobTimes() {
+        var m = readyPool(1, configuration(depth: 1024))
+        // Unmeasured jobs are taken as long: one at a time.
+        #expect(describe(m.submit((1...2000).map { job($0) }, now: t0)) == ["write 1: B(square) J1"])
+        // 10 µs jobs: 2 ms of them in the pipe, in batches.
+        for id in UInt64(1)...30 {
+            _ = m.received(result(id, ns: 10_000), from: 1, now: t0)
+            _ = m.readComplete(now: t0)
+        }
+        let pipe10µs = m.statistics.running
+        #expect(pipe10µs > 1 && pipe10µs < 1024)
+        // 1 µs jobs: the pipe deepens up to maxPipelineDepth (1024), one batch refilling it.
+        var written = 0
+        for id in UInt64(31)...230 {
+            _ = m.received(result(id, ns: 1_000), from: 1, now: t0)
+            for case .write(_, let buffer) in m.readComplete(now: t0) { written = frames(buffer).count }
+        }
+        #expect(m.statistics.running == 1024)
+        #expect(written > 0)
+        // Long jobs (1 s): once the pipe has drained, one job per frame again.
+        var last: [String] = []
+        for id in UInt64(231)...(230 + 1024) {
+            last = describe(m.received(result(id, ns: 1_000_000_000), from: 1, now: t0) + m.readComplete(now: t0))
+        }
+        #expect(last == ["complete 1254: ok", "write 1: J1255"])
+    }
+
+    @Test func aTimeoutOrAStopEndsOnlyItsJobAndTheRestRunElsewhere() {
+        var m = readyPool(1)
+        warmUp(&m)
+        #expect(describe(m.submit([job(1, timeout: .milliseconds(100)), job(2), job(3), job(4)], now: t0)) == ["write 1: J1 M(2 3 4)"])
+        _ = m.tick(now: at(101))
+        _ = m.stdoutClosed(worker: 1)
+        _ = m.processEnded(worker: 1, now: at(102))
+        #expect(describe(m.workerReaped(worker: 1, status: .signaled(9), now: at(102))).first?.hasPrefix("complete 1: timeout") == true)
+        #expect(m.statistics.queued == 3)
+        _ = m.workerSpawned(index: 2, pid: 102)
+        _ = m.workerAttached(index: 2)
+        #expect(describe(m.received(hello, from: 2, now: at(110)) + m.readComplete(now: at(110))) == ["ready", "write 2: B(square) M(2 3 4)"])
+        // Stopped in the batch behind the running job: it ends now; the running one
+        // stopped: it ends, its worker is killed, the rest of the batch runs elsewhere.
+        #expect(describe(m.stop(jobID: 3)) == ["complete 3: cancelled: the job was cancelled before it ran"])
+        #expect(describe(m.stop(jobID: 2)).first?.hasPrefix("complete 2: cancelled: the job was cancelled while it ran") == true)
+        _ = m.stdoutClosed(worker: 2)
+        _ = m.processEnded(worker: 2, now: at(120))
+        #expect(describe(m.workerReaped(worker: 2, status: .signaled(9), now: at(120))) == ["spawn 3"])
+        #expect(m.statistics.queued == 1)
     }
 
     @Test func stopEndsQueuedInPipeAndRunningJobsOnce() {
@@ -315,7 +412,7 @@ struct WorkerPoolStateMachineTests {
         #expect(m.statistics.queued == 2)
         _ = m.workerSpawned(index: 2, pid: 102)
         _ = m.workerAttached(index: 2)
-        #expect(describe(m.received(hello, from: 2, now: at(9)) + m.readComplete(now: at(9))) == ["ready", "write 2: B(square) J3 J4"])
+        #expect(describe(m.received(hello, from: 2, now: at(9)) + m.readComplete(now: at(9))) == ["ready", "write 2: B(square) M(3 4)"])
         #expect(m.stop(jobID: 99).isEmpty)
     }
 
@@ -361,7 +458,7 @@ struct WorkerPoolStateMachineTests {
         #expect(describe(m.readComplete(now: t0)).isEmpty)  // not to the retiring worker
         _ = m.workerSpawned(index: 2, pid: 102)
         _ = m.workerAttached(index: 2)
-        #expect(describe(m.received(hello, from: 2, now: t0) + m.readComplete(now: t0)) == ["ready", "write 2: B(square) J2 J3"])
+        #expect(describe(m.received(hello, from: 2, now: t0) + m.readComplete(now: t0)) == ["ready", "write 2: B(square) M(2 3)"])
         // The retired worker exits; nothing ends with it and no third worker starts.
         _ = m.stdoutClosed(worker: 1)
         _ = m.processEnded(worker: 1, now: t0)

@@ -26,7 +26,7 @@ public struct WorkerPoolStateMachine: Sendable {
         public var name: String
         /// The interpreter, as the pool was told (named in start failure messages).
         public var python: String
-        /// The most jobs kept in one worker's pipe when jobs are short.
+        /// The most jobs kept in one worker's pipe when jobs are short (in batches).
         public var maxPipelineDepth: Int
         /// Bytes of bundles each worker keeps loaded before it drops the least
         /// recently used one.
@@ -46,7 +46,7 @@ public struct WorkerPoolStateMachine: Sendable {
         ///   - blobCacheBytes: bytes of loaded large arguments per worker.
         ///   - shutdownGrace: the time running jobs get at shutdown.
         public init(
-            name: String, python: String, maxPipelineDepth: Int = 32, bundleCacheBytes: Int = 64 << 20, blobCacheBytes: Int = 256 << 20,
+            name: String, python: String, maxPipelineDepth: Int = 1024, bundleCacheBytes: Int = 64 << 20, blobCacheBytes: Int = 256 << 20,
             shutdownGrace: TimeAmount = .seconds(5)
         ) {
             self.name = name
@@ -59,7 +59,10 @@ public struct WorkerPoolStateMachine: Sendable {
     }
 
     /// The work a worker's pipe holds: as many jobs as run in this time (at least one).
-    public static let pipelineTarget: Duration = .milliseconds(1)
+    public static let pipelineTarget: Duration = .milliseconds(2)
+    /// The most argument bytes in one batch frame (`M`); a batch ends at the job that
+    /// passes it.
+    public static let maxBatchBytes = 1 << 20
     /// Failed starts in a row, with no worker ready, after which queued jobs fail.
     public static let maxStartFailures = 3
     /// The first wait before a failed start is tried again; it doubles each time.
@@ -131,9 +134,11 @@ public struct WorkerPoolStateMachine: Sendable {
         var state = State.spawning
         /// Its pipes are attached: frames can be written.
         var attached = false
-        /// The jobs in its pipe, in order; the head is running. A cancelled one was
-        /// stopped and has ended already: its result, if one comes, is dropped.
-        var inflight = Deque<(job: Job, cancelled: Bool)>()
+        /// The jobs in its pipe, in order; the head is running (or, inside a batch,
+        /// done with its result not written yet). A cancelled one was stopped and has
+        /// ended already: its result, if one comes, is dropped. `last`: the last job of
+        /// its frame (a single job's frame, or a batch).
+        var inflight = Deque<Piped>()
         /// When the head job started: when it was written to an idle worker, or when
         /// the result before it arrived.
         var headStartedAt = NIODeadline.uptimeNanoseconds(0)
@@ -159,6 +164,8 @@ public struct WorkerPoolStateMachine: Sendable {
         }
     }
 
+    typealias Piped = (job: Job, cancelled: Bool, last: Bool)
+
     /// The setup this machine was created with.
     public let configuration: Configuration
     /// The number of workers the pool keeps.
@@ -174,6 +181,9 @@ public struct WorkerPoolStateMachine: Sendable {
     private var nextIndex = 1
     /// How long jobs take lately, which sets the pipeline depth.
     private var jobTime = JobTimeEstimator()
+    /// Jobs handed back from a batch during which their worker died: one of them may
+    /// have killed it, so each runs in a frame of its own.
+    private var runAlone = Set<UInt64>()
     /// Worker starts that failed in a row (spawn error, or exit before hello).
     private var startFailures = 0
     private var lastStartError = ""
@@ -424,7 +434,13 @@ public struct WorkerPoolStateMachine: Sendable {
             self.startFailed("'\(self.configuration.python)' \(status) before it was ready")
         }
         var inflight = slot.inflight
-        if let head = inflight.popFirst(), !head.cancelled {
+        let unknown = slot.killReason == nil && inflight.first?.last == false
+        if unknown {
+            // It died inside a batch whose finished jobs' results were not written yet:
+            // which job ran is unknown. The batch's unanswered jobs run again, each
+            // alone, so that a job that kills its worker ends `workerDied` by itself.
+            for item in inflight.prefix(through: inflight.firstIndex { $0.last } ?? inflight.count - 1) { self.runAlone.insert(item.job.id) }
+        } else if let head = inflight.popFirst(), !head.cancelled {
             let error = self.deathError(of: slot, status: status)
             let metadata = [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(slot.pid)", LogKey.jobID: "\(head.job.id)", LogKey.reason: error.message]
             // The job's error tells its owner (pprun prints one line per failure): debug,
@@ -433,7 +449,7 @@ public struct WorkerPoolStateMachine: Sendable {
             self.actions.append(self.completion(head.job, error))
         }
         // Jobs behind the head never started: run them elsewhere (stopped ones ended).
-        if let head = slot.inflight.first { self.queue.charge(head.job.owner, seconds: (now - slot.headStartedAt).secondsDouble, now: now) }
+        if !unknown, let head = slot.inflight.first { self.queue.charge(head.job.owner, seconds: (now - slot.headStartedAt).secondsDouble, now: now) }
         self.handBack(inflight, now: now)
         if self.isShuttingDown { self.failQueue(JobError(code: .shutdown, message: "the worker pool shut down before the job ran")) }
         self.maintain()
@@ -627,7 +643,7 @@ public struct WorkerPoolStateMachine: Sendable {
 
     /// Jobs taken off a worker's pipe before they started go back to the front of
     /// their owners' queues (stopped ones have ended already).
-    private mutating func handBack(_ items: Deque<(job: Job, cancelled: Bool)>, now: NIODeadline) {
+    private mutating func handBack(_ items: some BidirectionalCollection<Piped>, now: NIODeadline) {
         for item in items.reversed() {
             if item.cancelled {
                 self.queue.charge(item.job.owner, seconds: 0, now: now)
@@ -647,7 +663,9 @@ public struct WorkerPoolStateMachine: Sendable {
 
     /// Hands queued jobs to ready workers, least loaded first, one write per worker.
     /// A worker's pipe holds up to as many jobs as run in `pipelineTarget` by the
-    /// moving average of job times (at least one, at most `maxPipelineDepth`).
+    /// moving average of job times (at least one, at most `maxPipelineDepth`). Each round
+    /// gives each worker one frame of at most its share of the queue: a batch (`M`) of
+    /// one owner's consecutive jobs of one bundle, or a single job.
     private mutating func dispatch(now: NIODeadline) {
         guard !self.queue.isEmpty else { return }
         let depth = self.jobTime.jobs(fittingIn: Self.pipelineTarget, limit: self.configuration.maxPipelineDepth)
@@ -656,28 +674,47 @@ public struct WorkerPoolStateMachine: Sendable {
         }
         if ready.count > 1 { ready.sort { (self.workers[$0]!.inflight.count, $0) < (self.workers[$1]!.inflight.count, $1) } }
         guard !ready.isEmpty else { return }
+        let share = (self.queue.count + ready.count - 1) / ready.count
+        let alone = self.runAlone
         var buffers = [ByteBuffer](repeating: ByteBuffer(), count: ready.count)
         var progress = true
         while progress, !self.queue.isEmpty {
             progress = false
-            for (i, index) in ready.enumerated() where self.workers[index]!.inflight.count < depth {
-                guard let job = self.queue.popNext(now: now) else { break }
+            for (i, index) in ready.enumerated() {
+                let room = min(share, depth - self.workers[index]!.inflight.count)
+                guard room > 0 else { continue }
+                var bytes = 0
+                let jobs = self.queue.popBatch(limit: room, now: now) { first, next in
+                    bytes += next.arguments.json.count
+                    return Self.batchable(first, alone) && Self.batchable(next, alone) && next.bundle.digest == first.bundle.digest
+                        && next.arguments.isOpaque == first.arguments.isOpaque && bytes <= Self.maxBatchBytes
+                }
+                guard let job = jobs.first else { break }
                 if buffers[i].capacity == 0 { buffers[i] = ByteBufferAllocator().buffer(capacity: 4096) }
                 let bundle = job.bundle
                 self.load(bundle, on: index, into: &buffers[i])
                 for blob in job.arguments.blobs { self.load(blob, of: job, on: index, into: &buffers[i]) }
                 switch job.kind {
+                case .call where jobs.count > 1: WorkerFrame.writeBatch(jobs, bundle: bundle.digest, opaque: job.arguments.isOpaque, to: &buffers[i])
                 case .call: WorkerFrame.writeJob(id: job.id, bundle: bundle.digest, arguments: job.arguments, to: &buffers[i])
                 case .check: WorkerFrame.writeCheck(id: job.id, bundle: bundle.digest, to: &buffers[i])
                 }
                 if self.workers[index]!.inflight.isEmpty { self.workers[index]!.headStartedAt = now }
-                self.workers[index]!.inflight.append((job, false))
+                for (k, job) in jobs.enumerated() { self.workers[index]!.inflight.append((job, false, k == jobs.count - 1)) }
+                if !alone.isEmpty { self.runAlone.remove(job.id) }
                 progress = true
             }
         }
         for (i, index) in ready.enumerated() where buffers[i].readableBytes > 0 {
             self.actions.append(.write(worker: index, buffers[i]))
         }
+    }
+
+    /// Whether a job may travel in a batch: a call with no timeout (a timeout measures
+    /// from the previous result, which a batch writes late), no blobs, and not under
+    /// suspicion of killing its worker.
+    private static func batchable(_ job: Job, _ alone: Set<UInt64>) -> Bool {
+        job.kind == .call && job.timeout == nil && job.arguments.blobs.isEmpty && (alone.isEmpty || !alone.contains(job.id))
     }
 
     /// Writes a bundle frame unless the worker has the bundle, dropping least recently

@@ -74,7 +74,14 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
     /// Takes the next element: the first of the owner that used the least time lately
     /// for its weight. The owner counts it as running until `charge`.
     public mutating func popNext(now: NIODeadline) -> Element? {
-        guard self.count > 0 else { return nil }
+        self.popBatch(limit: 1, now: now) { _, _ in false }.first
+    }
+
+    /// Takes the next element as `popNext` does, then up to `limit - 1` more from the
+    /// front of the same owner's queue while `belongs(first, next)` holds: a batch of
+    /// one owner's consecutive elements. Each counts as running until `charge`.
+    public mutating func popBatch(limit: Int, now: NIODeadline, while belongs: (Element, Element) -> Bool) -> [Element] {
+        guard self.count > 0 else { return [] }
         var best = -1
         if self.accounts.count == 1 {
             best = 0
@@ -90,9 +97,14 @@ public struct FairQueue<Element>: Sendable where Element: Sendable {
         }
         self.serial += 1
         self.accounts[best].served = self.serial
-        self.accounts[best].running += 1
-        self.count -= 1
-        return self.accounts[best].queue.removeFirst()
+        let first = self.accounts[best].queue.removeFirst()
+        var batch = [first]
+        while batch.count < limit, let next = self.accounts[best].queue.first, belongs(first, next) {
+            batch.append(self.accounts[best].queue.removeFirst())
+        }
+        self.accounts[best].running += batch.count
+        self.count -= batch.count
+        return batch
     }
 
     /// Adds the worker time an element of `owner` used, once it ended (or was taken
