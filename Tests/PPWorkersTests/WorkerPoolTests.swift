@@ -2,6 +2,7 @@ import Foundation
 import PPCore
 import PPTesting
 import PPWorkers
+import Synchronization
 import Testing
 
 private let ids = IDAllocator()
@@ -97,10 +98,40 @@ let functions = """
 
     def pid():
         return os.getpid()
+
+    def batched(x):
+        # How the worker got the job: 'run_batch' inside a batch frame, else 'run_job'.
+        if x == -1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if x % 5 == 1:
+            print("job", x)
+        if x % 7 == 3:
+            raise ValueError("x was %d" % x)
+        return [x * x, sys._getframe(2).f_code.co_name]
     """
 
 func bundle(_ name: String) -> FunctionBundle {
     FunctionBundle(name: name, source: functions, filename: "functions.py")
+}
+
+/// Runs calls of `batched` queued with one submission, after enough tiny jobs that the
+/// pool batches; returns their indices in the order they ended, and their outcomes.
+func runQueued(_ pool: WorkerPool, _ args: [Int]) async -> (order: [Int], outcomes: [JobOutcome]) {
+    for i in 0..<30 { _ = await run(pool, bundle("batched"), "[\(i)]") }
+    let ended = Mutex<[(Int, JobOutcome)]>([])
+    return await withCheckedContinuation { c in
+        pool.submit(
+            contentsOf: args.enumerated().map { i, x in
+                Job(id: ids.next(), bundle: bundle("batched"), arguments: JobArguments(jsonArray: Array("[\(x)]".utf8))) { result in
+                    let all = ended.withLock {
+                        $0.append((i, result.outcome))
+                        return $0.count == args.count ? $0 : nil
+                    }
+                    if let all { c.resume(returning: (all.map(\.0), all.sorted { $0.0 < $1.0 }.map(\.1))) }
+                }
+            }
+        )
+    }
 }
 
 @Suite("WorkerPool with real python3 workers")
@@ -248,6 +279,43 @@ struct WorkerPoolTests {
             #expect(text(outcomes[i]!) == String(i * i))
         }
         #expect(failure(outcomes[100]!)?.code == .workerDied)
+        await pool.shutdown()
+    }
+
+    @Test func aBatchOfTenThousandTinyJobsEndsInOrderWithItsOwnOutputsAndErrors() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        let (order, outcomes) = await runQueued(pool, Array(0..<10_000))
+        #expect(order == Array(0..<10_000))
+        var batched = 0
+        for (x, o) in outcomes.enumerated() {
+            if x % 7 == 3 {
+                let e = failure(o)
+                #expect(e?.code == .pythonException && e?.message == "x was \(x)", "job \(x)")
+            } else {
+                let value = text(o) ?? ""
+                #expect(value.hasPrefix("[\(x * x),"), "job \(x): \(value)")
+                if value.hasSuffix("\"run_batch\"]") { batched += 1 }
+            }
+            #expect(o.stdout == (x % 5 == 1 ? "job \(x)\n" : ""), "job \(x)")
+        }
+        #expect(batched > 0)  // they did travel in batches
+        await pool.shutdown()
+    }
+
+    @Test func aWorkerKilledInsideABatchFailsOnlyTheJobThatRan() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 2))
+        var args = Array(0..<2_000)
+        args[1_000] = -1  // kills its worker
+        let (_, outcomes) = await runQueued(pool, args)
+        for (i, o) in outcomes.enumerated() where i != 1_000 && i % 7 != 3 {
+            #expect(text(o)?.hasPrefix("[\(i * i),") == true, "job \(i)")
+        }
+        let e = try #require(failure(outcomes[1_000]))
+        #expect(e.code == .workerDied && e.message.contains("killed by signal 9"), "\(e)")
+        // One worker died in the batch; when the job was not the last one unanswered
+        // there, its batch ran again job by job and it killed a second one.
+        let stats = await pool.statistics()
+        #expect((1...2).contains(stats.workers.filter { !$0.alive }.count))
         await pool.shutdown()
     }
 
