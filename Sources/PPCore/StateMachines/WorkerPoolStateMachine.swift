@@ -610,6 +610,7 @@ public struct WorkerPoolStateMachine: Sendable {
     /// - Returns: its completion; none when the job was not queued.
     public mutating func cancel(jobID: UInt64) -> [Action] {
         guard let job = self.queue.remove(where: { $0.id == jobID }) else { return [] }
+        self.runAlone.remove(jobID)
         return [self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran"))]
     }
 
@@ -659,6 +660,7 @@ public struct WorkerPoolStateMachine: Sendable {
 
     private mutating func failQueue(_ error: JobError) {
         for job in self.queue.removeAll() { self.actions.append(self.completion(job, error)) }
+        self.runAlone.removeAll()  // it names queued jobs only
     }
 
     /// Hands queued jobs to ready workers, least loaded first, one write per worker.
