@@ -371,20 +371,34 @@ struct WorkerPoolStateMachineTests {
         _ = m.workerSpawned(index: 2, pid: 102)
         _ = m.workerAttached(index: 2)
         #expect(describe(m.received(hello, from: 2, now: at(110)) + m.readComplete(now: at(110))) == ["ready", "write 2: B(square) M(2 3 4)"])
-        // Stopped in the batch behind the running job: it ends now; the running one
-        // stopped: it ends, its worker is killed, the rest of the batch runs elsewhere.
-        #expect(describe(m.stop(jobID: 3)) == ["complete 3: cancelled: the job was cancelled before it ran"])
+        // Stopped inside the running batch (the worker may have reached it, its results
+        // come at the batch's end): it ends now and the worker is killed; the running
+        // one stopped too ends once; the rest of the batch runs elsewhere.
+        #expect(
+            describe(m.stop(jobID: 3)) == [
+                "complete 3: cancelled: the job was cancelled in its worker's batch; the worker (pid 102) was killed and replaced", "kill 2", "check 2 in 2ms",
+            ]
+        )
         #expect(describe(m.stop(jobID: 2)).first?.hasPrefix("complete 2: cancelled: the job was cancelled while it ran") == true)
         _ = m.stdoutClosed(worker: 2)
         _ = m.processEnded(worker: 2, now: at(120))
         #expect(describe(m.workerReaped(worker: 2, status: .signaled(9), now: at(120))) == ["spawn 3"])
         #expect(m.statistics.queued == 1)
+        // A job in a later frame than the running one has not started: it ends without
+        // a kill, and its result, if one comes, is dropped.
+        _ = m.workerSpawned(index: 3, pid: 103)
+        _ = m.workerAttached(index: 3)
+        #expect(describe(m.received(hello, from: 3, now: at(130)) + m.readComplete(now: at(130))) == ["ready", "write 3: B(square) J4"])
+        #expect(describe(m.submit([job(5, timeout: .seconds(5)), job(6)], now: at(130))) == ["write 3: J5 J6"])
+        #expect(describe(m.stop(jobID: 6)) == ["complete 6: cancelled: the job was cancelled before it ran"])
     }
 
     @Test func stopEndsQueuedInPipeAndRunningJobsOnce() {
         var m = readyPool(1)
         warmUp(&m)
-        #expect(describe(m.submit([job(1), job(2), job(3)], now: t0)).count == 1)
+        // Jobs with a timeout travel one per frame (not in a batch).
+        let long = Duration.seconds(9)
+        #expect(describe(m.submit([job(1, timeout: long), job(2, timeout: long), job(3, timeout: long)], now: t0)) == ["write 1: J1 J2 J3"])
         #expect(m.cancel(jobID: 2).isEmpty)  // cancel is for queued jobs only
         // In the pipe behind the running job: it ends now, its result is dropped.
         let inPipe = m.stop(jobID: 2)
@@ -412,7 +426,7 @@ struct WorkerPoolStateMachineTests {
         #expect(m.statistics.queued == 2)
         _ = m.workerSpawned(index: 2, pid: 102)
         _ = m.workerAttached(index: 2)
-        #expect(describe(m.received(hello, from: 2, now: at(9)) + m.readComplete(now: at(9))) == ["ready", "write 2: B(square) M(3 4)"])
+        #expect(describe(m.received(hello, from: 2, now: at(9)) + m.readComplete(now: at(9))) == ["ready", "write 2: B(square) J3 J4"])
         #expect(m.stop(jobID: 99).isEmpty)
     }
 

@@ -99,6 +99,13 @@ let functions = """
     def pid():
         return os.getpid()
 
+    def marked(x, path):
+        # Job -1 says it started (a file), then sleeps a minute.
+        if x == -1:
+            open(path, "w").close()
+            time.sleep(60)
+        return x
+
     def batched(x):
         # How the worker got the job: 'run_batch' inside a batch frame, else 'run_job'.
         if x == -1:
@@ -316,6 +323,39 @@ struct WorkerPoolTests {
         // there, its batch ran again job by job and it killed a second one.
         let stats = await pool.statistics()
         #expect((1...2).contains(stats.workers.filter { !$0.alive }.count))
+        await pool.shutdown()
+    }
+
+    @Test func aJobStoppedInsideABatchIsKilledAndTheRestRun() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let marker = dir.path + "/started"
+        func job(_ x: Int, _ done: @escaping @Sendable (JobOutcome) -> Void) -> Job {
+            Job(id: ids.next(), bundle: bundle("marked"), arguments: try! JobArguments([x, marker])) { done($0.outcome) }
+        }
+        for i in 0..<30 { _ = await run(pool, bundle("marked"), "[\(i), \"\(marker)\"]") }  // short jobs: batches
+        let ended = Mutex<[Int: JobOutcome]>([:])
+        let all = AsyncStream.makeStream(of: Void.self)
+        let jobs = (0..<200).map { i in
+            job(i == 100 ? -1 : i) { o in
+                if ended.withLock({ $0[i] = o; return $0.count }) == 200 { all.continuation.finish() }
+            }
+        }
+        pool.submit(contentsOf: jobs)
+        // Job 100 runs (inside a batch: its worker writes results at the batch's end).
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: marker), waited < 200 {
+            try await Task.sleep(for: .milliseconds(50))
+            waited += 1
+        }
+        #expect(await pool.stop(jobID: jobs[100].id))
+        for await _ in all.stream {}
+        let outcomes = ended.withLock { $0 }
+        #expect(failure(outcomes[100]!)?.code == .cancelled)
+        for i in 0..<200 where i != 100 { #expect(text(outcomes[i]!) == "\(i)", "job \(i)") }
+        // Its worker was killed (else the job would sleep on there for a minute).
+        #expect(await pool.statistics().workers.filter { !$0.alive }.count == 1)
         await pool.shutdown()
     }
 

@@ -126,7 +126,10 @@ public struct WorkerPoolStateMachine: Sendable {
     /// One worker as the machine sees it.
     struct Slot: Sendable {
         enum State: Sendable { case spawning, starting, ready, retiring }
-        enum KillReason: Sendable { case timeout(Duration), protocolError(String), shutdown, cancelled }
+        enum KillReason: Sendable {
+            case timeout(Duration), protocolError(String), shutdown, cancelled
+            var isCancel: Bool { if case .cancelled = self { true } else { false } }
+        }
 
         let index: Int
         /// 0 until the process exists.
@@ -434,12 +437,20 @@ public struct WorkerPoolStateMachine: Sendable {
             self.startFailed("'\(self.configuration.python)' \(status) before it was ready")
         }
         var inflight = slot.inflight
-        let unknown = slot.killReason == nil && inflight.first?.last == false
-        if unknown {
-            // It died inside a batch whose finished jobs' results were not written yet:
-            // which job ran is unknown. The batch's unanswered jobs run again, each
-            // alone, so that a job that kills its worker ends `workerDied` by itself.
-            for item in inflight.prefix(through: inflight.firstIndex { $0.last } ?? inflight.count - 1) { self.runAlone.insert(item.job.id) }
+        // The running frame: the head's batch, up to its job marked `last`. With two or
+        // more of its jobs unanswered, which one ran is unknown: the worker writes a
+        // batch's results at its end (or every millisecond).
+        let frameEnd = inflight.firstIndex { $0.last } ?? inflight.count - 1
+        var unknown = false
+        if frameEnd > 0, slot.killReason == nil || slot.killReason?.isCancel == true {
+            unknown = true
+            // Killed to stop one job of the batch (which has ended already): the others
+            // go back to the queue. Died by itself: they go back too, each to run alone,
+            // so that a job that kills its worker ends `workerDied` by itself. Either way
+            // a job that had finished, its result not yet written, runs again.
+            if slot.killReason == nil {
+                for item in inflight.prefix(through: frameEnd) where !item.cancelled { self.runAlone.insert(item.job.id) }
+            }
         } else if let head = inflight.popFirst(), !head.cancelled {
             let error = self.deathError(of: slot, status: status)
             let metadata = [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(slot.pid)", LogKey.jobID: "\(head.job.id)", LogKey.reason: error.message]
@@ -615,9 +626,9 @@ public struct WorkerPoolStateMachine: Sendable {
     }
 
     /// Stops a job wherever it is: queued, it is removed; in a worker's pipe behind the
-    /// running one, it ends now and its later result is dropped; running, it ends now
-    /// and its worker's process group is killed (the worker is replaced, the jobs
-    /// behind it run elsewhere). The job ends `cancelled`, once.
+    /// running frame, it ends now and its later result is dropped; running (or in the
+    /// running batch), it ends now and its worker's process group is killed (the worker
+    /// is replaced, the jobs behind it run elsewhere). The job ends `cancelled`, once.
     ///
     /// - Returns: the actions, which end the job; none when the pool did not hold it.
     public mutating func stop(jobID: UInt64) -> [Action] {
@@ -627,8 +638,12 @@ public struct WorkerPoolStateMachine: Sendable {
             guard let i = self.workers[index]!.inflight.firstIndex(where: { $0.job.id == jobID && !$0.cancelled }) else { continue }
             self.workers[index]!.inflight[i].cancelled = true
             let job = self.workers[index]!.inflight[i].job
-            if i == 0 {
-                self.actions.append(self.completion(job, Self.cancelledWhileRunning(pid: self.workers[index]!.pid)))
+            // In the running frame (the head, or a job of the head's batch, which the
+            // worker may have reached): only killing the worker stops it.
+            let frameEnd = self.workers[index]!.inflight.firstIndex { $0.last } ?? 0
+            if i <= frameEnd {
+                let pid = self.workers[index]!.pid
+                self.actions.append(self.completion(job, i == 0 ? Self.cancelledWhileRunning(pid: pid) : JobError(code: .cancelled, message: "the job was cancelled in its worker's batch; the worker (pid \(pid)) was killed and replaced")))
                 self.kill(index, reason: .cancelled)
             } else {
                 self.actions.append(self.completion(job, JobError(code: .cancelled, message: "the job was cancelled before it ran")))
