@@ -139,7 +139,7 @@ struct PlacementTests {
         #expect(none.failures.map(\.job.id) == [4])
         #expect(
             none.failures[0].error.message
-                == "no executor can run the function: b (127.0.0.1:7342): needs Python >=3.9,<3.13; it runs Python 3.8.10; local: needs Python >=3.9,<3.13; it runs Python 3.13.0"
+                == "no executor can run the function: local: needs Python >=3.9,<3.13; it runs Python 3.13.0; b (127.0.0.1:7342): needs Python >=3.9,<3.13; it runs Python 3.8.10"
         )
     }
 

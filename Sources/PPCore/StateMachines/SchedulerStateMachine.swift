@@ -224,7 +224,9 @@ public struct SchedulerStateMachine: Sendable {
     /// The failure of a job that none of `ids` can run: one executor's own error, or a
     /// message naming each executor and its reason.
     private func unavailable(_ job: Job, on ids: [ExecutorID]) -> Failure {
-        let refusals = ids.compactMap { id in self.placements[id].flatMap { p in p.unable[job.bundle.digest].map { (name: p.name, error: $0) } } }
+        // By name, "local" first: the same message whatever order the executors joined in.
+        var refusals: [(name: String, error: JobError)] = ids.compactMap { id in self.placements[id].flatMap { p in p.unable[job.bundle.digest].map { (name: p.name, error: $0) } } }
+        refusals.sort { a, b in a.name != b.name && (a.name == "local" || (b.name != "local" && a.name < b.name)) }
         if refusals.count == 1 { return Failure(job: job, error: refusals[0].error, executor: refusals[0].error.executor ?? refusals[0].name) }
         let why = refusals.map { r in
             let type = r.error.pythonType.flatMap { r.error.message.hasPrefix($0) ? nil : "\($0): " } ?? ""
