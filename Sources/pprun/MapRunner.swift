@@ -48,11 +48,22 @@ struct MapRunner: Sendable {
     /// Runs every input; returns how many there were and how many failed.
     func run(_ inputs: InputSource, format: InputFormat) async -> (total: Int, failed: Int) {
         let sink = EventInbox<Event>()
-        let slots = DispatchSemaphore(value: Self.window)
+        let slots = Window(Self.window)
         let producer = Thread { self.produce(inputs, format: format, slots: slots, sink: sink) }
         producer.stackSize = 1 << 20
         producer.start()
+        // The results are taken on a thread of their own (it waits on a condition, not
+        // in the cooperative pool).
+        return await withCheckedContinuation { c in
+            let consumer = Thread { c.resume(returning: self.consume(sink: sink, slots: slots)) }
+            consumer.stackSize = 1 << 20
+            consumer.start()
+        }
+    }
 
+    /// Prints results as they come (in input order unless `--unordered`) until all are
+    /// in; returns how many inputs there were and how many failed.
+    private func consume(sink: EventInbox<Event>, slots: Window) -> (total: Int, failed: Int) {
         var report = FailureReport()
         var pending: [Int: (InputItem, Ending)] = [:]
         var (next, done, total): (Int, Int, Int?) = (0, 0, nil)
@@ -61,7 +72,6 @@ struct MapRunner: Sendable {
             self.emit(item, ending, report: &report, to: &out)
             if out.count >= 1 << 16 { self.write(&out) }
             done += 1
-            slots.signal()
             if let maxFailures = self.options.maxFailures, report.failed >= maxFailures {
                 self.write(&out)
                 self.progress?.finish(done: done, failed: report.failed)
@@ -71,10 +81,11 @@ struct MapRunner: Sendable {
                 Stop.now(status: ExitCodes.jobFailed)
             }
         }
-        // Events come in bursts (all that arrived since the last turn): one wake-up, one
-        // write and one progress update per burst, not per job.
+        // Events come in bursts (all that arrived since the last look): one wake-up, one
+        // write, one progress update and one release of window slots per burst.
         while total.map({ done < $0 }) ?? true {
-            for event in await sink.take() {
+            let before = done
+            for event in sink.take() {
                 switch event {
                 case .finished(let item, let ending, let attempt):
                     if case .job(let outcome) = ending, case .failure(let error) = outcome.result, attempt <= self.options.retries, Self.isRetryable(error) {
@@ -100,6 +111,7 @@ struct MapRunner: Sendable {
                 }
             }
             self.write(&out)
+            slots.release(done - before)
             self.progress?.update(done: done, failed: report.failed)
         }
         // Every result is out: a reader that leaves now cut nothing short.
@@ -127,7 +139,7 @@ struct MapRunner: Sendable {
     }
 
     /// Runs on the producer thread.
-    private func produce(_ inputs: InputSource, format: InputFormat, slots: DispatchSemaphore, sink: EventInbox<Event>) {
+    private func produce(_ inputs: InputSource, format: InputFormat, slots: Window, sink: EventInbox<Event>) {
         var batch: [(item: InputItem, attempt: Int)] = []
         func submitPending() {
             guard !batch.isEmpty else { return }
@@ -135,7 +147,7 @@ struct MapRunner: Sendable {
             batch.removeAll(keepingCapacity: true)
         }
         inputs.forEach(format, beforeBlocking: submitPending) { item in
-            slots.wait()
+            slots.acquire()
             self.counters.submitted.add(1, ordering: .relaxed)
             if let input = self.options.done[item.index], input == (try? JSONDecoder().decode(JSONValue.self, from: Data(item.json))) {
                 sink.post(.finished(item, .skipped, attempt: 0))
@@ -150,7 +162,7 @@ struct MapRunner: Sendable {
             }
         }
         submitPending()
-        sink.post(.end(total: self.counters.submitted.load(ordering: .relaxed)))
+        sink.post(.end(total: self.counters.submitted.load(ordering: .relaxed)), urgent: true)
     }
 
     /// Prints one finished input: its value (or, with `--tag`, the input with its value
@@ -204,39 +216,74 @@ struct MapRunner: Sendable {
     }
 }
 
-/// Events from any thread to one consumer task, taken in bursts: `take()` returns all
-/// that arrived since the last call, waiting for the first. A burst of results (read
-/// in one turn of the event loop) wakes the consumer once, where a stream of single
-/// events would wake it per event.
-final class EventInbox<Event: Sendable>: Sendable {
-    private let state = Mutex<(events: [Event], waiter: CheckedContinuation<[Event], Never>?)>(([], nil))
+/// Events from any thread to one consumer thread, taken in bursts: `take()` returns all
+/// that arrived since the last call. A post wakes the waiting consumer only when a
+/// burst is full (or the event is urgent); else the consumer looks every millisecond.
+/// A stream of single events would wake it once per result (a futex wake-up and a
+/// context switch each, on a machine whose cores the workers need).
+final class EventInbox<Event: Sendable>: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var events: [Event] = []
+    private var waiting = false
+    /// Events that wake the consumer at once.
+    static var burst: Int { 512 }
 
-    /// Adds an event; wakes the consumer if it waits.
-    func post(_ event: Event) {
-        let wake = self.state.withLock { s -> (CheckedContinuation<[Event], Never>, [Event])? in
-            guard let waiter = s.waiter else {
-                s.events.append(event)
-                return nil
-            }
-            s.waiter = nil
-            return (waiter, [event])
-        }
-        if let (waiter, events) = wake { waiter.resume(returning: events) }
+    /// Adds an event; wakes the consumer for a full burst or an `urgent` event.
+    func post(_ event: Event, urgent: Bool = false) {
+        self.condition.lock()
+        self.events.append(event)
+        if self.waiting, urgent || self.events.count >= Self.burst { self.condition.signal() }
+        self.condition.unlock()
     }
 
     /// Every event posted since the last call (at least one: waits for it).
-    func take() async -> [Event] {
-        await withCheckedContinuation { c in
-            let ready = self.state.withLock { s -> [Event]? in
-                guard !s.events.isEmpty else {
-                    s.waiter = c
-                    return nil
-                }
-                defer { s.events.removeAll(keepingCapacity: true) }
-                return s.events
-            }
-            if let ready { c.resume(returning: ready) }
+    func take() -> [Event] {
+        self.condition.lock()
+        defer { self.condition.unlock() }
+        while self.events.isEmpty {
+            self.waiting = true
+            _ = self.condition.wait(until: Date(timeIntervalSinceNow: 0.001))
+            self.waiting = false
         }
+        var taken: [Event] = []
+        swap(&taken, &self.events)
+        return taken
+    }
+}
+
+/// The slots of `pprun map`'s window: the producer takes one per input, the consumer
+/// gives them back per burst; a waiting producer is woken once a good share is free,
+/// not once per finished job.
+final class Window: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var free: Int
+    private var waiting = false
+    private let wakeAt: Int
+
+    init(_ size: Int) {
+        self.free = size
+        self.wakeAt = max(1, min(1024, size / 4))
+    }
+
+    /// Takes one slot, waiting for enough to be free.
+    func acquire() {
+        self.condition.lock()
+        while self.free == 0 {
+            self.waiting = true
+            self.condition.wait()
+            self.waiting = false
+        }
+        self.free -= 1
+        self.condition.unlock()
+    }
+
+    /// Gives `n` slots back.
+    func release(_ n: Int) {
+        guard n > 0 else { return }
+        self.condition.lock()
+        self.free += n
+        if self.waiting, self.free >= self.wakeAt { self.condition.signal() }
+        self.condition.unlock()
     }
 }
 
