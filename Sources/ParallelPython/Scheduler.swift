@@ -167,7 +167,7 @@ final class Scheduler: @unchecked Sendable {
 // MARK: - Local executor
 
 /// The local worker pool as an executor. Its window is one job per worker for long
-/// jobs and a deep pipeline for short ones.
+/// jobs and about 4 ms of work per worker for short ones.
 ///
 /// `@unchecked Sendable`: confined to the job server's loop, where the pool (sharing
 /// that loop) calls its completions.
@@ -189,7 +189,9 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     }
 
     var freeSlots: Int {
-        let window = self.jobTime.jobsAreShort ? self.size * 64 : self.size
+        // Short jobs: about 4 ms of them per worker (at most 1,024), so that the pool
+        // sends its workers frames of many jobs; long ones: one per worker.
+        let window = self.jobTime.jobsAreShort ? self.size * self.jobTime.jobs(fittingIn: .milliseconds(4), limit: 1024) : self.size
         return max(0, window - self.inflight.count)
     }
 

@@ -343,20 +343,26 @@ struct WorkerPoolStateMachineTests {
         }
         let pipe10µs = m.statistics.running
         #expect(pipe10µs > 1 && pipe10µs < 1024)
-        // 1 µs jobs: the pipe deepens up to maxPipelineDepth (1024), one batch refilling it.
-        var written = 0
-        for id in UInt64(31)...230 {
+        // 1 µs jobs: the pipe deepens up to maxPipelineDepth (1024), refilled in one
+        // batch each time it is half empty, not after every result.
+        var writes = 0, deepest = 0
+        for id in UInt64(31)...630 {
             _ = m.received(result(id, ns: 1_000), from: 1, now: t0)
-            for case .write(_, let buffer) in m.readComplete(now: t0) { written = frames(buffer).count }
+            for case .write(_, let buffer) in m.readComplete(now: t0) {
+                writes += 1
+                let written = frames(buffer)
+                #expect(written.hasPrefix("M(") && !written.contains(" M("), "\(written.prefix(40))")
+            }
+            deepest = max(deepest, m.statistics.running)
         }
-        #expect(m.statistics.running == 1024)
-        #expect(written > 0)
+        #expect(deepest == 1024)
+        #expect(writes >= 1 && writes <= 10, "\(writes) writes for 600 results")
         // Long jobs (1 s): once the pipe has drained, one job per frame again.
         var last: [String] = []
-        for id in UInt64(231)...(230 + 1024) {
+        for id in UInt64(631)...(630 + 1024) {
             last = describe(m.received(result(id, ns: 1_000_000_000), from: 1, now: t0) + m.readComplete(now: t0))
         }
-        #expect(last == ["complete 1254: ok", "write 1: J1255"])
+        #expect(last == ["complete 1654: ok", "write 1: J1655"])
     }
 
     @Test func aTimeoutOrAStopEndsOnlyItsJobAndTheRestRunElsewhere() {

@@ -686,8 +686,10 @@ public struct WorkerPoolStateMachine: Sendable {
     private mutating func dispatch(now: NIODeadline) {
         guard !self.queue.isEmpty else { return }
         let depth = self.jobTime.jobs(fittingIn: Self.pipelineTarget, limit: self.configuration.maxPipelineDepth)
+        // A pipe is refilled once it is half empty (or empty): frames of many jobs, not a
+        // trickle of small ones after each burst of results.
         var ready = self.workers.indices {
-            $0.state == .ready && $0.attached && $0.killReason == nil && !$0.stdoutClosed && $0.inflight.count < depth
+            $0.state == .ready && $0.attached && $0.killReason == nil && !$0.stdoutClosed && ($0.inflight.isEmpty || $0.inflight.count <= depth / 2)
         }
         if ready.count > 1 { ready.sort { (self.workers[$0]!.inflight.count, $0) < (self.workers[$1]!.inflight.count, $1) } }
         guard !ready.isEmpty else { return }
