@@ -48,6 +48,7 @@ struct Options {
     var ppftJobs = 200
     var ppftRoundTrips = 20
     var pprunJobs = 100_000
+    var roundTripsOnly = false
 
     init(_ args: [String]) {
         var i = 1
@@ -64,9 +65,10 @@ struct Options {
             case "--python": self.python = value()
             case "--round-trips": self.roundTrips = Int(value()) ?? self.roundTrips
             case "--no-ppft": self.ppft = false
+            case "--round-trips-only": self.roundTripsOnly = true
             case "--pprun-jobs": self.pprunJobs = Int(value()) ?? self.pprunJobs
             case "-h", "--help":
-                print("usage: ppbench [--jobs N] [--workers N] [--rounds N] [--round-trips N] [--pprun-jobs N] [--python PATH] [--no-ppft]")
+                print("usage: ppbench [--jobs N] [--workers N] [--rounds N] [--round-trips N] [--pprun-jobs N] [--python PATH] [--no-ppft] [--round-trips-only]")
                 exit(0)
             default: fail("unknown option \(args[i]); see --help")
             }
@@ -153,15 +155,30 @@ for _ in 0..<options.rounds {
     oursTiny = max(oursTiny, Double(options.jobs) / elapsed)
 }
 
-// The synchronous round trip in local mode: the same path minus TLS and the node.
-var localRTTs: [Double] = []
-for _ in 0..<options.rounds {
-    localRTTs += try await roundTrips(options.roundTrips) { i in
-        _ = try await server.submit(inc, arguments: tinyArgs[i % tinyArgs.count], as: RawJSON.self).value
+/// Synchronous round trips (submit, await the value, submit the next), `rounds` times
+/// `roundTrips`.
+func synchronousRoundTrips(_ server: JobServer) async throws -> [Double] {
+    var samples: [Double] = []
+    for _ in 0..<options.rounds {
+        samples += try await roundTrips(options.roundTrips) { i in
+            _ = try await server.submit(inc, arguments: tinyArgs[i % tinyArgs.count], as: RawJSON.self).value
+        }
     }
+    return samples
 }
 
-let poolTinyRates = python(
+/// "p50 X us, p99 Y us" of round-trip samples.
+func latencies(_ samples: [Double]) -> String {
+    "p50 \(fmt(percentile(samples, 0.5) * 1e6, 1)) us, p99 \(fmt(percentile(samples, 0.99) * 1e6, 1)) us"
+}
+
+// The synchronous round trip in local mode: the same path minus TLS and the node.
+let localRTTs = try await synchronousRoundTrips(server)
+if options.roundTripsOnly {
+    print("round trip, local mode    \(latencies(localRTTs))")
+}
+
+let poolTinyRates = options.roundTripsOnly ? [] : python(
     """
     import multiprocessing, time
     def f(x):
@@ -195,7 +212,7 @@ let primeRepetitions = 5
 var speedUps: [Double] = []
 var oursCPU = Double.infinity, serialCPU = Double.infinity
 var sums: [Int] = []
-for _ in 0..<primeRepetitions {
+for _ in 0..<(options.roundTripsOnly ? 0 : primeRepetitions) {
     let serial = python(
         """
         import sys, time
@@ -268,21 +285,22 @@ let nodePort = Int(readyLine.split(separator: " ").first { $0.hasPrefix("address
 let remote = JobServer(configuration: .init(workers: 0, nodes: [NodeAddress(host: "127.0.0.1", port: nodePort)], secret: try ClusterSecret(text: secretText, origin: "ppbench"), discover: false))
 _ = await remote.mapResults(inc, arguments: Array(tinyArgs.prefix(200)), as: RawJSON.self)
 var nodeTiny = 0.0
-for _ in 0..<options.rounds {
+for _ in 0..<(options.roundTripsOnly ? 0 : options.rounds) {
     let start = ContinuousClock.now
     let results = await remote.mapResults(inc, arguments: tinyArgs, as: RawJSON.self)
     let elapsed = seconds(ContinuousClock.now - start)
     guard results.allSatisfy({ if case .success = $0 { true } else { false } }) else { fail("tiny jobs failed through ppnode") }
     nodeTiny = max(nodeTiny, Double(options.jobs) / elapsed)
 }
-var nodeRTTs: [Double] = []
-for _ in 0..<options.rounds {
-    nodeRTTs += try await roundTrips(options.roundTrips) { i in
-        _ = try await remote.submit(inc, arguments: tinyArgs[i % tinyArgs.count], as: RawJSON.self).value
-    }
-}
+let nodeRTTs = try await synchronousRoundTrips(remote)
 let nodeRTT = percentile(nodeRTTs, 0.5)
 await remote.shutdown()
+if options.roundTripsOnly {
+    print("round trip, one node      \(latencies(nodeRTTs))")
+    node.terminate()
+    node.waitUntilExit()
+    exit(0)
+}
 
 // (f) Fair share on the same node: a busy client keeps half-second jobs queued there; a
 // second client, already connected, then sends 20 tiny jobs. Its times to the first
@@ -669,7 +687,10 @@ func pprunEndToEnd() -> (local: Double, node: Double, pool: Double, poolAuto: Do
     defer { try? FileManager.default.removeItem(atPath: dir) }
     FileManager.default.createFile(atPath: dir + "/tiny.py", contents: Data("def f(x):\n    return x + 1\n".utf8))
     FileManager.default.createFile(atPath: dir + "/pool.py", contents: Data("""
-        import multiprocessing, sys
+        import multiprocessing, signal, sys
+        # Started from a thread that blocks signals: without this, Pool's terminate()
+        # (SIGTERM to its workers) can wait forever.
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
         from tiny import f
         if __name__ == "__main__":
             n, chunks = int(sys.argv[1]), int(sys.argv[2])
@@ -711,9 +732,9 @@ print("(c) through one ppnode on loopback, TLS 1.3 keyed by the cluster secret (
 print("    tiny jobs, pipelined           \(fmt(nodeTiny, 0)) jobs/s   (target >= 50000)")
 print("      vs local mode (a)            ratio \(fmt(nodeTiny / oursTiny, 2))   (target >= 0.75)")
 print("      vs multiprocessing.Pool      ratio \(fmt(nodeTiny / poolTiny, 2))")
-print("    round trip, one at a time      p50 \(fmt(nodeRTT * 1e6, 1)) us, p99 \(fmt(percentile(nodeRTTs, 0.99) * 1e6, 1)) us   (target p50 <= 100)")
+print("    round trip, one at a time      \(latencies(nodeRTTs))   (target p50 <= 100)")
 print("      multiprocessing.Pool.apply   p50 \(fmt(poolRTT * 1e6, 1)) us, p99 \(fmt(poolRTT99 * 1e6, 1)) us   ratio Pool/ours (p50) \(fmt(poolRTT / nodeRTT, 2))")
-print("      local mode, one at a time    p50 \(fmt(percentile(localRTTs, 0.5) * 1e6, 1)) us, p99 \(fmt(percentile(localRTTs, 0.99) * 1e6, 1)) us")
+print("      local mode, one at a time    \(latencies(localRTTs))")
 if let ppft = ppftResult?.ppserver {
     print("    ppft 1.7.8 ppserver + client   \(fmt(ppft.rate, 0)) jobs/s pipelined (\(options.ppftJobs) jobs), \(fmt(ppft.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips))")
     print("      ratio ours/ppft              \(fmt(nodeTiny / ppft.rate, 1))x pipelined, \(fmt(ppft.rtt / nodeRTT, 1))x round trip")
