@@ -294,6 +294,14 @@ struct NodeSessionStateMachineTests {
         for job in long.run { _ = machine.jobFinished(clientID: job.clientID, result: Self.result(nanoseconds: 1_000_000_000)) }
         #expect(try Self.batch(machine.flush()).window == 8)
         #expect(machine.maxWindow == 256)
+        // Tiny jobs (5 µs): about 4 ms of them per worker, in a power of two (512 × 4).
+        let tiny = try Self.submission(Self.receive(&machine, .submit((120..<128).map { Self.job($0) }), node: &node))
+        for job in tiny.run { _ = machine.jobFinished(clientID: job.clientID, result: Self.result(nanoseconds: 5_000)) }
+        for id in UInt64(1000)..<1100 {
+            for job in try Self.submission(Self.receive(&machine, .submit([Self.job(id)]), node: &node)).run { _ = machine.jobFinished(clientID: job.clientID, result: Self.result(nanoseconds: 5_000)) }
+        }
+        _ = machine.flush()
+        #expect(machine.window == 2048 && machine.maxWindow == 2048)
         guard case .submit = Self.receive(&machine, .submit((200..<400).map { Self.job($0) }), node: &node) else { throw Unexpected(.none) }
     }
 

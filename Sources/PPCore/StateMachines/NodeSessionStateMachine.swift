@@ -438,7 +438,7 @@ public struct NodeSessionStateMachine: Sendable {
         // Short jobs get a deep window (pipelining); long ones a shallow one, so a
         // client does not park work here that its other executors could run.
         if !self.draining {
-            let wanted = self.jobTime.jobsAreShort ? Self.shortJobWindow(workers: self.configuration.workers) : Self.longJobWindow(workers: self.configuration.workers)
+            let wanted = self.jobTime.jobsAreShort ? Self.shortJobWindow(workers: self.configuration.workers, jobTime: self.jobTime) : Self.longJobWindow(workers: self.configuration.workers)
             if wanted != self.window {
                 self.window = wanted
                 self.maxWindow = max(self.maxWindow, wanted)
@@ -448,8 +448,14 @@ public struct NodeSessionStateMachine: Sendable {
         return .sendResults(results, maxFrame: ready.clientMaxFrame, window: window, tooLarge: tooLarge)
     }
 
-    /// The window while jobs are short (mean under 2 ms): deep pipelining.
-    public static func shortJobWindow(workers: Int) -> Int { max(1, workers) * 64 }
+    /// The window while jobs are short (mean under 2 ms): deep pipelining, about 4 ms of
+    /// work per worker (so that workers get jobs in batches of hundreds when they are
+    /// tiny), from 64 to 1,024 jobs per worker in powers of two (a WINDOW is sent only
+    /// when the estimate crosses one).
+    public static func shortJobWindow(workers: Int, jobTime: JobTimeEstimator) -> Int {
+        let perWorker = jobTime.jobs(fittingIn: .milliseconds(4), limit: 1024)
+        return max(1, workers) * max(64, 1 << (Int.bitWidth - 1 - perWorker.leadingZeroBitCount))
+    }
 
     /// The window while jobs are long: a little more than the workers can run; 0 on a
     /// node of no workers (a standby node holds no jobs).
