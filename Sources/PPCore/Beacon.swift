@@ -128,18 +128,11 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     /// (a service of another program under our type).
     public init?(txt: [String: String], port: Int, serviceName: String) {
         guard let keyid = txt["keyid"], let proto = txt["protocol"].flatMap(Int.init), (1...65535).contains(port) else { return nil }
-        self.id = txt["id"] ?? ""
-        self.name = txt["name"] ?? serviceName
-        self.port = port
-        self.keyid = keyid
-        self.protocol = proto
-        self.cores = txt["cores"].flatMap(Int.init) ?? 0
-        self.workers = txt["workers"].flatMap(Int.init) ?? 0
-        self.version = txt["version"] ?? "?"
-        self.arch = txt["arch"]
-        self.os = txt["os"]
-        self.python = txt["python"]
-        self.pp = txt["pp"].flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil }
+        self.init(
+            id: txt["id"] ?? "", name: txt["name"] ?? serviceName, port: port, keyid: keyid, protocol: proto,
+            cores: txt["cores"].flatMap(Int.init) ?? 0, workers: txt["workers"].flatMap(Int.init) ?? 0, version: txt["version"] ?? "?",
+            arch: txt["arch"], os: txt["os"], python: txt["python"], pp: txt["pp"].flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil }
+        )
     }
 
     /// Whether a datagram is a probe.

@@ -56,15 +56,7 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
         case .double(let d): w.double(d)
         case .string(let s): w.string(s)
         case .array(let a): w.array(a) { $1.write(to: &$0) }
-        case .object(let o):
-            w.raw("{")
-            for (i, key) in o.keys.sorted().enumerated() {
-                if i > 0 { w.raw(",") }
-                w.string(key)
-                w.raw(":")
-                o[key]!.write(to: &w)
-            }
-            w.raw("}")
+        case .object(let o): w.object(o.keys.sorted().map { ($0, o[$0]!) }) { $1.write(to: &$0) }
         }
     }
 

@@ -64,6 +64,29 @@ public struct JSONWriter: Sendable {
         self.bytes.append(UInt8(ascii: "\""))
     }
 
+    /// Appends `,"key":` and `value` as a string (an object's member after its first);
+    /// nothing when `value` is `nil`.
+    public mutating func member(_ key: String, _ value: String?) {
+        guard let value else { return }
+        self.bytes.append(UInt8(ascii: ","))
+        self.string(key)
+        self.bytes.append(UInt8(ascii: ":"))
+        self.string(value)
+    }
+
+    /// Appends a JSON object of `members` in the order given, writing each value with
+    /// `value`.
+    public mutating func object<T>(_ members: [(String, T)], _ value: (inout JSONWriter, T) -> Void) {
+        self.bytes.append(UInt8(ascii: "{"))
+        for (i, (key, item)) in members.enumerated() {
+            if i > 0 { self.bytes.append(UInt8(ascii: ",")) }
+            self.string(key)
+            self.bytes.append(UInt8(ascii: ":"))
+            value(&self, item)
+        }
+        self.bytes.append(UInt8(ascii: "}"))
+    }
+
     /// Appends a JSON array, writing each element with `element`.
     public mutating func array<T>(_ items: [T], _ element: (inout JSONWriter, T) -> Void) {
         self.bytes.append(UInt8(ascii: "["))

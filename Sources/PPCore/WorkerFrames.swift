@@ -173,10 +173,8 @@ extension JobError {
         var w = JSONWriter()
         w.raw("{\"type\":")
         w.string(self.pythonType ?? "")
-        w.raw(",\"message\":")
-        w.string(self.message)
-        w.raw(",\"traceback\":")
-        w.string(self.traceback)
+        w.member("message", self.message)
+        w.member("traceback", self.traceback)
         w.raw("}")
         return w.bytes
     }

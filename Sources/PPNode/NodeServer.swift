@@ -449,13 +449,7 @@ final class NodeState: @unchecked Sendable {
         ]
         // In this order (a JSONValue object would sort its keys).
         var w = JSONWriter()
-        for (i, (key, value)) in fields.enumerated() {
-            w.raw(i == 0 ? "{" : ",")
-            w.string(key)
-            w.raw(":")
-            value.write(to: &w)
-        }
-        w.raw("}")
+        w.object(fields) { $1.write(to: &$0) }
         return w.bytes
     }
 }

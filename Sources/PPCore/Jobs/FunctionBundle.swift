@@ -50,22 +50,17 @@ public struct FunctionBundle: Sendable, Hashable {
         var w = JSONWriter()
         w.raw("{\"name\":")
         w.string(name)
-        w.raw(",\"filename\":")
-        w.string(filename)
+        w.member("filename", filename)
         w.raw(",\"imports\":")
         w.array(imports) { $0.string($1) }
         w.raw(",\"deps\":")
         w.array(dependencies) { $0.string($1) }
-        if let searchPath {
-            w.raw(",\"path\":")
-            w.string(searchPath)
-        }
+        w.member("path", searchPath)
         if let requirements {
             w.raw(",\"requires\":")
             requirements.write(to: &w)
         }
-        w.raw(",\"source\":")
-        w.string(source)
+        w.member("source", source)
         w.raw("}")
         self.spec = w.bytes
         self.digest = SHA256Digest(hashing: w.bytes)

@@ -104,14 +104,8 @@ public struct Requirements: Sendable, Hashable {
     func write(to w: inout JSONWriter) {
         w.raw("{\"modules\":")
         w.array(self.modules) { $0.string($1) }
-        if let python {
-            w.raw(",\"python\":")
-            w.string(python)
-        }
-        if let implementation {
-            w.raw(",\"implementation\":")
-            w.string(implementation)
-        }
+        w.member("python", self.python)
+        w.member("implementation", self.implementation)
         w.raw("}")
     }
 
