@@ -25,6 +25,8 @@
 //     whole process, on local workers and through one ppnode (--workers 0), against a
 //     Python program running multiprocessing.Pool's map with chunksize=1 and with its
 //     automatic chunks; each prints the N results to /dev/null.
+// `--round-trips-only` measures only the synchronous round trips (local and through one
+// node), for quick comparisons while working on latency.
 // Round trips are reported as p50 and p99 of every call of every round; sum_primes
 // runs 5 times, each against its own serial loop, with the spread of the speed-ups.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
