@@ -243,7 +243,7 @@ struct WorkerPoolTests {
         let pool = WorkerPool(configuration: .init(workers: 1))
         let before = await run(pool, bundle("pid"), "[]")
         let e = try #require(failure(await run(pool, bundle("hog"), "[]")))
-        #expect(e.code == .pythonException)
+        #expect(e.code == .pythonException, "\(e.code): \(e.message)")
         #expect(e.pythonType == "MemoryError")
         let after = await run(pool, bundle("pid"), "[]")
         #expect(text(after) != nil && text(after) != text(before))
