@@ -191,7 +191,7 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     var freeSlots: Int {
         // Short jobs: about 4 ms of them per worker (at most 1,024), so that the pool
         // sends its workers frames of many jobs; long ones: one per worker.
-        let window = self.jobTime.jobsAreShort ? self.size * self.jobTime.jobs(fittingIn: .milliseconds(4), limit: 1024) : self.size
+        let window = self.jobTime.jobsAreShort ? self.size * self.jobTime.jobs(fittingIn: JobTimeEstimator.windowOfWork, limit: 1024) : self.size
         return max(0, window - self.inflight.count)
     }
 

@@ -7,6 +7,9 @@ public struct JobTimeEstimator: Sendable {
     public static let weight = 0.2
     /// Jobs shorter than this are "short": they are pipelined deeply.
     public static let shortJob: Duration = .milliseconds(2)
+    /// The work per worker a window of short jobs holds (the local executor's, a node's
+    /// for a client): enough for a worker's pipe to take them in batches of hundreds.
+    public static let windowOfWork: Duration = .milliseconds(4)
 
     /// The current estimate, in nanoseconds.
     public private(set) var meanNanoseconds: Double

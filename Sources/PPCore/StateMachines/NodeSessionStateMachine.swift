@@ -453,7 +453,7 @@ public struct NodeSessionStateMachine: Sendable {
     /// tiny), from 64 to 1,024 jobs per worker in powers of two (a WINDOW is sent only
     /// when the estimate crosses one).
     public static func shortJobWindow(workers: Int, jobTime: JobTimeEstimator) -> Int {
-        let perWorker = jobTime.jobs(fittingIn: .milliseconds(4), limit: 1024)
+        let perWorker = jobTime.jobs(fittingIn: JobTimeEstimator.windowOfWork, limit: 1024)
         return max(1, workers) * max(64, 1 << (Int.bitWidth - 1 - perWorker.leadingZeroBitCount))
     }
 
