@@ -6,8 +6,11 @@ let holding = """
     import os, time
 
     def hold(x, dir):
-        with open(os.path.join(dir, "started-%d" % x), "w") as f:
+        # Written then renamed: the file appears with the pid already in it.
+        path = os.path.join(dir, "started-%d" % x)
+        with open(path + ".tmp", "w") as f:
             f.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
         time.sleep(60)
         return x
     """
