@@ -25,8 +25,8 @@
 //     whole process, on local workers and through one ppnode (--workers 0), against a
 //     Python program running multiprocessing.Pool's map with chunksize=1 and with its
 //     automatic chunks; each prints the N results to /dev/null.
-// `--round-trips-only` measures only the synchronous round trips (local and through one
-// node), for quick comparisons while working on latency.
+// `--round-trips-only` measures only local tiny jobs and the synchronous round trips
+// (local and through one node), for quick comparisons while working on per-job costs.
 // Round trips are reported as p50 and p99 of every call of every round; sum_primes
 // runs 5 times, each against its own serial loop, with the spread of the speed-ups.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
@@ -177,6 +177,7 @@ func latencies(_ samples: [Double]) -> String {
 // The synchronous round trip in local mode: the same path minus TLS and the node.
 let localRTTs = try await synchronousRoundTrips(server)
 if options.roundTripsOnly {
+    print("tiny jobs, local mode     \(fmt(oursTiny, 0)) jobs/s")
     print("round trip, local mode    \(latencies(localRTTs))")
 }
 

@@ -65,7 +65,8 @@ public enum WorkerFrame {
 
     /// Appends a "run jobs" frame (`M`): consecutive jobs of one bundle, all with JSON
     /// arguments or all opaque, none with blobs. The worker runs them in order and
-    /// answers each with its own `R` frame.
+    /// answers each with its own `R` frame. Every job's id and length come first, then
+    /// the arguments back to back, so that the worker parses them from one string.
     public static func writeBatch(_ jobs: some Collection<Job>, bundle: SHA256Digest, opaque: Bool, to buffer: inout ByteBuffer) {
         let lengthIndex = buffer.writerIndex
         buffer.writeInteger(UInt32(0))
@@ -76,6 +77,8 @@ public enum WorkerFrame {
         for job in jobs {
             buffer.writeInteger(job.id)
             buffer.writeInteger(UInt32(job.arguments.json.count))
+        }
+        for job in jobs {
             buffer.writeBytes(job.arguments.json)
         }
         buffer.setInteger(UInt32(buffer.writerIndex - lengthIndex - 4), at: lengthIndex)

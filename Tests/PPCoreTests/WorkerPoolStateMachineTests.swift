@@ -52,7 +52,7 @@ private func frames(_ buffer: ByteBuffer) -> String {
             body.moveReaderIndex(forwardBy: 33)
             let ids = (0..<body.readInteger(as: UInt32.self)!).map { _ in
                 let id = body.readInteger(as: UInt64.self)!
-                body.moveReaderIndex(forwardBy: Int(body.readInteger(as: UInt32.self)!))
+                body.moveReaderIndex(forwardBy: 4)  // the length; the arguments follow all ids
                 return "\(id)"
             }
             parts.append("M(\(ids.joined(separator: " ")))")

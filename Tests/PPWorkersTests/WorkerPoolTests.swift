@@ -107,7 +107,7 @@ let functions = """
         return x
 
     def batched(x):
-        # How the worker got the job: 'run_batch' inside a batch frame, else 'run_job'.
+        # How the worker got the job: 'run_batch' inside a batch frame, else 'run'.
         if x == -1:
             os.kill(os.getpid(), signal.SIGKILL)
         if x % 5 == 1:
@@ -124,12 +124,17 @@ func bundle(_ name: String) -> FunctionBundle {
 /// Runs calls of `batched` queued with one submission, after enough tiny jobs that the
 /// pool batches; returns their indices in the order they ended, and their outcomes.
 func runQueued(_ pool: WorkerPool, _ args: [Int]) async -> (order: [Int], outcomes: [JobOutcome]) {
+    await runQueued(pool, arguments: args.map { "[\($0)]" })
+}
+
+/// `runQueued` with each job's JSON arguments as given.
+func runQueued(_ pool: WorkerPool, arguments args: [String]) async -> (order: [Int], outcomes: [JobOutcome]) {
     for i in 0..<30 { _ = await run(pool, bundle("batched"), "[\(i)]") }
     let ended = Mutex<[(Int, JobOutcome)]>([])
     return await withCheckedContinuation { c in
         pool.submit(
             contentsOf: args.enumerated().map { i, x in
-                Job(id: ids.next(), bundle: bundle("batched"), arguments: JobArguments(jsonArray: Array("[\(x)]".utf8))) { result in
+                Job(id: ids.next(), bundle: bundle("batched"), arguments: JobArguments(jsonArray: Array(x.utf8))) { result in
                     let all = ended.withLock {
                         $0.append((i, result.outcome))
                         return $0.count == args.count ? $0 : nil
@@ -306,6 +311,29 @@ struct WorkerPoolTests {
             #expect(o.stdout == (x % 5 == 1 ? "job \(x)\n" : ""), "job \(x)")
         }
         #expect(batched > 0)  // they did travel in batches
+        await pool.shutdown()
+    }
+
+    @Test func eachJobOfABatchHasItsOwnArgumentsWhateverItsNeighbours() async throws {
+        let pool = WorkerPool(configuration: .init(workers: 1))
+        // The worker scans a batch's arguments in one string: two halves of an array in
+        // two jobs must not join into one job's arguments. Spaces and keyword arguments
+        // take the general path; so does a batch with non-ASCII text.
+        let tail = ["[1, [2", "]]", " [6] ", #"{"x": 4}"#, "[8]"]
+        let (_, outcomes) = await runQueued(pool, arguments: (0..<300).map { "[\($0)]" } + tail)
+        for i in 0..<300 where i % 7 != 3 {
+            #expect(text(outcomes[i])?.hasPrefix("[\(i * i),") == true, "job \(i)")
+        }
+        #expect(failure(outcomes[300])?.code == .badArguments)
+        #expect(failure(outcomes[301])?.code == .badArguments)
+        #expect(text(outcomes[302])?.hasPrefix("[36,") == true)
+        #expect(text(outcomes[303])?.hasPrefix("[16,") == true)
+        #expect(text(outcomes[304]) == #"[64,"run_batch"]"#)
+        let (_, more) = await runQueued(pool, arguments: (0..<300).map { "[\($0)]" } + [#"{"x": 2, "é": 1}"#])
+        for i in 0..<300 where i % 7 != 3 {
+            #expect(text(more[i])?.hasPrefix("[\(i * i),") == true, "job \(i)")
+        }
+        #expect(failure(more[300])?.message.contains("'é'") == true, "\(more[300])")
         await pool.shutdown()
     }
 
