@@ -323,8 +323,7 @@ public final class JobServer: Service, Sendable {
             let outcome = result.outcome
             self.book.withLock { $0.record(outcome) }
             completion(outcome)
-            let waiters = self.book.withLock { $0.end(group: group) }
-            for w in waiters { w.resume() }
+            for w in self.book.withLock({ $0.end(group: group) }) { w.resume() }
         }
     }
 
@@ -488,38 +487,61 @@ public final class JobServer: Service, Sendable {
 }
 
 /// Counters, groups and waiters of a job server; lives under its mutex. The group
-/// `nil` is every job.
+/// `nil` is every job. A job's end costs one hash at most: the counters of the
+/// executor that ended the last job are kept aside, and every job counts in `all`.
 struct Book {
-    var executors: [String: ExecutorStatistics] = [:]
-    var pending: [String?: Int] = [:]
-    var waiters: [String?: [CheckedContinuation<Void, Never>]] = [:]
+    private var executorTotals: [String: ExecutorStatistics] = [:]
+    /// The executor of the last ended job, its counts not yet in `executorTotals`.
+    private var current: ExecutorStatistics?
+    /// Jobs not ended, in all groups, and per group.
+    private var all = 0
+    private var pending: [String: Int] = [:]
+    private var waiters: [String?: [CheckedContinuation<Void, Never>]] = [:]
+
+    /// Counters per executor.
+    var executors: [String: ExecutorStatistics] {
+        var totals = self.executorTotals
+        if let c = self.current { totals[c.name, default: ExecutorStatistics(name: c.name, jobs: 0, totalTime: .zero)].add(c) }
+        return totals
+    }
 
     mutating func begin(group: String, count: Int = 1) {
         self.pending[group, default: 0] += count
-        self.pending[nil, default: 0] += count
+        self.all += count
     }
 
+    /// Counts a job's outcome for its executor (before its completion runs, so that
+    /// statistics read after it include the job).
     mutating func record(_ outcome: JobOutcome) {
-        self.executors[outcome.executor, default: ExecutorStatistics(name: outcome.executor, jobs: 0, totalTime: .zero)].jobs += 1
-        self.executors[outcome.executor]!.totalTime += outcome.duration
+        if self.current?.name != outcome.executor {
+            if let c = self.current { self.executorTotals[c.name, default: ExecutorStatistics(name: c.name, jobs: 0, totalTime: .zero)].add(c) }
+            self.current = ExecutorStatistics(name: outcome.executor, jobs: 0, totalTime: .zero)
+        }
+        self.current!.jobs += 1
+        self.current!.totalTime += outcome.duration
     }
 
-    /// A job of `group` ended: returns the waiters to wake.
+    /// A job of `group` ended (after its completion ran): returns the waiters to wake.
     mutating func end(group: String) -> [CheckedContinuation<Void, Never>] {
         var woken: [CheckedContinuation<Void, Never>] = []
-        for key in [group, nil] {
-            self.pending[key, default: 1] -= 1
-            if self.pending[key] == 0 {
-                self.pending[key] = nil
-                woken += self.waiters.removeValue(forKey: key) ?? []
+        if let left = self.pending[group] {
+            if left > 1 {
+                self.pending[group] = left - 1
+            } else {
+                self.pending[group] = nil
+                woken += self.waiters.removeValue(forKey: group) ?? []
             }
+        }
+        self.all = max(0, self.all - 1)
+        if self.all == 0, !self.waiters.isEmpty {
+            woken += self.waiters.removeValue(forKey: nil) ?? []
         }
         return woken
     }
 
     /// Adds a waiter unless its jobs are done; returns `true` when they are.
     mutating func addWaiter(_ c: CheckedContinuation<Void, Never>, group: String?) -> Bool {
-        guard self.pending[group, default: 0] > 0 else { return true }
+        guard (group.map { self.pending[$0, default: 0] } ?? self.all) > 0 else { return true }
         self.waiters[group, default: []].append(c)
         return false
     }

@@ -8,6 +8,12 @@ public struct ExecutorStatistics: Sendable {
     public var jobs: Int
     /// Total time its functions ran.
     public var totalTime: Duration
+
+    /// Adds another count of the same executor.
+    mutating func add(_ other: ExecutorStatistics) {
+        self.jobs += other.jobs
+        self.totalTime += other.totalTime
+    }
 }
 
 /// A job server's counters: the numbers behind Parallel Python's `print_stats`.
