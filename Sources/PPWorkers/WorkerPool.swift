@@ -102,6 +102,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
     private var sweeper: RepeatedTask?
     /// Callers of `waitUntilReady`, answered with why no worker can start (or `nil`).
     private var readyWaiters: [(String?) -> Void] = []
+    private var intercept: ((Job, JobResult) -> Bool)?
     private var shutdownWaiters: [() -> Void] = []
 
     /// How often timeouts are checked and ended workers looked for.
@@ -159,6 +160,15 @@ public final class WorkerPool: Service, @unchecked Sendable {
     public func submit(_ job: Job) {
         self.start()
         self.eventLoop.execute { self.run(self.machine.submit([job], now: .now())) }
+    }
+
+    /// Shows `intercept` each job's result on the pool's loop before the job's
+    /// completion runs; when it returns `true` it has taken the result and the
+    /// completion is not called. The client's local executor frees its slots and places
+    /// refused jobs elsewhere through it, without a closure per job. Set it before
+    /// submitting jobs.
+    public func interceptResults(_ intercept: @escaping (Job, JobResult) -> Bool) {
+        self.eventLoop.execute { self.intercept = intercept }
     }
 
     /// Queues many jobs with one hop to the pool's loop.
@@ -339,7 +349,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
         case .cancelRetry:
             self.retryTask?.cancel()
         case .complete(let job, let result):
-            job.completion(result)
+            if self.intercept?(job, result) != true { job.completion(result) }
         case .answerReadyWaiters(let failure):
             for w in self.readyWaiters { w(failure) }
             self.readyWaiters = []

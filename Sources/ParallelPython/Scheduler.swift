@@ -186,6 +186,7 @@ final class LocalExecutor: Executor, @unchecked Sendable {
         self.pool = pool
         self.size = size
         self.scheduler = scheduler
+        pool.interceptResults { [weak self] job, result in self?.ended(job, result) ?? false }
     }
 
     var freeSlots: Int {
@@ -198,24 +199,23 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     var canRun: Bool { self.size > 0 }
 
     func send(_ jobs: [Job]) {
-        // Each job's completion also frees its slot here and learns its run time.
-        // A job whose function does not load here goes back to the scheduler to be
-        // placed elsewhere.
-        self.pool.submit(contentsOf: jobs.map { original in
-            var job = original
-            self.inflight.insert(job.id)
-            job.completion = { [self] result in
-                self.inflight.remove(original.id)
-                self.jobTime.add(nanoseconds: result.nanoseconds)
-                if result.code == .functionUnavailable {
-                    self.scheduler.refused(original, result, by: self)
-                } else {
-                    original.completion(result)
-                    self.scheduler.dispatchSoon()
-                }
-            }
-            return job
-        })
+        for job in jobs { self.inflight.insert(job.id) }
+        self.pool.submit(contentsOf: jobs)
+    }
+
+    /// One of the pool's jobs ended: if it is one of ours, its slot is freed here and
+    /// its run time learnt, and a job whose function does not load here goes back to
+    /// the scheduler to be placed elsewhere. (The pool's own check jobs are not ours.)
+    private func ended(_ job: Job, _ result: JobResult) -> Bool {
+        guard job.kind == .call, self.inflight.remove(job.id) != nil else { return false }
+        self.jobTime.add(nanoseconds: result.nanoseconds)
+        if result.code == .functionUnavailable {
+            self.scheduler.refused(job, result, by: self)
+        } else {
+            job.completion(result)
+            self.scheduler.dispatchSoon()
+        }
+        return true
     }
 
     func cancel(jobID: UInt64, stop: Bool) {
