@@ -21,9 +21,15 @@ final class WorkerChannelHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         do {
+            // The messages of one read go to the pool together: one clock read and one
+            // list of actions for hundreds of tiny jobs' results.
+            var messages: [WorkerMessage] = []
+            defer {
+                if !messages.isEmpty { self.pool.handle { $0.received(messages, from: self.index, now: .now()) } }
+            }
             try self.frames.process(buffer: Self.unwrapInboundIn(data)) { message in
                 if case .hello(let body) = message { self.pool.learnInterpreter(hello: body) }
-                self.pool.handle { $0.received(message, from: self.index, now: .now()) }
+                messages.append(message)
             }
         } catch {
             self.errorCaught(context: context, error: error)

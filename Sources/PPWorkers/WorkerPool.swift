@@ -317,10 +317,15 @@ public final class WorkerPool: Service, @unchecked Sendable {
     /// Carries out `actions` in order, after those of the event that is running (when
     /// this event happened inside it).
     private func run(_ actions: [Action]) {
-        self.pending.append(contentsOf: actions)
-        guard !self.running else { return }
+        guard !self.running else {
+            self.pending.append(contentsOf: actions)
+            return
+        }
         self.running = true
         defer { self.running = false }
+        // Not through `pending` (a copy of each action): what these actions cause is
+        // queued there and runs after them.
+        for action in actions { self.perform(action) }
         while let action = self.pending.popFirst() { self.perform(action) }
     }
 

@@ -450,6 +450,22 @@ struct WorkerPoolStateMachineTests {
         )
     }
 
+    @Test func theResultsOfOneReadAreHandledTogetherAndStopAtABrokenOne() {
+        var m = readyPool(1)
+        warmUp(&m)
+        #expect(describe(m.submit([job(1), job(2), job(3), job(4)], now: t0)) == ["write 1: M(1 2 3 4)"])
+        // One list of actions for the read; the results after one for a job the worker
+        // was not running are not taken (the worker is killed).
+        let messages = [result(1, ns: 10_000), result(2, ns: 10_000), result(9, ns: 10_000), result(3, ns: 10_000)]
+        #expect(
+            describe(m.received(messages, from: 1, now: t0), logs: true) == [
+                "complete 1: ok", "complete 2: ok", "log error: worker protocol error: result for job 9 it was not running", "kill 1",
+                "check 1 in 2ms",
+            ]
+        )
+        #expect(m.statistics.workers.first?.jobsDone == 32)
+    }
+
     @Test func anEndedWorkersPipeGetsAGracePeriodToDrain() {
         var m = readyPool(1)
         _ = m.submit([job(1)], now: t0)

@@ -509,12 +509,29 @@ public struct WorkerPoolStateMachine: Sendable {
     /// A frame arrived from worker `index`. Queued jobs are handed out at
     /// `readComplete`, once per batch of reads.
     public mutating func received(_ message: WorkerMessage, from index: Int, now: NIODeadline) -> [Action] {
+        self.handle(message, from: index, now: now)
+        return self.take()
+    }
+
+    /// The messages of one read from worker `index`, in order: as `received` one by
+    /// one, with one list of actions for them all (a read holds hundreds of results
+    /// when jobs are tiny). Messages after one that breaks the protocol are ignored.
+    public mutating func received(_ messages: [WorkerMessage], from index: Int, now: NIODeadline) -> [Action] {
+        for message in messages {
+            guard self.handle(message, from: index, now: now) else { break }
+        }
+        return self.take()
+    }
+
+    /// Handles one message; `false` when it broke the protocol (the worker is killed).
+    @discardableResult
+    private mutating func handle(_ message: WorkerMessage, from index: Int, now: NIODeadline) -> Bool {
         // No copy of the slot is held here: the in-place changes to its pipe below
         // would copy the whole pipe for every result.
-        guard let state = self.workers[index]?.state else { return [] }
+        guard let state = self.workers[index]?.state else { return true }
         switch message {
         case .hello(let body):
-            guard state == .starting else { return [] }
+            guard state == .starting else { return true }
             self.workers[index]!.state = .ready
             // Starts go well again: reset the backoff.
             if !self.lastStartError.isEmpty { self.actions.append(.log(.notice, "workers start again", metadata: [LogKey.pool: self.configuration.name])) }
@@ -527,7 +544,8 @@ public struct WorkerPoolStateMachine: Sendable {
         case .result(var result):
             result.executor = self.configuration.name
             guard self.finishHead(of: index, with: result, kind: .call, now: now) else {
-                return self.protocolError("result for job \(result.id) it was not running", worker: index)
+                self.breakProtocol("result for job \(result.id) it was not running", worker: index)
+                return false
             }
             self.workers[index]!.jobsDone += 1
             self.workers[index]!.busyTime += .nanoseconds(Int64(clamping: result.nanoseconds))
@@ -536,7 +554,8 @@ public struct WorkerPoolStateMachine: Sendable {
             let payload = error.map { Array($0.readableBytesView) } ?? []
             let result = JobResult(id: id, code: error == nil ? nil : .functionUnavailable, payload: payload, executor: self.configuration.name)
             guard self.finishHead(of: index, with: result, kind: .check, now: now) else {
-                return self.protocolError("check reply \(id) it was not asked for", worker: index)
+                self.breakProtocol("check reply \(id) it was not asked for", worker: index)
+                return false
             }
         case .retiring:
             // The worker exits after this (it hit a MemoryError). Nothing behind the job
@@ -547,7 +566,7 @@ public struct WorkerPoolStateMachine: Sendable {
             self.handBack(behind, now: now)
             self.maintain()
         }
-        return self.take()
+        return true
     }
 
     /// Takes worker `index`'s running job off its pipe when it is job `result.id` of
@@ -574,10 +593,14 @@ public struct WorkerPoolStateMachine: Sendable {
     /// Worker `index` broke the worker protocol (a bad frame, an unexpected reply): it
     /// is killed, and its running job ends with `protocolError`.
     public mutating func protocolError(_ message: String, worker index: Int) -> [Action] {
-        guard let slot = self.workers[index], slot.killReason == nil else { return [] }
+        self.breakProtocol(message, worker: index)
+        return self.take()
+    }
+
+    private mutating func breakProtocol(_ message: String, worker index: Int) {
+        guard let slot = self.workers[index], slot.killReason == nil else { return }
         self.actions.append(.log(.error, "worker protocol error", metadata: [LogKey.workerPID: "\(slot.pid)", LogKey.error: message]))
         self.kill(index, reason: .protocolError(message))
-        return self.take()
     }
 
     /// The Python version in a hello body `{"pid":123,"python":"3.11.7",...}`.
