@@ -199,7 +199,7 @@ final class LocalExecutor: Executor, @unchecked Sendable {
     var canRun: Bool { self.size > 0 }
 
     func send(_ jobs: [Job]) {
-        for job in jobs { self.inflight.insert(job.id) }
+        for i in jobs.indices { self.inflight.insert(jobs[i].id) }
         self.pool.submit(contentsOf: jobs)
     }
 

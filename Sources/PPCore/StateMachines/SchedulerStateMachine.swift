@@ -131,8 +131,12 @@ public struct SchedulerStateMachine: Sendable {
             // The first of those with the most slots, while it has any.
             while !self.queue.isEmpty, let best = slots.indices.max(by: { slots[$0] < slots[$1] }), slots[best] > 0 {
                 let n = min(slots[best], self.queue.count, Self.maxBatch)
-                batches.append((executors[best].id, Array(self.queue.prefix(n))))
-                self.queue.removeFirst(n)
+                // Moved out one by one: a copy of the prefix then its removal costs a
+                // retain and a release per job.
+                var jobs: [Job] = []
+                jobs.reserveCapacity(n)
+                for _ in 0..<n { jobs.append(self.queue.removeFirst()) }
+                batches.append((executors[best].id, jobs))
                 slots[best] -= n
             }
             return (batches, [])
@@ -162,6 +166,11 @@ public struct SchedulerStateMachine: Sendable {
         }
         self.queue.prepend(contentsOf: waiting)
         for i in order {
+            if assigned[i].count <= Self.maxBatch {
+                batches.append((executors[i].id, assigned[i]))
+                assigned[i] = []
+                continue
+            }
             for start in stride(from: 0, to: assigned[i].count, by: Self.maxBatch) {
                 batches.append((executors[i].id, Array(assigned[i][start..<min(start + Self.maxBatch, assigned[i].count)])))
             }

@@ -547,8 +547,10 @@ public struct WorkerPoolStateMachine: Sendable {
                 self.breakProtocol("result for job \(result.id) it was not running", worker: index)
                 return false
             }
-            self.workers[index]!.jobsDone += 1
-            self.workers[index]!.busyTime += .nanoseconds(Int64(clamping: result.nanoseconds))
+            self.workers.update(index) { slot in
+                slot.jobsDone += 1
+                slot.busyTime += .nanoseconds(Int64(clamping: result.nanoseconds))
+            }
             self.jobTime.add(nanoseconds: result.nanoseconds)
         case .checkReply(let id, let error):
             let payload = error.map { Array($0.readableBytesView) } ?? []
@@ -575,11 +577,16 @@ public struct WorkerPoolStateMachine: Sendable {
     ///
     /// - Returns: `false` when the worker was not running that job.
     private mutating func finishHead(of index: Int, with result: JobResult, kind: Job.Kind, now: NIODeadline) -> Bool {
-        guard let head = self.workers[index]?.inflight.first, head.job.id == result.id, head.job.kind == kind else { return false }
-        self.workers[index]!.inflight.removeFirst()
-        let ran = result.nanoseconds > 0 ? Double(result.nanoseconds) / 1e9 : (now - self.workers[index]!.headStartedAt).secondsDouble
+        // In place: reading the slot through `workers[index]!` copied it whole, pipe
+        // included, for every result.
+        let taken = self.workers.update(index) { slot -> (head: Piped, startedAt: NIODeadline)? in
+            guard let first = slot.inflight.first, first.job.id == result.id, first.job.kind == kind else { return nil }
+            defer { slot.headStartedAt = now }
+            return (slot.inflight.removeFirst(), slot.headStartedAt)
+        }
+        guard let (head, startedAt) = taken ?? nil else { return false }
+        let ran = result.nanoseconds > 0 ? Double(result.nanoseconds) / 1e9 : (now - startedAt).secondsDouble
         self.queue.charge(head.job.owner, seconds: ran, now: now)
-        self.workers[index]!.headStartedAt = now
         if !head.cancelled { self.actions.append(.complete(head.job, result)) }
         return true
     }
@@ -787,9 +794,12 @@ public struct WorkerPoolStateMachine: Sendable {
 /// getter copies the whole slot, pipe and cache included, on every read).
 struct SlotTable: Sendable {
     private var slots: [WorkerPoolStateMachine.Slot?] = []
+    /// The slots' indices, position for position: a search reads these, not the slots
+    /// (each of which a search would copy).
+    private var order: [Int] = []
 
     private func position(_ index: Int) -> Int? {
-        self.slots.firstIndex { $0?.index == index }
+        self.order.firstIndex(of: index)
     }
 
     subscript(index: Int) -> WorkerPoolStateMachine.Slot? {
@@ -799,11 +809,17 @@ struct SlotTable: Sendable {
         _modify {
             if let p = self.position(index) {
                 yield &self.slots[p]
-                if self.slots[p] == nil { self.slots.remove(at: p) }
+                if self.slots[p] == nil {
+                    self.slots.remove(at: p)
+                    self.order.remove(at: p)
+                }
             } else {
                 var new: WorkerPoolStateMachine.Slot?
                 yield &new
-                if let new { self.slots.append(new) }
+                if let new {
+                    self.slots.append(new)
+                    self.order.append(index)
+                }
             }
         }
     }
@@ -812,18 +828,26 @@ struct SlotTable: Sendable {
     /// The slots, by index (they are added in index order).
     var values: [WorkerPoolStateMachine.Slot] { self.slots.compactMap { $0 } }
     /// The indices, in order.
-    var keys: [Int] { self.slots.compactMap { $0?.index } }
+    var keys: [Int] { self.order }
 
     /// The indices of the slots that match, in order.
     func indices(where matches: (borrowing WorkerPoolStateMachine.Slot) -> Bool) -> [Int] {
         var out: [Int] = []
-        for p in self.slots.indices where matches(self.slots[p]!) { out.append(self.slots[p]!.index) }
+        for p in self.slots.indices where matches(self.slots[p]!) { out.append(self.order[p]) }
         return out
+    }
+
+    /// Runs `body` on slot `index` in place; `nil` when there is no such slot.
+    @discardableResult
+    mutating func update<R>(_ index: Int, _ body: (inout WorkerPoolStateMachine.Slot) -> R) -> R? {
+        guard let p = self.position(index) else { return nil }
+        return body(&self.slots[p]!)
     }
 
     @discardableResult
     mutating func removeValue(forKey index: Int) -> WorkerPoolStateMachine.Slot? {
         guard let p = self.position(index) else { return nil }
+        self.order.remove(at: p)
         return self.slots.remove(at: p)
     }
 }
