@@ -107,14 +107,14 @@ let functions = """
         return x
 
     def batched(x):
-        # How the worker got the job: 'run_batch' inside a batch frame, else 'run'.
+        # How the worker called it: 'run_batch' inside a batch frame, else 'call'.
         if x == -1:
             os.kill(os.getpid(), signal.SIGKILL)
         if x % 5 == 1:
             print("job", x)
         if x % 7 == 3:
             raise ValueError("x was %d" % x)
-        return [x * x, sys._getframe(2).f_code.co_name]
+        return [x * x, sys._getframe(1).f_code.co_name]
     """
 
 func bundle(_ name: String) -> FunctionBundle {

@@ -25,11 +25,15 @@ public struct Job: Sendable {
     /// Times an executor answered that it cannot load the job's function (the client's
     /// scheduler counts: it then places the job elsewhere).
     public var refusals = 0
-    /// Called once, on the holder's event loop, when the job ends.
-    public var completion: @Sendable (JobResult) -> Void
     /// The rest, behind one reference: a job is copied at every hop of its path
     /// (queues, pipes, actions), and one retain is cheaper than one per field.
     private var payload: Payload
+
+    /// Called once, on the holder's event loop, when the job ends.
+    public var completion: @Sendable (JobResult) -> Void {
+        get { self.payload.completion }
+        set { self.unique().completion = newValue }
+    }
 
     /// The function to call.
     public var bundle: FunctionBundle {
@@ -66,8 +70,7 @@ public struct Job: Sendable {
         self.id = id
         self.timeout = timeout
         self.kind = kind
-        self.completion = completion
-        self.payload = Payload(bundle: bundle, arguments: arguments)
+        self.payload = Payload(bundle: bundle, arguments: arguments, completion: completion)
     }
 
     /// The payload, copied first when another job shares it (copy on write).
@@ -81,16 +84,18 @@ public struct Job: Sendable {
     private final class Payload: @unchecked Sendable {
         var bundle: FunctionBundle
         var arguments: JobArguments
+        var completion: @Sendable (JobResult) -> Void
         var owner = ""
         var ownerWeight = 1.0
 
-        init(bundle: FunctionBundle, arguments: JobArguments) {
+        init(bundle: FunctionBundle, arguments: JobArguments, completion: @escaping @Sendable (JobResult) -> Void) {
             self.bundle = bundle
             self.arguments = arguments
+            self.completion = completion
         }
 
         func copy() -> Payload {
-            let c = Payload(bundle: self.bundle, arguments: self.arguments)
+            let c = Payload(bundle: self.bundle, arguments: self.arguments, completion: self.completion)
             c.owner = self.owner
             c.ownerWeight = self.ownerWeight
             return c
