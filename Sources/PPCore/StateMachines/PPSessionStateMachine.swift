@@ -46,11 +46,7 @@ public struct PPSessionStateMachine: Sendable {
     }
 
     private enum Phase: Sendable {
-        case awaitingAnswer
-        case awaitingType
-        case stat
-        case exec
-        case closed
+        case awaitingAnswer, awaitingType, stat, exec, closed
     }
 
     /// The version string the listener announces.
