@@ -478,7 +478,5 @@ public struct WorkerStartError: Error, Sendable, CustomStringConvertible {
 /// Where a pool is in its shutdown: stopping in a task every caller of `shutdown()`
 /// waits for, or stopped with its last statistics.
 enum StopState {
-    case running
-    case stopping(Task<Void, Never>)
-    case stopped(PoolStatistics)
+    case running, stopping(Task<Void, Never>), stopped(PoolStatistics)
 }
