@@ -6,9 +6,7 @@ import NIOPosix
 public import ServiceLifecycle
 import Synchronization
 
-#if canImport(Glibc)
-import Glibc
-#endif
+import Foundation
 
 /// A pool of long-lived `python3` worker processes that run Python function calls.
 ///

@@ -1,10 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
+internal import Foundation  // SIGKILL and the other signal numbers
 
 /// How a process ended: what `waitpid` said, as a value. The worker pool's driver
 /// reads it from the system; the pool's state machine turns it into the text of a
