@@ -171,10 +171,7 @@ public struct NodeSessionStateMachine: Sendable {
     }
 
     /// Whether HELLO was accepted and the session is not closing.
-    public var isReady: Bool {
-        if case .ready = self.state { return true }
-        return false
-    }
+    public var isReady: Bool { if case .ready = self.state { true } else { false } }
 
     /// Jobs waiting for a bundle or a large argument.
     public var jobsAwaitingBundle: Int { self.parked.values.reduce(0) { $0 + $1.count } }
