@@ -150,12 +150,10 @@ final class BeaconService: Service, @unchecked Sendable {
             let host = if case .address(let broadcast) = self.configuration.broadcast { broadcast } else { datagram.source.ipAddress ?? "127.0.0.1" }
             guard let to = try? SocketAddress(ipAddress: host, port: self.port) else { return }
             self.send(Self.ppAnnouncement, to: to, on: socket)
-            return
-        } else if !NodeBeacon.isProbe(bytes) || bytes.count < self.beacon.count {
-            // Not a probe, or one smaller than the answer (an old client, or a forged
-            // source address hoping for amplification).
-            return
+        } else if NodeBeacon.isProbe(bytes), bytes.count >= self.beacon.count {
+            // Not answered: anything else, and probes smaller than the answer (an old
+            // client, or a forged source address hoping for amplification).
+            socket.send(self.beacon, to: datagram.source)
         }
-        socket.send(self.beacon, to: datagram.source)
     }
 }
