@@ -129,10 +129,8 @@ public enum JSONCheck {
                     i += 1
                 case UInt8(ascii: "u"):
                     guard i + 4 < b.count else { return false }
-                    for k in 1...4 {
-                        let h = b[i + k]
-                        guard (0x30...0x39).contains(h) || (0x41...0x46).contains(h) || (0x61...0x66).contains(h) else { return false }
-                    }
+                    let hex = b[(i + 1)...(i + 4)]
+                    guard hex.allSatisfy({ (0x30...0x39).contains($0) || (0x41...0x46).contains($0) || (0x61...0x66).contains($0) }) else { return false }
                     i += 5
                 default:
                     return false

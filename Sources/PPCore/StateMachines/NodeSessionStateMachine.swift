@@ -182,8 +182,7 @@ public struct NodeSessionStateMachine: Sendable {
     ///
     /// - Parameter nodeDraining: the node is shutting down: the connection is closed.
     public mutating func connected(nodeDraining: Bool) -> Action {
-        guard nodeDraining else { return .none }
-        return self.close(.shuttingDown, "node shutting down")
+        nodeDraining ? self.close(.shuttingDown, "node shutting down") : .none
     }
 
     /// The TLS handshake finished: from now on an error is sent in an ERROR frame.

@@ -105,8 +105,7 @@ public struct PPSessionStateMachine: Sendable {
     /// The handshake timer fired: a connection still in its handshake is closed, so
     /// idle unauthenticated connections do not pile up.
     public mutating func handshakeTimedOut() -> Action {
-        guard self.isInHandshake else { return .none }
-        return self.close(.handshakeTimeout)
+        self.isInHandshake ? self.close(.handshakeTimeout) : .none
     }
 
     /// A frame arrived.
