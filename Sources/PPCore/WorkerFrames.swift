@@ -137,9 +137,7 @@ public struct WorkerMessageDecoder: NIOSingleStepByteToMessageDecoder {
             else { throw WorkerProtocolError(message: "truncated result frame") }
             // The worker's statuses are the RESULTS statuses 0-4: ok, raised, result not
             // JSON, bundle error, bad arguments.
-            guard rawStatus <= 4 else {
-                throw WorkerProtocolError(message: "unknown result status \(rawStatus)")
-            }
+            guard rawStatus <= 4 else { throw WorkerProtocolError(message: "unknown result status \(rawStatus)") }
             return .result(
                 JobResult(
                     id: id, code: rawStatus == 0 ? nil : JobError.Code(wireStatus: rawStatus), nanoseconds: ns,

@@ -97,8 +97,6 @@ struct NodeFrameReader {
 
     /// Checks that the body has been read exactly: no bytes left over.
     func end() throws(NodeFrameError) {
-        guard self.bytesLeft == 0 else {
-            throw self.error(self.lastField, .leftOver(self.bytesLeft))
-        }
+        guard self.bytesLeft == 0 else { throw self.error(self.lastField, .leftOver(self.bytesLeft)) }
     }
 }
