@@ -22,29 +22,12 @@ public enum JSONCheck {
     /// exactly one array.
     public static func arrayElements(_ bytes: [UInt8]) -> [Range<Int>]? {
         bytes.withUnsafeBufferPointer { b -> [Range<Int>]? in
-            var i = 0, out: [Range<Int>] = []
+            var i = 0
+            var elements: [Range<Int>]? = []
             skipSpace(b, &i)
-            guard i < b.count, b[i] == UInt8(ascii: "[") else { return nil }
-            i += 1
+            guard i < b.count, b[i] == UInt8(ascii: "["), container(b, &i, depth: 0, elements: &elements) else { return nil }
             skipSpace(b, &i)
-            if i < b.count, b[i] == UInt8(ascii: "]") {
-                i += 1
-            } else {
-                while true {
-                    skipSpace(b, &i)
-                    let start = i
-                    guard value(b, &i, depth: 1) else { return nil }
-                    out.append(start..<i)
-                    skipSpace(b, &i)
-                    guard i < b.count else { return nil }
-                    i += 1
-                    if b[i - 1] == UInt8(ascii: ",") { continue }
-                    if b[i - 1] == UInt8(ascii: "]") { break }
-                    return nil
-                }
-            }
-            skipSpace(b, &i)
-            return i == b.count ? out : nil
+            return i == b.count ? elements : nil
         }
     }
 
@@ -57,33 +40,42 @@ public enum JSONCheck {
         switch b[i] {
         case UInt8(ascii: "\""): return string(b, &i)
         case UInt8(ascii: "{"), UInt8(ascii: "["):
-            // An object's members or an array's elements, separated by commas.
-            let isObject = b[i] == UInt8(ascii: "{")
-            let close = isObject ? UInt8(ascii: "}") : UInt8(ascii: "]")
-            guard depth < maxDepth else { return false }
-            i += 1
-            skipSpace(b, &i)
-            if i < b.count, b[i] == close { i += 1; return true }
-            while true {
-                skipSpace(b, &i)
-                if isObject {
-                    guard i < b.count, b[i] == UInt8(ascii: "\""), string(b, &i) else { return false }
-                    skipSpace(b, &i)
-                    guard i < b.count, b[i] == UInt8(ascii: ":") else { return false }
-                    i += 1
-                    skipSpace(b, &i)
-                }
-                guard value(b, &i, depth: depth + 1) else { return false }
-                skipSpace(b, &i)
-                guard i < b.count else { return false }
-                if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                if b[i] == close { i += 1; return true }
-                return false
-            }
+            var elements: [Range<Int>]?
+            return container(b, &i, depth: depth, elements: &elements)
         case UInt8(ascii: "t"): return literal(b, &i, "true")
         case UInt8(ascii: "f"): return literal(b, &i, "false")
         case UInt8(ascii: "n"): return literal(b, &i, "null")
         default: return number(b, &i)
+        }
+    }
+
+    /// The object or array whose opening bracket is at `i`: members or elements,
+    /// separated by commas. With `elements` (not nil), the byte range of each element
+    /// is appended there.
+    private static func container(_ b: UnsafeBufferPointer<UInt8>, _ i: inout Int, depth: Int, elements: inout [Range<Int>]?) -> Bool {
+        let isObject = b[i] == UInt8(ascii: "{")
+        let close = isObject ? UInt8(ascii: "}") : UInt8(ascii: "]")
+        guard depth < maxDepth else { return false }
+        i += 1
+        skipSpace(b, &i)
+        if i < b.count, b[i] == close { i += 1; return true }
+        while true {
+            skipSpace(b, &i)
+            if isObject {
+                guard i < b.count, b[i] == UInt8(ascii: "\""), string(b, &i) else { return false }
+                skipSpace(b, &i)
+                guard i < b.count, b[i] == UInt8(ascii: ":") else { return false }
+                i += 1
+                skipSpace(b, &i)
+            }
+            let start = i
+            guard value(b, &i, depth: depth + 1) else { return false }
+            elements?.append(start..<i)
+            skipSpace(b, &i)
+            guard i < b.count else { return false }
+            if b[i] == UInt8(ascii: ",") { i += 1; continue }
+            if b[i] == close { i += 1; return true }
+            return false
         }
     }
 
@@ -137,10 +129,8 @@ public enum JSONCheck {
                     i += 1
                 case UInt8(ascii: "u"):
                     guard i + 4 < b.count else { return false }
-                    for k in 1...4 {
-                        let h = b[i + k]
-                        guard (0x30...0x39).contains(h) || (0x41...0x46).contains(h) || (0x61...0x66).contains(h) else { return false }
-                    }
+                    let hex = b[(i + 1)...(i + 4)]
+                    guard hex.allSatisfy({ (0x30...0x39).contains($0) || (0x41...0x46).contains($0) || (0x61...0x66).contains($0) }) else { return false }
                     i += 5
                 default:
                     return false

@@ -28,15 +28,12 @@ public struct JSONWriter: Sendable {
 
     /// Appends a finite double; NaN and infinities have no JSON form and become `null`.
     public mutating func double(_ v: Double) {
-        if v.isFinite {
-            if v == v.rounded(), abs(v) < 1e15 {
-                self.bytes.append(contentsOf: String(Int(v)).utf8)
-                self.bytes.append(contentsOf: ".0".utf8)
-            } else {
-                self.bytes.append(contentsOf: "\(v)".utf8)
-            }
+        guard v.isFinite else { return self.raw("null") }
+        if v == v.rounded(), abs(v) < 1e15 {
+            self.bytes.append(contentsOf: String(Int(v)).utf8)
+            self.bytes.append(contentsOf: ".0".utf8)
         } else {
-            self.raw("null")
+            self.bytes.append(contentsOf: "\(v)".utf8)
         }
     }
 

@@ -7,8 +7,6 @@ public enum PPWire {
     /// The ppft release whose version string the listener announces by default: ppft
     /// clients only talk to a server that sends exactly their own version.
     public static let defaultVersion = "1.7.8"
-    /// Parallel Python's default TCP port (and its autodiscovery UDP port).
-    public static let defaultPort = 60000
     /// The secret ppft uses when none is given. Anyone can read it in ppft's source,
     /// so a node refuses it unless told otherwise.
     public static let defaultSecret = "epo20pdosl;dksldkmm"

@@ -39,27 +39,22 @@ public enum WorkerFrame {
 
     /// Appends a "run job" frame (`J`, `O`, or `P` when arguments are blobs).
     public static func writeJob(id: UInt64, bundle: SHA256Digest, arguments: JobArguments, to buffer: inout ByteBuffer) {
-        guard arguments.blobs.isEmpty else {
-            // 'P': flags(1: bit 0 opaque) · count u16 · count × (position u16 · digest) · args.
-            let references = 34 * arguments.blobs.count
-            buffer.writeInteger(UInt32(1 + 8 + 32 + 1 + 2 + references + arguments.json.count))
-            buffer.writeInteger(UInt8(ascii: "P"))
-            buffer.writeInteger(id)
-            buffer.writeBytes(bundle.bytes)
+        let blobs = arguments.blobs
+        // 'P' adds, before the args: flags(1: bit 0 opaque) · count u16 · count × (position u16 · digest).
+        let references = blobs.isEmpty ? 0 : 1 + 2 + 34 * blobs.count
+        buffer.writeInteger(UInt32(1 + 8 + 32 + references + arguments.json.count))
+        // 'O': the same job with opaque bytes instead of a JSON array.
+        buffer.writeInteger(UInt8(ascii: !blobs.isEmpty ? "P" : arguments.isOpaque ? "O" : "J"))
+        buffer.writeInteger(id)
+        buffer.writeBytes(bundle.bytes)
+        if !blobs.isEmpty {
             buffer.writeInteger(UInt8(arguments.isOpaque ? 1 : 0))
-            buffer.writeInteger(UInt16(arguments.blobs.count))
-            for blob in arguments.blobs {
+            buffer.writeInteger(UInt16(blobs.count))
+            for blob in blobs {
                 buffer.writeInteger(UInt16(blob.position))
                 buffer.writeBytes(blob.digest.bytes)
             }
-            buffer.writeBytes(arguments.json)
-            return
         }
-        buffer.writeInteger(UInt32(1 + 8 + 32 + arguments.json.count))
-        // 'O': the same job with opaque bytes instead of a JSON array.
-        buffer.writeInteger(arguments.isOpaque ? UInt8(ascii: "O") : UInt8(ascii: "J"))
-        buffer.writeInteger(id)
-        buffer.writeBytes(bundle.bytes)
         buffer.writeBytes(arguments.json)
     }
 
@@ -142,9 +137,7 @@ public struct WorkerMessageDecoder: NIOSingleStepByteToMessageDecoder {
             else { throw WorkerProtocolError(message: "truncated result frame") }
             // The worker's statuses are the RESULTS statuses 0-4: ok, raised, result not
             // JSON, bundle error, bad arguments.
-            guard rawStatus <= 4 else {
-                throw WorkerProtocolError(message: "unknown result status \(rawStatus)")
-            }
+            guard rawStatus <= 4 else { throw WorkerProtocolError(message: "unknown result status \(rawStatus)") }
             return .result(
                 JobResult(
                     id: id, code: rawStatus == 0 ? nil : JobError.Code(wireStatus: rawStatus), nanoseconds: ns,

@@ -50,10 +50,7 @@ public final class DNSSDBrowser: @unchecked Sendable {
 
     fileprivate func browsed(flags: DNSServiceFlags, interface: UInt32, error: DNSServiceErrorType, name: String, type: String, domain: String) {
         guard self.pump != nil else { return }
-        guard error == Int32(kDNSServiceErr_NoError) else {
-            self.handler(.failed(DNSSDError(code: error, operation: "DNSServiceBrowse")))
-            return
-        }
+        guard error == Int32(kDNSServiceErr_NoError) else { return self.handler(.failed(DNSSDError(code: error, operation: "DNSServiceBrowse"))) }
         let key = "\(interface)/\(name)"
         self.lookups.removeValue(forKey: key)?.cancel()
         if flags & DNSServiceFlags(kDNSServiceFlagsAdd) != 0 {
@@ -108,10 +105,7 @@ final class Lookup: @unchecked Sendable {
 
     fileprivate func resolvedService(error: DNSServiceErrorType, host: String, port: Int, txt: [String: String]) {
         self.pump?.cancel()
-        guard error == Int32(kDNSServiceErr_NoError) else {
-            self.fail(DNSSDError(code: error, operation: "DNSServiceResolve"))
-            return
-        }
+        guard error == Int32(kDNSServiceErr_NoError) else { return self.fail(DNSSDError(code: error, operation: "DNSServiceResolve")) }
         self.service.port = port
         self.service.txt = txt
         self.attach("DNSServiceQueryRecord") { ref, context in
@@ -120,10 +114,7 @@ final class Lookup: @unchecked Sendable {
     }
 
     fileprivate func answered(error: DNSServiceErrorType, rdata: [UInt8]) {
-        guard error == Int32(kDNSServiceErr_NoError) else {
-            self.fail(DNSSDError(code: error, operation: "DNSServiceQueryRecord"))
-            return
-        }
+        guard error == Int32(kDNSServiceErr_NoError) else { return self.fail(DNSSDError(code: error, operation: "DNSServiceQueryRecord")) }
         guard rdata.count == 4 else { return }
         self.cancel()
         self.service.address = rdata.map(String.init).joined(separator: ".")

@@ -147,16 +147,13 @@ final class BeaconService: Service, @unchecked Sendable {
             // A ppft client listens on the pp port of the wildcard address, not on the
             // port it sent from: answer there, by broadcast as ppft's server does (a
             // unicast would reach only one of several sockets sharing the port).
-            let host: String
-            if case .address(let broadcast) = self.configuration.broadcast { host = broadcast } else { host = datagram.source.ipAddress ?? "127.0.0.1" }
+            let host = if case .address(let broadcast) = self.configuration.broadcast { broadcast } else { datagram.source.ipAddress ?? "127.0.0.1" }
             guard let to = try? SocketAddress(ipAddress: host, port: self.port) else { return }
             self.send(Self.ppAnnouncement, to: to, on: socket)
-            return
-        } else if !NodeBeacon.isProbe(bytes) || bytes.count < self.beacon.count {
-            // Not a probe, or one smaller than the answer (an old client, or a forged
-            // source address hoping for amplification).
-            return
+        } else if NodeBeacon.isProbe(bytes), bytes.count >= self.beacon.count {
+            // Not answered: anything else, and probes smaller than the answer (an old
+            // client, or a forged source address hoping for amplification).
+            socket.send(self.beacon, to: datagram.source)
         }
-        socket.send(self.beacon, to: datagram.source)
     }
 }

@@ -1,9 +1,6 @@
 public import NIOCore
-import NIOPosix
-
-#if canImport(Glibc)
 import Glibc
-#endif
+import NIOPosix
 
 /// One UDP socket of broadcast discovery (docs/PROTOCOL.md, "Discovery datagrams"):
 /// the one implementation that ppnode's beacons, the client library's beacon listener

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import Foundation
 
 /// What this machine is, as a node announces it in its beacon and TXT record.
 public enum HostInfo {

@@ -1,10 +1,6 @@
 import NIOCore
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import Foundation
 
 /// This machine's IPv4 interfaces, as discovery needs them (`getifaddrs`, through NIO).
 public enum NetworkInterfaces {

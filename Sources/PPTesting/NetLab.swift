@@ -74,9 +74,7 @@ public final class WatchedProcess: @unchecked Sendable {
                 while true {
                     let data = pipe.fileHandleForReading.availableData
                     if data.isEmpty { break }
-                    self.lock.lock()
-                    if isOut { self.out += String(decoding: data, as: UTF8.self) } else { self.err += String(decoding: data, as: UTF8.self) }
-                    self.lock.unlock()
+                    self.lock.withLock { if isOut { self.out += String(decoding: data, as: UTF8.self) } else { self.err += String(decoding: data, as: UTF8.self) } }
                 }
                 self.finished.leave()
             }.start()
@@ -84,15 +82,11 @@ public final class WatchedProcess: @unchecked Sendable {
     }
 
     public var lines: [String] {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        return self.out.split(separator: "\n").map(String.init)
+        self.lock.withLock { self.out }.split(separator: "\n").map(String.init)
     }
 
     public var stderr: String {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        return self.err
+        self.lock.withLock { self.err }
     }
 
     /// Waits (bounded) until `condition` holds; false on timeout, or when the process

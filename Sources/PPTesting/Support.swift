@@ -165,9 +165,7 @@ public final class NodeProcess: @unchecked Sendable {
 
     /// Everything it logged so far.
     public var logText: String {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        return self.log
+        self.lock.withLock { self.log }
     }
 
     /// The port of its pp-compatible listener, from its `pp.address=` log field; nil

@@ -1,8 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 import CPPSpawn
+import Glibc
 package import PPCore
 
 /// A worker process: the leader of its own process group, with pipes on its stdin and

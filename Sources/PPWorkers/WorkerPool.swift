@@ -6,9 +6,7 @@ import NIOPosix
 public import ServiceLifecycle
 import Synchronization
 
-#if canImport(Glibc)
-import Glibc
-#endif
+import Foundation
 
 /// A pool of long-lived `python3` worker processes that run Python function calls.
 ///
@@ -478,7 +476,5 @@ public struct WorkerStartError: Error, Sendable, CustomStringConvertible {
 /// Where a pool is in its shutdown: stopping in a task every caller of `shutdown()`
 /// waits for, or stopped with its last statistics.
 enum StopState {
-    case running
-    case stopping(Task<Void, Never>)
-    case stopped(PoolStatistics)
+    case running, stopping(Task<Void, Never>), stopped(PoolStatistics)
 }

@@ -1,8 +1,6 @@
 import Synchronization
 
-#if canImport(Glibc)
-import Glibc
-#endif
+import Foundation
 
 /// Every live worker process group of this process, so that nothing is left behind.
 ///

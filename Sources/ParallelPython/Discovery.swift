@@ -87,8 +87,7 @@ final class ResourceManager: @unchecked Sendable {
             self.services[beacon.name] = address.description
         }
         if self.sightings.count < Self.maxReports || self.sightings[address.description] != nil {
-            let interface = self.sightings[address.description]?.interface ?? NetworkInterfaces.name(reaching: host)
-            self.sightings[address.description, default: NodeSighting(address: address.description, interface: interface)]
+            self.sightings[address.description, default: NodeSighting(address: address.description, interface: NetworkInterfaces.name(reaching: host))]
                 .heard(beacon, via: via, at: Date().timeIntervalSince1970)
         }
         if beacon.leaving == true {

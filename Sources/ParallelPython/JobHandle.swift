@@ -91,10 +91,7 @@ func decodeResult<T: Decodable>(_ type: T.Type, _ outcome: JobOutcome) -> Result
 /// Decodes a job's JSON result as `T` with `JSONDecoder`.
 @usableFromInline
 func decodeJSON<T: Decodable>(_ type: T.Type, _ outcome: JobOutcome) -> Result<T, JobError> {
-    switch outcome.result {
-    case .failure(let error):
-        return .failure(error)
-    case .success(let bytes):
+    outcome.result.flatMap { bytes in
         do {
             return .success(try JSONDecoder().decode(T.self, from: Data(bytes)))
         } catch {

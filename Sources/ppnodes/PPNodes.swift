@@ -243,8 +243,7 @@ struct PPNodes: AsyncParsableCommand {
             let now = Date().timeIntervalSince1970
             self.sightings.withLock { all in
                 guard all.count < 1024 || all[key] != nil else { return }
-                if all[key] == nil { all[key] = NodeSighting(address: key, interface: NetworkInterfaces.name(reaching: host)) }
-                all[key]!.heard(beacon, via: via, at: now)
+                all[key, default: NodeSighting(address: key, interface: NetworkInterfaces.name(reaching: host))].heard(beacon, via: via, at: now)
             }
         }
     }

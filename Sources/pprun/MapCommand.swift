@@ -156,9 +156,7 @@ struct MapCommand: AsyncParsableCommand {
         for node in self.nodes {
             do { _ = try NodeAddress(parsing: node) } catch { throw ValidationError("--node: \(error)") }
         }
-        if let workers, workers < 0 {
-            throw ValidationError("--workers must be 0 or more (got \(workers))")
-        }
+        if let workers, workers < 0 { throw ValidationError("--workers must be 0 or more (got \(workers))") }
         if self.workers == 0, self.nodes.isEmpty, self.noDiscover {
             throw ValidationError("--workers 0 with --no-discover and no --node leaves nothing to run jobs; give --node HOST:PORT or more workers")
         }

@@ -43,27 +43,18 @@ public struct NodeFrameError: Error, Sendable, Equatable, CustomStringConvertibl
 
     public var description: String {
         let field = self.field ?? "the frame"
-        let what: String
-        switch self.problem {
-        case .emptyFrame:
-            what = "empty frame"
-        case .tooLarge(let length, let limit):
-            what = "frame of \(length) bytes is larger than the limit of \(limit)"
-        case .unknownType(let type):
-            what = "unknown frame type 0x\(String(type, radix: 16))"
-        case .truncated(let needed, let left):
-            what = "\(field) needs \(needed) bytes, only \(left) left in the frame"
-        case .lengthPastEnd(let length, let left):
-            what = "\(field) length \(length) is past the end of the frame (\(left) bytes left)"
-        case .countCannotFit(let count, let bytes):
-            what = "\(field) \(count) cannot fit in \(bytes) bytes"
-        case .badMagic(let bytes):
-            what = "bad magic 0x\(Hex.encode(bytes)) (expected \"PPNP\")"
-        case .leftOver(let n):
-            what = "\(n) bytes left over after \(field)"
-        case .invalid(let rule):
-            what = "\(field): \(rule)"
-        }
+        let what =
+            switch self.problem {
+            case .emptyFrame: "empty frame"
+            case .tooLarge(let length, let limit): "frame of \(length) bytes is larger than the limit of \(limit)"
+            case .unknownType(let type): "unknown frame type 0x\(String(type, radix: 16))"
+            case .truncated(let needed, let left): "\(field) needs \(needed) bytes, only \(left) left in the frame"
+            case .lengthPastEnd(let length, let left): "\(field) length \(length) is past the end of the frame (\(left) bytes left)"
+            case .countCannotFit(let count, let bytes): "\(field) \(count) cannot fit in \(bytes) bytes"
+            case .badMagic(let bytes): "bad magic 0x\(Hex.encode(bytes)) (expected \"PPNP\")"
+            case .leftOver(let n): "\(n) bytes left over after \(field)"
+            case .invalid(let rule): "\(field): \(rule)"
+            }
         guard let frame = self.frame else { return what }
         return "\(frame.name)\(self.item.map { " \($0)" } ?? ""): \(what)"
     }

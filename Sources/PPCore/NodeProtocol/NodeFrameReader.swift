@@ -30,20 +30,19 @@ struct NodeFrameReader {
 
     /// Reads a big-endian integer.
     mutating func integer<T: FixedWidthInteger>(_ field: String, as: T.Type = T.self) throws(NodeFrameError) -> T {
-        guard let value = self.body.readInteger(as: T.self) else {
-            throw self.error(field, .truncated(needed: MemoryLayout<T>.size, left: self.bytesLeft))
-        }
-        self.lastField = field
-        return value
+        try self.read(field, size: MemoryLayout<T>.size) { $0.readInteger(as: T.self) }
     }
 
     /// Reads `count` bytes.
     mutating func bytes(_ field: String, count: Int) throws(NodeFrameError) -> [UInt8] {
-        guard let bytes = self.body.readBytes(length: count) else {
-            throw self.error(field, .truncated(needed: count, left: self.bytesLeft))
-        }
+        try self.read(field, size: count) { $0.readBytes(length: count) }
+    }
+
+    /// Reads `field`, `size` bytes, with `read`; a body too short for it is an error.
+    private mutating func read<T>(_ field: String, size: Int, _ read: (inout ByteBuffer) -> T?) throws(NodeFrameError) -> T {
+        guard let value = read(&self.body) else { throw self.error(field, .truncated(needed: size, left: self.bytesLeft)) }
         self.lastField = field
-        return bytes
+        return value
     }
 
     /// Reads a 32-byte SHA-256 digest.
@@ -98,8 +97,6 @@ struct NodeFrameReader {
 
     /// Checks that the body has been read exactly: no bytes left over.
     func end() throws(NodeFrameError) {
-        guard self.bytesLeft == 0 else {
-            throw self.error(self.lastField, .leftOver(self.bytesLeft))
-        }
+        guard self.bytesLeft == 0 else { throw self.error(self.lastField, .leftOver(self.bytesLeft)) }
     }
 }

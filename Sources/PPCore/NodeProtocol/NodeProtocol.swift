@@ -18,8 +18,6 @@ public enum NodeProtocol {
     public static let magic: [UInt8] = Array("PPNP".utf8)
     /// The default maximum frame size: 64 MiB.
     public static let defaultMaxFrame = 64 << 20
-    /// The smallest and largest maximum frame a node or client may be configured with.
-    public static let maxFrameRange = (64 << 10)...(1 << 30)
     /// The largest frame accepted before the peer's HELLO (or WELCOME) has been read.
     public static let preambleMaxFrame = 4096
     /// The default TCP port of ppnode.

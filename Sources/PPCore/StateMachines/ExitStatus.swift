@@ -1,10 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
+internal import Foundation  // SIGKILL and the other signal numbers
 
 /// How a process ended: what `waitpid` said, as a value. The worker pool's driver
 /// reads it from the system; the pool's state machine turns it into the text of a
@@ -25,18 +19,11 @@ public enum ExitStatus: Sendable, Hashable, CustomStringConvertible {
 
     /// The conventional name of a signal number.
     public static func signalName(_ signal: CInt) -> String {
-        switch signal {
-        case SIGKILL: return "SIGKILL"
-        case SIGSEGV: return "SIGSEGV, a crash in native code"
-        case SIGABRT: return "SIGABRT"
-        case SIGTERM: return "SIGTERM"
-        case SIGINT: return "SIGINT"
-        case SIGBUS: return "SIGBUS"
-        case SIGFPE: return "SIGFPE"
-        case SIGILL: return "SIGILL"
-        case SIGHUP: return "SIGHUP"
-        case SIGPIPE: return "SIGPIPE"
-        default: return "signal \(signal)"
-        }
+        Self.signalNames[signal] ?? "signal \(signal)"
     }
+
+    private static let signalNames: [CInt: String] = [
+        SIGKILL: "SIGKILL", SIGSEGV: "SIGSEGV, a crash in native code", SIGABRT: "SIGABRT", SIGTERM: "SIGTERM", SIGINT: "SIGINT",
+        SIGBUS: "SIGBUS", SIGFPE: "SIGFPE", SIGILL: "SIGILL", SIGHUP: "SIGHUP", SIGPIPE: "SIGPIPE",
+    ]
 }

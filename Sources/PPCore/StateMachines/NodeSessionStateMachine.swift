@@ -171,10 +171,7 @@ public struct NodeSessionStateMachine: Sendable {
     }
 
     /// Whether HELLO was accepted and the session is not closing.
-    public var isReady: Bool {
-        if case .ready = self.state { return true }
-        return false
-    }
+    public var isReady: Bool { if case .ready = self.state { true } else { false } }
 
     /// Jobs waiting for a bundle or a large argument.
     public var jobsAwaitingBundle: Int { self.parked.values.reduce(0) { $0 + $1.count } }
@@ -185,8 +182,7 @@ public struct NodeSessionStateMachine: Sendable {
     ///
     /// - Parameter nodeDraining: the node is shutting down: the connection is closed.
     public mutating func connected(nodeDraining: Bool) -> Action {
-        guard nodeDraining else { return .none }
-        return self.close(.shuttingDown, "node shutting down")
+        nodeDraining ? self.close(.shuttingDown, "node shutting down") : .none
     }
 
     /// The TLS handshake finished: from now on an error is sent in an ERROR frame.

@@ -46,11 +46,7 @@ public struct PPSessionStateMachine: Sendable {
     }
 
     private enum Phase: Sendable {
-        case awaitingAnswer
-        case awaitingType
-        case stat
-        case exec
-        case closed
+        case awaitingAnswer, awaitingType, stat, exec, closed
     }
 
     /// The version string the listener announces.
@@ -109,8 +105,7 @@ public struct PPSessionStateMachine: Sendable {
     /// The handshake timer fired: a connection still in its handshake is closed, so
     /// idle unauthenticated connections do not pile up.
     public mutating func handshakeTimedOut() -> Action {
-        guard self.isInHandshake else { return .none }
-        return self.close(.handshakeTimeout)
+        self.isInHandshake ? self.close(.handshakeTimeout) : .none
     }
 
     /// A frame arrived.
@@ -191,17 +186,16 @@ public struct PPSessionStateMachine: Sendable {
     public mutating func jobFinished(_ result: JobResult) -> Action {
         self.running = false
         guard case .exec = self.phase else { return .none }
-        let payload: [UInt8]
-        switch result.outcome.result {
-        case .success(let json):
-            if json.count >= 2, let decoded = Data(base64Encoded: Data(json.dropFirst().dropLast())) {
-                payload = Array(decoded)
-            } else {
-                payload = PPWire.pickledNoneResult(output: "ppnode: the pp worker returned something unreadable\n")
+        let payload: [UInt8] =
+            switch result.outcome.result {
+            case .success(let json):
+                if json.count >= 2, let decoded = Data(base64Encoded: Data(json.dropFirst().dropLast())) {
+                    Array(decoded)
+                } else {
+                    PPWire.pickledNoneResult(output: "ppnode: the pp worker returned something unreadable\n")
+                }
+            case .failure(let error): PPWire.pickledNoneResult(output: "An error has occured during the function execution\nppnode: \(error)\n")
             }
-        case .failure(let error):
-            payload = PPWire.pickledNoneResult(output: "An error has occured during the function execution\nppnode: \(error)\n")
-        }
         return .send([payload], run: self.runNext())
     }
 

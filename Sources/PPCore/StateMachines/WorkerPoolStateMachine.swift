@@ -538,7 +538,7 @@ public struct WorkerPoolStateMachine: Sendable {
             self.startFailures = 0
             self.lastStartError = ""
             self.retryDelay = Self.firstRetryDelay
-            if self.pythonVersion == nil { self.pythonVersion = Self.pythonVersion(hello: body) }
+            if self.pythonVersion == nil { self.pythonVersion = Self.helloString("python", body) }
             self.actions.append(.log(.debug, "worker ready", metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(self.workers[index]!.pid)"]))
             self.actions.append(.answerReadyWaiters(failure: nil))
         case .result(var result):
@@ -608,11 +608,6 @@ public struct WorkerPoolStateMachine: Sendable {
         guard let slot = self.workers[index], slot.killReason == nil else { return }
         self.actions.append(.log(.error, "worker protocol error", metadata: [LogKey.workerPID: "\(slot.pid)", LogKey.error: message]))
         self.kill(index, reason: .protocolError(message))
-    }
-
-    /// The Python version in a hello body `{"pid":123,"python":"3.11.7",...}`.
-    static func pythonVersion(hello body: ByteBuffer) -> String? {
-        self.helloString("python", body)
     }
 
     /// A string field of a hello body without escapes (nil if absent or escaped): a

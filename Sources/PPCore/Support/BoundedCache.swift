@@ -9,13 +9,6 @@ public struct BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Sendable 
         @usableFromInline var value: Value
         @usableFromInline var cost: Int
         @usableFromInline var stamp: UInt64
-
-        @usableFromInline
-        init(value: Value, cost: Int, stamp: UInt64) {
-            self.value = value
-            self.cost = cost
-            self.stamp = stamp
-        }
     }
 
     /// The largest total cost kept.

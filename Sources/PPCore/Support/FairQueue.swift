@@ -1,13 +1,6 @@
 public import DequeModule
 public import NIOCore
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
+internal import Foundation  // exp2
 
 /// A queue of jobs shared fairly between their owners (the clients of a node), by use.
 ///

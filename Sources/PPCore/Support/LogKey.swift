@@ -51,8 +51,6 @@ public enum LogKey {
     public static let workers = "workers"
     /// A cap that was reached.
     public static let cap = "cap"
-    /// A signal's name.
-    public static let signal = "signal"
 
     // Discovery
     /// Where broadcast beacons or probes go.
