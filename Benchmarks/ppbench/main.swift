@@ -213,6 +213,7 @@ _ = try await server.map(sumPrimes, [10], as: Int.self)
 // each speed-up compares two runs taken a moment apart.
 let primeRepetitions = 5
 var speedUps: [Double] = []
+var primePairs: [String] = []  // "serial/ours" seconds of each repetition
 var oursCPU = Double.infinity, serialCPU = Double.infinity
 var sums: [Int] = []
 for _ in 0..<(options.roundTripsOnly ? 0 : primeRepetitions) {
@@ -235,6 +236,7 @@ for _ in 0..<(options.roundTripsOnly ? 0 : primeRepetitions) {
     let serialSums = serial.dropFirst().map { Int($0) }
     guard serialSums == sums else { fail("sum_primes results differ from the serial loop: \(sums) vs \(serialSums)") }
     speedUps.append((serial.first ?? 0) / ours)
+    primePairs.append(fmt(serial.first ?? 0, 3) + "/" + fmt(ours, 3))
     oursCPU = min(oursCPU, ours)
     serialCPU = min(serialCPU, serial.first ?? 0)
 }
@@ -732,6 +734,7 @@ print("(b) sum_primes over \(primeInputs.count) inputs (\(primeInputs.first!)..\
 print("    serial Python loop             \(fmt(serialCPU, 3)) s (best of \(primeRepetitions))")
 print("    ParallelPython, \(options.workers) workers      \(fmt(oursCPU, 3)) s (best of \(primeRepetitions))")
 print("    speed-up, \(primeRepetitions) repetitions       \(speedUps.map { fmt($0, 2) }.joined(separator: " "))   min \(fmt(speedUps.min()!, 2)) max \(fmt(speedUps.max()!, 2))   (target >= 1.90 each, on 2 workers)")
+print("      each, serial/ours (s)        \(primePairs.joined(separator: " "))")
 print("    results equal to serial loop   yes (first \(sums.first!))")
 print("(c) through one ppnode on loopback, TLS 1.3 keyed by the cluster secret (\(options.workers) workers)")
 print("    tiny jobs, pipelined           \(fmt(nodeTiny, 0)) jobs/s   (target >= 50000)")
