@@ -87,6 +87,13 @@ package struct ChildProcess: Sendable {
         _ = Glibc.kill(-self.pid, SIGKILL)
     }
 
+    /// Whether bytes wait in the child's stdout pipe, not read yet (`FIONREAD`; the
+    /// descriptor stays open until the pool reaps the child).
+    package func hasUnreadOutput() -> Bool {
+        var waiting: CInt = 0
+        return ioctl(self.stdoutRead, UInt(FIONREAD), &waiting) == 0 && waiting > 0
+    }
+
     /// Whether the child has ended, without reaping it.
     package func hasEnded() -> Bool {
         // -1 (ECHILD) means it is not waitable any more: treat it as ended.

@@ -426,7 +426,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
     /// zombie keeps its pid and group id from being reused until the machine says so).
     private func checkProcess(_ index: Int) {
         guard let worker = self.workers[index], worker.process.hasEnded() else { return }
-        self.run(self.machine.processEnded(worker: index, now: .now()))
+        self.run(self.machine.processEnded(worker: index, now: .now(), unreadOutput: worker.process.hasUnreadOutput()))
     }
 
     /// Feeds the machine an event from a worker's pipes (`WorkerChannelHandler`) and

@@ -478,6 +478,20 @@ struct WorkerPoolStateMachineTests {
         #expect(describe(m.processEnded(worker: 1, now: at(310))) == ["reap 1"])
         #expect(describe(m.workerReaped(worker: 1, status: .exited(0), now: at(310))) == ["spawn 2"])
 
+        // Results still waiting in the pipe when the grace is over (the loop was stalled
+        // and ran its overdue check before reading them) are read first; a pipe that
+        // never empties is given up after ten graces.
+        var late = readyPool(1)
+        _ = late.submit([job(1)], now: t0)
+        #expect(describe(late.processEnded(worker: 1, now: at(10))) == ["check 1 in 300ms"])
+        #expect(describe(late.processEnded(worker: 1, now: at(310), unreadOutput: true)) == ["check 1 in 2ms"])
+        #expect(describe(late.received(result(1), from: 1, now: at(311))) == ["complete 1: ok"])
+        #expect(describe(late.processEnded(worker: 1, now: at(312))) == ["reap 1"])
+        var flooding = readyPool(1)
+        _ = flooding.processEnded(worker: 1, now: at(10))
+        #expect(describe(flooding.processEnded(worker: 1, now: at(3_009), unreadOutput: true)) == ["check 1 in 2ms"])
+        #expect(describe(flooding.processEnded(worker: 1, now: at(3_010), unreadOutput: true)) == ["reap 1"])
+
         // With its stdout closed, an ended worker is reaped at once.
         var closed = readyPool(1)
         _ = closed.stdoutClosed(worker: 1)

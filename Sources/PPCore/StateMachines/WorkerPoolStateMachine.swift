@@ -414,7 +414,14 @@ public struct WorkerPoolStateMachine: Sendable {
     /// stdout has closed; else results it wrote just before it ended may still be in
     /// the pipe, ahead of the EOF: wait for the EOF, or, when something else holds the
     /// pipe open (a process its job forked), for `pipeDrainGrace`.
-    public mutating func processEnded(worker index: Int, now: NIODeadline) -> [Action] {
+    ///
+    /// `unreadOutput`: the driver saw bytes waiting in the worker's stdout pipe. They are
+    /// read first, however late: a process stalled by the machine runs its overdue
+    /// timers back to back, and the grace could end before the loop read the results the
+    /// worker wrote before it exited (a MemoryError's result and its retiring frame were
+    /// lost so, under load). A pipe that never empties (a process the job forked keeps
+    /// writing) is given up after ten graces.
+    public mutating func processEnded(worker index: Int, now: NIODeadline, unreadOutput: Bool = false) -> [Action] {
         guard let slot = self.workers[index], slot.pid != 0, !slot.reaping else { return [] }
         if !slot.stdoutClosed {
             guard let seen = slot.endSeenAt else {
@@ -422,6 +429,7 @@ public struct WorkerPoolStateMachine: Sendable {
                 return [.checkProcess(worker: index, after: Self.pipeDrainGrace)]
             }
             guard now - seen >= Self.pipeDrainGrace else { return [] }
+            if unreadOutput, now - seen < Self.pipeDrainGrace * 10 { return [.checkProcess(worker: index, after: Self.killRecheckDelay)] }
         }
         self.workers[index]!.reaping = true
         return [.reap(worker: index)]
