@@ -5,7 +5,7 @@ internal import Foundation  // JSONEncoder, JSONDecoder, Data: the beacon's JSON
 /// A beacon is the byte `S` (so Parallel Python's own autodiscovery recognises it),
 /// the magic `PPNB`, a format version byte (1), then a JSON object:
 /// `{"id","name","port","keyid","protocol","cores","workers","version"}` and, when
-/// known, `"arch"`, `"os"`, `"python"` and `"pp"` (the pp-compatible port); a node that
+/// known, `"arch"`, `"os"`, `"python"`, `"impl"` and `"pp"` (the pp-compatible port); a node that
 /// shuts down sends a few copies with `"leaving": true` (a goodbye beacon).
 /// A probe is `PPNQ`, a version byte (2) and zero bytes up to 1,400 in all; a node
 /// answers a probe at once with a beacon sent back to the probe's source address, and
@@ -35,6 +35,9 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     public var os: String?
     /// Its workers' Python version (`3.11.2`), once a worker has started.
     public var python: String?
+    /// Its workers' Python implementation (`cpython`, `pypy`: `sys.implementation.name`),
+    /// once a worker has started.
+    public var impl: String?
     /// The TCP port of its Parallel Python (ppft) compatible listener, when that is on.
     public var pp: Int?
     /// `true` in the goodbye beacons of a node that shuts down; absent otherwise.
@@ -46,6 +49,7 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
     ///   - arch: the machine architecture, `HostInfo.architecture` (PPRuntime) for this one.
     ///   - os: the operating system, `HostInfo.operatingSystem` (PPRuntime) for this one.
     ///   - python: the workers' Python version, once known.
+    ///   - impl: the workers' Python implementation, once known.
     ///   - pp: the TCP port of the pp-compatible listener, when it is on.
     public init(
         id: String,
@@ -59,6 +63,7 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         arch: String? = nil,
         os: String? = nil,
         python: String? = nil,
+        impl: String? = nil,
         pp: Int? = nil
     ) {
         self.id = id
@@ -72,6 +77,7 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         self.arch = arch
         self.os = os
         self.python = python
+        self.impl = impl
         self.pp = pp
     }
 
@@ -120,6 +126,7 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         pairs["arch"] = self.arch
         pairs["os"] = self.os
         pairs["python"] = self.python
+        pairs["impl"] = self.impl
         pairs["pp"] = self.pp.map(String.init)
         return pairs
     }
@@ -131,7 +138,7 @@ public struct NodeBeacon: Sendable, Hashable, Codable {
         self.init(
             id: txt["id"] ?? "", name: txt["name"] ?? serviceName, port: port, keyid: keyid, protocol: proto,
             cores: txt["cores"].flatMap(Int.init) ?? 0, workers: txt["workers"].flatMap(Int.init) ?? 0, version: txt["version"] ?? "?",
-            arch: txt["arch"], os: txt["os"], python: txt["python"], pp: txt["pp"].flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil }
+            arch: txt["arch"], os: txt["os"], python: txt["python"], impl: txt["impl"], pp: txt["pp"].flatMap(Int.init).flatMap { (1...65535).contains($0) ? $0 : nil }
         )
     }
 

@@ -33,7 +33,7 @@ public final class NodeServer: Service, Sendable {
     /// The task that runs the advertisers, once a worker is ready.
     private let advertising = Mutex<Task<Void, Never>?>(nil)
     let pp: PPCompatService
-    private let pythonVersion = Mutex<String?>(nil)
+    private let python = Mutex<(version: String?, implementation: String?)>((nil, nil))
     /// The node's stop once begun (by `shutdown()`, or by a start that failed): every
     /// `shutdown()` awaits this one.
     private let stopping = Mutex<Task<Void, Never>?>(nil)
@@ -121,8 +121,8 @@ public final class NodeServer: Service, Sendable {
                 throw NodeStartError(message: "no Python worker could start: \(Self.trimmedFix(error.reason)); install python3 or point --python / PP_PYTHON at an interpreter")
             }
             // The worker that is ready said which Python it runs.
-            let version = await self.pool.statistics().pythonVersion
-            self.pythonVersion.withLock { $0 = version }
+            let statistics = await self.pool.statistics()
+            self.python.withLock { $0 = (statistics.pythonVersion, statistics.pythonImplementation) }
         }
         if let ppPort = self.configuration.ppPort {
             try await self.startPPCompat(port: ppPort)
@@ -247,7 +247,8 @@ public final class NodeServer: Service, Sendable {
             version: ParallelPythonVersion.string,
             arch: HostInfo.architecture,
             os: HostInfo.operatingSystem,
-            python: self.pythonVersion.withLock { $0 },
+            python: self.python.withLock { $0.version },
+            impl: self.python.withLock { $0.implementation },
             pp: self.ppAddress?.port
         )
     }
@@ -438,6 +439,7 @@ final class NodeState: @unchecked Sendable {
             ("blob_cache_entries", .int(self.blobs.count)),
             ("blob_cache_bytes", .int(self.blobs.totalCost)),
             ("python", .string(pool.pythonVersion ?? "")),
+            ("python_implementation", .string(pool.pythonImplementation ?? "")),
             ("pp_connections", .int(node.pp.connections)),
             ("pp_jobs_done", .int(node.pp.jobsDone)),
             ("pp_auth_failures", .int(node.pp.authFailures)),

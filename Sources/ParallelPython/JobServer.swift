@@ -154,8 +154,10 @@ public final class JobServer: Service, Sendable {
         }
         // Placement checks version ranges against the local Python once a worker says which.
         Task { [self] in
-            guard (try? await self.pool.waitUntilReady()) != nil, let python = await self.pool.statistics().pythonVersion, !self.stopped.withLock({ $0 }) else { return }
-            self.loop.execute { self.scheduler.learned(python: python, of: self.local) }
+            guard (try? await self.pool.waitUntilReady()) != nil else { return }
+            let statistics = await self.pool.statistics()
+            guard let python = statistics.pythonVersion, !self.stopped.withLock({ $0 }) else { return }
+            self.loop.execute { self.scheduler.learned(python: python, implementation: statistics.pythonImplementation, of: self.local) }
         }
     }
 

@@ -222,6 +222,7 @@ final class RemoteExecutor: ChannelInboundHandler, Executor, @unchecked Sendable
     var name: String { self.link.name }
     var label: String { self.machine.node.map { "\(PeerText.cut($0.name, limit: 64)) (\(self.name))" } ?? self.name }
     var python: String? { self.machine.node?.python }
+    var implementation: String? { self.machine.node?.impl }
     var freeSlots: Int { self.machine.freeSlots }
     var canRun: Bool { self.machine.takesJobs }
 

@@ -11,6 +11,8 @@ protocol Executor: AnyObject {
     var label: String { get }
     /// Its workers' Python version, when known.
     var python: String? { get }
+    /// Its workers' Python implementation (`cpython`), when known.
+    var implementation: String? { get }
     /// How many more jobs it takes now.
     var freeSlots: Int { get }
     /// Whether it can run jobs at all now (a pool with workers, a node that is
@@ -93,7 +95,7 @@ final class Scheduler: @unchecked Sendable {
 
     func add(_ executor: any Executor) {
         self.executors.append(executor)
-        self.machine.added(Self.id(executor), name: executor.label, python: executor.python)
+        self.machine.added(Self.id(executor), name: executor.label, python: executor.python, implementation: executor.implementation)
         self.machine.nodeProblems[executor.name] = nil
         self.machine.joining.remove(executor.name)
         self.logger.info("executor added", metadata: [LogKey.executor: "\(executor.name)"])
@@ -157,9 +159,9 @@ final class Scheduler: @unchecked Sendable {
         self.dispatchSoon()
     }
 
-    /// The executor's Python version became known (the local pool's first worker).
-    func learned(python: String, of executor: any Executor) {
-        self.machine.learned(python: python, of: Self.id(executor))
+    /// The executor's Python became known (the local pool's first worker).
+    func learned(python: String, implementation: String?, of executor: any Executor) {
+        self.machine.learned(python: python, implementation: implementation, of: Self.id(executor))
         self.dispatch()
     }
 }
@@ -174,7 +176,9 @@ final class Scheduler: @unchecked Sendable {
 final class LocalExecutor: Executor, @unchecked Sendable {
     let name = "local"
     var label: String { self.name }
-    let python: String? = nil  // the scheduler learns it from the pool's first worker
+    // The scheduler learns these from the pool's first worker.
+    let python: String? = nil
+    let implementation: String? = nil
     let pool: WorkerPool
     private unowned let scheduler: Scheduler
     private var inflight: Set<UInt64> = []

@@ -315,6 +315,7 @@ struct PPNodes: AsyncParsableCommand {
                 "arch": text(b?.arch), "os": text(b?.os),
                 "accepts_secret": r.accepted.map { .bool($0) } ?? .null,
                 "python": r.python == "-" ? .null : .string(r.python),
+                "implementation": text(r.implementation),
                 "found_by": .array(r.sighting.via.sorted().map { .string($0) }),
                 "pp_port": int(b?.pp),
                 "interface": text(r.sighting.interface),
@@ -335,5 +336,12 @@ extension PPNodes.Row {
     var python: String {
         if case .string(let v) = self.stats["python"], !v.isEmpty { return v }
         return self.beacon?.python ?? "-"
+    }
+
+    /// The Python implementation (`cpython`) from the node's counters, else from its
+    /// announcement.
+    var implementation: String? {
+        if case .string(let v) = self.stats["python_implementation"], !v.isEmpty { return v }
+        return self.beacon?.impl
     }
 }

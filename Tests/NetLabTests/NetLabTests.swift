@@ -88,6 +88,7 @@ struct NetLabTests {
             #expect(row?["found_by"] as? [String] == ["DNS-SD"])
             #expect(row?["in_cluster"] as? Bool == true && row?["accepts_secret"] as? Bool == true)
             #expect((row?["python"] as? String)?.hasPrefix("3.") == true)
+            #expect(row?["implementation"] as? String == "cpython")
         }
         // The TXT record as avahi's own tools see it, Python version included (it is
         // added by an update once the first worker has started).

@@ -94,8 +94,10 @@ struct NodeProtocolTests {
     @Test func dnssdTXTCarriesTheBeaconButItsPort() throws {
         var beacon = NodeBeacon(id: "ab12", name: "n1", port: 7345, keyid: "k", protocol: 1, cores: 8, workers: 6, version: "0.1.0", arch: "x86_64", os: "Linux 6.1.0")
         beacon.python = "3.11.2"
+        beacon.impl = "cpython"
         let txt = beacon.txt
-        #expect(txt["port"] == nil && txt["python"] == "3.11.2" && txt["cores"] == "8" && txt["arch"] == "x86_64" && txt["os"] == "Linux 6.1.0")
+        #expect(NodeBeacon(datagram: beacon.datagram)?.impl == "cpython")
+        #expect(txt["port"] == nil && txt["python"] == "3.11.2" && txt["impl"] == "cpython" && txt["cores"] == "8" && txt["arch"] == "x86_64" && txt["os"] == "Linux 6.1.0")
         #expect(NodeBeacon(txt: txt, port: 7345, serviceName: "n1") == beacon)
         // Another program's service under our type, or a bad port, is not a node.
         #expect(NodeBeacon(txt: ["name": "x"], port: 7345, serviceName: "x") == nil)

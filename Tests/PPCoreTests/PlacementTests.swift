@@ -143,6 +143,27 @@ struct PlacementTests {
         )
     }
 
+    @Test func anImplementationSendsJobsOnlyToNodesThatAnnounceIt() throws {
+        let ends = Ends()
+        var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))
+        s.added(a, name: "a (127.0.0.1:7341)", python: "3.11.7", implementation: "cpython")
+        s.added(b, name: "b (127.0.0.1:7342)", python: "3.10.14", implementation: "pypy")
+        s.added(3, name: "local", python: nil)  // not known yet: it may try (its worker checks)
+        let pypy = FunctionBundle(name: "h", source: "def h(x):\n    return x\n", requirements: try Requirements(implementation: "PyPy"))
+        _ = s.enqueue((1...3).map { ends.job($0, pypy) })
+        let out = s.dispatch([(a, 10), (b, 1), (3, 1)])
+        #expect(out.failures.isEmpty && out.batches.map(\.executor) == [b, 3])
+        // Once local is known to run CPython and b is gone, the last job has nowhere to go.
+        s.learned(python: "3.11.7", implementation: "cpython", of: 3)
+        s.removed(b)
+        let none = s.dispatch([(a, 10), (3, 1)])
+        #expect(none.batches.isEmpty && none.failures.map(\.job.id) == [3])
+        #expect(
+            none.failures[0].error.message
+                == "no executor can run the function: local: needs Python implementation pypy; it runs cpython; a (127.0.0.1:7341): needs Python implementation pypy; it runs cpython"
+        )
+    }
+
     @Test func requirementsParseAndMatch() throws {
         let r = try Requirements(python: ">=3.9, <3.13", implementation: "CPython", modules: ["numpy", "os.path"])
         #expect(r.implementation == "cpython")
@@ -150,6 +171,8 @@ struct PlacementTests {
         #expect(r.mismatch(pythonVersion: "3.13.0rc1") == "needs Python >=3.9, <3.13; it runs Python 3.13.0rc1")
         #expect(r.mismatch(pythonVersion: "3.8.18") != nil)
         #expect(r.mismatch(pythonVersion: "unknown") == nil)
+        #expect(r.mismatch(pythonVersion: "3.11.2", implementation: "PyPy") == "needs Python implementation cpython; it runs PyPy")
+        #expect(r.mismatch(pythonVersion: "3.11.2", implementation: "CPython") == nil && r.mismatch(pythonVersion: nil, implementation: nil) == nil)
         let prefix = try Requirements(python: "==3.11.*")
         #expect(prefix.mismatch(pythonVersion: "3.11.9") == nil && prefix.mismatch(pythonVersion: "3.12.0") != nil)
         #expect(try Requirements(python: "!=3.11.*").mismatch(pythonVersion: "3.11.2") != nil)

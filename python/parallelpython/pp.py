@@ -140,13 +140,15 @@ class Server(object):
     ppservers: "*" or "*:PORT" finds nodes on the LAN (DNS-SD and broadcast); "HOST"
     or "HOST:PORT" is a node, by its native port (7340) or its pp port (60000, mapped
     to the native port). `secret` is the cluster secret (the text of a node's secret
-    file); without it, $PP_SECRET or ~/.config/ppnode/secret is used.
+    file); without it, $PP_SECRET or ~/.config/ppnode/secret is used. `requires` (not
+    in ppft) is what every job needs of a worker's Python, as Executor's: e.g.
+    {"python": ">=3.9,<3.13", "implementation": "cpython", "modules": ["numpy"]}.
     """
 
     default_port = _PP_PORT
     default_secret = None
 
-    def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False, proto=2, socket_timeout=3600):
+    def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False, proto=2, socket_timeout=3600, requires=None):
         if not isinstance(ppservers, tuple):
             raise TypeError("ppservers argument must be a tuple")
         nodes = []
@@ -165,7 +167,7 @@ class Server(object):
         self.auto_ppservers = discover
         self.secret = secret
         workers = None if ncpus == "autodetect" else int(ncpus)
-        self._executor = Executor(workers=workers, nodes=nodes, discover=discover, secret=secret)
+        self._executor = Executor(workers=workers, nodes=nodes, discover=discover, secret=secret, requires=requires)
         self._ncpus = self._executor._engine.info.get("workers", 0) if workers is None else workers
         self._lock = threading.Lock()
         self._tid = 0

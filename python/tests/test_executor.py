@@ -263,7 +263,8 @@ class Extras(unittest.TestCase):
     def test_requires_places_jobs_where_they_can_run(self):
         ok = Executor(workers=2, discover=False, requires={"python": ">=3.0", "modules": ["json"]})
         self.assertEqual(list(ok.map(square, [1, 2])), [1, 4])
-        for requires, text in (({"modules": ["ppplace_missing"]}, "No module named 'ppplace_missing'"), ({"python": ">=99"}, "needs Python >=99")):
+        for requires, text in (({"modules": ["ppplace_missing"]}, "No module named 'ppplace_missing'"), ({"python": ">=99"}, "needs Python >=99"),
+                               ({"implementation": "pypy"}, "needs Python implementation pypy")):
             ex = Executor(workers=2, discover=False, requires=requires)
             with self.assertRaises(RemoteError) as caught:
                 ex.submit(square, 1).result()
@@ -271,6 +272,25 @@ class Extras(unittest.TestCase):
         with self.assertRaises(ValueError) as caught:
             Executor(workers=2, discover=False, requires={"python": "3.9"})
         self.assertIn("'3.9' is not a version range", str(caught.exception))
+
+    def test_pp_server_takes_requires_too(self):
+        from parallelpython import pp
+        import contextlib
+        import io
+        server = pp.Server(2, requires={"implementation": "pypy"})
+        try:
+            job = server.submit(square, (3,))
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                self.assertIsNone(job())
+            self.assertIn("needs Python implementation pypy", printed.getvalue())
+        finally:
+            server.destroy()
+        server = pp.Server(2, requires={"implementation": "CPython", "modules": ["json"]})
+        try:
+            self.assertEqual(server.submit(square, (3,))(), 9)
+        finally:
+            server.destroy()
 
 
 class Engine(unittest.TestCase):

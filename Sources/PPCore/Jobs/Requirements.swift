@@ -5,7 +5,8 @@ internal import Foundation  // JSONDecoder: a bundle spec's "requires"
 /// (`"requires"` in the spec), so it is part of the bundle's name.
 ///
 /// The client's scheduler sends a job only to executors whose Python version is in
-/// the range (when it knows their version); the worker checks all three when it
+/// the range and whose implementation is the one named (when it knows them: nodes
+/// announce both); the worker checks all three when it
 /// loads the bundle, and a worker that fails the check answers "function unavailable",
 /// so the scheduler places the job on another executor.
 ///
@@ -71,10 +72,14 @@ public struct Requirements: Sendable, Hashable {
         return try Requirements(python: requires.python, implementation: requires.implementation, modules: requires.modules ?? [])
     }
 
-    /// Why a Python of `version` (`3.11.2`) is outside `python`, or `nil` when it is
-    /// inside, or when `version` has no release number to compare (the worker decides).
-    public func mismatch(pythonVersion version: String) -> String? {
-        guard let python, let clauses = Self.clauses(python) else { return nil }
+    /// Why a Python of `version` (`3.11.2`) and `implementation` (`cpython`) does not
+    /// meet these requirements, or `nil` when it does, or when what is needed is not
+    /// known (the worker decides: a version without a release number, a `nil` one).
+    public func mismatch(pythonVersion version: String?, implementation: String? = nil) -> String? {
+        if let needed = self.implementation, let implementation, implementation.lowercased() != needed {
+            return "needs Python implementation \(needed); it runs \(PeerText.cut(implementation, limit: 40))"
+        }
+        guard let python, let version, let clauses = Self.clauses(python) else { return nil }
         // The release number: the leading digits of each dotted part ("3.13.0rc1": 3.13.0).
         var release: [Int] = []
         for part in version.split(separator: ".") {

@@ -43,10 +43,11 @@ public struct SchedulerStateMachine: Sendable {
     private struct Placement {
         var name: String
         var python: String?
+        var implementation: String?
         /// The functions it cannot run, and why: its status-3 error, or the Python
-        /// version a function's range excludes.
+        /// version or implementation a function's requirements exclude.
         var unable: [SHA256Digest: JobError] = [:]
-        /// The functions whose version range its Python is in.
+        /// The functions whose requirements its Python meets.
         var fits: Set<SHA256Digest> = []
     }
 
@@ -62,7 +63,8 @@ public struct SchedulerStateMachine: Sendable {
     public var joining: Set<String> = []
     private var placements: [ExecutorID: Placement] = [:]
     /// Whether dispatch must check each job against each executor: an executor refused
-    /// a function, or a job needs a Python version. Until then it takes the fast path.
+    /// a function, or a job needs a Python version or implementation. Until then it
+    /// takes the fast path.
     private var placing = false
 
     /// Creates a scheduler.
@@ -76,7 +78,7 @@ public struct SchedulerStateMachine: Sendable {
     /// New jobs join the end of the queue (or fail at once after `stop`).
     public mutating func enqueue(_ jobs: [Job]) -> [Failure] {
         guard !self.stopped else { return Self.shutDown(jobs) }
-        if !self.placing { self.placing = jobs.contains { $0.bundle.requirements?.python != nil } }
+        if !self.placing { self.placing = jobs.contains { $0.bundle.requirements.map { $0.python != nil || $0.implementation != nil } ?? false } }
         self.queue.append(contentsOf: jobs)
         return []
     }
@@ -186,8 +188,9 @@ public struct SchedulerStateMachine: Sendable {
     ///   - id: its id, unique among the executors present.
     ///   - name: how messages name it (`"local"`, `"b (10.0.0.2:7340)"`).
     ///   - python: its workers' Python version, when known.
-    public mutating func added(_ id: ExecutorID, name: String, python: String?) {
-        self.placements[id] = Placement(name: name, python: python)
+    ///   - implementation: its workers' Python implementation (`cpython`), when known.
+    public mutating func added(_ id: ExecutorID, name: String, python: String?, implementation: String? = nil) {
+        self.placements[id] = Placement(name: name, python: python, implementation: implementation)
     }
 
     /// An executor left; what was known against it goes with it.
@@ -195,9 +198,10 @@ public struct SchedulerStateMachine: Sendable {
         self.placements[id] = nil
     }
 
-    /// An executor's Python version became known (the local pool's first worker said hello).
-    public mutating func learned(python: String, of id: ExecutorID) {
+    /// An executor's Python became known (the local pool's first worker said hello).
+    public mutating func learned(python: String, implementation: String? = nil, of id: ExecutorID) {
         self.placements[id]?.python = python
+        self.placements[id]?.implementation = implementation
     }
 
     /// Executor `id` answered that it cannot load `job`'s function (a result with
@@ -217,12 +221,14 @@ public struct SchedulerStateMachine: Sendable {
     }
 
     /// Whether `bundle` may go to executor `id`: it did not refuse it, and its Python
-    /// (when known) is in the bundle's range. A mismatch is remembered as a refusal.
+    /// (when known) meets the bundle's requirements. A mismatch is remembered as a refusal.
     private mutating func canRun(_ bundle: FunctionBundle, on id: ExecutorID) -> Bool {
         guard let placement = self.placements[id] else { return true }
         if placement.unable[bundle.digest] != nil { return false }
-        guard let python = placement.python, let range = bundle.requirements, range.python != nil, !placement.fits.contains(bundle.digest) else { return true }
-        guard let why = range.mismatch(pythonVersion: python) else {
+        guard placement.python != nil || placement.implementation != nil, let needs = bundle.requirements, needs.python != nil || needs.implementation != nil,
+            !placement.fits.contains(bundle.digest)
+        else { return true }
+        guard let why = needs.mismatch(pythonVersion: placement.python, implementation: placement.implementation) else {
             self.placements[id]!.fits.insert(bundle.digest)
             return true
         }

@@ -175,6 +175,8 @@ public struct WorkerPoolStateMachine: Sendable {
     public private(set) var target = 0
     /// The Python version the first ready worker reported.
     public private(set) var pythonVersion: String?
+    /// The Python implementation (`cpython`) the first ready worker reported.
+    public private(set) var pythonImplementation: String?
     /// `shutdown()` was called.
     public private(set) var isShuttingDown = false
     /// Jobs waiting for a worker, shared fairly between their owners by use.
@@ -217,7 +219,8 @@ public struct WorkerPoolStateMachine: Sendable {
         return PoolStatistics(
             name: self.configuration.name, targetWorkers: self.target, queued: self.queue.count,
             running: self.workers.values.reduce(0) { $0 + $1.inflight.count },
-            workers: self.gone + live.map { $0.statistics(exit: nil) }, pythonVersion: self.pythonVersion
+            workers: self.gone + live.map { $0.statistics(exit: nil) }, pythonVersion: self.pythonVersion,
+            pythonImplementation: self.pythonImplementation
         )
     }
 
@@ -546,7 +549,10 @@ public struct WorkerPoolStateMachine: Sendable {
             self.startFailures = 0
             self.lastStartError = ""
             self.retryDelay = Self.firstRetryDelay
-            if self.pythonVersion == nil { self.pythonVersion = Self.helloString("python", body) }
+            if self.pythonVersion == nil {
+                self.pythonVersion = Self.helloString("python", body)
+                self.pythonImplementation = Self.helloString("implementation", body)
+            }
             self.actions.append(.log(.debug, "worker ready", metadata: [LogKey.pool: self.configuration.name, LogKey.workerPID: "\(self.workers[index]!.pid)"]))
             self.actions.append(.answerReadyWaiters(failure: nil))
         case .result(var result):
@@ -882,6 +888,8 @@ public struct PoolStatistics: Sendable {
     public var workers: [WorkerStatistics] = []
     /// The workers' Python version, once one has started.
     public var pythonVersion: String?
+    /// The workers' Python implementation (`cpython`), once one has started.
+    public var pythonImplementation: String?
     /// The fair share: each owner's recent use, queued and running jobs.
     public var owners: [OwnerShare] = []
 
