@@ -39,6 +39,10 @@ public final class WorkerPool: Service, @unchecked Sendable {
         public var shutdownGrace: Duration = .seconds(5)
         /// Where the pool logs worker starts, deaths and restarts.
         public var logger: Logger
+        /// The file that remembers, across runs, the interpreter behind a pyenv shim
+        /// (`~/.cache/parallelpython/interpreters`); `nil` starts every pool's first
+        /// workers through the shim.
+        public var interpreterCache: String? = InterpreterCache.userFile
 
         /// Creates a configuration.
         ///
@@ -140,6 +144,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
             self.sweeper = self.eventLoop.scheduleRepeatedTask(initialDelay: Self.tickInterval, delay: Self.tickInterval) { _ in
                 self.run(self.machine.tick(now: .now()))
             }
+            if size > 0 { self.lookUpInterpreter() }
             self.run(self.machine.start(target: size))
         }
     }
@@ -437,6 +442,27 @@ public final class WorkerPool: Service, @unchecked Sendable {
     private var interpreter: String?
     private var interpreterDecided = false
 
+    /// Where to record the interpreter the first hello names: the cache and the shim's
+    /// selection, when the configured interpreter is a pyenv shim the cache did not know.
+    private var unrecorded: (cache: InterpreterCache, selection: String)?
+
+    /// Starts the workers from the interpreter the configured pyenv shim picked before,
+    /// when it would pick the same one now (`PyenvShim`, `InterpreterCache`).
+    private func lookUpInterpreter() {
+        guard let file = self.configuration.interpreterCache, let configured = ChildProcess.resolve(self.configuration.python),
+            let shim = PyenvShim(path: configured)
+        else { return }
+        let environment = ProcessInfo.processInfo.environment
+        let selection = shim.selection(environment: environment, directory: PyenvShim.currentDirectory(environment: environment))
+        let cache = InterpreterCache(file: file)
+        guard let real = cache.interpreter(for: selection) else {
+            self.unrecorded = (cache, selection)
+            return
+        }
+        self.interpreter = real
+        self.configuration.logger.debug("workers start from the interpreter the pyenv shim picked before", metadata: [LogKey.pool: "\(self.configuration.name)", "configured": "\(configured)", "interpreter": "\(real)"])
+    }
+
     /// Reads the interpreter's real file from the first hello (`interpreter`).
     func learnInterpreter(hello body: ByteBuffer) {
         guard !self.interpreterDecided else { return }
@@ -445,6 +471,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
             let configured = ChildProcess.resolve(self.configuration.python), configured != real, Self.isScript(configured)
         else { return }
         self.interpreter = real
+        self.unrecorded.map { $0.cache.record(real, for: $0.selection) }
         self.configuration.logger.debug("workers start from the real interpreter", metadata: [LogKey.pool: "\(self.configuration.name)", "configured": "\(configured)", "interpreter": "\(real)"])
     }
 
