@@ -9,8 +9,9 @@ struct NodeFrameReader {
     let frame: NodeProtocol.Kind
     /// The bytes of the body not read yet.
     private(set) var body: ByteBuffer
-    /// The item of a repeated part being read ("job 3 of 10"), for errors.
-    private var item: String?
+    /// The item of a repeated part being read (job 3 of 10), for errors: put into
+    /// words only when there is an error (not once per job).
+    private var item: (name: String, index: Int, count: Int)?
     /// The last field read: a body with bytes after it names it.
     private var lastField = "the frame type"
 
@@ -25,7 +26,7 @@ struct NodeFrameReader {
 
     /// The error `problem` of `field`, at the current item.
     func error(_ field: String?, _ problem: NodeFrameError.Problem) -> NodeFrameError {
-        NodeFrameError(frame: self.frame, item: self.item, field: field, problem: problem)
+        NodeFrameError(frame: self.frame, item: self.item.map { "\($0.name) \($0.index) of \($0.count)" }, field: field, problem: problem)
     }
 
     /// Reads a big-endian integer.
@@ -53,7 +54,10 @@ struct NodeFrameReader {
     /// Reads a length (a u32, or the u8 of a *short* string) and that many bytes; the
     /// length is checked against the bytes left before anything is read.
     mutating func lengthPrefixed<Length: FixedWidthInteger>(_ field: String, length: Length.Type = UInt32.self) throws(NodeFrameError) -> [UInt8] {
-        let length = Int(try self.integer("\(field) length", as: Length.self))
+        guard let prefix = self.body.readInteger(as: Length.self) else {
+            throw self.error("\(field) length", .truncated(needed: MemoryLayout<Length>.size, left: self.bytesLeft))
+        }
+        let length = Int(prefix)
         guard length <= self.bytesLeft else {
             throw self.error(field, .lengthPastEnd(length: length, left: self.bytesLeft))
         }
@@ -76,7 +80,7 @@ struct NodeFrameReader {
         var items = [Item]()
         items.reserveCapacity(count)
         for index in 0..<count {
-            self.item = "\(name) \(index + 1) of \(count)"
+            self.item = (name, index + 1, count)
             items.append(try read(&self))
         }
         self.item = nil
