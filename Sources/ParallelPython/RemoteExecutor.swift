@@ -170,11 +170,11 @@ final class NodeLink: @unchecked Sendable {
             self.logger.warning("node lost", metadata: [LogKey.reason: "\(reason)", LogKey.jobsRescheduled: "\(jobs.count)"])
         }
         self.scheduler.requeue(jobs, lost: reason, from: self.name)
-        self.failed(reason, retryAfter: retryAfter)
+        self.failed(reason, retryAfter: retryAfter, keyRefused: executor.keyRejected)
     }
 
-    private func failed(_ reason: String, retryAfter: TimeAmount?) {
-        self.scheduler.nodeProblem(reason, node: self.name)
+    private func failed(_ reason: String, retryAfter: TimeAmount?, keyRefused: Bool = false) {
+        self.scheduler.nodeProblem(reason, node: self.name, keyRefused: keyRefused)
         let (action, problem) = self.machine.failed(reason, retryAfter: retryAfter)
         self.report(problem)
         self.execute(action)

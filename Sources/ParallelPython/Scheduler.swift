@@ -97,6 +97,7 @@ final class Scheduler: @unchecked Sendable {
         self.executors.append(executor)
         self.machine.added(Self.id(executor), name: executor.label, python: executor.python, implementation: executor.implementation)
         self.machine.nodeProblems[executor.name] = nil
+        self.machine.keyRefusals.remove(executor.name)
         self.machine.joining.remove(executor.name)
         self.logger.info("executor added", metadata: [LogKey.executor: "\(executor.name)"])
         self.dispatch()
@@ -107,9 +108,11 @@ final class Scheduler: @unchecked Sendable {
         self.machine.removed(Self.id(executor))
     }
 
-    /// A node became usable (`problem` nil) or could not be used, and why.
-    func nodeProblem(_ problem: String?, node: String) {
+    /// A node became usable (`problem` nil) or could not be used, and why; `keyRefused`
+    /// when it refused our key.
+    func nodeProblem(_ problem: String?, node: String, keyRefused: Bool = false) {
         self.machine.nodeProblems[node] = problem
+        if problem != nil && keyRefused { self.machine.keyRefusals.insert(node) } else { self.machine.keyRefusals.remove(node) }
         if self.machine.joining.remove(node) != nil { self.dispatchSoon() }
     }
 

@@ -106,6 +106,30 @@ struct SchedulerStateMachineTests {
         #expect(s.nodeProblems.isEmpty)
     }
 
+    @Test func whenEveryNodeRefusedOurKeyTheQueueFailsSooner() {
+        let ends = Ends()
+        var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))
+        _ = s.enqueue([ends.job(1)])
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        s.nodeProblems = ["a:7340": "the node does not accept our key", "b:7340": "connection refused"]
+        s.keyRefusals = ["a:7340"]
+        // One node may still come back: the full timeout.
+        #expect(s.tick(now: t0, anyExecutorCanRun: false).isEmpty)
+        #expect(s.tick(now: t0 + .seconds(6), anyExecutorCanRun: false).isEmpty)
+        // Every node known refused our key: five seconds, said in the message.
+        s.nodeProblems["b:7340"] = nil
+        let failed = s.tick(now: t0 + .seconds(6), anyExecutorCanRun: false)
+        #expect(failed.count == 1 && failed[0].error.code == .noExecutor)
+        #expect(failed[0].error.message.hasPrefix("nothing could run the job for 5.0 seconds: no local workers and no node reachable (a:7340: the node does not accept our key)"), "\(failed[0].error.message)")
+        // A shorter configured timeout stays the shorter.
+        var short = SchedulerStateMachine(noExecutorTimeout: .seconds(2))
+        _ = short.enqueue([ends.job(2)])
+        short.nodeProblems = ["a:7340": "refused"]
+        short.keyRefusals = ["a:7340"]
+        #expect(short.tick(now: t0, anyExecutorCanRun: false).isEmpty)
+        #expect(short.tick(now: t0 + .seconds(2), anyExecutorCanRun: false).count == 1)
+    }
+
     @Test func stopFailsQueuedAndLaterJobs() {
         let ends = Ends()
         var s = SchedulerStateMachine(noExecutorTimeout: .seconds(30))

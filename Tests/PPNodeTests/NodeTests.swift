@@ -193,9 +193,9 @@ struct NodeTests {
         for p in [truncated, silent] { p.close() }
         #expect(waitFor(seconds: 10) { node.logText.contains("no TLS handshake and HELLO within 1.0 seconds") }, "\(node.logText)")
 
-        // A client with the wrong secret gets a message naming both key ids.
-        var wrongConfig = JobServer.Configuration(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: otherSecret, origin: "test"))
-        wrongConfig.noExecutorTimeout = .seconds(1)
+        // A client with the wrong secret gets a message naming both key ids, after five
+        // seconds (every node known refused its key), not the 30 s of the default.
+        let wrongConfig = JobServer.Configuration(workers: 0, nodes: [try NodeAddress(parsing: node.address)], secret: try ClusterSecret(text: otherSecret, origin: "test"), discover: false)
         let wrong = JobServer(configuration: wrongConfig)
         let result = await wrong.mapResults(f, arguments: [try JobArguments(single: 1)], as: Int.self)
         guard case .failure(let e) = result[0] else { Issue.record("the wrong secret ran a job"); return }
@@ -204,6 +204,7 @@ struct NodeTests {
         let ourKey = try ClusterSecret(text: otherSecret, origin: "t").keyID
         // The client knows only its own key id; the node logs both.
         #expect(e.message.contains(ourKey) && e.message.contains("does not accept our key"), "\(e.message)")
+        #expect(e.message.hasPrefix("nothing could run the job for 5.0 seconds"), "\(e.message)")
         await wrong.shutdown()
 
         // Meanwhile the good client got every result.

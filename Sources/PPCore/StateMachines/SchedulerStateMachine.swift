@@ -58,6 +58,13 @@ public struct SchedulerStateMachine: Sendable {
     /// Why nodes are unavailable, by name, for the no-executor message: the driver sets
     /// a node's problem when it cannot be used, and removes it when it can again.
     public var nodeProblems: [String: String] = [:]
+    /// The nodes of `nodeProblems` whose problem is that they refused our key (another
+    /// cluster's secret): that does not mend by waiting.
+    public var keyRefusals: Set<String> = []
+    /// How long queued jobs wait when nothing can run them and every node known refused
+    /// our key (at most `noExecutorTimeout`): long enough for discovery to find another
+    /// node, short enough not to leave a wrong secret waiting 30 s for its message.
+    public static let keyRefusedTimeout: TimeAmount = .seconds(5)
     /// Nodes whose first connection is under way, by name: a job that no executor
     /// present can run waits for them instead of failing.
     public var joining: Set<String> = []
@@ -255,8 +262,8 @@ public struct SchedulerStateMachine: Sendable {
     }
 
     /// The periodic check: when nothing at all can run jobs (`anyExecutorCanRun` is
-    /// false) while jobs wait, for `noExecutorTimeout`, the queued jobs fail with the
-    /// reasons known.
+    /// false) while jobs wait, for `noExecutorTimeout` (`keyRefusedTimeout` when every
+    /// node known refused our key), the queued jobs fail with the reasons known.
     public mutating func tick(now: NIODeadline, anyExecutorCanRun: Bool) -> [Failure] {
         guard !self.queue.isEmpty, !anyExecutorCanRun else {
             self.noExecutorSince = nil
@@ -266,10 +273,12 @@ public struct SchedulerStateMachine: Sendable {
             self.noExecutorSince = now
             return []
         }
-        guard now - since >= self.noExecutorTimeout else { return [] }
+        let refused = !self.nodeProblems.isEmpty && self.nodeProblems.keys.allSatisfy(self.keyRefusals.contains)
+        let timeout = refused ? min(self.noExecutorTimeout, Self.keyRefusedTimeout) : self.noExecutorTimeout
+        guard now - since >= timeout else { return [] }
         let problems = self.nodeProblems.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }
         let why = problems.isEmpty ? "no local workers and no nodes" : "no local workers and no node reachable (\(problems.joined(separator: "; ")))"
-        let seconds = Duration.nanoseconds(self.noExecutorTimeout.nanoseconds)
+        let seconds = Duration.nanoseconds(timeout.nanoseconds)
         let error = JobError(code: .noExecutor, message: "nothing could run the job for \(seconds): \(why)")
         self.noExecutorSince = nil
         defer { self.queue.removeAll() }
