@@ -20,10 +20,16 @@ struct PyenvShim: Sendable {
 
     /// Reads `path` as a pyenv shim; `nil` for any other file.
     init?(path: String) {
-        guard let data = FileManager.default.contents(atPath: path), data.count <= 4096 else { return nil }
-        let text = String(decoding: data, as: UTF8.self)
+        // At most 4 KiB is read: the configured interpreter is usually a binary of megabytes.
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var head = [UInt8](repeating: 0, count: 4097)
+        let count = head.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard count > 2, count < head.count, head[0] == UInt8(ascii: "#"), head[1] == UInt8(ascii: "!") else { return nil }
+        let text = String(decoding: head.prefix(count), as: UTF8.self)
         let prefix = "export PYENV_ROOT=\""
-        guard text.hasPrefix("#!"), text.contains("/libexec/pyenv\" exec "),
+        guard text.contains("/libexec/pyenv\" exec "),
             let line = text.split(separator: "\n").first(where: { $0.hasPrefix(prefix) && $0.hasSuffix("\"") && $0.count > prefix.count + 1 })
         else { return nil }
         self.path = path
