@@ -93,10 +93,15 @@ struct InterpreterCache: Sendable {
         return base.map { $0 + "/parallelpython/interpreters" }
     }
 
-    /// The interpreter recorded for `selection`, if it is still an executable file.
+    /// The interpreter recorded for `selection`, if it is still an executable file. A
+    /// file that is not ours alone (another owner, writable by group or others) is not
+    /// read: it names the program every worker runs.
     func interpreter(for selection: String) -> String? {
         let key = Self.key(selection)
-        guard let text = try? String(contentsOfFile: self.file, encoding: .utf8) else { return nil }
+        var st = stat()
+        guard stat(self.file, &st) == 0, st.st_uid == getuid(), st.st_mode & 0o022 == 0,
+            let text = try? String(contentsOfFile: self.file, encoding: .utf8)
+        else { return nil }
         for line in text.split(separator: "\n").reversed() {
             let fields = line.split(separator: "\t", maxSplits: 1)
             if fields.count == 2, fields[0] == key, fields[1].hasPrefix("/"), access(String(fields[1]), X_OK) == 0 { return String(fields[1]) }
@@ -113,7 +118,8 @@ struct InterpreterCache: Sendable {
         let directory = (self.file as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let temporary = "\(self.file).\(getpid()).tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data((lines.joined(separator: "\n") + "\n").utf8)) else { return }
+        let text = Data((lines.joined(separator: "\n") + "\n").utf8)
+        guard FileManager.default.createFile(atPath: temporary, contents: text, attributes: [.posixPermissions: 0o644]) else { return }
         if rename(temporary, self.file) != 0 { unlink(temporary) }
     }
 

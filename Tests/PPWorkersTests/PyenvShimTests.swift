@@ -71,6 +71,11 @@ struct PyenvShimTests {
         // An interpreter that is no longer there is not used.
         cache.record(dir.path + "/gone", for: "c")
         #expect(cache.interpreter(for: "c") == nil)
+        // A file others may write is not trusted.
+        chmod(cache.file, 0o666)
+        #expect(cache.interpreter(for: "b") == nil)
+        chmod(cache.file, 0o644)
+        #expect(cache.interpreter(for: "b") == "/bin/true")
         // At most 32 selections.
         for i in 0..<40 { cache.record("/bin/sh", for: "s\(i)") }
         let lines = try String(contentsOfFile: cache.file, encoding: .utf8).split(separator: "\n")
