@@ -94,12 +94,11 @@ struct InterpreterCache: Sendable {
     }
 
     /// The interpreter recorded for `selection`, if it is still an executable file. A
-    /// file that is not ours alone (another owner, writable by group or others) is not
-    /// read: it names the program every worker runs.
+    /// file or folder that is not ours alone (another owner, writable by group or
+    /// others) is not read: the file names the program every worker runs.
     func interpreter(for selection: String) -> String? {
         let key = Self.key(selection)
-        var st = stat()
-        guard stat(self.file, &st) == 0, st.st_uid == getuid(), st.st_mode & 0o022 == 0,
+        guard Self.isOurs(self.file), Self.isOurs((self.file as NSString).deletingLastPathComponent),
             let text = try? String(contentsOfFile: self.file, encoding: .utf8)
         else { return nil }
         for line in text.split(separator: "\n").reversed() {
@@ -116,11 +115,17 @@ struct InterpreterCache: Sendable {
         let old = ((try? String(contentsOfFile: self.file, encoding: .utf8)) ?? "").split(separator: "\n").filter { !$0.hasPrefix(key + "\t") }
         let lines = old.suffix(31) + ["\(key)\t\(interpreter)"]
         let directory = (self.file as NSString).deletingLastPathComponent
-        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let temporary = "\(self.file).\(getpid()).tmp"
         let text = Data((lines.joined(separator: "\n") + "\n").utf8)
         guard FileManager.default.createFile(atPath: temporary, contents: text, attributes: [.posixPermissions: 0o644]) else { return }
         if rename(temporary, self.file) != 0 { unlink(temporary) }
+    }
+
+    /// Whether `path` belongs to this user and only this user may change it.
+    private static func isOurs(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && st.st_uid == getuid() && st.st_mode & 0o022 == 0
     }
 
     private static func key(_ selection: String) -> String {

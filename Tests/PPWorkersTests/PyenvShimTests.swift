@@ -76,6 +76,10 @@ struct PyenvShimTests {
         #expect(cache.interpreter(for: "b") == nil)
         chmod(cache.file, 0o644)
         #expect(cache.interpreter(for: "b") == "/bin/true")
+        chmod(dir.path + "/cache", 0o777)  // anyone could rename another file over it
+        #expect(cache.interpreter(for: "b") == nil)
+        chmod(dir.path + "/cache", 0o700)
+        #expect(cache.interpreter(for: "b") == "/bin/true")
         // At most 32 selections.
         for i in 0..<40 { cache.record("/bin/sh", for: "s\(i)") }
         let lines = try String(contentsOfFile: cache.file, encoding: .utf8).split(separator: "\n")
