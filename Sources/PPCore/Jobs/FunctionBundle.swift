@@ -3,23 +3,54 @@
 /// function is loaded once per worker (and, across the network, sent once per node).
 public struct FunctionBundle: Sendable, Hashable {
     /// The name of the function to call.
-    public let name: String
+    public var name: String { self.storage.name }
     /// The Python source that defines the function (a whole `.py` file is fine).
-    public let source: String
+    public var source: String { self.storage.source }
     /// The file name shown in tracebacks.
-    public let filename: String
+    public var filename: String { self.storage.filename }
     /// Helper sources executed before `source`, in the same namespace.
-    public let dependencies: [String]
+    public var dependencies: [String] { self.storage.dependencies }
     /// Modules imported into the namespace before the sources run (`"os.path"` binds `os`).
-    public let imports: [String]
+    public var imports: [String] { self.storage.imports }
     /// A directory added to the worker's `sys.path`, so a file's sibling modules import.
-    public let searchPath: String?
+    public var searchPath: String? { self.storage.searchPath }
     /// What the function needs of the Python that runs it (`"requires"` in the spec).
-    public let requirements: Requirements?
+    public var requirements: Requirements? { self.storage.requirements }
     /// The spec as the worker reads it: canonical JSON.
-    public let spec: [UInt8]
+    public var spec: [UInt8] { self.storage.spec }
     /// SHA-256 of `spec`: the bundle's name on the wire.
-    public let digest: SHA256Digest
+    public var digest: SHA256Digest { self.storage.digest }
+
+    /// The fields, behind one reference: every job carries its bundle, and a copy of
+    /// the struct is then one retain, not one per field.
+    private final class Storage: Sendable {
+        let name: String
+        let source: String
+        let filename: String
+        let dependencies: [String]
+        let imports: [String]
+        let searchPath: String?
+        let requirements: Requirements?
+        let spec: [UInt8]
+        let digest: SHA256Digest
+
+        init(
+            name: String, source: String, filename: String, dependencies: [String], imports: [String], searchPath: String?, requirements: Requirements?,
+            spec: [UInt8]
+        ) {
+            self.name = name
+            self.source = source
+            self.filename = filename
+            self.dependencies = dependencies
+            self.imports = imports
+            self.searchPath = searchPath
+            self.requirements = requirements
+            self.spec = spec
+            self.digest = SHA256Digest(hashing: spec)
+        }
+    }
+
+    private let storage: Storage
 
     /// Creates a bundle.
     ///
@@ -40,13 +71,6 @@ public struct FunctionBundle: Sendable, Hashable {
         searchPath: String? = nil,
         requirements: Requirements? = nil
     ) {
-        self.name = name
-        self.source = source
-        self.filename = filename
-        self.dependencies = dependencies
-        self.imports = imports
-        self.searchPath = searchPath
-        self.requirements = requirements
         var w = JSONWriter()
         w.raw("{\"name\":")
         w.string(name)
@@ -62,8 +86,10 @@ public struct FunctionBundle: Sendable, Hashable {
         }
         w.member("source", source)
         w.raw("}")
-        self.spec = w.bytes
-        self.digest = SHA256Digest(hashing: w.bytes)
+        self.storage = Storage(
+            name: name, source: source, filename: filename, dependencies: dependencies, imports: imports, searchPath: searchPath, requirements: requirements,
+            spec: w.bytes
+        )
     }
 
     /// A bundle received as its spec bytes (from a client, by a node). Only `spec` and
@@ -75,15 +101,7 @@ public struct FunctionBundle: Sendable, Hashable {
     ///   - requirements: its `"requires"` (see `Requirements.read(bundleSpec:)`), for
     ///     the client's scheduler.
     public init(spec: [UInt8], requirements: Requirements? = nil) {
-        self.name = ""
-        self.source = ""
-        self.filename = ""
-        self.dependencies = []
-        self.imports = []
-        self.searchPath = nil
-        self.requirements = requirements
-        self.spec = spec
-        self.digest = SHA256Digest(hashing: spec)
+        self.storage = Storage(name: "", source: "", filename: "", dependencies: [], imports: [], searchPath: nil, requirements: requirements, spec: spec)
     }
 
     public static func == (a: Self, b: Self) -> Bool { a.digest == b.digest }
