@@ -17,6 +17,13 @@ public struct ProcessIdentity: Hashable, Sendable, CustomStringConvertible {
         self.startTime = start
     }
 
+    /// The process `pid` that started at `startTime` (clock ticks since boot), whether
+    /// or not it still runs.
+    public init(pid: Int32, startTime: UInt64) {
+        self.pid = pid
+        self.startTime = startTime
+    }
+
     /// Whether this very process still runs (a zombie does not).
     public var isRunning: Bool {
         guard let fields = procStatFields(self.pid), fields.count > 19, UInt64(fields[19]) == self.startTime else { return false }

@@ -9,20 +9,27 @@ let lifeCycle = """
         time.sleep(s)
         return s
 
+    def record(pidfile, pid):
+        # The pid and its start time (/proc/PID/stat field 22), written then renamed:
+        # pids are reused quickly under a loaded suite (pid_max may be 32768).
+        with open("/proc/%d/stat" % pid) as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]
+        with open(pidfile + ".tmp", "w") as f:
+            f.write("%d %s" % (pid, start))
+        os.rename(pidfile + ".tmp", pidfile)
+
     def fork_and_return(pidfile):
         # A child that holds the worker's pipes for 60 s.
         child = os.fork()
         if child == 0:
             time.sleep(60)
             os._exit(0)
-        with open(pidfile, "w") as f:
-            f.write(str(child))
+        record(pidfile, child)
         return "forked"
 
     def popen_and_return(pidfile):
         p = subprocess.Popen(["sleep", "60"])
-        with open(pidfile, "w") as f:
-            f.write(str(p.pid))
+        record(pidfile, p.pid)
         return "started"
 
     def fork_then_sleep(pidfile):
@@ -30,8 +37,7 @@ let lifeCycle = """
         if child == 0:
             time.sleep(60)
             os._exit(0)
-        with open(pidfile, "w") as f:
-            f.write(str(child))
+        record(pidfile, child)
         time.sleep(60)
         return "slept"
 
@@ -43,10 +49,13 @@ let lifeCycle = """
         return helper.double(x)
     """
 
-/// The pid written in `file`, as the process it is now.
+/// The process written in `file` (its pid and start time, so that a later process
+/// that reused the pid is not taken for it).
 func processInFile(_ file: String) -> ProcessIdentity? {
-    guard let text = try? String(contentsOfFile: file, encoding: .utf8), let pid = Int32(text) else { return nil }
-    return ProcessIdentity(pid: pid)
+    guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { return nil }
+    let fields = text.split(separator: " ")
+    guard fields.count == 2, let pid = Int32(fields[0]), let start = UInt64(fields[1]) else { return nil }
+    return ProcessIdentity(pid: pid, startTime: start)
 }
 
 /// Waits (60 s at most) until `run` has `count` child processes (its workers), and
@@ -115,7 +124,8 @@ struct ProcessSafetyTests {
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.lines.count == 1)
         #expect(elapsed < 50, "the run waited for the 60 s child (\(elapsed) s)")
-        #expect(processInFile(pidfile) == nil || processInFile(pidfile)?.isRunning == false)
+        let child = try #require(processInFile(pidfile))
+        #expect(!child.isRunning, "the job's child \(child) outlived the run")
     }
 
     @Test func timeoutOfAJobWhoseChildHoldsThePipes() throws {
