@@ -39,8 +39,14 @@ let processFunctions = """
         if child == 0:
             time.sleep(60)
             os._exit(0)
-        with open(path, "w") as f:
-            f.write("%d %d" % (os.getpid(), child))
+        # Each pid with its start time (/proc/PID/stat field 22): pids are reused
+        # quickly under a loaded suite, and a reused one is another process.
+        def start(pid):
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[19]
+        with open(path + ".tmp", "w") as f:
+            f.write("%d:%s %d:%s" % (os.getpid(), start(os.getpid()), child, start(child)))
+        os.rename(path + ".tmp", path)
         return "forked"
     """
 
@@ -150,9 +156,12 @@ struct ProcessTests {
             for p in left { p.killIfRunning() }
         }
         #expect(probe.wait() == 0, "\(probe.stderr)")
-        let pids = ((try? String(contentsOfFile: record, encoding: .utf8)) ?? "").split(separator: " ").compactMap { Int32($0) }
-        #expect(pids.count == 2, "\(probe.stderr)")
-        left = pids.compactMap { ProcessIdentity(pid: $0) }
+        left = ((try? String(contentsOfFile: record, encoding: .utf8)) ?? "").split(separator: " ").compactMap { entry in
+            let parts = entry.split(separator: ":")
+            guard parts.count == 2, let pid = Int32(parts[0]), let start = UInt64(parts[1]) else { return nil }
+            return ProcessIdentity(pid: pid, startTime: start)
+        }
+        #expect(left.count == 2, "\(probe.stderr)")
         #expect(waitFor(seconds: 3) { left.allSatisfy { !$0.isRunning } }, "left running: \(left.filter(\.isRunning))")
     }
 
