@@ -3,7 +3,7 @@ import PPCore
 
 /// A pyenv shim, and the real interpreter behind it remembered across runs.
 ///
-/// A shim is a bash script that runs pyenv to pick a Python at every start (about
+/// A shim is a bash script that runs `pyenv exec` to pick a Python at every start (about
 /// 100 ms more than the interpreter itself on the development machine). Which Python it
 /// picks depends only on what `pyenv version-name` reads: `PYENV_VERSION`; else the
 /// nearest `.python-version` from `PYENV_DIR` (default: the current directory) up to
@@ -29,7 +29,7 @@ struct PyenvShim: Sendable {
         guard count > 2, count < head.count, head[0] == UInt8(ascii: "#"), head[1] == UInt8(ascii: "!") else { return nil }
         let text = String(decoding: head.prefix(count), as: UTF8.self)
         let prefix = "export PYENV_ROOT=\""
-        guard text.contains("/libexec/pyenv\" exec "),
+        guard text.contains("pyenv\" exec \"$program\""),
             let line = text.split(separator: "\n").first(where: { $0.hasPrefix(prefix) && $0.hasSuffix("\"") && $0.count > prefix.count + 1 })
         else { return nil }
         self.path = path

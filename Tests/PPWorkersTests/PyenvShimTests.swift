@@ -27,6 +27,9 @@ struct PyenvShimTests {
         let pyenv = try fakePyenv(in: dir)
         let shim = try #require(PyenvShim(path: pyenv.shim))
         #expect(shim.root == pyenv.root)
+        // A shim of a pyenv installed elsewhere (a package's /usr/bin/pyenv).
+        let packaged = try dir.write("packaged", "#!/usr/bin/env bash\nset -e\nprogram=\"${0##*/}\"\nexport PYENV_ROOT=\"/srv/pyenv\"\nexec \"/usr/bin/pyenv\" exec \"$program\" \"$@\"\n")
+        #expect(PyenvShim(path: packaged)?.root == "/srv/pyenv")
         // Not shims: another wrapper, an interpreter, a missing file.
         #expect(PyenvShim(path: try dir.write("wrapper", "#!/bin/sh\nexec python3 \"$@\"\n")) == nil)
         #expect(PyenvShim(path: "/bin/sh") == nil && PyenvShim(path: dir.path + "/none") == nil)
