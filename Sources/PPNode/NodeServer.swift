@@ -236,7 +236,8 @@ public final class NodeServer: Service, Sendable {
 
     /// What this node announces in its beacons.
     func beacon(port: Int) -> NodeBeacon {
-        NodeBeacon(
+        let python = self.python.withLock { $0 }
+        return NodeBeacon(
             id: self.nodeID,
             name: self.configuration.name,
             port: port,
@@ -247,8 +248,8 @@ public final class NodeServer: Service, Sendable {
             version: ParallelPythonVersion.string,
             arch: HostInfo.architecture,
             os: HostInfo.operatingSystem,
-            python: self.python.withLock { $0.version },
-            impl: self.python.withLock { $0.implementation },
+            python: python.version,
+            impl: python.implementation,
             pp: self.ppAddress?.port
         )
     }
