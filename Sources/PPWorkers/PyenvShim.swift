@@ -112,7 +112,10 @@ struct InterpreterCache: Sendable {
     func record(_ interpreter: String, for selection: String) {
         guard !interpreter.contains("\n"), !interpreter.contains("\t") else { return }
         let key = Self.key(selection)
-        let old = ((try? String(contentsOfFile: self.file, encoding: .utf8)) ?? "").split(separator: "\n").filter { !$0.hasPrefix(key + "\t") }
+        let old = ((try? String(contentsOfFile: self.file, encoding: .utf8)) ?? "").split(separator: "\n").filter {
+            // Other selections' well-formed lines only: 64 hex digits, a tab, a path.
+            $0.count > 66 && $0.dropFirst(64).hasPrefix("\t/") && !$0.hasPrefix(key + "\t")
+        }
         let lines = old.suffix(31) + ["\(key)\t\(interpreter)"]
         let directory = (self.file as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
