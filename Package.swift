@@ -200,6 +200,7 @@ let package = Package(
         .executableTarget(
             name: "ppbench",
             dependencies: [
+                "COpenSSL",
                 "ParallelPython",
                 "PPCore",
                 "PPRuntime",

@@ -132,6 +132,10 @@ func roundTrips(_ count: Int, _ call: (Int) async throws -> Void) async rethrows
     return samples
 }
 
+// The child that plays the node of the round-trip floor (Floor.swift).
+if CommandLine.arguments.count == 4, CommandLine.arguments[1] == "--floor-node" {
+    Floor.node(secret: CommandLine.arguments[2], python: CommandLine.arguments[3])
+}
 let options = Options(CommandLine.arguments)
 let primesFile = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .appendingPathComponent("../../examples/sum_primes.py").standardized.path
@@ -319,8 +323,16 @@ for _ in 0..<(options.roundTripsOnly ? 0 : options.rounds) {
 let nodeRTTs = try await synchronousRoundTrips(remote)
 let nodeRTT = percentile(nodeRTTs, 0.5)
 await remote.shutdown()
+// The same path with nothing but blocking system calls (Floor.swift), right after ours.
+let floorRTTs: [Double]
+do {
+    floorRTTs = try Floor.roundTrips(count: options.roundTrips * options.rounds, secret: secretText, python: realPython())
+} catch {
+    fail("the round-trip floor failed: \(error)")
+}
 if options.roundTripsOnly {
     print("round trip, one node      \(latencies(nodeRTTs))")
+    print("  the machine's floor     \(latencies(floorRTTs))")
     node.terminate()
     node.waitUntilExit()
     exit(0)
@@ -759,6 +771,7 @@ print("    tiny jobs, pipelined           \(fmt(nodeTiny, 0)) jobs/s   (target >
 print("      vs local mode (a)            ratio \(fmt(nodeTiny / oursTiny, 2))   (target >= 0.75)")
 print("      vs multiprocessing.Pool      ratio \(fmt(nodeTiny / poolTiny, 2))")
 print("    round trip, one at a time      \(latencies(nodeRTTs))   (target p50 <= 100)")
+print("      the machine's floor          \(latencies(floorRTTs))   (the same hops, blocking system calls only: Floor.swift)")
 print("      multiprocessing.Pool.apply   p50 \(fmt(poolRTT * 1e6, 1)) us, p99 \(fmt(poolRTT99 * 1e6, 1)) us   ratio Pool/ours (p50) \(fmt(poolRTT / nodeRTT, 2))")
 print("      local mode, one at a time    \(latencies(localRTTs))")
 if let ppft = ppftResult?.ppserver {
