@@ -73,7 +73,7 @@ enum Floor {
     static func roundTrips(count: Int, secret: String, python: String) throws -> [Double] {
         let keys = try ClusterSecret(text: secret, origin: "ppbench").keys
         let node = Process()
-        node.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        node.executableURL = URL(fileURLWithPath: "/proc/self/exe")  // this ppbench, wherever it was found
         node.arguments = ["--floor-node", secret, python]
         let out = Pipe()
         node.standardOutput = out

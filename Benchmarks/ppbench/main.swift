@@ -9,7 +9,9 @@
 // (c) through one ppnode on loopback (TLS 1.3): tiny jobs pipelined and one at a time
 //     (synchronous round trip), against multiprocessing.Pool(chunksize=1) and against
 //     ppft's own ppserver driven by the ppft client (ppft 1.7.8 and dill from PyPI in
-//     the venv .build/ppft-venv, made on first use; --no-ppft skips it).
+//     the venv .build/ppft-venv, made on first use; --no-ppft skips it), and next to
+//     the machine's floor for that round trip (Floor.swift: the same processes and
+//     TLS, blocking system calls only).
 // (d) discovery and failure detection, on loopback broadcast with a private discovery
 //     port: node start to its first job for a client that was given no address, and
 //     kill -9 / SIGSTOP of a node holding jobs to those jobs being rescheduled.
@@ -26,7 +28,7 @@
 //     Python program running multiprocessing.Pool's map with chunksize=1 and with its
 //     automatic chunks; each prints the N results to /dev/null.
 // `--round-trips-only` measures only local tiny jobs and the synchronous round trips
-// (local and through one node), for quick comparisons while working on per-job costs.
+// (local, through one node, and the floor), for quick comparisons while working on per-job costs.
 // Round trips are reported as p50 and p99 of every call of every round; sum_primes
 // runs 5 times, each against its own serial loop, with the spread of the speed-ups.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
