@@ -154,6 +154,9 @@ let tinyArgs = (0..<options.jobs).map { JobArguments(jsonArray: Array("[\($0)]".
 _ = await server.mapResults(inc, arguments: Array(tinyArgs.prefix(200)), as: RawJSON.self)  // start and warm the workers
 
 var oursTiny = 0.0
+// CPU per job over every round, steadier than the rate on a noisy machine: this
+// process (the engine's loop, the caller) and its workers.
+let cpuBefore = (ours: processCPU(getpid()), workers: childPIDs(of: getpid()).map(processCPU).reduce(0, +))
 for _ in 0..<options.rounds {
     let start = ContinuousClock.now
     let results = await server.mapResults(inc, arguments: tinyArgs, as: RawJSON.self)
@@ -162,6 +165,11 @@ for _ in 0..<options.rounds {
     guard failed == 0 else { fail("\(failed) tiny jobs failed") }
     oursTiny = max(oursTiny, Double(options.jobs) / elapsed)
 }
+let tinyJobsRun = Double(options.jobs * options.rounds)
+let tinyCPU = (
+    ours: (processCPU(getpid()) - cpuBefore.ours) / tinyJobsRun,
+    workers: (childPIDs(of: getpid()).map(processCPU).reduce(0, +) - cpuBefore.workers) / tinyJobsRun
+)
 
 /// Synchronous round trips (submit, await the value, submit the next), `rounds` times
 /// `roundTrips`.
@@ -183,7 +191,7 @@ func latencies(_ samples: [Double]) -> String {
 // The synchronous round trip in local mode: the same path minus TLS and the node.
 let localRTTs = try await synchronousRoundTrips(server)
 if options.roundTripsOnly {
-    print("tiny jobs, local mode     \(fmt(oursTiny, 0)) jobs/s")
+    print("tiny jobs, local mode     \(fmt(oursTiny, 0)) jobs/s, CPU per job: \(fmt(tinyCPU.ours * 1e6, 2)) us here, \(fmt(tinyCPU.workers * 1e6, 2)) us in the workers")
     print("round trip, local mode    \(latencies(localRTTs))")
 }
 
@@ -538,6 +546,15 @@ func ppftNumbers() -> (ppserver: PPFTRun, ppnode: PPFTRun)? {
     guard let theirs, let ours else { return nil }
     return (theirs, ours)
 }
+/// User and system CPU seconds of process `pid`, all its threads (from /proc); 0 when
+/// it is gone.
+func processCPU(_ pid: Int32) -> Double {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return 0 }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
 /// Process ids whose parent is `pid` (from /proc).
 func childPIDs(of pid: Int32) -> [Int32] {
     guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
@@ -758,6 +775,7 @@ let endToEnd = pprunEndToEnd()
 print("")
 print("(a) \(options.jobs) tiny jobs on \(options.workers) workers")
 print("    ParallelPython local mode      \(fmt(oursTiny, 0)) jobs/s")
+print("      CPU per job                  \(fmt(tinyCPU.ours * 1e6, 2)) us in this process (loop and caller), \(fmt(tinyCPU.workers * 1e6, 2)) us in the workers")
 print("    multiprocessing.Pool(cs=1)     \(fmt(poolTiny, 0)) jobs/s")
 print("    ratio ours/Pool                \(fmt(oursTiny / poolTiny, 2))   (target >= 1.00; library local mode >= 250000 jobs/s)")
 print("    multiprocessing.Pool, auto     \(fmt(poolTinyAuto, 0)) jobs/s (its own chunks)")
