@@ -546,6 +546,7 @@ func ppftNumbers() -> (ppserver: PPFTRun, ppnode: PPFTRun)? {
     guard let theirs, let ours else { return nil }
     return (theirs, ours)
 }
+
 /// User and system CPU seconds of process `pid`, all its threads (from /proc); 0 when
 /// it is gone.
 func processCPU(_ pid: Int32) -> Double {
