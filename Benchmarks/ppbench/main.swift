@@ -741,8 +741,8 @@ func pprunEndToEnd() -> (local: Double, node: Double, pool: Double, poolAuto: Do
     let dir = NSTemporaryDirectory() + "/ppbench-h-\(getpid())"
     try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: dir) }
-    FileManager.default.createFile(atPath: dir + "/tiny.py", contents: Data("def f(x):\n    return x + 1\n".utf8))
-    FileManager.default.createFile(atPath: dir + "/pool.py", contents: Data("""
+    let tiny = FileManager.default.createFile(atPath: dir + "/tiny.py", contents: Data("def f(x):\n    return x + 1\n".utf8))
+    let pool = FileManager.default.createFile(atPath: dir + "/pool.py", contents: Data("""
         import multiprocessing, signal, sys
         # Started from a thread that blocks signals: without this, Pool's terminate()
         # (SIGTERM to its workers) can wait forever.
@@ -754,6 +754,7 @@ func pprunEndToEnd() -> (local: Double, node: Double, pool: Double, poolAuto: Do
                 out = pool.map(f, range(n), chunksize=chunks) if chunks else pool.map(f, range(n))
             sys.stdout.write("\\n".join(map(str, out)) + "\\n")
         """.utf8))
+    guard tiny, pool else { fail("cannot write the programs of (h) in \(dir)") }
     let (node, log) = startDaemon(binDir + "/ppnode", nodeArgs(options.workers), env: ["PP_SECRET": secretText, "PP_DNSSD": "off", "PP_BROADCAST": "off", "PP_PYTHON": interpreter], ready: "ppnode ready")
     defer { node.terminate(); node.waitUntilExit() }
     let line = log.split(separator: "\n").first { $0.contains("ppnode ready") }!

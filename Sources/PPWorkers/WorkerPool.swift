@@ -170,7 +170,7 @@ public final class WorkerPool: Service, @unchecked Sendable {
     /// completion is not called. The client's local executor frees its slots and places
     /// refused jobs elsewhere through it, without a closure per job. Set it before
     /// submitting jobs.
-    public func interceptResults(_ intercept: @escaping (Job, JobResult) -> Bool) {
+    public func interceptResults(_ intercept: @escaping @Sendable (Job, JobResult) -> Bool) {
         self.eventLoop.execute { self.intercept = intercept }
     }
 

@@ -119,9 +119,10 @@ struct PPNodeCommand: AsyncParsableCommand {
         } catch {
             throw Self.exit(error)
         }
+        let logLevel = settings.logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = settings.logLevel
+            handler.logLevel = logLevel
             return handler
         }
         let logger = Logger(label: "ppnode")

@@ -152,14 +152,14 @@ struct NetLabTests {
         let second = try lab.node(2, ["--name", "second", "--workers", "2"], secret: labSecret)
         nodes.append(second)
         first.signal(SIGKILL)
-        FileManager.default.createFile(atPath: middle, contents: nil)
+        #expect(FileManager.default.createFile(atPath: middle, contents: nil))
         #expect(run.wait(seconds: 30) { $0.count >= 100 }, "\(run.stderr)")
         // The first comes back; then the second dies while it holds gated jobs: only the
         // restarted node can finish them.
         let again = try lab.node(1, ["--name", "first", "--workers", "2"], secret: labSecret)
         nodes.append(again)
         second.signal(SIGKILL)
-        FileManager.default.createFile(atPath: last, contents: nil)
+        #expect(FileManager.default.createFile(atPath: last, contents: nil))
         let status = run.finish(seconds: 60)
         #expect(status == 0, "\(run.stderr)")
         let placed = run.lines.compactMap(Placement.init)

@@ -53,11 +53,11 @@ struct TLSTests {
                 while let out = try? self.client.readOutbound(as: ByteBuffer.self) {
                     var bytes = out
                     tamper?(&bytes)
-                    if self.server.isActive { try? self.server.writeInbound(bytes) }
+                    if self.server.isActive { _ = try? self.server.writeInbound(bytes) }
                     moved = true
                 }
                 while let out = try? self.server.readOutbound(as: ByteBuffer.self) {
-                    if self.client.isActive { try? self.client.writeInbound(out) }
+                    if self.client.isActive { _ = try? self.client.writeInbound(out) }
                     moved = true
                 }
             }
@@ -139,7 +139,7 @@ struct TLSTests {
         // A plaintext frame announcing 64 MiB, then junk: refused at the first record.
         var junk = ByteBuffer(bytes: [0x04, 0x00, 0x00, 0x00, 0x10])
         junk.writeRepeatingByte(0x41, count: 60_000)
-        try? server.writeInbound(junk)
+        _ = try? server.writeInbound(junk)
         #expect((events.errors.first as? TLSError)?.code == .handshakeFailed)
         #expect(!server.isActive)
         _ = try? server.finish()

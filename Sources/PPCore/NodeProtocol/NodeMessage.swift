@@ -1,4 +1,4 @@
-public import NIOCore
+internal import NIOCore
 
 /// A decoded frame of the native protocol. The files beside this one give each frame's
 /// layout; `write(to:)` encodes a message, `NodeMessageDecoder` decodes one.

@@ -1,4 +1,4 @@
-public import DequeModule
+internal import DequeModule
 public import NIOCore
 internal import Foundation  // exp2
 
