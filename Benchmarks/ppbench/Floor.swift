@@ -112,6 +112,40 @@ enum Floor {
         return samples
     }
 
+    /// The local mode's floor: the caller writes each request straight into a Python
+    /// worker's pipe and reads the answer (no engine, no loop, no frames). Times
+    /// `count` round trips after 200 to warm up, in seconds.
+    static func localRoundTrips(count: Int, python: String) throws -> [Double] {
+        let worker = Process()
+        worker.executableURL = URL(fileURLWithPath: python)
+        worker.arguments = ["-S", "-c", Self.worker]
+        let toWorker = Pipe(), fromWorker = Pipe()
+        worker.standardInput = toWorker
+        worker.standardOutput = fromWorker
+        try worker.run()
+        defer {
+            try? toWorker.fileHandleForWriting.close()
+            worker.waitUntilExit()
+        }
+        let toFD = toWorker.fileHandleForWriting.fileDescriptor, fromFD = fromWorker.fileHandleForReading.fileDescriptor
+        var request = [UInt8](repeating: 32, count: size), answer = request
+        var samples: [Double] = []
+        samples.reserveCapacity(count)
+        for i in 0..<(200 + count) {
+            let text = Array(String(i).utf8)
+            request.withUnsafeMutableBytes { bytes in
+                bytes.initializeMemory(as: UInt8.self, repeating: 32)
+                bytes.copyBytes(from: text)
+            }
+            let start = ContinuousClock.now
+            try request.withUnsafeBytes { try writeAll(toFD, $0) }
+            guard try answer.withUnsafeMutableBytes({ try readAll(fromFD, $0) }) else { throw FloorError("the floor's worker ended") }
+            let elapsed = ContinuousClock.now - start
+            if i >= 200 { samples.append(seconds(elapsed)) }
+        }
+        return samples
+    }
+
     static func listen() throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = loopback(port: 0)

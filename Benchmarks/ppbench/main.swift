@@ -28,7 +28,8 @@
 //     Python program running multiprocessing.Pool's map with chunksize=1 and with its
 //     automatic chunks; each prints the N results to /dev/null.
 // `--round-trips-only` measures only local tiny jobs and the synchronous round trips
-// (local, through one node, and the floor), for quick comparisons while working on per-job costs.
+// (local and through one node, each next to its floor), for quick comparisons while
+// working on per-job costs.
 // Round trips are reported as p50 and p99 of every call of every round; sum_primes
 // runs 5 times, each against its own serial loop, with the spread of the speed-ups.
 // Each measurement is taken `rounds` times and the best is kept, for every contender
@@ -188,11 +189,19 @@ func latencies(_ samples: [Double]) -> String {
     "p50 \(fmt(percentile(samples, 0.5) * 1e6, 1)) us, p99 \(fmt(percentile(samples, 0.99) * 1e6, 1)) us"
 }
 
-// The synchronous round trip in local mode: the same path minus TLS and the node.
+// The synchronous round trip in local mode: the same path minus TLS and the node; and
+// its floor, the caller writing straight into a worker's pipe (Floor.swift).
 let localRTTs = try await synchronousRoundTrips(server)
+let localFloorRTTs: [Double]
+do {
+    localFloorRTTs = try Floor.localRoundTrips(count: options.roundTrips * options.rounds, python: realPython())
+} catch {
+    fail("the local round-trip floor failed: \(error)")
+}
 if options.roundTripsOnly {
     print("tiny jobs, local mode     \(fmt(oursTiny, 0)) jobs/s, CPU per job: \(fmt(tinyCPU.ours * 1e6, 2)) us here, \(fmt(tinyCPU.workers * 1e6, 2)) us in the workers")
     print("round trip, local mode    \(latencies(localRTTs))")
+    print("  the machine's floor     \(latencies(localFloorRTTs))")
 }
 
 let poolTinyRates = options.roundTripsOnly ? [] : python(
@@ -796,6 +805,7 @@ print("    round trip, one at a time      \(latencies(nodeRTTs))   (target p50 <
 print("      the machine's floor          \(latencies(floorRTTs))   (the same hops, blocking system calls only: Floor.swift)")
 print("      multiprocessing.Pool.apply   p50 \(fmt(poolRTT * 1e6, 1)) us, p99 \(fmt(poolRTT99 * 1e6, 1)) us   ratio Pool/ours (p50) \(fmt(poolRTT / nodeRTT, 2))")
 print("      local mode, one at a time    \(latencies(localRTTs))")
+print("        the machine's floor        \(latencies(localFloorRTTs))   (the caller writes into a worker's pipe: Floor.swift)")
 if let ppft = ppftResult?.ppserver {
     print("    ppft 1.7.8 ppserver + client   \(fmt(ppft.rate, 0)) jobs/s pipelined (\(options.ppftJobs) jobs), \(fmt(ppft.rtt * 1e6, 1)) us round trip (\(options.ppftRoundTrips))")
     print("      ratio ours/ppft              \(fmt(nodeTiny / ppft.rate, 1))x pipelined, \(fmt(ppft.rtt / nodeRTT, 1))x round trip")
