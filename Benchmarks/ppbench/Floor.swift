@@ -12,6 +12,8 @@
 // Whatever our round trip costs above this is ours (event loops, frames, scheduling,
 // Swift concurrency); this much is the kernel's, OpenSSL's and Python's on this
 // machine, and no design with a separate node process and Python workers goes below it.
+// `localRoundTrips` is the local mode's floor the same way: the caller writes each
+// request straight into the worker's pipe.
 
 import COpenSSL
 import Foundation
