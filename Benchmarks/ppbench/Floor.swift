@@ -43,26 +43,17 @@ enum Floor {
             let keys = try ClusterSecret(text: secret, origin: "ppbench").keys
             let listener = try listen()
             try Array("\(try port(of: listener))\n".utf8).withUnsafeBytes { try writeAll(1, $0) }
-            let worker = Process()
-            worker.executableURL = URL(fileURLWithPath: python)
-            worker.arguments = ["-S", "-c", Self.worker]
-            let toWorker = Pipe(), fromWorker = Pipe()
-            worker.standardInput = toWorker
-            worker.standardOutput = fromWorker
-            try worker.run()
+            let worker = try FloorWorker(python: python)
             let fd = accept(listener, nil, nil)
             guard fd >= 0 else { throw FloorError("accept: \(errnoText())") }
             noDelay(fd)
             let tls = try BlockingTLS(fd: fd, keys: keys, server: true)
-            let toFD = toWorker.fileHandleForWriting.fileDescriptor, fromFD = fromWorker.fileHandleForReading.fileDescriptor
             var buffer = [UInt8](repeating: 0, count: size)
             while try tls.receive(&buffer) {
-                try buffer.withUnsafeBytes { try writeAll(toFD, $0) }
-                guard try buffer.withUnsafeMutableBytes({ try readAll(fromFD, $0) }) else { throw FloorError("the worker ended") }
+                try worker.exchange(&buffer)
                 try tls.send(buffer)
             }
-            try toWorker.fileHandleForWriting.close()
-            worker.waitUntilExit()
+            worker.finish()
             exit(0)
         } catch {
             FileHandle.standardError.write(Data("ppbench --floor-node: \(error)\n".utf8))
@@ -92,58 +83,46 @@ enum Floor {
         guard connected == 0 else { node.terminate(); throw FloorError("connect: \(errnoText())") }
         defer { close(fd) }
         noDelay(fd)
+        // A node that stops answering fails the run with a message instead of hanging it.
+        var limit = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
         let tls = try BlockingTLS(fd: fd, keys: keys, server: false)
-        var request = [UInt8](repeating: 0, count: size), answer = request
-        var samples: [Double] = []
-        samples.reserveCapacity(count)
-        for i in 0..<(200 + count) {
-            let text = Array(String(i).utf8)
-            request.withUnsafeMutableBytes { bytes in
-                bytes.initializeMemory(as: UInt8.self, repeating: 32)
-                bytes.copyBytes(from: text)
-            }
-            let start = ContinuousClock.now
-            try tls.send(request)
-            guard try tls.receive(&answer) else { throw FloorError("the floor's node closed the connection") }
-            let elapsed = ContinuousClock.now - start
-            if i >= 200 { samples.append(seconds(elapsed)) }
-            guard Int(String(decoding: answer, as: UTF8.self).trimmingCharacters(in: .whitespaces)) == i + 1 else {
-                throw FloorError("the floor's worker answered \(String(decoding: answer, as: UTF8.self)) to \(i)")
-            }
+        return try timed(count: count) { message in
+            try tls.send(message)
+            guard try tls.receive(&message) else { throw FloorError("the floor's node closed the connection") }
         }
-        return samples
     }
 
     /// The local mode's floor: the caller writes each request straight into a Python
     /// worker's pipe and reads the answer (no engine, no loop, no frames). Times
     /// `count` round trips after 200 to warm up, in seconds.
     static func localRoundTrips(count: Int, python: String) throws -> [Double] {
-        let worker = Process()
-        worker.executableURL = URL(fileURLWithPath: python)
-        worker.arguments = ["-S", "-c", Self.worker]
-        let toWorker = Pipe(), fromWorker = Pipe()
-        worker.standardInput = toWorker
-        worker.standardOutput = fromWorker
-        try worker.run()
-        defer {
-            try? toWorker.fileHandleForWriting.close()
-            worker.waitUntilExit()
-        }
-        let toFD = toWorker.fileHandleForWriting.fileDescriptor, fromFD = fromWorker.fileHandleForReading.fileDescriptor
-        var request = [UInt8](repeating: 32, count: size), answer = request
+        let worker = try FloorWorker(python: python)
+        defer { worker.finish() }
+        return try timed(count: count) { try worker.exchange(&$0) }
+    }
+
+    /// Times `count` calls of `roundTrip` after 200 to warm up, in seconds. Each call
+    /// gets request `i` (the number, padded with spaces) and must leave the worker's
+    /// answer, `i + 1`, in its place.
+    static func timed(count: Int, _ roundTrip: (inout [UInt8]) throws -> Void) throws -> [Double] {
+        var message = [UInt8](repeating: 32, count: size)
         var samples: [Double] = []
         samples.reserveCapacity(count)
         for i in 0..<(200 + count) {
             let text = Array(String(i).utf8)
-            request.withUnsafeMutableBytes { bytes in
+            message.withUnsafeMutableBytes { bytes in
                 bytes.initializeMemory(as: UInt8.self, repeating: 32)
                 bytes.copyBytes(from: text)
             }
             let start = ContinuousClock.now
-            try request.withUnsafeBytes { try writeAll(toFD, $0) }
-            guard try answer.withUnsafeMutableBytes({ try readAll(fromFD, $0) }) else { throw FloorError("the floor's worker ended") }
+            try roundTrip(&message)
             let elapsed = ContinuousClock.now - start
             if i >= 200 { samples.append(seconds(elapsed)) }
+            let answer = String(decoding: message, as: UTF8.self)
+            guard Int(answer.trimmingCharacters(in: .whitespaces)) == i + 1 else {
+                throw FloorError("the floor's worker answered \(answer) to \(i)")
+            }
         }
         return samples
     }
@@ -175,6 +154,35 @@ enum Floor {
     static func noDelay(_ fd: Int32) {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+}
+
+/// The floor's Python worker (`Floor.worker`) on a pair of pipes.
+struct FloorWorker {
+    let process = Process()
+    let input = Pipe()
+    let output = Pipe()
+
+    init(python: String) throws {
+        self.process.executableURL = URL(fileURLWithPath: python)
+        self.process.arguments = ["-S", "-c", Floor.worker]
+        self.process.standardInput = self.input
+        self.process.standardOutput = self.output
+        try self.process.run()
+    }
+
+    /// Sends `message` to the worker and replaces it with the answer.
+    func exchange(_ message: inout [UInt8]) throws {
+        try message.withUnsafeBytes { try writeAll(self.input.fileHandleForWriting.fileDescriptor, $0) }
+        guard try message.withUnsafeMutableBytes({ try readAll(self.output.fileHandleForReading.fileDescriptor, $0) }) else {
+            throw FloorError("the floor's worker ended")
+        }
+    }
+
+    /// Closes the worker's input (it exits) and waits for it.
+    func finish() {
+        try? self.input.fileHandleForWriting.close()
+        self.process.waitUntilExit()
     }
 }
 
@@ -266,6 +274,7 @@ final class BlockingTLS {
     /// Gives OpenSSL what one read of the socket returns; false at its end.
     func fill() throws -> Bool {
         let n = self.scratch.withUnsafeMutableBytes { read(self.fd, $0.baseAddress, $0.count) }
+        if n < 0, errno == EAGAIN { throw FloorError("the peer sent nothing for 10 s") }
         guard n >= 0 else { throw FloorError("read: \(errnoText())") }
         if n == 0 { return false }
         _ = self.scratch.withUnsafeBytes { BIO_write(self.input, $0.baseAddress, Int32(n)) }
